@@ -1,0 +1,105 @@
+"""Checkpoint (.pth) -> torch SAM model, with errors that say what was expected and found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from samexport.errors import SamExportError, require
+from samexport.variants import VARIANTS, Variant, get_variant
+
+if TYPE_CHECKING:
+    import torch
+
+    from samexport.models import Sam
+
+SECTIONS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load an official-format checkpoint: a plain state dict with ``image_encoder.*`` etc. keys."""
+    torch = require("torch", "torch")
+    path = Path(path)
+    if not path.is_file():
+        raise SamExportError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise SamExportError(
+            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. "
+            "Is the file complete? Official SAM checkpoints are PyTorch .pth state dicts."
+        ) from exc
+    if not isinstance(state, dict) or not state:
+        raise SamExportError(f"checkpoint {path} is not a state dict (found {type(state).__name__})")
+    unknown = sorted(k for k in state if not str(k).startswith(SECTIONS))
+    if unknown:
+        raise SamExportError(
+            f"checkpoint {path} is not a SAM checkpoint: unexpected keys such as {unknown[:3]}; "
+            "expected keys starting with " + ", ".join(SECTIONS)
+        )
+    return state
+
+
+def describe_encoder(state: dict[str, torch.Tensor]) -> dict:
+    """Image-encoder shape read off a state dict: embed_dim, depth, num_heads, global blocks."""
+    try:
+        embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
+        depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+        head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+        global_blocks = tuple(
+            i for i in range(depth)
+            if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] != 2 * 14 - 1
+        )
+    except (KeyError, IndexError) as exc:
+        raise SamExportError(f"checkpoint has no complete SAM image encoder (missing {exc})") from exc
+    return {
+        "embed_dim": int(embed_dim),
+        "depth": depth,
+        "num_heads": int(embed_dim // head_dim),
+        "global_attn_indexes": global_blocks,
+    }
+
+
+def identify_variant(state: dict[str, torch.Tensor]) -> Variant | None:
+    """The registered variant whose encoder shape matches the state dict, or ``None``."""
+    found = describe_encoder(state)
+    for variant in VARIANTS.values():
+        if (
+            variant.embed_dim == found["embed_dim"]
+            and variant.depth == found["depth"]
+            and variant.num_heads == found["num_heads"]
+            and variant.global_attn_indexes == found["global_attn_indexes"]
+        ):
+            return variant
+    return None
+
+
+def load_sam(checkpoint: Path | str, variant: Variant | str) -> Sam:
+    """Build the ``variant`` architecture and load ``checkpoint`` into it, in eval mode on CPU.
+
+    Raises:
+        SamExportError: unreadable file, not a SAM checkpoint, or a checkpoint of another variant
+            (the message names the variant it looks like).
+    """
+    from samexport.models import Sam
+
+    variant = get_variant(variant) if isinstance(variant, str) else variant
+    state = read_state_dict(checkpoint)
+    found = identify_variant(state)
+    if found is None or found.name != variant.name:
+        looks_like = f"looks like {found.name}" if found else f"has encoder {describe_encoder(state)}"
+        raise SamExportError(
+            f"checkpoint {checkpoint} {looks_like}, but variant {variant.name} was requested "
+            f"(embed_dim {variant.embed_dim}, depth {variant.depth}); pass the matching --variant"
+        )
+    model = Sam(variant)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise SamExportError(f"checkpoint {checkpoint} does not fit {variant.name}: {exc}") from exc
+    if missing or unexpected:
+        raise SamExportError(
+            f"checkpoint {checkpoint} does not fit {variant.name}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.eval()

@@ -1,0 +1,66 @@
+"""Names, shapes and dtypes shared by the exporter, the engine builder and the runtime.
+
+Every graph input/output name appears here once; other modules import these constants instead of
+repeating strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGE_SIZE = 1024  # encoder input side, pixels
+EMBED_SIZE = 64  # image embedding side (IMAGE_SIZE / patch 16)
+EMBED_DIM = 256  # image embedding channels
+LOW_RES_MASK_SIZE = 256  # decoder mask logits side (EMBED_SIZE * 4)
+NUM_MASK_TOKENS = 4  # token 0: single-mask output, tokens 1..3: multimask output
+MASK_THRESHOLD = 0.0  # logits above this are foreground
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+# Point labels understood by the prompt encoder.
+LABEL_PADDING = -1
+LABEL_BACKGROUND = 0
+LABEL_FOREGROUND = 1
+LABEL_BOX_TOP_LEFT = 2
+LABEL_BOX_BOTTOM_RIGHT = 3
+
+ENCODER_ONNX = "encoder.onnx"
+DECODER_ONNX = "decoder.onnx"
+MANIFEST = "manifest.json"
+
+# Dynamic axis names.
+PROMPT_BATCH = "num_prompts"  # B: prompts decoded in one call
+NUM_POINTS = "num_points"  # N: points per prompt (box corners count as two points)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype and shape (ints, or names of dynamic axes)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+# Encoder: normalised, zero-padded RGB image in, embedding out.
+IMAGE = TensorSpec("image", "float32", (1, 3, IMAGE_SIZE, IMAGE_SIZE))
+IMAGE_EMBEDDINGS = TensorSpec("image_embeddings", "float32", (1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE))
+
+# Decoder.
+POINT_COORDS = TensorSpec("point_coords", "float32", (PROMPT_BATCH, NUM_POINTS, 2))  # 1024 frame
+POINT_LABELS = TensorSpec("point_labels", "float32", (PROMPT_BATCH, NUM_POINTS))
+MASK_INPUT = TensorSpec("mask_input", "float32", (PROMPT_BATCH, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE))
+HAS_MASK_INPUT = TensorSpec("has_mask_input", "float32", (PROMPT_BATCH,))
+IOU_PREDICTIONS = TensorSpec("iou_predictions", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS))
+LOW_RES_MASKS = TensorSpec(
+    "low_res_masks", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
+)
+
+ENCODER_INPUTS = (IMAGE,)
+ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS,)
+DECODER_INPUTS = (IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT)
+DECODER_OUTPUTS = (IOU_PREDICTIONS, LOW_RES_MASKS)

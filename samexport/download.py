@@ -1,0 +1,185 @@
+"""Checkpoint → local file: find an official SAM checkpoint in the cache, or download it.
+
+A download streams into a temporary file next to its destination, is checked against the
+``Content-Length`` and (where known) the sha256, and only then is renamed to its final name, so a
+cut-off or corrupt download never sits in the cache under the name that :func:`resolve_checkpoint`
+looks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from samexport.errors import SamExportError
+from samexport.variants import CHECKPOINT_BASE_URL, Variant
+
+CACHE_ENV = "SAMEXPORT_CACHE"
+CHECKPOINT_URL_ENV = "SAMEXPORT_CHECKPOINT_URL"
+_CHUNK_BYTES = 1 << 20
+_MANUAL_HINT = "download it yourself and pass --checkpoint PATH"
+
+
+def default_cache_dir() -> Path:
+    """Folder for downloaded checkpoints: ``$SAMEXPORT_CACHE``, else ``$XDG_CACHE_HOME/samexport``,
+    else ``~/.cache/samexport``. The folder is not created here."""
+    if explicit := os.environ.get(CACHE_ENV):
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "samexport"
+
+
+def sha256_file(path: Path) -> str:
+    """Lower-case hex sha256 of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically and return ``dest``.
+
+    Args:
+        url: ``http(s)://`` (or any urllib-supported) address of the file.
+        dest: final path; its folder is created if needed. An existing file there is replaced
+            only after the new one has been fully received and verified.
+        sha256: expected hex digest (any case), or ``None`` to skip the checksum.
+        progress: show a tqdm bar on stderr (total taken from ``Content-Length``).
+        timeout: seconds to wait for the connection and for each read.
+
+    Raises:
+        SamExportError: on an HTTP error, a network failure, a short read or a checksum mismatch.
+            The temporary file is removed on any failure, Ctrl-C included (``KeyboardInterrupt``
+            is re-raised as is), so no partial file is left behind.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.part-", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            received, expected_size, actual = _stream(url, out, progress=progress, timeout=timeout)
+            out.flush()
+            os.fsync(out.fileno())
+        if expected_size is not None and received != expected_size:
+            raise SamExportError(
+                f"download of {url} was cut short: received {received} of {expected_size} bytes; "
+                f"try again, or {_MANUAL_HINT}"
+            )
+        if sha256 is not None and actual != sha256.lower():
+            raise SamExportError(
+                f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
+                "the file was discarded"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _stream(
+    url: str, out: BinaryIO, *, progress: bool, timeout: float
+) -> tuple[int, int | None, str]:
+    """Copy the body of ``url`` into the binary file ``out``.
+
+    Returns (bytes received, ``Content-Length`` or ``None`` if absent, hex sha256 of the bytes).
+    """
+    digest = hashlib.sha256()
+    received = 0
+    expected_size: int | None = None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            expected_size = int(length) if length and length.isdigit() else None
+            name = url.rsplit("/", 1)[-1]
+            with tqdm(
+                total=expected_size, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=name, disable=not progress,
+            ) as bar:
+                while chunk := response.read(_CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError/HTTPError, refused or reset connections and timeouts are all OSErrors;
+        # ValueError is a malformed URL.
+        raise SamExportError(f"could not download {url}: {exc}; {_MANUAL_HINT}") from exc
+    return received, expected_size, digest.hexdigest()
+
+
+def resolve_checkpoint(
+    variant: Variant,
+    checkpoint: Path | str | None = None,
+    *,
+    cache_dir: Path | None = None,
+    download_missing: bool = True,
+    base_url: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Return the path of a checkpoint file for ``variant``, downloading it to the cache if needed.
+
+    Args:
+        variant: the model variant; its ``checkpoint_filename`` names the file in the cache and on
+            the server, and its ``checkpoint_sha256`` (if known) is verified.
+        checkpoint: a file the user supplied; returned as is (not checksummed, so fine-tuned
+            weights work) after checking it exists.
+        cache_dir: cache folder; defaults to :func:`default_cache_dir`.
+        download_missing: download a checkpoint missing from the cache; if ``False``, raise.
+        base_url: server folder, ending in ``/``; defaults to ``$SAMEXPORT_CHECKPOINT_URL``, else
+            :data:`samexport.variants.CHECKPOINT_BASE_URL`.
+        progress: show a download progress bar.
+
+    Raises:
+        SamExportError: the given file is missing, the variant has no official checkpoint, the
+            cached file fails its checksum, or the download fails. Every message says how to
+            proceed (usually: pass ``--checkpoint PATH``).
+    """
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise SamExportError(f"checkpoint {path} does not exist or is not a file")
+        return path
+
+    filename = variant.checkpoint_filename
+    if filename is None:
+        raise SamExportError(
+            f"variant {variant.name!r} has no official checkpoint; --checkpoint PATH is required"
+        )
+    cached = Path(cache_dir if cache_dir is not None else default_cache_dir()) / filename
+    expected = variant.checkpoint_sha256.lower() if variant.checkpoint_sha256 else None
+
+    if cached.is_file():
+        if expected is not None and (actual := sha256_file(cached)) != expected:
+            raise SamExportError(
+                f"cached checkpoint {cached} is corrupt: expected sha256 {expected}, got {actual}; "
+                "delete the file to download it again, or pass --checkpoint PATH"
+            )
+        return cached
+
+    base = base_url or os.environ.get(CHECKPOINT_URL_ENV) or CHECKPOINT_BASE_URL
+    url = base + filename
+    if not download_missing:
+        raise SamExportError(
+            f"no checkpoint for {variant.name!r} at {cached} and downloading is disabled; "
+            f"download {url} there yourself, or pass --checkpoint PATH"
+        )
+    return download(url, cached, sha256=expected, progress=progress)

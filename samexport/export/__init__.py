@@ -1,0 +1,1 @@
+"""Torch SAM -> ONNX graphs (needs the ``torch`` extra)."""

@@ -1,0 +1,1 @@
+"""NumPy runtime: backends that run the exported graphs, and the ``SamPredictor`` API."""

@@ -1,0 +1,112 @@
+"""Inference backends behind ``SamPredictor``: ONNX Runtime, and the torch reference.
+
+A backend runs the two graphs and nothing else: ``encode`` takes the preprocessed 1x3x1024x1024
+image, ``decode`` a batch of prompts already in the 1024 frame. Pre- and postprocessing live in
+``samexport.transforms`` and are shared by every backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from samexport import constants as C
+from samexport.errors import SamExportError, require
+
+if TYPE_CHECKING:
+    from samexport.models import Sam
+
+
+class Backend(Protocol):
+    name: str
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """image 1x3x1024x1024 float32 (normalised, padded) -> embedding 1x256x64x64 float32."""
+
+    def decode(
+        self,
+        image_embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask_input: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts in the 1024 frame (shapes in ``constants.DECODER_INPUTS``) ->
+        (iou_predictions Bx4, low_res_masks Bx4x256x256), float32."""
+
+
+def onnxruntime_providers(device: str = "auto") -> list[str]:
+    """Execution providers to ask ONNX Runtime for: CUDA first when available (and asked for)."""
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise SamExportError(
+            "ONNX Runtime has no CUDA provider here; install onnxruntime-gpu on a machine with an "
+            f"NVIDIA GPU (available providers: {', '.join(available)})"
+        )
+    cuda = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
+    return cuda + ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend:
+    """Runs ``encoder.onnx`` and ``decoder.onnx`` with ONNX Runtime."""
+
+    def __init__(
+        self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = onnxruntime_providers(device)
+        sessions = []
+        for path in (encoder_path, decoder_path):
+            if not Path(path).is_file():
+                raise SamExportError(f"ONNX graph not found: {path}")
+            sessions.append(ort.InferenceSession(str(path), options, providers=providers))
+        self.encoder, self.decoder = sessions
+        active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
+        self.name = f"onnxruntime-{active}"
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return self.encoder.run([C.IMAGE_EMBEDDINGS.name], {C.IMAGE.name: image})[0]
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        feed = dict(
+            zip(
+                (s.name for s in C.DECODER_INPUTS),
+                (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
+            )
+        )
+        iou, masks = self.decoder.run([s.name for s in C.DECODER_OUTPUTS], feed)
+        return iou, masks
+
+
+class TorchBackend:
+    """The PyTorch reference: the same graph modules that are exported, run eagerly on CPU."""
+
+    name = "torch"
+
+    def __init__(self, sam: Sam) -> None:
+        from samexport.export.wrappers import DecoderGraph, EncoderGraph
+
+        self._torch = require("torch", "torch")
+        self.encoder = EncoderGraph(sam).eval()
+        self.decoder = DecoderGraph(sam).eval()
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self.encoder(self._torch.from_numpy(image)).numpy()
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        torch = self._torch
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in
+                (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)]
+        with torch.no_grad():
+            iou, masks = self.decoder(*args)
+        return iou.numpy(), masks.numpy()

@@ -1,0 +1,68 @@
+"""``samexport.build``: artifact directory contents, manifest, and no half-written builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from samexport import constants as C
+from samexport.artifacts import read_manifest
+from samexport.build import build
+from samexport.download import sha256_file
+from samexport.errors import SamExportError
+
+
+def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
+    manifest = read_manifest(tiny_artifact)
+    assert manifest["variant"] == "tiny" and manifest["precision"] == "fp32"
+    assert manifest["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
+    assert manifest["opset"] >= 17
+    assert [t["name"] for t in manifest["decoder"]["inputs"]] == [s.name for s in C.DECODER_INPUTS]
+    assert manifest["decoder"]["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
+    assert manifest["versions"]["onnxruntime"][0].isdigit()
+    assert set(manifest["skipped_engines"]) == {"encoder", "decoder"}
+    assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+
+
+def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    import samexport.export.to_onnx as to_onnx
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(to_onnx, "export_decoder", explode)
+    out = tmp_path / "engines" / "tiny-fp32"
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        build("tiny", checkpoint=tiny_checkpoint, output=out)
+    assert list((tmp_path / "engines").iterdir()) == []
+
+
+def test_failed_rebuild_keeps_the_previous_build(tiny_artifact, tiny_checkpoint, monkeypatch):
+    import samexport.export.to_onnx as to_onnx
+
+    before = (tiny_artifact / C.MANIFEST).read_text()
+    monkeypatch.setattr(to_onnx, "export_encoder", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        build("tiny", checkpoint=tiny_checkpoint, output=tiny_artifact)
+    assert (tiny_artifact / C.MANIFEST).read_text() == before
+    assert [p.name for p in tiny_artifact.parent.iterdir()] == [tiny_artifact.name]
+
+
+def test_incomplete_directory_is_refused(tiny_artifact, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / C.MANIFEST).write_text((tiny_artifact / C.MANIFEST).read_text())
+    with pytest.raises(SamExportError, match="incomplete: encoder.onnx is missing"):
+        read_manifest(broken)
+    (broken / C.MANIFEST).write_text(json.dumps({"format": 99}))
+    with pytest.raises(SamExportError, match="manifest format 99"):
+        read_manifest(broken)
+
+
+def test_bad_precision_and_variant(tiny_checkpoint, tmp_path):
+    with pytest.raises(SamExportError, match="unknown precision"):
+        build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "x", precision="fp8")
+    with pytest.raises(SamExportError, match="looks like tiny"):
+        build("vit_b", checkpoint=tiny_checkpoint, output=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

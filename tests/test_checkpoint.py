@@ -1,0 +1,68 @@
+"""Loading official-format checkpoints, and the errors for the wrong ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from samexport.checkpoint import describe_encoder, identify_variant, load_sam
+from samexport.errors import SamExportError
+from samexport.variants import VARIANTS, get_variant
+
+
+def test_loads_through_the_user_path(tiny_checkpoint, tiny_official):
+    model = load_sam(tiny_checkpoint, "tiny")
+    state = model.state_dict()
+    for key, value in tiny_official.state_dict().items():
+        assert torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_identifies_official_variants_from_shapes(name):
+    with torch.device("meta"):
+        from samexport.models import Sam
+
+        state = Sam(VARIANTS[name]).state_dict()
+    assert identify_variant(state).name == name
+    assert describe_encoder(state)["num_heads"] == VARIANTS[name].num_heads
+
+
+def test_wrong_variant_says_what_it_looks_like(tiny_checkpoint):
+    with pytest.raises(SamExportError, match="looks like tiny, but variant vit_l was requested"):
+        load_sam(tiny_checkpoint, "vit_l")
+
+
+def test_truncated_file(tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    with pytest.raises(SamExportError, match="could not read checkpoint .*complete"):
+        load_sam(broken, "tiny")
+
+
+def test_not_a_sam_checkpoint(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"backbone.weight": torch.zeros(3)}, path)
+    with pytest.raises(SamExportError, match="not a SAM checkpoint.*backbone.weight"):
+        load_sam(path, "tiny")
+    torch.save([1, 2, 3], path)
+    with pytest.raises(SamExportError, match="not a state dict"):
+        load_sam(path, "tiny")
+
+
+def test_incomplete_state_dict(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    del state["mask_decoder.iou_token.weight"]
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    with pytest.raises(SamExportError, match="missing .*iou_token"):
+        load_sam(path, "tiny")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SamExportError, match="checkpoint not found"):
+        load_sam(tmp_path / "nope.pth", "tiny")
+
+
+def test_unknown_variant_lists_valid_ones():
+    with pytest.raises(SamExportError, match="valid variants: vit_b, vit_l, vit_h"):
+        get_variant("vit_x")

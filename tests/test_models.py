@@ -1,0 +1,87 @@
+"""The torch SAM written here against the official ``segment_anything`` package."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import official_sam, random_state_dict
+
+from samexport.models import Sam
+from samexport.variants import VARIANTS
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "tiny"])
+def test_state_dict_layout_equals_official(name):
+    """Same keys and shapes as the official model, so official checkpoints load unchanged."""
+    from segment_anything.build_sam import _build_sam
+
+    v = VARIANTS[name]
+    with torch.device("meta"):
+        official = _build_sam(
+            encoder_embed_dim=v.embed_dim,
+            encoder_depth=v.depth,
+            encoder_num_heads=v.num_heads,
+            encoder_global_attn_indexes=list(v.global_attn_indexes),
+        )
+        ours = Sam(v)
+    theirs = {k: tuple(t.shape) for k, t in official.state_dict().items()}
+    mine = {k: tuple(t.shape) for k, t in ours.state_dict().items()}
+    assert mine == theirs
+
+
+def test_tiny_outputs_equal_official(tiny_checkpoint):
+    """Encoder embedding, prompt embeddings and decoder outputs agree with the official model."""
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    official = official_sam("tiny", state)
+    ours = Sam(VARIANTS["tiny"]).eval()
+    ours.load_state_dict(state)
+
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, 1024, 1024)
+    coords = torch.rand(2, 3, 2) * 1024
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    boxes = torch.tensor([[10.0, 20.0, 500.0, 700.0], [300.0, 40.0, 900.0, 1000.0]])
+    mask = torch.randn(2, 1, 256, 256)
+    with torch.no_grad():
+        emb_official = official.image_encoder(image)
+        emb = ours.image_encoder(image)
+        assert (emb - emb_official).abs().max() <= 1e-5 * emb_official.abs().max()
+
+        sparse_o, dense_o = official.prompt_encoder(points=(coords, labels), boxes=boxes, masks=mask)
+        box_corners = boxes.reshape(2, 2, 2)
+        all_coords = torch.cat([coords, box_corners], dim=1)
+        all_labels = torch.cat([labels, torch.tensor([[2.0, 3.0]] * 2)], dim=1)
+        sparse = ours.prompt_encoder.embed_points(all_coords, all_labels)
+        dense = ours.prompt_encoder.embed_masks(mask, torch.ones(2))
+        torch.testing.assert_close(sparse, sparse_o, rtol=0, atol=1e-6)
+        torch.testing.assert_close(dense, dense_o, rtol=0, atol=1e-5)
+
+        pe = official.prompt_encoder.get_dense_pe()
+        torch.testing.assert_close(ours.prompt_encoder.image_pe(), pe, rtol=0, atol=1e-6)
+        masks_o, iou_o = official.mask_decoder(emb_official, pe, sparse_o, dense_o, multimask_output=True)
+        single_o, single_iou_o = official.mask_decoder(emb_official, pe, sparse_o, dense_o, multimask_output=False)
+        masks, iou = ours.mask_decoder(emb_official, pe, sparse, dense)
+    assert masks.shape == (2, 4, 256, 256) and iou.shape == (2, 4)
+    torch.testing.assert_close(masks[:, 1:], masks_o, rtol=0, atol=1e-5)
+    torch.testing.assert_close(iou[:, 1:], iou_o, rtol=0, atol=1e-6)
+    torch.testing.assert_close(masks[:, :1], single_o, rtol=0, atol=1e-5)
+    torch.testing.assert_close(iou[:, :1], single_iou_o, rtol=0, atol=1e-6)
+
+
+def test_random_weights_give_nontrivial_masks(tiny_sam):
+    """Guard for the other tests: random test weights must give masks that are neither empty nor
+    full, or IoU comparisons would pass trivially."""
+    from samexport.export.wrappers import DecoderGraph
+
+    with torch.no_grad():
+        emb = tiny_sam.image_encoder(torch.randn(1, 3, 1024, 1024))
+        iou, masks = DecoderGraph(tiny_sam)(
+            emb, torch.rand(4, 2, 2) * 1024, torch.ones(4, 2), torch.zeros(4, 1, 256, 256), torch.zeros(4)
+        )
+    foreground = (masks > 0).float().mean(dim=(2, 3))
+    assert ((foreground > 0.05) & (foreground < 0.95)).all(), foreground
+
+
+def test_random_state_dict_is_deterministic():
+    a, b = random_state_dict("tiny", seed=3), random_state_dict("tiny", seed=3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
