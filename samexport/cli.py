@@ -94,7 +94,7 @@ def predict(
     multimask: Annotated[
         bool, typer.Option(help="Predict three masks and keep the best-scoring one (good for one point).")
     ] = True,
-    backend: Annotated[str, typer.Option(help="auto, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto (TensorRT engines if usable, else ONNX Runtime), tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
 ) -> None:
     """Segment the object at the given points and/or box and write the mask."""
     import numpy as np
@@ -140,6 +140,160 @@ def doctor() -> None:
 
     for key, value in diagnose().items():
         typer.echo(f"{key:<24} {value}")
+
+
+@app.command()
+@clean_errors
+def bench(
+    artifact_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Artifact directories from `samexport build`, e.g. one fp32 and one int8 build of a variant."),
+    ],
+    backend: Annotated[
+        Optional[list[str]],
+        typer.Option(help="torch, onnxruntime-cpu, onnxruntime-cuda, tensorrt. Repeatable. Default: all; absent ones are reported as skipped."),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="PyTorch weights: enables the torch reference and gives the peer baseline real weights.")
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Folder of images. Default: scikit-image's coffee resized to 1500x2250.")
+    ] = None,
+    runs: Annotated[int, typer.Option(help="Timed calls per stage (median, min, max reported).", min=1)] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per stage before timing.", min=0)] = 1,
+    batch_sizes: Annotated[str, typer.Option(help="Boxes per decoder call for the batching stages.")] = "1,16,64",
+    peer: Annotated[bool, typer.Option(help="Also time the official segment-anything recipe decoder.")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the results as Markdown tables.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of latency per stage per backend (needs matplotlib).")] = None,
+) -> None:
+    """Time every stage (preprocess, encoder, decoder per prompt type and batch, postprocess) per backend."""
+    import sys
+
+    from samexport.bench import BACKEND_KINDS, BenchConfig, run_benchmark
+    from samexport.bench.report import plot as write_plot
+    from samexport.bench.report import to_markdown
+
+    try:
+        sizes = tuple(int(v) for v in batch_sizes.split(","))
+    except ValueError:
+        raise SamExportError(f"--batch-sizes expects integers like 1,16,64; got {batch_sizes!r}") from None
+    config = BenchConfig(
+        tuple(artifact_dirs), backends=tuple(backend or BACKEND_KINDS), checkpoint=checkpoint,
+        images=images, runs=runs, warmup=warmup, batch_sizes=sizes, peer=peer,
+    )
+    results = run_benchmark(config, on_step=lambda message: typer.echo(f"- {message}", err=True))
+    results["command"] = " ".join(["samexport", *sys.argv[1:]])
+    report = to_markdown(results)
+    typer.echo(report)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+    if markdown:
+        markdown.write_text(report)
+        typer.echo(f"wrote {markdown}")
+    if plot:
+        write_plot(results, plot)
+        typer.echo(f"wrote {plot}")
+
+
+@app.command()
+@clean_errors
+def parity(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
+    checkpoint: Annotated[Path, typer.Option(help="The PyTorch weights the artifact was built from (the reference).")],
+    images: Annotated[
+        Optional[Path], typer.Option(help="Folder of images. Default: the scikit-image sample photos.")
+    ] = None,
+    backend: Annotated[str, typer.Option(help="Runtime for the artifact: onnxruntime-cpu, onnxruntime-cuda.")] = "onnxruntime-cpu",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the report as Markdown tables.")] = None,
+) -> None:
+    """Compare the artifact with the PyTorch reference on sample photos and a fixed prompt suite.
+
+    Exits with status 1 when a figure is outside the tolerance for the artifact's precision.
+    """
+    from samexport.parity import parity_for_artifact, read_images
+
+    chosen = read_images(images) if images else None
+    report, skipped = parity_for_artifact(artifact_dir, checkpoint, images=chosen, backend=backend)
+    for name, reason in skipped.items():
+        typer.echo(f"skipped image {name}: {reason}", err=True)
+    text = report.to_markdown()
+    typer.echo(text)
+    if json_out:
+        json_out.write_text(report.to_json() + "\n")
+        typer.echo(f"wrote {json_out}")
+    if markdown:
+        markdown.write_text(text)
+        typer.echo(f"wrote {markdown}")
+    if not report:
+        failed = ", ".join(f"{c.metric} {c.value:.4g} (limit {c.limit:g})" for c in report.failures)
+        raise SamExportError(f"parity failed: {failed}")
+
+
+@app.command("segment-all")
+@clean_errors
+def segment_all(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
+    image: Annotated[Path, typer.Argument(help="Image file (any format Pillow reads).")],
+    output: Annotated[Path, typer.Option(help="Where to write the masks as JSON (SA-1B style annotations).")] = Path("masks.json"),
+    overlay: Annotated[
+        Optional[Path], typer.Option(help="Also write the image with every mask tinted and outlined in its own colour.")
+    ] = None,
+    points_per_side: Annotated[int, typer.Option(help="Grid points along each image side.", min=1)] = 32,
+    points_per_batch: Annotated[int, typer.Option(help="Prompts per decoder call.", min=1)] = 64,
+    pred_iou_thresh: Annotated[float, typer.Option(help="Keep masks with predicted IoU above this (0-1).")] = 0.88,
+    stability_score_thresh: Annotated[float, typer.Option(help="Keep masks with stability score at least this (0-1).")] = 0.95,
+    stability_score_offset: Annotated[float, typer.Option(help="Logit offset of the stability score.")] = 1.0,
+    box_nms_thresh: Annotated[float, typer.Option(help="Box IoU above which duplicates are dropped (0-1).")] = 0.7,
+    crop_n_layers: Annotated[int, typer.Option(help="Extra layers of image crops (layer i has 4**i crops).", min=0)] = 0,
+    crop_nms_thresh: Annotated[float, typer.Option(help="Box IoU for duplicates between crops (0-1).")] = 0.7,
+    crop_n_points_downscale_factor: Annotated[
+        int, typer.Option(help="Crop layer i uses points-per-side / factor**i points a side.", min=1)
+    ] = 1,
+    min_mask_region_area: Annotated[
+        int, typer.Option(help="Fill holes and drop islands smaller than this many pixels (needs scipy).", min=0)
+    ] = 0,
+    rle: Annotated[
+        str, typer.Option(help="Mask encoding in the JSON: uncompressed (counts list) or coco (compressed, needs pycocotools).")
+    ] = "uncompressed",
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over decoder batches.")] = True,
+) -> None:
+    """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON."""
+    import time
+
+    from samexport import imageio
+    from samexport.amg import AutomaticMaskGenerator
+    from samexport.amg.overlay import draw_masks
+    from samexport.runtime.predictor import SamPredictor
+
+    modes = {"uncompressed": "uncompressed_rle", "coco": "coco_rle"}
+    if rle not in modes:
+        raise SamExportError(f"--rle must be one of {', '.join(modes)}; got {rle!r}")
+    picture = imageio.read_image(image)
+    generator = AutomaticMaskGenerator(
+        SamPredictor(artifact_dir, backend=backend), points_per_side=points_per_side,
+        points_per_batch=points_per_batch, pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+        box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+        crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+        min_mask_region_area=min_mask_region_area, output_mode=modes[rle], progress=progress,
+    )
+    start = time.perf_counter()
+    records = generator.generate(picture)
+    seconds = time.perf_counter() - start
+    height, width = picture.shape[:2]
+    document = {
+        "image": {"file_name": image.name, "height": height, "width": width},
+        "annotations": [{"id": i, **record} for i, record in enumerate(records)],
+    }
+    output.write_text(json.dumps(document) + "\n")
+    typer.echo(f"wrote {output} ({len(records)} masks in {seconds:.1f} s, backend {generator.predictor.backend.name})")
+    if overlay:
+        draw_masks(picture, records).save(overlay)
+        typer.echo(f"wrote {overlay}")
 
 
 if __name__ == "__main__":

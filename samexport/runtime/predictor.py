@@ -11,20 +11,34 @@ from samexport import constants as C
 from samexport import transforms
 from samexport.runtime.backends import Backend, OnnxRuntimeBackend
 
-BackendName = Literal["auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]
+BackendName = Literal["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]
+ORT_DEVICES = {"onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
 
 
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Backend:
-    """The backend for an artifact directory: ``auto`` picks ONNX Runtime (CUDA when present)."""
+    """The backend for an artifact directory.
+
+    ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
+    (``tensorrt`` installed, a GPU present), else ONNX Runtime (its CUDA provider when present).
+    """
     from samexport.artifacts import read_manifest
     from samexport.errors import SamExportError
 
     folder = Path(artifact_dir)
-    read_manifest(folder)
-    devices = {"auto": "auto", "onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
-    if backend not in devices:
-        raise SamExportError(f"unknown backend {backend!r}; valid: {', '.join(devices)}")
-    return OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=devices[backend])
+    manifest = read_manifest(folder)
+    if backend not in ("auto", "tensorrt", *ORT_DEVICES):
+        raise SamExportError(f"unknown backend {backend!r}; valid: auto, tensorrt, {', '.join(ORT_DEVICES)}")
+    if backend == "auto" and manifest.get("engines"):
+        from samexport.engines import tensorrt_availability
+
+        if tensorrt_availability():
+            backend = "tensorrt"
+    if backend == "tensorrt":
+        from samexport.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(folder, manifest)
+    device = ORT_DEVICES.get(backend, "auto")
+    return OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device)
 
 
 def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
