@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["SamPredictor", "SamExportError", "VARIANTS", "build", "__version__"]
+__all__ = ["AutomaticMaskGenerator", "SamPredictor", "SamExportError", "VARIANTS", "build", "__version__"]
 
 from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
 
 if TYPE_CHECKING:
+    from samexport.amg import AutomaticMaskGenerator
     from samexport.build import build
     from samexport.runtime.predictor import SamPredictor
 
@@ -25,6 +26,10 @@ def __getattr__(name: str):
         from samexport.runtime.predictor import SamPredictor
 
         return SamPredictor
+    if name == "AutomaticMaskGenerator":
+        from samexport.amg import AutomaticMaskGenerator
+
+        return AutomaticMaskGenerator
     if name == "build":
         from samexport.build import build
 

@@ -147,7 +147,10 @@ def doctor() -> None:
 def bench(
     artifact_dirs: Annotated[
         list[Path],
-        typer.Argument(help="Artifact directories from `samexport build`, e.g. one fp32 and one int8 build of a variant."),
+        typer.Argument(
+            help="Artifact directories from `samexport build`, e.g. one fp32 and one int8 build of a variant.",
+            metavar="ARTIFACT_DIR",
+        ),
     ],
     backend: Annotated[
         Optional[list[str]],
@@ -166,9 +169,10 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the results as Markdown tables.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of latency per stage per backend (needs matplotlib).")] = None,
+    note: Annotated[str, typer.Option(help="A remark stored with the results and shown atop the Markdown (e.g. the machine was shared).")] = "",
 ) -> None:
     """Time every stage (preprocess, encoder, decoder per prompt type and batch, postprocess) per backend."""
-    import sys
+    import shlex
 
     from samexport.bench import BACKEND_KINDS, BenchConfig, run_benchmark
     from samexport.bench.report import plot as write_plot
@@ -183,7 +187,15 @@ def bench(
         images=images, runs=runs, warmup=warmup, batch_sizes=sizes, peer=peer,
     )
     results = run_benchmark(config, on_step=lambda message: typer.echo(f"- {message}", err=True))
-    results["command"] = " ".join(["samexport", *sys.argv[1:]])
+    command = ["samexport", "bench", *map(str, artifact_dirs)]
+    command += [arg for kind in backend or [] for arg in ("--backend", kind)]
+    command += ["--runs", str(runs), "--warmup", str(warmup), "--batch-sizes", batch_sizes]
+    for option, value in (("--checkpoint", checkpoint), ("--images", images), ("--json", json_out),
+                          ("--markdown", markdown), ("--plot", plot)):
+        command += [option, str(value)] if value else []
+    command += ["--note", note] if note else []
+    results["command"] = shlex.join(command + ([] if peer else ["--no-peer"]))
+    results["note"] = note
     report = to_markdown(results)
     typer.echo(report)
     if json_out:
@@ -206,6 +218,7 @@ def parity(
         Optional[Path], typer.Option(help="Folder of images. Default: the scikit-image sample photos.")
     ] = None,
     backend: Annotated[str, typer.Option(help="Runtime for the artifact: onnxruntime-cpu, onnxruntime-cuda.")] = "onnxruntime-cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="Only the short prompt set that `build` checks (point, box, mask refinement, batch of 4).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the report as Markdown tables.")] = None,
 ) -> None:
@@ -213,10 +226,13 @@ def parity(
 
     Exits with status 1 when a figure is outside the tolerance for the artifact's precision.
     """
-    from samexport.parity import parity_for_artifact, read_images
+    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact, read_images
 
     chosen = read_images(images) if images else None
-    report, skipped = parity_for_artifact(artifact_dir, checkpoint, images=chosen, backend=backend)
+    prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS] if quick else PROMPT_SUITE
+    report, skipped = parity_for_artifact(
+        artifact_dir, checkpoint, images=chosen, prompts=prompts, backend=backend
+    )
     for name, reason in skipped.items():
         typer.echo(f"skipped image {name}: {reason}", err=True)
     text = report.to_markdown()

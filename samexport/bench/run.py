@@ -1,0 +1,409 @@
+"""Latency per pipeline stage and per backend, with the official-recipe decoder as a peer baseline.
+
+Stages (keys of ``stages`` in the results; times are per call):
+
+- shared by every backend (NumPy): ``preprocess`` (HxWx3 uint8 -> 1x3x1024x1024),
+  ``postprocess_1_mask`` and ``postprocess_3_masks`` (256x256 logits -> boolean masks at the
+  original size);
+- per backend: ``encoder``; the decoder alone (low-res outputs) for ``decoder_point``,
+  ``decoder_box_point``, ``decoder_10_points``, ``decoder_mask_input`` (a point and a mask
+  input), and ``decoder_boxes_<n>`` (n boxes in one call; n = 1, 16, 64 by default);
+  ``predict_point`` and ``predict_point_single``: ``SamPredictor.predict`` for one point, i.e.
+  decoder plus postprocessing to the original size, three masks or one;
+- peer baseline (ONNX Runtime CPU): ``official_decoder_4_masks`` (the official script's default)
+  and ``official_decoder_best_mask`` (``--return-single-mask``), one point, same image size.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from samexport import constants as C
+from samexport import transforms
+from samexport.bench.timing import Timing, measure
+from samexport.errors import SamExportError
+
+BackendKind = Literal["torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]
+BACKEND_KINDS: tuple[str, ...] = ("torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
+DEFAULT_IMAGE_SIZE = (1500, 2250)  # the official export script's example orig_im_size
+RESULTS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure.
+
+    Attributes:
+        artifact_dirs: artifact directories from ``samexport build`` (one per precision, e.g.
+            ``engines/vit_b-fp32`` and ``engines/vit_b-int8``); the first sets the variant.
+        backends: backend kinds to try; absent ones are reported as skipped, with the reason.
+        checkpoint: the PyTorch weights, for the ``torch`` reference backend and the peer
+            baseline (which otherwise uses random weights: its latency does not depend on them).
+        images: folder of images; default scikit-image's ``coffee`` resized to 1500x2250.
+        runs: timed calls per stage (after ``warmup`` untimed calls).
+        warmup: untimed calls per stage.
+        batch_sizes: boxes per decoder call for the ``decoder_boxes_<n>`` stages; must include 1
+            (the per-call baseline the batching speedup divides by).
+        peer: also time the official-recipe decoder.
+    """
+
+    artifact_dirs: tuple[Path, ...]
+    backends: tuple[BackendKind, ...] = BACKEND_KINDS
+    checkpoint: Path | None = None
+    images: Path | None = None
+    runs: int = 5
+    warmup: int = 1
+    batch_sizes: tuple[int, ...] = (1, 16, 64)
+    peer: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.artifact_dirs:
+            raise SamExportError("give at least one artifact directory")
+        unknown = [b for b in self.backends if b not in BACKEND_KINDS]
+        if unknown:
+            raise SamExportError(f"unknown backend {unknown[0]!r}; valid: {', '.join(BACKEND_KINDS)}")
+        if self.runs < 1 or self.warmup < 0:
+            raise SamExportError(f"runs must be >= 1 and warmup >= 0; got {self.runs}, {self.warmup}")
+        if 1 not in self.batch_sizes or min(self.batch_sizes) < 1:
+            raise SamExportError(f"batch sizes must be >= 1 and include 1; got {self.batch_sizes}")
+
+
+@dataclass
+class BackendUnderTest:
+    """One backend to time, or the reason it cannot be (``backend`` is None then)."""
+
+    label: str
+    kind: str
+    precision: str | None = None
+    artifact_dir: Path | None = None
+    backend: object | None = None
+    skipped: str | None = None
+    stages: dict[str, Timing] = field(default_factory=dict)
+
+
+# -- backends ---------------------------------------------------------------------------------
+
+
+def _open_torch(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+    if config.checkpoint is None:
+        return [BackendUnderTest("torch", "torch", skipped="needs --checkpoint (the PyTorch weights)")]
+    from samexport.checkpoint import load_sam
+    from samexport.runtime.backends import TorchBackend
+
+    variant = manifests[config.artifact_dirs[0]]["variant"]
+    sam = load_sam(config.checkpoint, variant)
+    return [BackendUnderTest("torch fp32", "torch", "fp32", backend=TorchBackend(sam))]
+
+
+def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
+    def open_all(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+        from samexport.runtime.backends import OnnxRuntimeBackend, onnxruntime_providers
+
+        kind = f"onnxruntime-{device}"
+        try:
+            onnxruntime_providers(device)
+        except SamExportError as exc:
+            return [BackendUnderTest(kind, kind, skipped=str(exc))]
+        out = []
+        for folder, manifest in manifests.items():
+            precision = manifest.get("precision", "fp32")
+            backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device)
+            out.append(BackendUnderTest(f"{kind} {precision}", kind, precision, folder, backend))
+        return out
+
+    return open_all
+
+
+def _open_tensorrt(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+    try:
+        from samexport.engines import tensorrt_availability
+    except ImportError as exc:
+        return [BackendUnderTest("tensorrt", "tensorrt", skipped=f"samexport.engines unavailable: {exc}")]
+    available = tensorrt_availability()
+    reason = available.reason or "samexport.runtime has no TensorRT backend yet"
+    return [BackendUnderTest("tensorrt", "tensorrt", skipped=reason)]
+
+
+# Adding a backend = adding its opener here: (config, manifests) -> one entry per artifact.
+BACKEND_OPENERS: dict[str, Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]] = {
+    "torch": _open_torch,
+    "onnxruntime-cpu": _open_onnxruntime("cpu"),
+    "onnxruntime-cuda": _open_onnxruntime("cuda"),
+    "tensorrt": _open_tensorrt,
+}
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def default_bench_image(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[str, np.ndarray]:
+    """scikit-image's ``coffee`` (400x600) resized to ``size`` (H, W), or a synthetic picture."""
+    from PIL import Image
+
+    from samexport.parity import sample_images, synthetic_image
+
+    try:
+        photos, _ = sample_images(("coffee",))
+    except ImportError:
+        photos = {}
+    if "coffee" not in photos:
+        return f"synthetic {size[0]}x{size[1]}", synthetic_image(*size)
+    resized = Image.fromarray(photos["coffee"]).resize((size[1], size[0]), Image.BICUBIC)
+    return f"coffee resized to {size[0]}x{size[1]}", np.array(resized)
+
+
+def decoder_prompts(
+    size: tuple[int, int], batch_sizes: tuple[int, ...] = (1, 16, 64)
+) -> dict[str, dict[str, np.ndarray]]:
+    """Prompts (original-frame pixels) for each decoder stage, keyword arguments of
+    ``SamPredictor.decode_low_res`` (without the mask input, which the stage adds)."""
+    height, width = size
+    f32 = np.float32
+    centre = np.array([[[width / 2, height / 2]]], f32)
+    box = np.array([[width / 4, height / 4, 3 * width / 4, 3 * height / 4]], f32)
+    ticks = np.linspace(0.15, 0.85, 4)
+    grid = np.stack(np.meshgrid(ticks * width, ticks * height), -1).reshape(-1, 2)[:10].astype(f32)
+
+    def boxes(n: int) -> np.ndarray:
+        side = int(np.ceil(np.sqrt(n)))
+        cx, cy = np.meshgrid((np.arange(side) + 0.5) / side * width, (np.arange(side) + 0.5) / side * height)
+        centres = np.stack([cx.ravel(), cy.ravel()], -1)[:n]
+        half = np.array([width, height]) / (2.5 * side)
+        return np.concatenate([centres - half, centres + half], 1).astype(f32)
+
+    one = np.ones((1, 1), f32)
+    return {
+        "decoder_point": {"point_coords": centre, "point_labels": one},
+        "decoder_box_point": {"point_coords": centre, "point_labels": one, "boxes": box},
+        "decoder_10_points": {
+            "point_coords": grid[None], "point_labels": np.array([[1] * 7 + [0] * 3], f32),
+        },
+        "decoder_mask_input": {"point_coords": centre, "point_labels": one},
+        **{f"decoder_boxes_{n}": {"boxes": boxes(n)} for n in sorted(set(batch_sizes))},
+    }
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inputs: list[np.ndarray],
+                  config: BenchConfig, on_step: Callable[[str], None]) -> None:
+    from samexport.runtime.predictor import SamPredictor
+
+    backend = entry.backend
+    cycle = iter(range(10**9))
+    on_step(f"{entry.label}: encoder x{config.runs}")
+    entry.stages["encoder"] = measure(
+        lambda: backend.encode(encoder_inputs[next(cycle) % len(encoder_inputs)]),
+        runs=config.runs, warmup=config.warmup,
+    )
+    predictor = SamPredictor(backend)
+    predictor.set_image(images[0])
+    prompts = decoder_prompts(predictor.original_size, config.batch_sizes)
+    point = prompts["decoder_point"]
+    _, logits = predictor.decode_low_res(**point)
+    refine = {**point, "mask_input": logits[:, 1:2]}
+    on_step(f"{entry.label}: decoder stages x{config.runs}")
+    for stage, kwargs in prompts.items():
+        kwargs = refine if stage == "decoder_mask_input" else kwargs
+        items = len(kwargs.get("boxes", kwargs.get("point_coords")))
+        entry.stages[stage] = measure(
+            lambda kwargs=kwargs: predictor.decode_low_res(**kwargs),
+            runs=config.runs, warmup=config.warmup, items=items,
+        )
+    coords, labels = point["point_coords"][0], point["point_labels"][0]
+    for stage, multimask in (("predict_point", True), ("predict_point_single", False)):
+        entry.stages[stage] = measure(
+            lambda multimask=multimask: predictor.predict(coords, labels, multimask_output=multimask),
+            runs=config.runs, warmup=config.warmup,
+        )
+
+
+def _time_shared(images: list[np.ndarray], config: BenchConfig) -> dict[str, Timing]:
+    cycle = iter(range(10**9))
+    stages = {
+        "preprocess": measure(
+            lambda: transforms.preprocess(images[next(cycle) % len(images)]),
+            runs=config.runs, warmup=config.warmup,
+        )
+    }
+    size = images[0].shape[:2]
+    input_size = transforms.preprocess_shape(*size)
+    logits = np.random.default_rng(0).standard_normal((1, 3, 256, 256), dtype=np.float32) * 4
+    for count in (1, 3):
+        stages[f"postprocess_{count}_mask{'s' if count > 1 else ''}"] = measure(
+            lambda count=count: transforms.postprocess_masks(logits[:, :count], input_size, size)
+            > C.MASK_THRESHOLD,
+            runs=config.runs, warmup=config.warmup,
+        )
+    return stages
+
+
+def _time_peer(config: BenchConfig, variant_name: str, embedding: np.ndarray, size: tuple[int, int],
+               on_step: Callable[[str], None]) -> dict:
+    from samexport.bench.peer import OfficialDecoder, export_official_decoder, official_sam
+    from samexport.variants import get_variant
+
+    state = None
+    if config.checkpoint is not None:
+        from samexport.checkpoint import read_state_dict
+
+        state = read_state_dict(config.checkpoint)
+    sam = official_sam(get_variant(variant_name), state)
+    point = transforms.transform_coords(np.array([[size[1] / 2, size[0] / 2]]), size)
+    stages = {}
+    with tempfile.TemporaryDirectory(prefix="samexport-peer-") as tmp:
+        for stage, single in (("official_decoder_4_masks", False), ("official_decoder_best_mask", True)):
+            on_step(f"peer baseline: exporting and timing {stage}")
+            path = export_official_decoder(sam, Path(tmp) / f"{stage}.onnx", return_single_mask=single)
+            decoder = OfficialDecoder(path)
+            stages[stage] = measure(
+                lambda decoder=decoder: decoder.predict_point(embedding, point, size),
+                runs=config.runs, warmup=config.warmup,
+            )
+    return {
+        "recipe": "segment_anything.utils.onnx.SamOnnxModel exported as scripts/export_onnx_model.py "
+        "(TorchScript exporter, opset 17, constant folding), ONNX Runtime CPU, one point + padding point",
+        "weights": "checkpoint" if state is not None else "random (decoder latency does not depend on weights)",
+        "image_size": list(size),
+        "stages": stages,
+    }
+
+
+def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambda m: None) -> dict:
+    """Measure every stage on every available backend; return the results as a JSON-ready dict.
+
+    The dict holds the configuration, machine (CPU, cores, load average before and after),
+    versions, peak matmul GFLOP/s, per-backend stage timings with encoder GFLOP/s and fraction
+    of peak, the peer baseline and ratios, and the issue's targets with whether each is met.
+    """
+    from samexport.artifacts import read_manifest
+    from samexport.bench.flops import encoder_gflop, measure_peak_matmul
+    from samexport.bench.report import evaluate_targets, peer_ratios
+    from samexport.build import package_versions
+    from samexport.parity import read_images
+    from samexport.variants import get_variant
+
+    started = time.time()
+    load_before = _load_average()
+    manifests = {Path(d): read_manifest(d) for d in config.artifact_dirs}
+    variants = {m["variant"] for m in manifests.values()}
+    if len(variants) != 1:
+        raise SamExportError(f"artifact directories hold different variants: {sorted(variants)}")
+    variant_name = variants.pop()
+
+    if config.images is None:
+        name, image = default_bench_image()
+        named = {name: image}
+    else:
+        named = read_images(config.images)
+    images = list(named.values())
+
+    entries: list[BackendUnderTest] = []
+    for kind in config.backends:
+        entries += BACKEND_OPENERS[kind](config, manifests)
+
+    on_step("measuring peak float32 matmul throughput")
+    peak = measure_peak_matmul()
+    gflop = encoder_gflop(get_variant(variant_name))
+
+    on_step(f"shared stages x{config.runs}")
+    shared = _time_shared(images, config)
+    encoder_inputs = [transforms.preprocess(image) for image in images]
+    for entry in entries:
+        if entry.backend is not None:
+            _time_backend(entry, images, encoder_inputs, config, on_step)
+
+    peer = None
+    if config.peer:
+        reference = next((e.backend for e in entries if e.backend is not None), None)
+        if reference is None:
+            peer = {"skipped": "no backend ran, so there is no image embedding to decode"}
+        else:
+            embedding = reference.encode(encoder_inputs[0])
+            peer = _time_peer(config, variant_name, embedding, images[0].shape[:2], on_step)
+
+    backends = []
+    for entry in entries:
+        result = {"label": entry.label, "kind": entry.kind}
+        if entry.skipped:
+            backends.append({**result, "skipped": entry.skipped})
+            continue
+        seconds = entry.stages["encoder"].median_ms / 1e3
+        backends.append({
+            **result,
+            "precision": entry.precision,
+            "artifact_dir": None if entry.artifact_dir is None else str(entry.artifact_dir),
+            "stages": {k: v.to_dict() for k, v in entry.stages.items()},
+            "encoder": {
+                "gflop": round(gflop, 1),
+                "gflops": round(gflop / seconds, 1),
+                "fraction_of_peak": round(gflop / seconds / peak["gflops"], 3),
+            },
+        })
+    results = {
+        "format": RESULTS_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": None,
+        "machine": _machine(load_before),
+        "versions": package_versions(
+            "samexport", "numpy", "torch", "onnx", "onnxruntime", "segment-anything"
+        ),
+        "config": {
+            "runs": config.runs,
+            "warmup": config.warmup,
+            "batch_sizes": sorted(set(config.batch_sizes)),
+            "backends": list(config.backends),
+            "images": [{"name": n, "size": list(i.shape[:2])} for n, i in named.items()],
+        },
+        "model": {
+            "variant": variant_name,
+            "checkpoints": sorted({m.get("checkpoint", {}).get("file", "?") for m in manifests.values()}),
+            "artifacts": [str(d) for d in config.artifact_dirs],
+        },
+        "peak_matmul": {k: round(v, 1) for k, v in peak.items()},
+        "shared_stages": {k: v.to_dict() for k, v in shared.items()},
+        "backends": backends,
+        "peer_baseline": None if peer is None else {
+            **peer, "stages": {k: v.to_dict() for k, v in peer.get("stages", {}).items()},
+        },
+    }
+    if peer is not None and "stages" in peer:
+        results["peer_baseline"]["ratios"] = peer_ratios(results)
+    results["targets"] = evaluate_targets(results)
+    results["machine"]["load_average_after"] = _load_average()
+    results["seconds"] = round(time.time() - started, 1)
+    return results
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _machine(load_before) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_before": load_before,
+    }

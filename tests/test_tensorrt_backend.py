@@ -1,0 +1,62 @@
+"""TensorRT runtime backend: compatibility checks on CPU; real engines only on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from samexport.engines import GpuInfo, tensorrt_availability
+from samexport.errors import SamExportError
+from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.tensorrt_backend import check_engine_compatibility
+
+ORIN = GpuInfo(0, "Orin", "8.7")
+H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0")
+RECORD = {
+    "tensorrt_version": "10.3.0.26",
+    "gpu": "Orin",
+    "compute_capability": "8.7",
+    "config": {"version_compatible": False, "hardware_compatibility": "none"},
+    "plan": "encoder.plan",
+}
+
+
+def test_same_release_and_gpu_is_accepted():
+    check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0.30", gpu=ORIN)
+
+
+def test_other_tensorrt_release_is_refused_with_what_to_do():
+    with pytest.raises(SamExportError, match=r"built with TensorRT 10\.3\.0\.26, this is TensorRT 10\.8\.0\.43: rebuild"):
+        check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.8.0.43", gpu=ORIN)
+
+
+def test_version_compatible_plans_run_on_newer_releases_of_the_same_major():
+    record = {**RECORD, "config": {**RECORD["config"], "version_compatible": True}}
+    check_engine_compatibility(record, name="decoder", tensorrt_version="10.8.0.43", gpu=ORIN)
+    with pytest.raises(SamExportError, match="rebuild"):
+        check_engine_compatibility(record, name="decoder", tensorrt_version="10.2.0", gpu=ORIN)
+    with pytest.raises(SamExportError, match="rebuild"):
+        check_engine_compatibility(record, name="decoder", tensorrt_version="11.0.0", gpu=ORIN)
+
+
+def test_other_gpu_is_refused_unless_hardware_compatible():
+    with pytest.raises(SamExportError, match=r"built for Orin \(compute capability 8\.7\), this GPU is NVIDIA H100.*\(9\.0\)"):
+        check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0", gpu=H100)
+    ampere_plus = {**RECORD, "config": {**RECORD["config"], "hardware_compatibility": "ampere_plus"}}
+    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0", gpu=H100)
+    with pytest.raises(SamExportError):
+        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0", gpu=GpuInfo(0, "T4", "7.5"))
+
+
+def test_plan_built_without_gpu_is_refused():
+    record = {**RECORD, "gpu": None, "compute_capability": None}
+    with pytest.raises(SamExportError, match="built without a GPU"):
+        check_engine_compatibility(record, name="encoder", tensorrt_version="10.3.0", gpu=ORIN)
+
+
+def test_asking_for_tensorrt_without_engines_says_why(tiny_artifact):
+    availability = tensorrt_availability()
+    with pytest.raises(SamExportError, match="tensorrt|TensorRT"):
+        SamPredictor(tiny_artifact, backend="tensorrt")
+    if not availability:
+        # auto falls back to ONNX Runtime on a machine that cannot run engines
+        assert SamPredictor(tiny_artifact).backend.name.startswith("onnxruntime")
