@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from samexport import constants as C
 from samexport.artifacts import default_artifact_dir, staged_directory, write_manifest
 from samexport.errors import SamExportError
 from samexport.variants import Variant, get_variant
 
+if TYPE_CHECKING:
+    from samexport.engines.builder import BuildConfig
+    from samexport.models import Sam
+
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+EngineRequest = Literal["auto", "require", "skip"]
+PLAN_NAMES = {"encoder": "encoder.plan", "decoder": "decoder.plan"}
 
 
 @dataclass
@@ -26,6 +33,11 @@ class BuildResult:
     artifact_dir: Path
     manifest: dict
     skipped_engines: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parity_passed(self) -> bool | None:
+        parity = self.manifest.get("parity")
+        return None if parity is None else bool(parity["passed"])
 
 
 def package_versions(*names: str) -> dict[str, str]:
@@ -39,14 +51,87 @@ def package_versions(*names: str) -> dict[str, str]:
     return versions
 
 
+def _write_graphs(
+    sam: Sam,
+    staging: Path,
+    precision: Precision,
+    *,
+    opset: int,
+    calib_dir: Path | None,
+    calib_cache: Path | None,
+    on_step: Callable[[str], None],
+) -> dict:
+    """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
+
+    fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
+    ``calib_dir``, the decoder FP16 (it is ~0.4% of the compute).
+    """
+    from samexport.export.to_onnx import export_decoder, export_encoder
+
+    encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
+    if precision == "fp32":
+        on_step(f"exporting {encoder.name} (opset {opset})")
+        export_encoder(sam, encoder, opset=opset)
+        on_step(f"exporting {decoder.name} (opset {opset})")
+        export_decoder(sam, decoder, opset=opset)
+        return {"encoder": "fp32", "decoder": "fp32"}
+
+    from samexport.precision.fp16 import convert_to_fp16
+
+    work = staging / ".fp32"
+    work.mkdir()
+    on_step(f"exporting fp32 graphs (opset {opset})")
+    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset)
+    export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
+    on_step("converting the decoder to fp16 (fp32 islands kept)")
+    convert_to_fp16(work / C.DECODER_ONNX, decoder)
+    if precision == "fp16":
+        on_step("converting the encoder to fp16 (fp32 islands kept)")
+        convert_to_fp16(work / C.ENCODER_ONNX, encoder)
+        graphs = {"encoder": "fp16", "decoder": "fp16"}
+    else:
+        from samexport.precision.int8 import quantize_encoder_int8
+
+        on_step(f"calibrating and quantizing the encoder to int8 on {calib_dir}")
+        quantize_encoder_int8(work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache)
+        graphs = {"encoder": "int8 (Q/DQ)", "decoder": "fp16", "calibration_images": str(calib_dir)}
+    shutil.rmtree(work)
+    return graphs
+
+
+def _build_engines(
+    staging: Path, config: BuildConfig, request: EngineRequest, on_step: Callable[[str], None]
+) -> tuple[dict, dict[str, str]]:
+    """Build both plans if TensorRT and a GPU are here; else say why not for each engine."""
+    if request == "skip":
+        return {}, {name: "skipped (--no-engines)" for name in PLAN_NAMES}
+    from samexport.engines import tensorrt_availability
+
+    availability = tensorrt_availability()
+    if not availability:
+        return {}, {name: availability.reason for name in PLAN_NAMES}
+    from samexport.engines.builder import build_engine
+
+    engines = {}
+    for name, onnx_name in (("encoder", C.ENCODER_ONNX), ("decoder", C.DECODER_ONNX)):
+        on_step(f"building the TensorRT {name} engine on {availability.gpu.name}")
+        profiles = [config.decoder_profile()] if name == "decoder" else None
+        engines[name] = build_engine(staging / onnx_name, staging / PLAN_NAMES[name], config, profiles=profiles)
+    return engines, {}
+
+
 def build(
     variant: Variant | str,
     *,
     checkpoint: Path | str | None = None,
     output: Path | str | None = None,
     precision: Precision = "fp32",
+    calib_dir: Path | str | None = None,
+    engine_config: BuildConfig | None = None,
+    engines: EngineRequest = "auto",
     opset: int | None = None,
     download: bool = True,
+    parity: bool = True,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
@@ -57,22 +142,38 @@ def build(
             official file if it is missing (and ``download`` is true).
         output: artifact directory; default ``engines/<variant>-<precision>``.
         precision: numeric format of the graphs the engines are built from.
+        calib_dir: folder of calibration images, required for ``int8``.
+        engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
+        engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
+            fails the build (before writing anything) where they are not, ``skip`` never builds.
         opset: ONNX opset (default: the exporter's, 18).
+        parity: run a short parity check against the torch model (one image, a few prompts;
+            ~25 s on vit_b) and record it in the manifest.
         on_step: called with a one-line description before each stage.
 
     The directory is assembled in a staging folder and renamed into place when complete.
     """
     from samexport.checkpoint import load_sam
-    from samexport.download import resolve_checkpoint, sha256_file
-    from samexport.export.to_onnx import DEFAULT_OPSET, export_decoder, export_encoder
+    from samexport.download import default_cache_dir, resolve_checkpoint, sha256_file
+    from samexport.engines.builder import BuildConfig
+    from samexport.export.to_onnx import DEFAULT_OPSET
 
     variant = get_variant(variant) if isinstance(variant, str) else variant
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision != "fp32":
-        raise SamExportError(
-            f"{precision} graphs are not implemented yet (issue 3); build fp32 for now"
-        )
+    if precision == "int8":
+        if calib_dir is None:
+            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
+        from samexport.precision.int8 import list_images
+
+        list_images(calib_dir)  # fail now, not after the export, if the folder has no images
+    if engines == "require":
+        from samexport.engines import tensorrt_availability
+
+        availability = tensorrt_availability()
+        if not availability:
+            raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
+    engine_config = engine_config or BuildConfig()
     opset = opset or DEFAULT_OPSET
     destination = Path(output) if output else default_artifact_dir(variant.name, precision)
 
@@ -81,21 +182,25 @@ def build(
     checkpoint_sha = sha256_file(checkpoint)
     on_step(f"loading {variant.name} weights")
     sam = load_sam(checkpoint, variant)
+    calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}.json"
 
     started = time.perf_counter()
     with staged_directory(destination) as staging:
-        on_step(f"exporting {C.ENCODER_ONNX} (opset {opset})")
-        export_encoder(sam, staging / C.ENCODER_ONNX, opset=opset)
-        on_step(f"exporting {C.DECODER_ONNX} (opset {opset})")
-        export_decoder(sam, staging / C.DECODER_ONNX, opset=opset)
+        graphs = _write_graphs(
+            sam, staging, precision, opset=opset, calib_dir=Path(calib_dir) if calib_dir else None,
+            calib_cache=calib_cache, on_step=on_step,
+        )
+        parity_report = None
+        if parity:
+            from samexport.parity import quick_parity
 
-        skipped = {
-            "encoder": "TensorRT engines are not built yet (issue 3)",
-            "decoder": "TensorRT engines are not built yet (issue 3)",
-        }
+            on_step("parity check against the PyTorch weights")
+            parity_report = quick_parity(sam, staging, precision)
+        built, skipped = _build_engines(staging, engine_config, engines, on_step)
         manifest = {
             "variant": variant.name,
             "precision": precision,
+            "graphs": graphs,
             "opset": opset,
             "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha},
             "encoder": {
@@ -108,9 +213,11 @@ def build(
                 "inputs": [s.to_dict() for s in C.DECODER_INPUTS],
                 "outputs": [s.to_dict() for s in C.DECODER_OUTPUTS],
             },
-            "engines": {},
+            "engine_config": engine_config.to_dict(),
+            "engines": built,
             "skipped_engines": skipped,
-            "versions": package_versions("samexport", "torch", "onnx", "onnxruntime"),
+            "parity": parity_report,
+            "versions": package_versions("samexport", "torch", "onnx", "onnxruntime", "tensorrt"),
             "build_seconds": round(time.perf_counter() - started, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -55,26 +55,76 @@ def build(
     output: Annotated[
         Optional[Path], typer.Option(help="Artifact directory. Default: engines/<variant>-<precision>.")
     ] = None,
-    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graphs and engines (FP32 islands kept).")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ graphs and engines.")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graphs and engines (LayerNorm, Softmax, reductions stay FP32).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ encoder (needs --calib-dir) with an FP16 decoder.")] = False,
+    calib_dir: Annotated[
+        Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
+    ] = None,
+    max_points: Annotated[int, typer.Option(help="Largest points per prompt the decoder engine accepts (a box is 2).", min=1)] = 16,
+    max_batch: Annotated[int, typer.Option(help="Largest prompt batch the decoder engine accepts.", min=1)] = 64,
+    workspace_gb: Annotated[float, typer.Option(help="TensorRT workspace limit in GiB.", min=0.1)] = 4.0,
+    timing_cache: Annotated[
+        Optional[Path], typer.Option(help="TensorRT timing cache file, read and updated (speeds up rebuilds).")
+    ] = None,
+    hardware_compatible: Annotated[
+        bool, typer.Option(help="Engines that run on any Ampere or newer GPU (slower than GPU-specific ones).")
+    ] = False,
+    version_compatible: Annotated[
+        bool, typer.Option(help="Engines that later TensorRT releases of the same major version can run.")
+    ] = False,
+    engines: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--engines/--no-engines",
+            help="--engines: fail unless TensorRT engines can be built here; --no-engines: ONNX only. "
+            "Default: build engines where TensorRT and a GPU are available.",
+        ),
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version (17 or newer).", min=17)] = 18,
+    parity: Annotated[
+        bool, typer.Option(help="Check the graphs against the PyTorch weights on one image and record it.")
+    ] = True,
     download: Annotated[
         bool, typer.Option(help="Download the official checkpoint when it is not in the cache.")
     ] = True,
 ) -> None:
     """Export SAM to ONNX (and TensorRT engines where possible) into an artifact directory."""
     from samexport.build import build as run_build
+    from samexport.engines.builder import BuildConfig
 
     if fp16 and int8:
         raise SamExportError("choose one of --fp16 and --int8")
+    if calib_dir is not None and not int8:
+        raise SamExportError("--calib-dir is only used with --int8")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    config = BuildConfig(
+        workspace_bytes=int(workspace_gb * (1 << 30)),
+        prompts=(1, 1, max_batch),
+        points=(1, min(2, max_points), max_points),
+        timing_cache=timing_cache,
+        version_compatible=version_compatible,
+        hardware_compatibility="ampere_plus" if hardware_compatible else "none",
+    )
     result = run_build(
-        variant, checkpoint=checkpoint, output=output, precision=precision, opset=opset,
-        download=download, on_step=lambda message: typer.echo(f"- {message}", err=True),
+        variant, checkpoint=checkpoint, output=output, precision=precision, calib_dir=calib_dir,
+        engine_config=config, engines={None: "auto", True: "require", False: "skip"}[engines],
+        opset=opset, parity=parity, download=download,
+        on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     typer.echo(f"wrote {result.artifact_dir}")
     for engine, reason in result.skipped_engines.items():
         typer.echo(f"not built: {engine} engine: {reason}")
+    parity_report = result.manifest.get("parity")
+    if parity_report is not None:
+        verdict = "passed" if parity_report["passed"] else "FAILED"
+        figures = parity_report["summary"]
+        typer.echo(
+            f"parity vs PyTorch ({precision} tolerances): {verdict}: embedding cosine "
+            f"{figures['embedding_cosine']:.6f}, mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, "
+            f"IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
+        )
+        if not parity_report["passed"]:
+            raise SamExportError(f"parity check failed; the artifacts in {result.artifact_dir} do not match the PyTorch weights")
 
 
 @app.command()

@@ -512,7 +512,9 @@ def quick_parity(
     from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
 
     folder = Path(artifact_dir)
-    candidate = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu")
+    candidate = OnnxRuntimeBackend(
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", memory_arena=precision != "fp16"
+    )
     if image is not None:
         images = {"image": image}
     else:

@@ -37,10 +37,10 @@ _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 _PIXEL_MEAN = np.asarray(PIXEL_MEAN, dtype=np.float32).reshape(3, 1, 1)
 _PIXEL_STD = np.asarray(PIXEL_STD, dtype=np.float32).reshape(3, 1, 1)
 
-# Output rows per matmul in the banded row pass of postprocess_masks. Measured on the 2-core CPU
-# machine for 4 masks to 1500x2250: 128-768 rows all run within 10% of each other (~14 ms), a
-# single dense matmul over all rows takes ~19 ms.
-_ROW_BLOCK = 256
+# Output columns per matmul in the banded final pass of postprocess_masks (see _MaskUpsampler).
+# Measured on the 2-core CPU machine, 4 masks to 1500x2250, idle: 256 -> 18 ms, 512 -> 15 ms,
+# 1024 -> 18 ms, one dense matmul -> 27 ms.
+_COL_BLOCK = 512
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -76,7 +76,10 @@ def _check_image(image: Any) -> np.ndarray:
 
 
 def _as_real_array(name: str, values: Any, last_dim: int) -> np.ndarray:
-    array = np.asarray(values)
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array; {exc}") from exc
     if array.dtype.kind not in "iuf":
         raise ValueError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if array.ndim < 1 or array.shape[-1] != last_dim:
@@ -178,17 +181,21 @@ def transform_boxes(boxes: np.ndarray, original_size: tuple[int, int]) -> np.nda
     return corners.reshape(array.shape)
 
 
-def _linear_weights(out_size: int, in_size: int) -> np.ndarray:
-    """``out_size x in_size`` float64 matrix of 1-D linear interpolation, ``align_corners=False``.
+def _linear_taps(out_size: int, in_size: int) -> tuple[np.ndarray, ...]:
+    """1-D linear interpolation ``in_size -> out_size``, ``align_corners=False``, as taps.
 
-    Reproduces PyTorch's CPU ``upsample_bilinear2d`` weights bit for bit: source index
-    ``scale * (dst + 0.5) - 0.5`` in float32 with a fused multiply-add (emulated exactly: the
-    float64 product and difference of these float32 values are exact, then rounded once), clamped
-    at 0; ``lambda1 = src - floor(src)``, ``lambda0 = 1 - lambda1`` in float32; the upper neighbour
-    is clamped to the last row.
+    Returns ``(index0, index1, lambda0, lambda1)``, each of length ``out_size``: output ``i`` is
+    ``lambda0[i] * x[index0[i]] + lambda1[i] * x[index1[i]]``; lambdas float32, indices int64.
+
+    Reproduces PyTorch's CPU ``upsample_bilinear2d`` weights bit for bit: identity when the sizes
+    are equal; otherwise source index ``scale * (dst + 0.5) - 0.5`` in float32 with a fused
+    multiply-add (emulated exactly: the float64 product and difference of these float32 values are
+    exact, then rounded once), clamped at 0; ``lambda1 = src - floor(src)``, ``lambda0 = 1 -
+    lambda1`` in float32; the upper neighbour is clamped to the last input index.
     """
     if out_size == in_size:
-        return np.eye(out_size)
+        index = np.arange(out_size, dtype=np.int64)
+        return index, index, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
     scale = np.float32(in_size) / np.float32(out_size)
     dst = np.arange(out_size, dtype=np.float64)
     src = (np.float64(scale) * (dst + 0.5) - 0.5).astype(np.float32)
@@ -197,45 +204,71 @@ def _linear_weights(out_size: int, in_size: int) -> np.ndarray:
     lambda1 = np.clip(src - index0.astype(np.float32), np.float32(0.0), np.float32(1.0))
     lambda0 = np.float32(1.0) - lambda1
     index1 = np.where(index0 < in_size - 1, index0 + 1, index0)
-    weights = np.zeros((out_size, in_size), dtype=np.float64)
-    rows = np.arange(out_size)
-    np.add.at(weights, (rows, index0), lambda0)
-    np.add.at(weights, (rows, index1), lambda1)
-    return weights
+    return index0, index1, lambda0, lambda1
+
+
+@lru_cache(maxsize=1)
+def _low_res_to_input_taps() -> tuple[np.ndarray, ...]:
+    return _linear_taps(IMAGE_SIZE, LOW_RES_MASK_SIZE)
 
 
 def _chain_weights(original: int, resized: int) -> np.ndarray:
     """``original x 256`` float64 matrix of one axis of ``Sam.postprocess_masks``.
 
-    Upsample 256 -> 1024, keep the first ``resized`` rows, resample to ``original``.
+    Upsample 256 -> 1024, keep the first ``resized`` samples, resample to ``original``: the
+    product of the two interpolation matrices, composed tap by tap (4 products per row; each
+    product of two float32 weights is exact in float64).
     """
-    to_input = _linear_weights(IMAGE_SIZE, LOW_RES_MASK_SIZE)[:resized]
-    return _linear_weights(original, resized) @ to_input
+    outer = _linear_taps(original, resized)
+    inner = _low_res_to_input_taps()
+    weights = np.zeros((original, LOW_RES_MASK_SIZE), dtype=np.float64)
+    rows = np.arange(original)
+    for index, weight in ((outer[0], outer[2]), (outer[1], outer[3])):
+        for inner_index, inner_weight in ((inner[0], inner[2]), (inner[1], inner[3])):
+            product = weight.astype(np.float64) * inner_weight[index].astype(np.float64)
+            np.add.at(weights, (rows, inner_index[index]), product)
+    return weights
 
 
 @dataclass(frozen=True)
 class _MaskUpsampler:
     """Precomputed ``postprocess_masks`` for one ``(input_size, original_size)`` pair.
 
-    ``out = R @ logits @ C.T``: ``cols_t`` is ``C.T`` cut to the low-res columns it reads
-    (``used_cols x W`` float32); ``R`` is banded (at most 3 contiguous nonzeros per row), so it is
-    stored as row blocks ``(r0, r1, lo, hi, R[r0:r1, lo:hi])``, each reading few low-res rows.
+    ``out = R @ logits @ C.T`` per mask, with ``R`` (``H x 256``) and ``C`` (``W x 256``) the
+    per-axis weights; both read only the first ``used_rows`` / ``used_cols`` low-res rows/columns
+    (the crop to ``input_size``). ``C`` is banded (at most 3 contiguous nonzeros per row), so
+    ``C.T`` is stored as column blocks ``(c0, c1, lo, hi, C.T[lo:hi, c0:c1])``.
+
+    The work is laid out so the number of BLAS calls does not grow with the number of masks: one
+    matmul for ``R`` over all masks, then one per column block writing straight into the
+    contiguous output. Each call of a multithreaded BLAS waits for its worker threads, which can
+    cost a scheduler time slice when other processes hold the cores: with one matmul per mask and
+    block, 4 masks to 1500x2250 took ~850 ms on the 2-core machine at load ~8, ~110 ms with this
+    layout (idle: ~15 ms).
     """
 
     height: int
     width: int
     used_rows: int
-    cols_t: np.ndarray
-    row_blocks: tuple[tuple[int, int, int, int, np.ndarray], ...]
+    used_cols: int
+    rows: np.ndarray  # H x used_rows float32
+    col_blocks: tuple[tuple[int, int, int, int, np.ndarray], ...]
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """Map ``Nx256x256`` float32 logits to ``NxHxW`` float32 logits."""
-        used_cols = self.cols_t.shape[0]
-        partial = logits[:, : self.used_rows, :used_cols] @ self.cols_t  # N x used_rows x W
-        out = np.empty((logits.shape[0], self.height, self.width), dtype=np.float32)
-        for r0, r1, lo, hi, block in self.row_blocks:
-            np.matmul(block, partial[:, lo:hi, :], out=out[:, r0:r1, :])
-        return out
+        count = logits.shape[0]
+        cropped = logits[:, : self.used_rows, : self.used_cols]
+        # used_rows x (N * used_cols): the masks side by side, so R applies in one matmul.
+        side_by_side = np.ascontiguousarray(cropped.transpose(1, 0, 2))
+        side_by_side = side_by_side.reshape(self.used_rows, count * self.used_cols)
+        partial = (self.rows @ side_by_side).reshape(self.height, count, self.used_cols)
+        # (N * H) x used_cols, mask-major, so each column block is one matmul into the output.
+        partial = np.ascontiguousarray(partial.transpose(1, 0, 2))
+        partial = partial.reshape(count * self.height, self.used_cols)
+        out = np.empty((count * self.height, self.width), dtype=np.float32)
+        for c0, c1, lo, hi, block in self.col_blocks:
+            np.matmul(partial[:, lo:hi], block, out=out[:, c0:c1])
+        return out.reshape(count, self.height, self.width)
 
 
 def _support(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,27 +279,30 @@ def _support(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    array.setflags(write=False)
+    return array
+
+
 @lru_cache(maxsize=16)
 def _mask_upsampler(input_size: tuple[int, int], original_size: tuple[int, int]) -> _MaskUpsampler:
     rows = _chain_weights(original_size[0], input_size[0])
     cols = _chain_weights(original_size[1], input_size[1])
-    used_cols = int(_support(cols)[1].max())
-    first, last = _support(rows)
+    used_rows = int(_support(rows)[1].max())
+    first, last = _support(cols)
     blocks = []
-    for r0 in range(0, rows.shape[0], _ROW_BLOCK):
-        r1 = min(r0 + _ROW_BLOCK, rows.shape[0])
-        lo, hi = int(first[r0:r1].min()), int(last[r0:r1].max())
-        block = np.ascontiguousarray(rows[r0:r1, lo:hi], dtype=np.float32)
-        block.setflags(write=False)
-        blocks.append((r0, r1, lo, hi, block))
-    cols_t = np.ascontiguousarray(cols[:, :used_cols].T, dtype=np.float32)
-    cols_t.setflags(write=False)
+    for c0 in range(0, cols.shape[0], _COL_BLOCK):
+        c1 = min(c0 + _COL_BLOCK, cols.shape[0])
+        lo, hi = int(first[c0:c1].min()), int(last[c0:c1].max())
+        blocks.append((c0, c1, lo, hi, _frozen(cols[c0:c1, lo:hi].T)))
     return _MaskUpsampler(
         height=original_size[0],
         width=original_size[1],
-        used_rows=int(last.max()),
-        cols_t=cols_t,
-        row_blocks=tuple(blocks),
+        used_rows=used_rows,
+        used_cols=int(last.max()),
+        rows=_frozen(rows[:, :used_rows]),
+        col_blocks=tuple(blocks),
     )
 
 
@@ -279,10 +315,11 @@ def postprocess_masks(
 
     The official recipe (bilinear 256 -> 1024, ``align_corners=False``; crop ``[:h, :w]``; bilinear
     to ``(H, W)``, ``align_corners=False``) is linear and separable, so each axis is one banded
-    matrix, built once per ``(input_size, original_size)`` and cached; the result is two float32
-    matmuls. The interpolation weights equal PyTorch's bit for bit; the float32 results differ
-    from the official torch path only by rounding (~1e-6 of the logit scale; thresholded masks
-    agree except for logits within rounding of ``MASK_THRESHOLD``).
+    matrix, built once per ``(input_size, original_size)`` (a few ms; the 16 most recent pairs are
+    cached), then applied with a few float32 matmuls, as many for 1 mask as for 100. The
+    interpolation weights equal PyTorch's bit for bit; the float32 results differ from the
+    official torch path only by rounding (~1e-6 of the logit scale; thresholded masks agree
+    except for logits within rounding of ``MASK_THRESHOLD``).
 
     Args:
         low_res_logits: ``...x256x256`` floating array of mask logits in the low-res frame (e.g.

@@ -66,3 +66,54 @@ def test_bad_precision_and_variant(tiny_checkpoint, tmp_path):
     with pytest.raises(SamExportError, match="looks like tiny"):
         build("vit_b", checkpoint=tiny_checkpoint, output=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_parity_is_recorded(tiny_artifact):
+    parity = read_manifest(tiny_artifact)["parity"]
+    assert parity["passed"] is True and parity["precision"] == "fp32"
+    assert parity["summary"]["mask_iou_min"] >= 0.99
+    assert parity["summary"]["embedding_cosine"] > 0.999999
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_builds(precision, tiny_checkpoint, tmp_path):
+    """fp16 and int8 artifacts build end to end, pass their parity tolerances and run."""
+    from PIL import Image
+    from skimage import data
+
+    from samexport.runtime.predictor import SamPredictor
+
+    calib = None
+    if precision == "int8":
+        calib = tmp_path / "calib"
+        calib.mkdir()
+        for name in ("coffee", "chelsea", "rocket"):
+            Image.fromarray(getattr(data, name)()).save(calib / f"{name}.png")
+    result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision, calib_dir=calib)
+    manifest = read_manifest(result.artifact_dir)
+    assert manifest["precision"] == precision and result.parity_passed
+    assert manifest["graphs"]["decoder"] == "fp16"
+    assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+    predictor = SamPredictor(result.artifact_dir)
+    predictor.set_image(data.astronaut())
+    masks, scores, _ = predictor.predict(box=[100, 50, 400, 450])
+    assert masks.shape == (3, 512, 512) and scores.shape == (3,)
+
+
+def test_int8_without_images_fails_before_exporting(tiny_checkpoint, tmp_path):
+    with pytest.raises(SamExportError, match="--calib-dir"):
+        build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "x", precision="int8")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SamExportError):
+        build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "x", precision="int8", calib_dir=tmp_path / "empty")
+    assert not (tmp_path / "x").exists()
+
+
+def test_required_engines_fail_clearly_without_tensorrt(tiny_checkpoint, tmp_path):
+    from samexport.engines import tensorrt_availability
+
+    if tensorrt_availability():
+        pytest.skip("TensorRT and a GPU are available here")
+    with pytest.raises(SamExportError, match="engines were required but cannot be built: tensorrt"):
+        build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "x", engines="require")
+    assert not (tmp_path / "x").exists()

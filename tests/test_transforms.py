@@ -159,13 +159,33 @@ def test_transform_boxes_matches_official(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize(("out_size", "in_size"), [(1024, 256), (1500, 683), (2250, 1024),
                                                    (480, 768), (37, 18), (30, 15), (1, 1024),
                                                    (1024, 1), (7, 3), (1024, 1024)])
-def test_interpolation_weights_equal_torch(out_size: int, in_size: int) -> None:
+def test_interpolation_taps_equal_torch(out_size: int, in_size: int) -> None:
     # Interpolating the identity along one axis yields torch's weight matrix exactly.
     eye = torch.eye(in_size, dtype=torch.float32)[None, None]
     torch_weights = torch.nn.functional.interpolate(
         eye, (in_size, out_size), mode="bilinear", align_corners=False
     )[0, 0].T.numpy()
-    np.testing.assert_array_equal(transforms._linear_weights(out_size, in_size), torch_weights)
+    index0, index1, lambda0, lambda1 = transforms._linear_taps(out_size, in_size)
+    assert lambda0.dtype == lambda1.dtype == np.float32
+    ours = np.zeros((out_size, in_size), np.float32)
+    np.add.at(ours, (np.arange(out_size), index0), lambda0)
+    np.add.at(ours, (np.arange(out_size), index1), lambda1)
+    np.testing.assert_array_equal(ours, torch_weights)
+
+
+def test_chain_weights_equal_product_of_torch_weights() -> None:
+    def torch_weights(out_size: int, in_size: int) -> np.ndarray:
+        eye = torch.eye(in_size, dtype=torch.float32)[None, None]
+        resized = torch.nn.functional.interpolate(
+            eye, (in_size, out_size), mode="bilinear", align_corners=False
+        )
+        return resized[0, 0].T.double().numpy()
+
+    for original, resized in [(1500, 683), (2250, 1024), (480, 768), (30, 15), (1, 1)]:
+        expected = torch_weights(original, resized) @ torch_weights(IMAGE_SIZE, 256)[:resized]
+        np.testing.assert_allclose(
+            transforms._chain_weights(original, resized), expected, rtol=0, atol=1e-15
+        )
 
 
 def _official_postprocess(official_sam, logits: np.ndarray, input_size, original_size):
@@ -254,6 +274,7 @@ def test_bad_preprocess_shape_raises(args, match: str) -> None:
         (lambda: transform_coords(np.zeros((3, 3)), (10, 10)), r"coords must have shape \.\.\.x2"),
         (lambda: transform_coords(np.zeros(()), (10, 10)), r"coords must have shape \.\.\.x2"),
         (lambda: transform_coords(np.array([["a", "b"]]), (10, 10)), "coords must hold real"),
+        (lambda: transform_coords([[1, 2], [3]], (10, 10)), "coords must be a rectangular"),
         (lambda: transform_coords(np.zeros((1, 2)), (10,)), "original_size must be a pair"),
         (lambda: transform_coords(np.zeros((1, 2)), (0, 10)), r"original_size\[0\] must be pos"),
         (lambda: transform_coords(np.zeros((1, 2)), (10, 2.5)), r"original_size\[1\] must be an"),

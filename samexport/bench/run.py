@@ -106,7 +106,8 @@ def _open_torch(config: BenchConfig, manifests: dict[Path, dict]) -> list[Backen
 
 def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
     def open_all(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
-        from samexport.runtime.backends import OnnxRuntimeBackend, onnxruntime_providers
+        from samexport.runtime.backends import onnxruntime_providers
+        from samexport.runtime.predictor import open_backend
 
         kind = f"onnxruntime-{device}"
         try:
@@ -116,7 +117,7 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
         out = []
         for folder, manifest in manifests.items():
             precision = manifest.get("precision", "fp32")
-            backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device)
+            backend = open_backend(folder, kind)
             out.append(BackendUnderTest(f"{kind} {precision}", kind, precision, folder, backend))
         return out
 
@@ -129,8 +130,18 @@ def _open_tensorrt(config: BenchConfig, manifests: dict[Path, dict]) -> list[Bac
     except ImportError as exc:
         return [BackendUnderTest("tensorrt", "tensorrt", skipped=f"samexport.engines unavailable: {exc}")]
     available = tensorrt_availability()
-    reason = available.reason or "samexport.runtime has no TensorRT backend yet"
-    return [BackendUnderTest("tensorrt", "tensorrt", skipped=reason)]
+    if not available:
+        return [BackendUnderTest("tensorrt", "tensorrt", skipped=available.reason)]
+    from samexport.runtime.predictor import open_backend
+
+    out = []
+    for folder, manifest in manifests.items():
+        precision = manifest.get("precision", "fp32")
+        if not manifest.get("engines"):
+            out.append(BackendUnderTest(f"tensorrt {precision}", "tensorrt", precision, skipped=f"{folder} has no engines"))
+            continue
+        out.append(BackendUnderTest(f"tensorrt {precision}", "tensorrt", precision, folder, open_backend(folder, "tensorrt")))
+    return out
 
 
 # Adding a backend = adding its opener here: (config, manifests) -> one entry per artifact.

@@ -38,7 +38,10 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
 
         return TensorRTBackend(folder, manifest)
     device = ORT_DEVICES.get(backend, "auto")
-    return OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device)
+    return OnnxRuntimeBackend(
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device,
+        memory_arena=manifest.get("precision") != "fp16",
+    )
 
 
 def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""ONNX -> TensorRT engine plans, and whether this machine can build them.
+
+``tensorrt`` and the CUDA driver are optional: nothing here imports them at module import time.
+:func:`tensorrt_availability` says, in one line, why engines cannot be built, so ``samexport
+build`` can report which engines it skipped and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal
+
+from samexport.errors import MissingExtraError
+
+TensorRTFlavour = Literal["tensorrt", "tensorrt_rtx"]
+
+# Import names per flavour: the TensorRT-RTX PyPI wheels (tensorrt-rtx-cu12-bindings) install
+# ``tensorrt_rtx_bindings``; NVIDIA's own packages name it ``tensorrt_rtx``.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "tensorrt": ("tensorrt",),
+    "tensorrt_rtx": ("tensorrt_rtx", "tensorrt_rtx_bindings"),
+}
+_INSTALL_HINT = {
+    "tensorrt": "pip install 'samexport[tensorrt]' (TensorRT's libraries come from NVIDIA's index: "
+    "add --extra-index-url https://pypi.nvidia.com if pip cannot find them)",
+    "tensorrt_rtx": "pip install tensorrt-rtx-cu12-libs tensorrt-rtx-cu12-bindings",
+}
+
+
+def load_tensorrt(flavour: TensorRTFlavour = "tensorrt") -> ModuleType:
+    """Import the TensorRT Python module of ``flavour``; raise :class:`MissingExtraError` if absent.
+
+    ``"tensorrt_rtx"`` (TensorRT for RTX) shares the builder API used here and builds engines
+    without a GPU, which the test suite uses to prove every graph parses and builds.
+    """
+    errors = []
+    for name in _MODULES[flavour]:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:  # also covers a wheel whose shared libraries fail to load
+            errors.append(f"{name}: {exc}")
+    raise MissingExtraError(f"{flavour} is not importable ({'; '.join(errors)}); install it with: {_INSTALL_HINT[flavour]}")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One CUDA device as the driver reports it."""
+
+    index: int
+    name: str
+    compute_capability: str  # "8.7" for Jetson Orin, "9.0" for H100
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "compute_capability": self.compute_capability}
+
+
+class NoGpuError(RuntimeError):
+    """No usable CUDA device; the message says why (no driver, no device, driver error)."""
+
+
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+
+
+def cuda_devices() -> list[GpuInfo]:
+    """CUDA devices through the driver library (``libcuda``), with no Python CUDA package.
+
+    Raises:
+        NoGpuError: the NVIDIA driver is missing or reports no device.
+    """
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        try:
+            cuda = ctypes.CDLL("nvcuda.dll")
+        except (OSError, AttributeError):
+            raise NoGpuError("no NVIDIA driver (libcuda.so.1 not found)") from None
+    status = cuda.cuInit(0)
+    if status != 0:
+        raise NoGpuError(f"the NVIDIA driver found no usable GPU (cuInit error {status})")
+    count = ctypes.c_int()
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        raise NoGpuError("the NVIDIA driver reports no CUDA device")
+    devices = []
+    for index in range(count.value):
+        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        name = ctypes.create_string_buffer(256)
+        cuda.cuDeviceGet(ctypes.byref(device), index)
+        cuda.cuDeviceGetName(name, len(name), device)
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device)
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device)
+        devices.append(GpuInfo(index, name.value.decode(errors="replace"), f"{major.value}.{minor.value}"))
+    return devices
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether TensorRT engines can be built here. Truthy when they can.
+
+    Attributes:
+        ok: TensorRT imports and a CUDA GPU is present.
+        reason: one line saying what is missing ("" when ``ok``).
+        tensorrt_version: the importable TensorRT version, or None.
+        gpu: the first CUDA device, or None.
+    """
+
+    ok: bool
+    reason: str
+    tensorrt_version: str | None = None
+    gpu: GpuInfo | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def tensorrt_availability(flavour: TensorRTFlavour = "tensorrt") -> Availability:
+    """Can this machine build and run engines with ``flavour``? If not, why not (one line)."""
+    try:
+        trt = load_tensorrt(flavour)
+    except MissingExtraError as exc:
+        return Availability(False, str(exc))
+    version = getattr(trt, "__version__", None)
+    try:
+        gpu = cuda_devices()[0]
+    except NoGpuError as exc:
+        return Availability(False, f"{flavour} {version} is installed but {exc}", version)
+    return Availability(True, "", version, gpu)
+
+
+__all__ = [
+    "Availability",
+    "GpuInfo",
+    "NoGpuError",
+    "TensorRTFlavour",
+    "cuda_devices",
+    "load_tensorrt",
+    "tensorrt_availability",
+]

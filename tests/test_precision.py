@@ -1,0 +1,339 @@
+"""samexport.precision on the tiny model: FP16 islands and INT8 Q/DQ structure, numerics on ORT CPU.
+
+The full-size (vit_b) checks live in ``test_precision_vit_b.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from samexport import constants as C
+from samexport.download import sha256_file
+
+SAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
+HELD_OUT_PHOTO = "astronaut"  # never used for calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared with test_precision_vit_b.py (imported there)
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as HxWx3 uint8 RGB."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    image = image[0] if isinstance(image, tuple) else image  # stereo pairs
+    return np.ascontiguousarray(image[..., :3])
+
+
+def write_calibration_folder(folder: Path, names=SAMPLE_PHOTOS) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(sample_photo(name)).save(folder / f"{name}.png")
+    return folder
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of thresholded mask logits, per mask: ``BxKxHxW`` -> ``BxK``; empty vs empty is 1."""
+    a, b = a > C.MASK_THRESHOLD, b > C.MASK_THRESHOLD
+    union = (a | b).sum(axis=(-1, -2))
+    return np.where(union == 0, 1.0, (a & b).sum(axis=(-1, -2)) / np.maximum(union, 1))
+
+
+def decoder_feed(embedding: np.ndarray, *, prompts: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    """One foreground click (+ the padding point) per prompt, spread over the 1024 frame."""
+    rng = np.random.default_rng(seed)
+    coords = np.zeros((prompts, 2, 2), np.float32)
+    coords[:, 0] = rng.uniform(64, 960, size=(prompts, 2))
+    labels = np.tile(np.array([C.LABEL_FOREGROUND, C.LABEL_PADDING], np.float32), (prompts, 1))
+    return {
+        C.IMAGE_EMBEDDINGS.name: embedding,
+        C.POINT_COORDS.name: coords,
+        C.POINT_LABELS.name: labels,
+        C.MASK_INPUT.name: np.zeros((prompts, 1, C.LOW_RES_MASK_SIZE, C.LOW_RES_MASK_SIZE), np.float32),
+        C.HAS_MASK_INPUT.name: np.zeros(prompts, np.float32),
+    }
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, int]:
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def _islands(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    from samexport.precision.fp16 import fp32_island_nodes
+
+    return fp32_island_nodes(model)
+
+
+def fp32_compute_ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in _islands(model))
+
+
+def assert_fp16_structure(model: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
+    """Boundaries fp32, weights fp16, islands exactly the overflow-prone ops."""
+    types = value_types(model)
+    for tensor in (*model.graph.input, *model.graph.output):
+        assert tensor.type.tensor_type.elem_type == TensorProto.FLOAT, tensor.name
+    assert [i.name for i in model.graph.input] == [i.name for i in fp32.graph.input]
+    assert [o.name for o in model.graph.output] == [o.name for o in fp32.graph.output]
+    islands = fp32_compute_ops(model)
+    original = Counter(n.op_type for n in fp32.graph.node)
+    for op in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
+        assert islands[op] == original[op], (op, islands[op], original[op])
+    # The decomposed LayerNorm2d (neck, mask upscaling): Sub .. Div in FP32 as well, plus in the
+    # decoder the prompt encoder's coordinate normalisation in front of Sin/Cos.
+    prompt_chain = islands["Sin"]
+    assert islands["Sub"] == islands["Pow"] + prompt_chain and islands["Div"] == islands["Pow"] + prompt_chain
+    heavy = {"MatMul", "Conv", "Gemm", "ConvTranspose", "Einsum", "Erf"}
+    island_nodes = {n.name for n in _islands(model)}  # protobuf wrappers have no stable id()
+    for node in model.graph.node:
+        if node.op_type not in heavy:
+            continue
+        if node.name in island_nodes:  # only the prompt encoder's 2x128 gaussian projection
+            assert node.op_type == "MatMul" and node.input[1].endswith("positional_encoding_gaussian_matrix")
+        else:
+            assert all(types[x] == TensorProto.FLOAT16 for x in node.input if x), node.name
+    big_fp32 = [t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 4096]
+    assert not big_fp32, f"large fp32 weights left: {big_fp32[:5]}"
+
+
+def assert_int8_structure(model: onnx.ModelProto) -> None:
+    """Q/DQ only in front of MatMul/Conv/Gemm, zero points 0, per-channel int8 weights."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            consumers.setdefault(x, []).append(node)
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert dq and q
+    for node in dq:
+        assert {c.op_type for c in consumers[node.output[0]]} <= {"MatMul", "Conv", "Gemm"}, node.name
+    for node in (*q, *dq):
+        zero_point = onnx.numpy_helper.to_array(inits[node.input[2]])
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    for node in model.graph.node:
+        if node.op_type in ("Softmax", "LayerNormalization", "Transpose", "Reshape", "Add"):
+            assert all(producer[x].op_type != "DequantizeLinear" for x in node.input if x in producer), node.name
+    weights = [n for n in dq if n.input[0] in inits]
+    assert weights
+    for node in weights:
+        weight, scale = inits[node.input[0]], inits[node.input[1]]
+        assert weight.data_type == TensorProto.INT8
+        assert len(scale.dims) == 1 and scale.dims[0] > 1, f"{node.name}: not per-channel"
+        axis = next(a.i for a in node.attribute if a.name == "axis")
+        assert weight.dims[axis] == scale.dims[0]
+    # Attention products (two activations) stay in float by default.
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and producer.get(node.input[1]) is not None:
+            if producer[node.input[1]].op_type != "DequantizeLinear":
+                assert producer[node.input[0]].op_type != "DequantizeLinear", node.name
+
+
+# ---------------------------------------------------------------------------------------------
+# FP16
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16(tiny_onnx, tmp_path_factory) -> tuple[Path, Path]:
+    from samexport.precision.fp16 import convert_to_fp16
+
+    folder = tmp_path_factory.mktemp("fp16")
+    encoder, decoder = tiny_onnx
+    return convert_to_fp16(encoder, folder / "encoder.onnx"), convert_to_fp16(decoder, folder / "decoder.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding(tiny_onnx) -> np.ndarray:
+    from samexport.transforms import preprocess
+
+    return session(tiny_onnx[0]).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
+
+
+def test_fp16_structure(tiny_onnx, tiny_fp16):
+    for fp32_path, fp16_path in zip(tiny_onnx, tiny_fp16):
+        model = onnx.load(str(fp16_path))
+        onnx.checker.check_model(model)
+        assert_fp16_structure(model, onnx.load(str(fp32_path)))
+
+
+def test_fp16_decoder_keeps_positional_encoding_fp32(tiny_fp16):
+    """point_coords -> +0.5 -> /1024 -> *2 -1 -> @ gaussian -> *2pi -> Sin/Cos all in FP32."""
+    model = onnx.load(str(tiny_fp16[1]))
+    islands = fp32_compute_ops(model)
+    assert islands["Sin"] == 1 and islands["Cos"] == 1 and islands["MatMul"] == 1
+    first = next(n for n in model.graph.node if C.POINT_COORDS.name in n.input and n.op_type != "Shape")
+    assert first.op_type == "Add"  # reads the fp32 input directly, no Cast in front
+
+
+def test_fp16_islands_are_configurable(tiny_onnx, tmp_path):
+    from samexport.precision.fp16 import DEFAULT_FP32_OPS, convert_to_fp16
+
+    path = convert_to_fp16(
+        tiny_onnx[0], tmp_path / "e.onnx", fp32_ops=DEFAULT_FP32_OPS - {"Softmax"}, keep_decomposed_norms_fp32=False
+    )
+    islands = fp32_compute_ops(onnx.load(str(path)))
+    assert islands["Softmax"] == 0 and islands["LayerNormalization"] > 0
+    assert islands["Sub"] == 0 and islands["Div"] == 0
+
+
+def test_fp16_constant_nodes_become_fp16(tmp_path):
+    """A graph with a Constant node and an initializer read in both precisions."""
+    from onnx import helper
+
+    from samexport.precision.fp16 import convert_to_fp16
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])
+    w = onnx.numpy_helper.from_array(np.full((3, 3), 0.5, np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones(3, np.float32))),
+        helper.make_node("Relu", ["x"], ["r"]),  # not input-fed arithmetic: the chain below is FP16
+        helper.make_node("MatMul", ["r", "w"], ["m"]),
+        helper.make_node("Add", ["m", "c"], ["a"]),
+        helper.make_node("Pow", ["a", "w"], ["p"]),  # FP32 island reading the same weight
+        helper.make_node("Softmax", ["p"], ["y"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 18)], ir_version=10
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    out = onnx.load(str(convert_to_fp16(src, tmp_path / "m16.onnx")))
+    inits = {t.name: t.data_type for t in out.graph.initializer}
+    assert inits == {"w": TensorProto.FLOAT, "w__fp16": TensorProto.FLOAT16, "c": TensorProto.FLOAT16}
+    assert out.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    feed = {"x": np.arange(9, dtype=np.float32).reshape(3, 3) / 9}
+    np.testing.assert_allclose(session(src).run(None, feed)[0], session(tmp_path / "m16.onnx").run(None, feed)[0], atol=2e-3)
+
+
+def test_fp16_reads_external_data(tiny_onnx, tiny_embedding, tmp_path):
+    """Graphs past 2 GB (vit_h) keep their weights in external data next to the .onnx file."""
+    from samexport.precision.fp16 import convert_to_fp16
+    from samexport.transforms import preprocess
+
+    src = tmp_path / "src" / "encoder.onnx"
+    src.parent.mkdir()
+    onnx.save(onnx.load(str(tiny_onnx[0])), str(src), save_as_external_data=True, location="encoder.onnx.data")
+    out = convert_to_fp16(src, tmp_path / "out" / "encoder.onnx")
+    half = session(out).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
+    assert cosine(tiny_embedding, half) >= 0.9999
+
+
+def test_fp16_numerics_tiny(tiny_onnx, tiny_fp16, tiny_embedding):
+    """Stated tolerance: embedding cosine >= 0.9999 and max abs error <= 1% of the embedding's
+    max abs; decoder: mask IoU >= 0.98 per mask, IoU prediction error <= 0.01."""
+    from samexport.transforms import preprocess
+
+    image = preprocess(sample_photo(HELD_OUT_PHOTO))
+    half = session(tiny_fp16[0]).run(None, {C.IMAGE.name: image})[0]
+    assert half.dtype == np.float32
+    assert cosine(tiny_embedding, half) >= 0.9999
+    assert np.abs(half - tiny_embedding).max() <= 0.01 * np.abs(tiny_embedding).max()
+
+    feed = decoder_feed(tiny_embedding)
+    iou32, masks32 = session(tiny_onnx[1]).run(None, feed)
+    iou16, masks16 = session(tiny_fp16[1]).run(None, feed)
+    assert mask_iou(masks32, masks16).min() >= 0.98
+    assert np.abs(iou32 - iou16).max() <= 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory) -> Path:
+    return write_calibration_folder(tmp_path_factory.mktemp("calib"))
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_onnx, calib_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(int8 encoder, calibration cache)."""
+    from samexport.precision.int8 import quantize_encoder_int8
+
+    folder = tmp_path_factory.mktemp("int8")
+    cache = folder / "calibration.json"
+    return quantize_encoder_int8(tiny_onnx[0], folder / "encoder.onnx", calib_dir, cache_path=cache), cache
+
+
+def test_int8_structure(tiny_int8):
+    model = onnx.load(str(tiny_int8[0]))
+    onnx.checker.check_model(model)
+    assert_int8_structure(model)
+    assert [i.name for i in model.graph.input] == [C.IMAGE.name]
+    assert [o.name for o in model.graph.output] == [C.IMAGE_EMBEDDINGS.name]
+
+
+def test_int8_accuracy_tiny(tiny_onnx, tiny_int8, tiny_embedding):
+    """Held-out photo. Stated tolerance: embedding cosine >= 0.995, mean mask IoU >= 0.9."""
+    from samexport.transforms import preprocess
+
+    out = session(tiny_int8[0]).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
+    assert cosine(tiny_embedding, out) >= 0.995
+    decoder = session(tiny_onnx[1])
+    _, reference = decoder.run(None, decoder_feed(tiny_embedding))
+    _, quantized = decoder.run(None, decoder_feed(out))
+    assert mask_iou(reference, quantized).mean() >= 0.9
+
+
+def test_calibration_cache_is_reused_and_keyed(tiny_onnx, tiny_int8, calib_dir, tmp_path, monkeypatch):
+    from samexport.precision import int8
+
+    cache = tiny_int8[1]
+    stored = json.loads(cache.read_text())
+    assert stored["key"]["model_sha256"] == sha256_file(tiny_onnx[0])
+    assert [name for name, _ in stored["key"]["images"]] == sorted(f"{n}.png" for n in SAMPLE_PHOTOS)
+    assert stored["ranges"] and all(v > 0 for v in stored["ranges"].values())
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("recalibrated although the cache matches")
+
+    monkeypatch.setattr(int8, "collect_ranges", no_calibration)
+    again = int8.quantize_encoder_int8(tiny_onnx[0], tmp_path / "again.onnx", calib_dir, cache_path=cache)
+    assert onnx.load(str(again)).graph == onnx.load(str(tiny_int8[0])).graph
+
+    # Another image set misses the cache.
+    fewer = write_calibration_folder(tmp_path / "fewer", SAMPLE_PHOTOS[:2])
+    with pytest.raises(AssertionError, match="recalibrated"):
+        int8.quantize_encoder_int8(tiny_onnx[0], tmp_path / "other.onnx", fewer, cache_path=cache)
+
+
+def test_calibration_folder_errors(tiny_onnx, tmp_path):
+    from samexport.errors import SamExportError
+    from samexport.precision.int8 import quantize_encoder_int8
+
+    with pytest.raises(SamExportError, match="not found"):
+        quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(SamExportError, match="no images"):
+        quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", tmp_path / "empty")
