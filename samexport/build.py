@@ -57,6 +57,7 @@ def _write_graphs(
     precision: Precision,
     *,
     opset: int,
+    attention: str,
     calib_dir: Path | None,
     calib_cache: Path | None,
     on_step: Callable[[str], None],
@@ -71,7 +72,7 @@ def _write_graphs(
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
     if precision == "fp32":
         on_step(f"exporting {encoder.name} (opset {opset})")
-        export_encoder(sam, encoder, opset=opset)
+        export_encoder(sam, encoder, opset=opset, attention=attention)
         on_step(f"exporting {decoder.name} (opset {opset})")
         export_decoder(sam, decoder, opset=opset)
         return {"encoder": "fp32", "decoder": "fp32"}
@@ -81,7 +82,7 @@ def _write_graphs(
     work = staging / ".fp32"
     work.mkdir()
     on_step(f"exporting fp32 graphs (opset {opset})")
-    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset)
+    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=attention)
     export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
     on_step("converting the decoder to fp16 (fp32 islands kept)")
     convert_to_fp16(work / C.DECODER_ONNX, decoder)
@@ -100,7 +101,8 @@ def _write_graphs(
 
 
 def _build_engines(
-    staging: Path, config: BuildConfig, request: EngineRequest, on_step: Callable[[str], None]
+    staging: Path, config: BuildConfig, request: EngineRequest, attention: str,
+    on_step: Callable[[str], None],
 ) -> tuple[dict, dict[str, str]]:
     """Build both plans if TensorRT and a GPU are here; else say why not for each engine."""
     if request == "skip":
@@ -112,12 +114,32 @@ def _build_engines(
         return {}, {name: availability.reason for name in PLAN_NAMES}
     from samexport.engines.builder import build_engine
 
+    if attention == "plugin":
+        from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
+
+        register_tensorrt_plugin()
     engines = {}
     for name, onnx_name in (("encoder", C.ENCODER_ONNX), ("decoder", C.DECODER_ONNX)):
         on_step(f"building the TensorRT {name} engine on {availability.gpu.name}")
         profiles = [config.decoder_profile()] if name == "decoder" else None
         engines[name] = build_engine(staging / onnx_name, staging / PLAN_NAMES[name], config, profiles=profiles)
     return engines, {}
+
+
+def _runnable_graphs(staging: Path, attention: str) -> Path:
+    """A folder whose graphs ONNX Runtime can run: ``staging`` itself, or for plugin graphs a
+    copy of it with every plugin node replaced by its reference math in plain ONNX ops."""
+    if attention != "plugin":
+        return staging
+    import onnx
+
+    from samexport.plugins.onnx_node import inline_reference
+
+    folder = staging / ".parity"
+    folder.mkdir(exist_ok=True)
+    onnx.save(inline_reference(onnx.load(str(staging / C.ENCODER_ONNX))), str(folder / C.ENCODER_ONNX))
+    shutil.copyfile(staging / C.DECODER_ONNX, folder / C.DECODER_ONNX)
+    return folder
 
 
 def build(
@@ -129,6 +151,7 @@ def build(
     calib_dir: Path | str | None = None,
     engine_config: BuildConfig | None = None,
     engines: EngineRequest = "auto",
+    attention: str = "plain",
     opset: int | None = None,
     download: bool = True,
     parity: bool = True,
@@ -146,7 +169,9 @@ def build(
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
-        opset: ONNX opset (default: the exporter's, 18).
+        attention: how the encoder's attention is exported: ``plain``, ``fused-pattern``,
+            ``onnx-attention`` or ``plugin`` (see ``samexport.export.attention``).
+        opset: ONNX opset (default: 18, or 23 for ``onnx-attention``).
         parity: run a short parity check against the torch model (one image, a few prompts;
             ~25 s on vit_b) and record it in the manifest.
         on_step: called with a one-line description before each stage.
@@ -156,11 +181,19 @@ def build(
     from samexport.checkpoint import load_sam
     from samexport.download import default_cache_dir, resolve_checkpoint, sha256_file
     from samexport.engines.builder import BuildConfig
+    from samexport.export.attention import MIN_OPSET, check_attention_mode
     from samexport.export.to_onnx import DEFAULT_OPSET
 
     variant = get_variant(variant) if isinstance(variant, str) else variant
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
+    check_attention_mode(attention, opset)
+    if attention == "plugin" and precision == "int8":
+        raise SamExportError(
+            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
+            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
+        )
     if precision == "int8":
         if calib_dir is None:
             raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
@@ -174,7 +207,6 @@ def build(
         if not availability:
             raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
     engine_config = engine_config or BuildConfig()
-    opset = opset or DEFAULT_OPSET
     destination = Path(output) if output else default_artifact_dir(variant.name, precision)
 
     checkpoint = resolve_checkpoint(variant, checkpoint, download_missing=download)
@@ -187,7 +219,7 @@ def build(
     started = time.perf_counter()
     with staged_directory(destination) as staging:
         graphs = _write_graphs(
-            sam, staging, precision, opset=opset, calib_dir=Path(calib_dir) if calib_dir else None,
+            sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
             calib_cache=calib_cache, on_step=on_step,
         )
         parity_report = None
@@ -195,13 +227,14 @@ def build(
             from samexport.parity import quick_parity
 
             on_step("parity check against the PyTorch weights")
-            parity_report = quick_parity(sam, staging, precision)
-        built, skipped = _build_engines(staging, engine_config, engines, on_step)
+            parity_report = quick_parity(sam, _runnable_graphs(staging, attention), precision)
+        built, skipped = _build_engines(staging, engine_config, engines, attention, on_step)
         manifest = {
             "variant": variant.name,
             "precision": precision,
             "graphs": graphs,
             "opset": opset,
+            "attention": attention,
             "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha},
             "encoder": {
                 "onnx": C.ENCODER_ONNX,
@@ -221,5 +254,6 @@ def build(
             "build_seconds": round(time.perf_counter() - started, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        shutil.rmtree(staging / ".parity", ignore_errors=True)
         write_manifest(staging, manifest)
     return BuildResult(destination, manifest, skipped)

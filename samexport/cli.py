@@ -80,7 +80,18 @@ def build(
             "Default: build engines where TensorRT and a GPU are available.",
         ),
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version (17 or newer).", min=17)] = 18,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="How the image encoder's attention is exported: plain (the torch graph); fused-pattern "
+            "(TensorRT's MHA-fusion form, any TensorRT incl. 10.3 / JetPack 6); onnx-attention (ONNX "
+            "Attention op, opset 23, TensorRT >= 10.14); plugin (fused Triton kernel as a TensorRT "
+            "plugin, TensorRT >= 10.9; not yet run on a GPU)."
+        ),
+    ] = "plain",
+    opset: Annotated[
+        Optional[int], typer.Option(help="ONNX opset version (17 or newer). Default: 18, or 23 for onnx-attention.", min=17)
+    ] = None,
     parity: Annotated[
         bool, typer.Option(help="Check the graphs against the PyTorch weights on one image and record it.")
     ] = True,
@@ -108,7 +119,7 @@ def build(
     result = run_build(
         variant, checkpoint=checkpoint, output=output, precision=precision, calib_dir=calib_dir,
         engine_config=config, engines={None: "auto", True: "require", False: "skip"}[engines],
-        opset=opset, parity=parity, download=download,
+        attention=attention, opset=opset, parity=parity, download=download,
         on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     typer.echo(f"wrote {result.artifact_dir}")

@@ -117,3 +117,17 @@ def test_required_engines_fail_clearly_without_tensorrt(tiny_checkpoint, tmp_pat
     with pytest.raises(SamExportError, match="engines were required but cannot be built: tensorrt"):
         build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "x", engines="require")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("attention", ["fused-pattern", "plugin"])
+def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_path):
+    """Plugin graphs are checked through their reference inlining; the manifest records the mode."""
+    import onnx
+
+    from samexport.plugins.onnx_node import plugin_nodes
+
+    result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / attention, attention=attention)
+    assert result.parity_passed and result.manifest["attention"] == attention
+    encoder = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX))
+    assert len(plugin_nodes(encoder)) == (2 if attention == "plugin" else 0)  # tiny has 2 blocks
+    assert not (result.artifact_dir / ".parity").exists()

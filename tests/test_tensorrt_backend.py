@@ -60,3 +60,35 @@ def test_asking_for_tensorrt_without_engines_says_why(tiny_artifact):
     if not availability:
         # auto falls back to ONNX Runtime on a machine that cannot run engines
         assert SamPredictor(tiny_artifact).backend.name.startswith("onnxruntime")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, tmp_path):
+    """End to end on a GPU: build with engines, run SamPredictor(backend="tensorrt"), compare with
+    the torch reference: embedding error, mask IoU, IoU-score error."""
+    import numpy as np
+    from conftest import make_image, mask_iou
+
+    from samexport.build import build
+    from samexport.runtime.backends import TorchBackend
+
+    availability = tensorrt_availability()
+    if not availability:
+        pytest.skip(f"needs TensorRT and an NVIDIA GPU: {availability.reason}")
+    result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision,
+                   engines="require")
+    assert set(result.manifest["engines"]) == {"encoder", "decoder"}
+    trt = SamPredictor(result.artifact_dir, backend="tensorrt")
+    reference = SamPredictor(TorchBackend(tiny_sam))
+    image = make_image(480, 640, seed=1)
+    trt.set_image(image)
+    reference.set_image(image)
+    emb, emb_ref = trt.get_image_embedding(), reference.get_image_embedding()
+    tolerance = 1e-3 if precision == "fp32" else 2e-2
+    assert np.abs(emb - emb_ref).max() <= tolerance * np.abs(emb_ref).max()
+    boxes = np.array([[50, 40, 300, 400], [200, 100, 600, 470]], np.float32)
+    masks, scores, _ = trt.predict_batch(boxes=boxes)
+    masks_ref, scores_ref, _ = reference.predict_batch(boxes=boxes)
+    assert np.abs(scores - scores_ref).max() <= 10 * tolerance
+    assert min(mask_iou(a, b) for a, b in zip(masks.reshape(-1, 480, 640), masks_ref.reshape(-1, 480, 640))) >= 0.97

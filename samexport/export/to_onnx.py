@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from samexport import constants as C
+from samexport.export.attention import AttentionMode, attention_mode, check_attention_mode
 from samexport.export.wrappers import DecoderGraph, EncoderGraph
 from samexport.models import Sam
 
@@ -61,11 +62,18 @@ def _quiet_exporter():
             logging.getLogger("torch").setLevel(level)
 
 
-def export_encoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Export the image encoder: ``image`` 1x3x1024x1024 -> ``image_embeddings`` 1x256x64x64."""
+def export_encoder(
+    sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET, attention: AttentionMode = "plain"
+) -> Path:
+    """Export the image encoder: ``image`` 1x3x1024x1024 -> ``image_embeddings`` 1x256x64x64.
+
+    ``attention`` picks how attention is written (see ``samexport.export.attention``):
+    ``"plain"``, ``"fused-pattern"``, ``"onnx-attention"`` (needs ``opset >= 23``) or ``"plugin"``.
+    """
+    check_attention_mode(attention, opset)
     path = Path(path)
     image = torch.zeros(C.IMAGE.shape)
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), _quiet_exporter(), attention_mode(sam.image_encoder, attention) as extra:
         program = torch.onnx.export(
             EncoderGraph(sam).eval(),
             (image,),
@@ -74,6 +82,7 @@ def export_encoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) ->
             input_names=_names(C.ENCODER_INPUTS),
             output_names=_names(C.ENCODER_OUTPUTS),
             external_data=False,
+            **extra,
         )
     return _save(
         program, path,

@@ -6,6 +6,8 @@ unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +45,14 @@ class Attention(nn.Module):
 
     The bias for query (qh, qw) and key (kh, kw) is ``q . R_h[qh, kh] + q . R_w[qw, kw]``: two small
     einsums added per row and per column instead of a full (HW)x(HW) table.
+
+    ``core`` swaps in another formulation of the attention itself (an export-time switch, see
+    ``samexport.export.attention``): called as ``core(self, q, k, v, (h, w))`` with per-head
+    (B*heads)x(HW)xD queries, keys and values, it returns the (B*heads)x(HW)xD attention output.
+    ``None`` (default) computes it as below. It holds no parameters: the state dict is unchanged.
     """
+
+    core: Callable[..., torch.Tensor] | None = None
 
     def __init__(self, dim: int, *, num_heads: int, grid_size: int) -> None:
         super().__init__()
@@ -62,11 +71,14 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * heads, h * w, c // heads).unbind(0)
 
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn + self.rel_pos_bias(q, h, w)
-        attn = attn.softmax(dim=-1)
+        if self.core is not None:
+            out = self.core(self, q, k, v, (h, w))
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = attn + self.rel_pos_bias(q, h, w)
+            out = attn.softmax(dim=-1) @ v
 
-        out = (attn @ v).view(b, heads, h, w, c // heads).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
+        out = out.view(b, heads, h, w, c // heads).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
         return self.proj(out)
 
     def rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:

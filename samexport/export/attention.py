@@ -1,0 +1,129 @@
+"""How the image encoder's attention is written into ``encoder.onnx`` (``--attention``).
+
+SAM's attention adds a decomposed relative-position bias (``q . R_h`` per key row plus ``q . R_w``
+per key column) to every logit. The plain export writes it as the torch model computes it: a 5-D
+broadcast add reshaped to a BHxNxN bias, which TensorRT's automatic multi-head-attention fusion
+does not recognise. The modes:
+
+- ``plain``: the torch model's own graph (default; any opset).
+- ``fused-pattern``: the form TensorRT documents for MHA fusion: queries multiplied by the scale
+  *before* the first MatMul, all four tensors 4-D (B x heads x N x .), and one additive 4-D bias
+  formed from 4-D tensors only (``rel_h`` as BHxNxHx1 plus ``rel_w`` as BHxNx1xW, reshaped to
+  B x heads x N x N: no 5-D broadcast, no extra MatMuls), then Softmax and the MatMul with V.
+  Bit-identical to the plain model in float32. Works with every TensorRT (10.3 on JetPack 6
+  included) and is the fallback wherever the plugin is unavailable.
+- ``onnx-attention``: the ONNX ``Attention`` op (opset >= 23) with the same bias as an additive
+  float mask and the ``scale`` attribute; TensorRT >= 10.14 imports it as its native attention
+  layer (``IAttention``). ONNX Runtime >= 1.23 runs it on CPU.
+- ``plugin``: each attention core is one ``samexport::SamRelPosAttention`` node (see
+  ``samexport.plugins.onnx_node``) taking q, k, v and the two small projections; TensorRT >= 10.9
+  with ``samexport.plugins.tensorrt_plugin`` registered runs it as the fused Triton kernel, which
+  forms the bias on the fly instead of materialising BHxNxN values. ONNX Runtime cannot run this
+  graph as is; :func:`samexport.plugins.onnx_node.inline_reference` makes a checkable copy.
+
+Every mode keeps the encoder's inputs, outputs and weights; only the attention core changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from samexport.errors import SamExportError
+from samexport.models.image_encoder import Attention
+from samexport.plugins.attention_reference import decomposed_rel_pos
+
+AttentionMode = Literal["plain", "fused-pattern", "onnx-attention", "plugin"]
+ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
+# Lowest ONNX opset per mode (``Attention`` is new in opset 23).
+MIN_OPSET: dict[str, int] = {"plain": 17, "fused-pattern": 17, "onnx-attention": 23, "plugin": 17}
+
+
+def check_attention_mode(mode: str, opset: int) -> None:
+    """Raise :class:`SamExportError` for an unknown mode or an opset too old for it."""
+    if mode not in ATTENTION_MODES:
+        raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
+    if opset < MIN_OPSET[mode]:
+        raise SamExportError(f"--attention {mode} needs ONNX opset >= {MIN_OPSET[mode]}, got opset {opset}")
+
+
+def _heads_first(attn: Attention, t: torch.Tensor) -> torch.Tensor:
+    """(B*heads)xNxX -> B x heads x N x X."""
+    return t.reshape(-1, attn.num_heads, t.shape[-2], t.shape[-1])
+
+
+def _bias_4d(attn: Attention, q: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """The decomposed rel-pos bias as one B x heads x N x N tensor, built from 4-D tensors only."""
+    h, w = grid_hw
+    rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, grid_hw)  # BHxNxH, BHxNxW
+    bh, n = q.shape[0], q.shape[1]
+    bias = rel_h.reshape(bh, n, h, 1) + rel_w.reshape(bh, n, 1, w)  # BH x N x H x W
+    return bias.reshape(-1, attn.num_heads, n, n)
+
+
+def fused_pattern_core(
+    attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid_hw: tuple[int, int]
+) -> torch.Tensor:
+    """``Softmax((q * scale) @ k^T + bias) @ v`` in TensorRT's MHA-fusion form; (B*heads)xNxD out."""
+    q4, k4, v4 = (_heads_first(attn, t) for t in (q, k, v))
+    logits = (q4 * attn.scale) @ k4.transpose(-2, -1)
+    probs = (logits + _bias_4d(attn, q, grid_hw)).softmax(dim=-1)
+    return (probs @ v4).reshape(q.shape)
+
+
+def onnx_attention_core(
+    attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid_hw: tuple[int, int]
+) -> torch.Tensor:
+    """SDPA with the bias as an additive mask: exported as ONNX ``Attention`` at opset >= 23."""
+    q4, k4, v4 = (_heads_first(attn, t) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q4, k4, v4, attn_mask=_bias_4d(attn, q, grid_hw), scale=attn.scale
+    )
+    return out.reshape(q.shape)
+
+
+def plugin_core(
+    attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid_hw: tuple[int, int]
+) -> torch.Tensor:
+    """The two small projections in-graph, then one plugin node (``samexport::rel_pos_attention``)."""
+    from samexport.plugins import onnx_node  # registers the torch op
+
+    rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, grid_hw)
+    return onnx_node.rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw[0], grid_hw[1], attn.scale)
+
+
+_CORES = {
+    "plain": None,
+    "fused-pattern": fused_pattern_core,
+    "onnx-attention": onnx_attention_core,
+    "plugin": plugin_core,
+}
+
+
+@contextlib.contextmanager
+def attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict]:
+    """Within the block, every ``Attention`` in ``encoder`` computes in ``mode``'s formulation.
+
+    Yields the extra keyword arguments ``torch.onnx.export(dynamo=True)`` needs for the mode (the
+    plugin node's translation for ``plugin``). The previous formulation is restored on exit.
+    """
+    if mode not in ATTENTION_MODES:
+        raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
+    export_kwargs: dict = {}
+    if mode == "plugin":
+        from samexport.plugins.onnx_node import onnx_translation_table
+
+        export_kwargs["custom_translation_table"] = onnx_translation_table()
+    modules = [m for m in encoder.modules() if isinstance(m, Attention)]
+    previous = [m.core for m in modules]
+    for module in modules:
+        module.core = _CORES[mode]
+    try:
+        yield export_kwargs
+    finally:
+        for module, core in zip(modules, previous):
+            module.core = core
