@@ -131,3 +131,8 @@ def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_p
     encoder = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX))
     assert len(plugin_nodes(encoder)) == (2 if attention == "plugin" else 0)  # tiny has 2 blocks
     assert not (result.artifact_dir / ".parity").exists()
+    if attention == "plugin":
+        from samexport.runtime.predictor import SamPredictor
+
+        with pytest.raises(SamExportError, match="only TensorRT can run"):
+            SamPredictor(result.artifact_dir, backend="onnxruntime")

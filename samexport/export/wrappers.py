@@ -13,10 +13,13 @@ that are returned is cheaper).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from samexport.models import Sam
+from samexport.models.transformer import TwoWayTransformer
 
 
 class EncoderGraph(nn.Module):
@@ -29,6 +32,22 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder, computed the official way up to float rounding, arranged for
+    speed on CPU (see "Performance notes" in the design notes):
+
+    - image tokens stay token-major (BxHWxC) throughout, so no per-prompt transposes;
+    - the cross-attentions never project the image tokens (``Attention.tokens_to_image`` /
+      ``image_to_tokens``), which halves the multiply-adds per prompt for up to 8 prompt tokens;
+    - the transposed 2x2 stride-2 convolutions of the upscaling are matrix products over the
+      channel axis, kept in sub-pixel order; LayerNorm2d becomes a LayerNormalization over the
+      last axis, and GELU is written in the form ONNX Runtime fuses; one transpose at the end puts
+      the 256x256 pixels in raster order;
+    - the mask prompt's last 1x1 convolution is a matrix product straight into the token layout.
+
+    Agrees with ``sam.prompt_encoder`` + ``sam.mask_decoder`` to ~1e-6 on logits (float rounding);
+    ``tests/test_decoder_fast.py`` checks.
+    """
+
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.prompt_encoder = sam.prompt_encoder
@@ -45,7 +64,92 @@ class DecoderGraph(nn.Module):
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """See ``samexport.constants.DECODER_INPUTS`` for shapes; returns (iou Bx4, masks Bx4x256x256)."""
+        decoder = self.mask_decoder
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
-        dense = self.prompt_encoder.embed_masks(mask_input, has_mask_input)
-        masks, iou = self.mask_decoder(image_embeddings, self.image_pe, sparse, dense)
-        return iou, masks
+        batch = sparse.shape[0]
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse], dim=1)
+
+        keys = _tokens(image_embeddings) + self._dense_tokens(mask_input, has_mask_input)
+        queries, keys = _two_way_transformer(decoder.transformer, keys, _tokens(self.image_pe), tokens)
+        iou = decoder.iou_prediction_head(queries[:, 0])
+        hyper_in = torch.stack(
+            [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )  # B x 4 x 32
+        features = _upscale(decoder.output_upscaling, keys)  # B x 65536 x 32, sub-pixel order
+        masks = hyper_in @ features.transpose(1, 2)  # B x 4 x 65536
+        return iou, _raster_order(masks, keys.shape[1])
+
+    def _dense_tokens(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """``embed_masks`` as BxHWxC tokens: the no-mask embedding plus, where a mask is given,
+        (downscaled mask - no-mask embedding); the last 1x1 convolution is a matrix product."""
+        layers = self.prompt_encoder.mask_downscaling
+        project = layers[-1]  # Conv2d 16 -> 256, kernel 1
+        no_mask = self.prompt_encoder.no_mask_embed.weight  # 1 x C
+        hidden = _tokens(layers[:-1](mask_input))  # B x HW x 16
+        weight = project.weight.reshape(project.out_channels, project.in_channels)
+        delta = nn.functional.linear(hidden, weight, project.bias - no_mask[0])
+        return no_mask + has_mask_input.reshape(-1, 1, 1) * delta
+
+
+def _tokens(image: torch.Tensor) -> torch.Tensor:
+    """BxCxHxW -> BxHWxC."""
+    return image.flatten(2).transpose(1, 2)
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU in the form ONNX Runtime fuses into one Gelu op (``nn.GELU`` exports as
+    x * (0.5 * (1 + erf(x / sqrt 2))), which it does not fuse)."""
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _two_way_transformer(
+    transformer: TwoWayTransformer, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayTransformer.forward`` on token-major image tokens with the re-associated
+    cross-attentions. keys BxHWxC, key_pe 1xHWxC, tokens BxTxC -> (tokens BxTxC, keys BxHWxC)."""
+    queries = tokens
+    for layer in transformer.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q, q, queries)
+        queries = layer.norm1(queries)
+        k = keys + key_pe
+        queries = layer.norm2(queries + layer.cross_attn_token_to_image.tokens_to_image(queries + tokens, k, keys))
+        queries = layer.norm3(queries + layer.mlp(queries))
+        keys = layer.norm4(keys + layer.cross_attn_image_to_token.image_to_tokens(k, queries + tokens, queries))
+    attn = transformer.final_attn_token_to_image.tokens_to_image(queries + tokens, keys + key_pe, keys)
+    return transformer.norm_final_attn(queries + attn), keys
+
+
+def _upscale(upscaling: nn.Sequential, keys: torch.Tensor) -> torch.Tensor:
+    """``output_upscaling`` (ConvTranspose2d k2 s2, LayerNorm2d, GELU, ConvTranspose2d k2 s2, GELU)
+    on BxHWxC tokens -> Bx(16*HW)x(C/8) features, pixels in sub-pixel order (y, x, dy1, dx1,
+    dy2, dx2) with row 4y + 2dy1 + dy2 and column 4x + 2dx1 + dx2 of the 4x upscaled grid.
+
+    A 2x2 stride-2 transposed convolution maps each input pixel to its own 2x2 output block, so it
+    is one matrix product Cin -> (dy, dx, Cout) per pixel, done on 2-D views (a Gemm with bias).
+    """
+    up1, norm, _, up2, _ = upscaling
+    batch, pixels, _ = keys.shape
+
+    def conv_transpose(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, 4 * conv.out_channels)
+        out = nn.functional.linear(x.reshape(-1, conv.in_channels), weight.t(), conv.bias.repeat(4))
+        return out.reshape(-1, conv.out_channels)  # one row per output pixel
+
+    x = conv_transpose(keys, up1)
+    x = _gelu(nn.functional.layer_norm(x, (up1.out_channels,), norm.weight, norm.bias, norm.eps))
+    x = _gelu(conv_transpose(x, up2))
+    return x.reshape(batch, 16 * pixels, up2.out_channels)
+
+
+def _raster_order(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Bx4x(16*HW) logits in the sub-pixel order of ``_upscale`` -> Bx4x(4H)x(4W)."""
+    batch, count, _ = masks.shape
+    side = math.isqrt(pixels)
+    masks = masks.reshape(batch * count, side, side, 2, 2, 2, 2)  # y, x, dy1, dx1, dy2, dx2
+    masks = masks.permute(0, 1, 3, 5, 2, 4, 6)  # y, dy1, dy2, x, dx1, dx2
+    return masks.reshape(batch, count, 4 * side, 4 * side)

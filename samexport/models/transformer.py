@@ -36,6 +36,65 @@ class Attention(nn.Module):
         b, heads, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, heads * c))
 
+    # The two cross-attentions of the decoder, re-associated so that the 4096 image tokens are
+    # never projected. With T prompt tokens, h heads of width d and C channels, a projection of
+    # the image tokens costs HW*C*h*d multiply-adds; multiplying the image tokens by the
+    # token-side matrices folded with the projection weights costs HW*C*h*T, half as much for
+    # h*d = 128 and T <= 8, and the image-side tensors keep their token-major HWxC layout (no
+    # head transposes). The functions equal ``forward``'s up to float rounding (~1e-7 relative).
+
+    def tokens_to_image(
+        self, q: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor
+    ) -> torch.Tensor:
+        """``forward(q, image_k, image_v)`` for few queries and many keys.
+
+        Args:
+            q: BxTxC prompt tokens (queries).
+            image_k, image_v: BxHWxC image tokens (B may broadcast from 1), before projection.
+
+        Returns:
+            BxTxC. The key bias adds a per-query constant to the logits, which softmax ignores;
+            the value bias passes through unchanged because attention weights sum to 1.
+        """
+        b, t, _ = q.shape
+        heads, width = self.num_heads, self.q_proj.out_features // self.num_heads
+        channels = self.k_proj.in_features
+        q = self._split_heads(self.q_proj(q))  # B x h x T x d
+        w_k = self.k_proj.weight.reshape(heads, width, channels) / math.sqrt(width)
+        folded_q = (q @ w_k).reshape(b, heads * t, channels)  # queries in the image-token frame
+        attn = (folded_q @ image_k.transpose(1, 2)).softmax(dim=-1)  # B x hT x HW
+        mixed = (attn @ image_v).reshape(b, heads, t, channels)  # attention-weighted image tokens
+        w_v = self.v_proj.weight.reshape(heads, width, channels).transpose(1, 2)
+        out = (mixed @ w_v).transpose(1, 2).reshape(b, t, heads * width) + self.v_proj.bias
+        return self.out_proj(out)
+
+    def image_to_tokens(
+        self, image_q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """``forward(image_q, k, v)`` for many queries and few keys.
+
+        Args:
+            image_q: BxHWxC image tokens (queries), before projection.
+            k, v: BxTxC prompt tokens.
+
+        Returns:
+            BxHWxC.
+        """
+        b, t, _ = k.shape
+        heads, width = self.num_heads, self.q_proj.out_features // self.num_heads
+        channels = self.q_proj.in_features
+        scale = 1 / math.sqrt(width)
+        k = self._split_heads(self.k_proj(k))  # B x h x T x d
+        w_q = self.q_proj.weight.reshape(heads, width, channels) * scale
+        folded_k = (k @ w_q).reshape(b, heads * t, channels)  # keys in the image-token frame
+        bias = (k * (self.q_proj.bias.reshape(heads, 1, width) * scale)).sum(-1).reshape(b, 1, heads * t)
+        logits = image_q @ folded_k.transpose(1, 2) + bias  # B x HW x hT
+        n = logits.shape[1]
+        attn = logits.reshape(b, n, heads, t).softmax(dim=-1).reshape(b, n, heads * t)
+        w_out = self.out_proj.weight.reshape(channels, heads, width).permute(1, 2, 0)  # h x d x C
+        folded_v = (self._split_heads(self.v_proj(v)) @ w_out).reshape(b, heads * t, channels)
+        return attn @ folded_v + self.out_proj.bias
+
 
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image cross-attention, MLP, image->token cross-attention."""

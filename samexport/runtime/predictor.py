@@ -37,6 +37,11 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
         from samexport.runtime.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(folder, manifest)
+    if manifest.get("attention") == "plugin":
+        raise SamExportError(
+            f"{folder} was built with --attention plugin, whose encoder only TensorRT can run; "
+            "use backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
+        )
     device = ORT_DEVICES.get(backend, "auto")
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device,
@@ -77,6 +82,7 @@ class SamPredictor:
         self.backend: Backend = (
             open_backend(model, backend) if isinstance(model, (str, Path)) else model
         )
+        self._zero_masks: tuple[np.ndarray, np.ndarray] | None = None
         self.reset_image()
 
     # -- image -------------------------------------------------------------------------------
@@ -193,8 +199,7 @@ class SamPredictor:
         coords, labels = self._prompt_points(point_coords, point_labels, boxes)
         batch = coords.shape[0]
         if mask_input is None:
-            masks = np.zeros((batch, 1, C.LOW_RES_MASK_SIZE, C.LOW_RES_MASK_SIZE), np.float32)
-            has_mask = np.zeros(batch, np.float32)
+            masks, has_mask = self._no_mask_input(batch)
         else:
             size = C.LOW_RES_MASK_SIZE
             masks = _float_array("mask_input", mask_input, (None, 1, size, size))
@@ -204,6 +209,16 @@ class SamPredictor:
                 )
             has_mask = np.ones(batch, np.float32)
         return self.backend.decode(self.features, coords, labels, masks, has_mask)
+
+    def _no_mask_input(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zero ``mask_input`` (Bx1x256x256) and ``has_mask_input`` (B) for prompts without a
+        mask: allocated once for the largest batch seen and sliced, instead of 256 KiB of zeros
+        per prompt and call. Backends only read their inputs."""
+        if self._zero_masks is None or len(self._zero_masks[1]) < batch:
+            size = C.LOW_RES_MASK_SIZE
+            self._zero_masks = np.zeros((batch, 1, size, size), np.float32), np.zeros(batch, np.float32)
+        masks, flags = self._zero_masks
+        return masks[:batch], flags[:batch]
 
     def _prompt_points(self, point_coords, point_labels, boxes) -> tuple[np.ndarray, np.ndarray]:
         """Points and box corners in the 1024 frame as the official prompt encoder orders them:

@@ -166,6 +166,10 @@ class TensorRTBackend:
         gpu = cuda_devices()[device]
         for name in ENGINE_NAMES:
             check_engine_compatibility(engines[name], name=name, tensorrt_version=trt.__version__, gpu=gpu)
+        if manifest.get("attention") == "plugin":
+            from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
+
+            register_tensorrt_plugin()  # the plan's plugin nodes need their creator registered
         self.cudart = _cudart()
         _check(self.cudart.cudaSetDevice(device))
         self.stream = _check(self.cudart.cudaStreamCreate())
