@@ -114,17 +114,9 @@ def mask_iou(a, b) -> float:
 
 def make_image(height: int, width: int, seed: int = 0):
     """A deterministic HxWx3 uint8 picture: smooth gradients plus a few solid shapes."""
-    import numpy as np
+    from samexport.parity import synthetic_image
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.stack(
-        [255 * xx / max(width - 1, 1), 255 * yy / max(height - 1, 1), 128 + 0 * xx], axis=-1
-    )
-    for _ in range(4):
-        y0, x0 = rng.integers(0, height), rng.integers(0, width)
-        image[y0 : y0 + height // 4, x0 : x0 + width // 4] = rng.integers(0, 256, 3)
-    return image.astype(np.uint8)
+    return synthetic_image(height, width, seed)
 
 
 @pytest.fixture(scope="session")

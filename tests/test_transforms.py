@@ -303,3 +303,16 @@ def test_bad_prompts_raise(call, match: str) -> None:
 def test_bad_masks_raise(logits, input_size, original_size, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         postprocess_masks(logits, input_size, original_size)
+
+
+@pytest.mark.parametrize("size", [(1500, 2250), (480, 640), (37, 1000)])
+def test_thresholded_postprocess_equals_thresholding_the_logits(size):
+    """The block-wise boolean path makes exactly the decisions of thresholding the float result,
+    also on a strided view like the predictor's ``logits[:, 1:]``."""
+    from samexport.transforms import postprocess_masks, preprocess_shape
+
+    logits = np.random.default_rng(0).standard_normal((2, 4, 256, 256)).astype(np.float32)[:, 1:]
+    input_size = preprocess_shape(*size)
+    masks = postprocess_masks(logits, input_size, size, threshold=0.0)
+    assert masks.dtype == bool and masks.shape == (2, 3, *size)
+    np.testing.assert_array_equal(masks, postprocess_masks(logits, input_size, size) > 0.0)

@@ -69,6 +69,7 @@ def _decoder_options(ort, options):
     decoder = ort.SessionOptions()
     decoder.enable_cpu_mem_arena = options.enable_cpu_mem_arena
     decoder.intra_op_num_threads = options.intra_op_num_threads
+    decoder.log_severity_level = options.log_severity_level
     decoder.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return decoder
 
@@ -86,6 +87,7 @@ class OnnxRuntimeBackend:
 
         options = ort.SessionOptions()
         options.enable_cpu_mem_arena = memory_arena
+        options.log_severity_level = 3  # errors only: fp16 graphs warn per node about constant folding
         if threads:
             options.intra_op_num_threads = threads
         providers = onnxruntime_providers(device)

@@ -182,9 +182,8 @@ class SamPredictor:
         iou, low_res = self.decode_low_res(point_coords, point_labels, boxes, mask_input)
         tokens = slice(1, None) if multimask_output else slice(0, 1)
         iou, low_res = iou[:, tokens], low_res[:, tokens]
-        masks = transforms.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > C.MASK_THRESHOLD
+        threshold = None if return_logits else C.MASK_THRESHOLD
+        masks = transforms.postprocess_masks(low_res, self.input_size, self.original_size, threshold=threshold)
         return masks, iou, low_res
 
     def decode_low_res(
