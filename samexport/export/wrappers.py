@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from samexport.models import Sam
-from samexport.models.transformer import TwoWayTransformer
 
 
 class EncoderGraph(nn.Module):
@@ -71,7 +70,7 @@ class DecoderGraph(nn.Module):
         tokens = torch.cat([output_tokens[None].expand(batch, -1, -1), sparse], dim=1)
 
         keys = _tokens(image_embeddings) + self._dense_tokens(mask_input, has_mask_input)
-        queries, keys = _two_way_transformer(decoder.transformer, keys, _tokens(self.image_pe), tokens)
+        queries, keys = decoder.transformer.forward_tokens(keys, _tokens(self.image_pe), tokens, reassociated=True)
         iou = decoder.iou_prediction_head(queries[:, 0])
         hyper_in = torch.stack(
             [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
@@ -101,27 +100,6 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU in the form ONNX Runtime fuses into one Gelu op (``nn.GELU`` exports as
     x * (0.5 * (1 + erf(x / sqrt 2))), which it does not fuse)."""
     return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def _two_way_transformer(
-    transformer: TwoWayTransformer, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``TwoWayTransformer.forward`` on token-major image tokens with the re-associated
-    cross-attentions. keys BxHWxC, key_pe 1xHWxC, tokens BxTxC -> (tokens BxTxC, keys BxHWxC)."""
-    queries = tokens
-    for layer in transformer.layers:
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(queries, queries, queries)
-        else:
-            q = queries + tokens
-            queries = queries + layer.self_attn(q, q, queries)
-        queries = layer.norm1(queries)
-        k = keys + key_pe
-        queries = layer.norm2(queries + layer.cross_attn_token_to_image.tokens_to_image(queries + tokens, k, keys))
-        queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + layer.cross_attn_image_to_token.image_to_tokens(k, queries + tokens, queries))
-    attn = transformer.final_attn_token_to_image.tokens_to_image(queries + tokens, keys + key_pe, keys)
-    return transformer.norm_final_attn(queries + attn), keys
 
 
 def _upscale(upscaling: nn.Sequential, keys: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,14 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        *,
+        reassociated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``reassociated``: cross-attentions via ``Attention.tokens_to_image`` /
+        ``image_to_tokens``, which never project the image tokens (same result, fewer MACs)."""
+        token_to_image, image_to_token = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        if reassociated:
+            token_to_image, image_to_token = token_to_image.tokens_to_image, image_to_token.image_to_tokens
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -128,9 +135,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        queries = self.norm2(queries + token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(keys + image_to_token(k, queries + query_pe, queries))
         return queries, keys
 
 
@@ -152,10 +159,15 @@ class TwoWayTransformer(nn.Module):
         self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image BxCxHxW, image_pe 1xCxHxW, tokens BxTxC -> (tokens BxTxC, image tokens BxHWxC)."""
-        keys = image.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        return self.forward_tokens(image.flatten(2).transpose(1, 2), image_pe.flatten(2).transpose(1, 2), tokens)
+
+    def forward_tokens(
+        self, keys: torch.Tensor, key_pe: torch.Tensor, tokens: torch.Tensor, *, reassociated: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Same on token-major image tokens: keys BxHWxC, key_pe 1xHWxC, tokens BxTxC."""
         queries = tokens
         for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
-        attn = self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
+            queries, keys = layer(queries, keys, tokens, key_pe, reassociated=reassociated)
+        final = self.final_attn_token_to_image
+        attn = (final.tokens_to_image if reassociated else final)(queries + tokens, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
