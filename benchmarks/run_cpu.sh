@@ -5,7 +5,8 @@
 #   RUNS=10 NOTE="quiet machine" bash benchmarks/run_cpu.sh
 #
 # Latency does not depend on the weights; parity with random weights exercises every layer.
-# The int8 artifact is calibrated on scikit-image photos that the parity suite does not use.
+# The int8 artifact (Q/DQ placed for ONNX Runtime CPU, `--int8-for onnxruntime`) is calibrated
+# on scikit-image photos that the parity suite does not use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,7 @@ for name, image in photos.items():
     Image.fromarray(image[..., :3]).save(folder / f"{name}.png")
 PY
 if [ -f "$WORK/vit_b-int8/manifest.json" ] ||
-    samexport build --variant vit_b --int8 --calib-dir "$WORK/calib" --checkpoint "$CKPT" \
+    samexport build --variant vit_b --int8 --int8-for onnxruntime --calib-dir "$WORK/calib" --checkpoint "$CKPT" \
         --output "$WORK/vit_b-int8" 2>"$WORK/int8.log"; then
     ARTIFACTS+=("$WORK/vit_b-int8")
 else

@@ -19,6 +19,7 @@ from samexport.variants import Variant, get_variant
 if TYPE_CHECKING:
     from samexport.engines.builder import BuildConfig
     from samexport.models import Sam
+    from samexport.precision.int8 import Int8Target
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -60,12 +61,14 @@ def _write_graphs(
     attention: str,
     calib_dir: Path | None,
     calib_cache: Path | None,
+    int8_target: Int8Target,
     on_step: Callable[[str], None],
 ) -> dict:
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
     fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
-    ``calib_dir``, the decoder FP16 (it is ~0.4% of the compute).
+    ``calib_dir`` with the recipe for ``int8_target``, the decoder FP16 (it is ~0.4% of the
+    compute).
     """
     from samexport.export.to_onnx import export_decoder, export_encoder
 
@@ -91,11 +94,16 @@ def _write_graphs(
         convert_to_fp16(work / C.ENCODER_ONNX, encoder)
         graphs = {"encoder": "fp16", "decoder": "fp16"}
     else:
-        from samexport.precision.int8 import quantize_encoder_int8
+        from samexport.precision.int8 import quantize_encoder_int8, recipe_for
 
-        on_step(f"calibrating and quantizing the encoder to int8 on {calib_dir}")
-        quantize_encoder_int8(work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache)
-        graphs = {"encoder": "int8 (Q/DQ)", "decoder": "fp16", "calibration_images": str(calib_dir)}
+        on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
+        quantize_encoder_int8(
+            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe_for(int8_target)
+        )
+        graphs = {
+            "encoder": "int8 (Q/DQ)", "decoder": "fp16", "int8_target": int8_target,
+            "calibration_images": str(calib_dir),
+        }
     shutil.rmtree(work)
     return graphs
 
@@ -149,6 +157,7 @@ def build(
     output: Path | str | None = None,
     precision: Precision = "fp32",
     calib_dir: Path | str | None = None,
+    int8_target: Int8Target = "tensorrt",
     engine_config: BuildConfig | None = None,
     engines: EngineRequest = "auto",
     attention: str = "plain",
@@ -166,6 +175,10 @@ def build(
         output: artifact directory; default ``engines/<variant>-<precision>``.
         precision: numeric format of the graphs the engines are built from.
         calib_dir: folder of calibration images, required for ``int8``.
+        int8_target: the runtime the ``int8`` Q/DQ placement is tuned for: ``tensorrt`` (Q/DQ on
+            MatMul/Conv inputs only; TensorRT fuses them) or ``onnxruntime`` (outputs quantized
+            too, so ONNX Runtime's CPU provider runs integer kernels); see
+            ``samexport.precision.int8.RECIPES``.
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
@@ -197,8 +210,9 @@ def build(
     if precision == "int8":
         if calib_dir is None:
             raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
-        from samexport.precision.int8 import list_images
+        from samexport.precision.int8 import list_images, recipe_for
 
+        recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
         list_images(calib_dir)  # fail now, not after the export, if the folder has no images
     if engines == "require":
         from samexport.engines import tensorrt_availability
@@ -214,13 +228,14 @@ def build(
     checkpoint_sha = sha256_file(checkpoint)
     on_step(f"loading {variant.name} weights")
     sam = load_sam(checkpoint, variant)
-    calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}.json"
+    # One file per recipe, so alternating tensorrt and onnxruntime builds do not recalibrate.
+    calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}-{int8_target}.json"
 
     started = time.perf_counter()
     with staged_directory(destination) as staging:
         graphs = _write_graphs(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
-            calib_cache=calib_cache, on_step=on_step,
+            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
         )
         parity_report = None
         if parity:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -60,6 +60,15 @@ def build(
     calib_dir: Annotated[
         Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
     ] = None,
+    int8_for: Annotated[
+        Optional[Literal["tensorrt", "onnxruntime"]],
+        typer.Option(
+            "--int8-for",
+            help="Which runtime the INT8 Q/DQ placement is tuned for: tensorrt (Q/DQ on MatMul/Conv "
+            "inputs only; TensorRT fuses them) or onnxruntime (outputs quantized too, so ONNX Runtime's "
+            "CPU provider uses integer kernels). Default: tensorrt.",
+        ),
+    ] = None,
     max_points: Annotated[int, typer.Option(help="Largest points per prompt the decoder engine accepts (a box is 2).", min=1)] = 16,
     max_batch: Annotated[int, typer.Option(help="Largest prompt batch the decoder engine accepts.", min=1)] = 64,
     workspace_gb: Annotated[float, typer.Option(help="TensorRT workspace limit in GiB.", min=0.1)] = 4.0,
@@ -107,6 +116,8 @@ def build(
         raise SamExportError("choose one of --fp16 and --int8")
     if calib_dir is not None and not int8:
         raise SamExportError("--calib-dir is only used with --int8")
+    if int8_for is not None and not int8:
+        raise SamExportError("--int8-for is only used with --int8")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
     config = BuildConfig(
         workspace_bytes=int(workspace_gb * (1 << 30)),
@@ -118,6 +129,7 @@ def build(
     )
     result = run_build(
         variant, checkpoint=checkpoint, output=output, precision=precision, calib_dir=calib_dir,
+        int8_target=int8_for or "tensorrt",
         engine_config=config, engines={None: "auto", True: "require", False: "skip"}[engines],
         attention=attention, opset=opset, parity=parity, download=download,
         on_step=lambda message: typer.echo(f"- {message}", err=True),

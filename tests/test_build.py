@@ -75,9 +75,11 @@ def test_parity_is_recorded(tiny_artifact):
     assert parity["summary"]["embedding_cosine"] > 0.999999
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_reduced_precision_builds(precision, tiny_checkpoint, tmp_path):
-    """fp16 and int8 artifacts build end to end, pass their parity tolerances and run."""
+@pytest.mark.parametrize(
+    ("precision", "int8_target"), [("fp16", "tensorrt"), ("int8", "tensorrt"), ("int8", "onnxruntime")]
+)
+def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_path):
+    """fp16 and int8 (both recipes) artifacts build end to end, pass their parity tolerances and run."""
     from PIL import Image
     from skimage import data
 
@@ -89,10 +91,14 @@ def test_reduced_precision_builds(precision, tiny_checkpoint, tmp_path):
         calib.mkdir()
         for name in ("coffee", "chelsea", "rocket"):
             Image.fromarray(getattr(data, name)()).save(calib / f"{name}.png")
-    result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision, calib_dir=calib)
+    result = build(
+        "tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision, calib_dir=calib,
+        int8_target=int8_target,
+    )
     manifest = read_manifest(result.artifact_dir)
     assert manifest["precision"] == precision and result.parity_passed
     assert manifest["graphs"]["decoder"] == "fp16"
+    assert manifest["graphs"].get("int8_target") == (int8_target if precision == "int8" else None)
     assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())

@@ -66,6 +66,7 @@ def test_build_info_predict(tiny_checkpoint, image_file, tmp_path):
         (["build", "--variant", "tiny", "--checkpoint", "missing.pth"], "checkpoint missing.pth does not exist"),
         (["info", "no_such_dir"], "artifact directory not found"),
         (["build", "--variant", "tiny", "--calib-dir", "."], "--calib-dir is only used with --int8"),
+        (["build", "--variant", "tiny", "--int8-for", "onnxruntime"], "--int8-for is only used with --int8"),
         (["build", "--variant", "tiny", "--int8", "--checkpoint", "x.pth"], "pass --calib-dir DIR"),
         (["predict", "no_such_dir", "x.png", "--point", "1,2"], "not found"),
     ],

@@ -293,11 +293,51 @@ def test_int8_structure(tiny_int8):
     assert [o.name for o in model.graph.output] == [C.IMAGE_EMBEDDINGS.name]
 
 
-def test_int8_accuracy_tiny(tiny_onnx, tiny_int8, tiny_embedding):
-    """Held-out photo. Stated tolerance: embedding cosine >= 0.995, mean mask IoU >= 0.9."""
+@pytest.fixture(scope="session")
+def tiny_int8_ort(tiny_onnx, calib_dir, tmp_path_factory) -> Path:
+    """int8 encoder with the ONNX Runtime recipe (outputs of the quantized ops quantized too)."""
+    from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+
+    folder = tmp_path_factory.mktemp("int8_ort")
+    return quantize_encoder_int8(tiny_onnx[0], folder / "encoder.onnx", calib_dir, recipe=recipe_for("onnxruntime"))
+
+
+def test_int8_onnxruntime_recipe_quantizes_outputs(tiny_int8_ort, tmp_path):
+    """Every quantized MatMul/Conv output goes through Q/DQ, and ORT CPU runs every MatMul as QLinearMatMul."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(tiny_int8_ort))
+    onnx.checker.check_model(model)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            consumers.setdefault(x, []).append(node.op_type)
+    quantized = [
+        n for n in model.graph.node
+        if n.op_type in ("MatMul", "Conv", "Gemm") and producer.get(n.input[0]) is not None
+        and producer[n.input[0]].op_type == "DequantizeLinear"
+    ]
+    assert quantized
+    for node in quantized:
+        assert consumers[node.output[0]] == ["QuantizeLinear"], node.name
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tiny_int8_ort), options, providers=["CPUExecutionProvider"])
+    fused = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert fused["QLinearMatMul"] == sum(n.op_type == "MatMul" for n in quantized)
+
+
+@pytest.mark.parametrize("encoder", ["tiny_int8", "tiny_int8_ort"])
+def test_int8_accuracy_tiny(encoder, tiny_onnx, tiny_embedding, request):
+    """Held-out photo, both recipes. Stated tolerance: embedding cosine >= 0.995, mean mask IoU >= 0.9."""
     from samexport.transforms import preprocess
 
-    out = session(tiny_int8[0]).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
+    path = request.getfixturevalue(encoder)
+    path = path[0] if isinstance(path, tuple) else path
+    out = session(path).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
     assert cosine(tiny_embedding, out) >= 0.995
     decoder = session(tiny_onnx[1])
     _, reference = decoder.run(None, decoder_feed(tiny_embedding))

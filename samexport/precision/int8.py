@@ -1,6 +1,6 @@
 """fp32 ONNX -> INT8 Q/DQ ONNX, calibrated on real images, with a calibration cache.
 
-The recipe targets TensorRT's explicit quantization (Q/DQ nodes; TensorRT 11 has no INT8
+The default recipe targets TensorRT's explicit quantization (Q/DQ nodes; TensorRT 11 has no INT8
 calibrators) and stays conservative for ViT encoders, whose post-training quantization is fragile:
 
 - only the inputs of ``MatMul``/``Conv``/``Gemm`` are quantized (never Softmax, LayerNorm,
@@ -8,6 +8,9 @@ calibrators) and stays conservative for ViT encoders, whose post-training quanti
   products ``q @ k^T`` and ``attn @ v`` stay in floating point;
 - weights: symmetric per-channel INT8; activations: symmetric per-tensor INT8 (zero points 0);
 - activation ranges are the max ``|x|`` over the calibration images (MinMax).
+
+The ``onnxruntime`` recipe (:data:`RECIPES`) also quantizes the outputs of those ops, which ONNX
+Runtime's CPU provider needs to run them as integer kernels (``QLinearMatMul``).
 
 Calibration runs one image at a time through an ONNX Runtime session of the graph extended with
 one ``ReduceMax(Abs(x))`` scalar output per calibrated tensor, so memory stays at one inference:
@@ -27,6 +30,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -54,8 +58,8 @@ class Int8Recipe:
         quantize_outputs: also put Q/DQ on the outputs of the quantized ops. TensorRT fuses
             ``DQ -> MatMul`` either way, so off (fewer quantization points) is the TensorRT
             choice; ONNX Runtime's CPU provider only runs integer kernels (``QLinearMatMul``)
-            with outputs quantized: vit_b encoder 4.2 s with, 6.6 s without, fp32 6.0 s
-            (2-core CPU, median of 3), at embedding cosine 0.9991 vs 0.9995.
+            with outputs quantized: vit_b encoder 3.1 s with, 5.5 s without, fp32 4.8 s
+            (2-core CPU, median of 7), at embedding cosine >= 0.998 vs >= 0.9992.
         max_images: use at most this many images of the folder (sorted by name).
     """
 
@@ -63,6 +67,23 @@ class Int8Recipe:
     quantize_activation_matmuls: bool = False
     quantize_outputs: bool = False
     max_images: int = 64
+
+
+Int8Target = Literal["tensorrt", "onnxruntime"]
+# For ONNX Runtime, also quantizing the attention MatMuls was slower (vit_b 3.8 s vs 3.1 s) and
+# less accurate (cosine 0.988); per-tensor weights or reduce_range were no faster.
+RECIPES: dict[str, Int8Recipe] = {
+    "tensorrt": Int8Recipe(),
+    "onnxruntime": Int8Recipe(quantize_outputs=True),
+}
+"""The recipe for each runtime the Q/DQ placement is tuned for."""
+
+
+def recipe_for(target: Int8Target) -> Int8Recipe:
+    """The :data:`RECIPES` entry for ``target``; an unknown name lists the valid ones."""
+    if target not in RECIPES:
+        raise SamExportError(f"unknown int8 target {target!r}; valid: {', '.join(RECIPES)}")
+    return RECIPES[target]
 
 
 def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
