@@ -27,7 +27,10 @@ kernel; this kernel uses no scratch memory, so they are removed from the PTX ent
 
 Not yet run on a GPU: the registration and AOT path follow NVIDIA's documented API and sample
 (``samples/python/quickly_deployable_plugins``); ``tests/test_attention_modes.py`` has the GPU
-checks, skipped without TensorRT and a GPU.
+checks, skipped without TensorRT and a GPU. Three assumptions only a GPU run can confirm: that
+TensorRT accepts an empty list of extra scalar kernel arguments (``SymIntExprs(0)``), that the
+batch-x-heads shape expression is accepted as the launch grid's y dimension, and that the
+pointer-only calling convention (Triton's unused scratch pointers removed from the PTX) launches.
 """
 
 # No ``from __future__ import annotations`` here: ``tensorrt.plugin`` inspects the registered
