@@ -24,6 +24,8 @@ from PIL import Image
 from samexport.constants import IMAGE_SIZE, LOW_RES_MASK_SIZE, PIXEL_MEAN, PIXEL_STD
 
 __all__ = [
+    "check_image",
+    "chain_weights",
     "preprocess_shape",
     "resize_image",
     "preprocess",
@@ -63,9 +65,19 @@ def _as_size(name: str, size: Any) -> tuple[int, int]:
     return _positive_int(f"{name}[0]", values[0]), _positive_int(f"{name}[1]", values[1])
 
 
-def _check_image(image: Any) -> np.ndarray:
+def check_image(image: Any) -> np.ndarray:
+    """``image`` if it is a non-empty HxWx3 uint8 array, else a ValueError saying what is wrong.
+
+    The one image check shared by preprocessing, ``SamPredictor.set_image`` and the mask
+    generator.
+    """
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy.ndarray; got {type(image).__name__}")
+        raise ValueError(f"image must be a numpy.ndarray (HxWx3 uint8 RGB); got {type(image).__name__}")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise ValueError(
+            f"image must have shape HxWx3 (RGB); got grayscale shape {image.shape}: repeat it to "
+            "three channels, e.g. np.repeat(image.reshape(H, W, 1), 3, axis=2)"
+        )
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must have shape HxWx3 (RGB); got shape {image.shape}")
     if image.dtype != np.uint8:
@@ -114,7 +126,7 @@ def resize_image(image: np.ndarray) -> np.ndarray:
         ``ResizeLongestSide(1024).apply_image`` (Pillow bilinear resampling, which antialiases
         when shrinking).
     """
-    image = _check_image(image)
+    image = check_image(image)
     new_height, new_width = preprocess_shape(image.shape[0], image.shape[1])
     pil = Image.fromarray(np.ascontiguousarray(image))  # HxWx3 uint8 -> mode "RGB"
     return np.array(pil.resize((new_width, new_height), _BILINEAR))  # writable, as the official
@@ -212,7 +224,7 @@ def _low_res_to_input_taps() -> tuple[np.ndarray, ...]:
     return _linear_taps(IMAGE_SIZE, LOW_RES_MASK_SIZE)
 
 
-def _chain_weights(original: int, resized: int) -> np.ndarray:
+def chain_weights(original: int, resized: int) -> np.ndarray:
     """``original x 256`` float64 matrix of one axis of ``Sam.postprocess_masks``.
 
     Upsample 256 -> 1024, keep the first ``resized`` samples, resample to ``original``: the
@@ -295,8 +307,8 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _mask_upsampler(input_size: tuple[int, int], original_size: tuple[int, int]) -> _MaskUpsampler:
-    rows = _chain_weights(original_size[0], input_size[0])
-    cols = _chain_weights(original_size[1], input_size[1])
+    rows = chain_weights(original_size[0], input_size[0])
+    cols = chain_weights(original_size[1], input_size[1])
     used_rows = int(_support(rows)[1].max())
     first, last = _support(cols)
     blocks = []

@@ -80,17 +80,14 @@ def test_parity_is_recorded(tiny_artifact):
 )
 def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_path):
     """fp16 and int8 (both recipes) artifacts build end to end, pass their parity tolerances and run."""
-    from PIL import Image
     from skimage import data
+    from test_precision import write_calibration_folder
 
     from samexport.runtime.predictor import SamPredictor
 
     calib = None
     if precision == "int8":
-        calib = tmp_path / "calib"
-        calib.mkdir()
-        for name in ("coffee", "chelsea", "rocket"):
-            Image.fromarray(getattr(data, name)()).save(calib / f"{name}.png")
+        calib = write_calibration_folder(tmp_path / "calib", ("coffee", "chelsea", "rocket"))
     result = build(
         "tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision, calib_dir=calib,
         int8_target=int8_target,

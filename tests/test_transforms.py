@@ -184,7 +184,7 @@ def test_chain_weights_equal_product_of_torch_weights() -> None:
     for original, resized in [(1500, 683), (2250, 1024), (480, 768), (30, 15), (1, 1)]:
         expected = torch_weights(original, resized) @ torch_weights(IMAGE_SIZE, 256)[:resized]
         np.testing.assert_allclose(
-            transforms._chain_weights(original, resized), expected, rtol=0, atol=1e-15
+            transforms.chain_weights(original, resized), expected, rtol=0, atol=1e-15
         )
 
 

@@ -23,6 +23,7 @@ from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.constants import LABEL_FOREGROUND
 from samexport.runtime.predictor import SamPredictor
+from samexport.transforms import check_image
 
 if TYPE_CHECKING:
     from samexport.runtime.backends import Backend
@@ -74,24 +75,6 @@ def _check_number(name: str, value: Any, low: float, high: float = np.inf, *, in
     if not np.isfinite(value) or value < low or too_high:
         bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
         raise ValueError(f"{name} must be in {bound}; got {value!r}")
-
-
-def check_image(image: Any) -> np.ndarray:
-    """``image`` if it is a non-empty HxWx3 uint8 array, else a ValueError saying what is wrong."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy.ndarray (HxWx3 uint8 RGB); got {type(image).__name__}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        raise ValueError(
-            f"image is grayscale (shape {image.shape}); SAM needs HxWx3 RGB, e.g. "
-            "np.repeat(image.reshape(H, W, 1), 3, axis=2)"
-        )
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape HxWx3 (RGB); got shape {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty (shape {image.shape})")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must have dtype uint8 (0..255); got {image.dtype}")
-    return image
 
 
 class AutomaticMaskGenerator:

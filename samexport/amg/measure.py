@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from samexport.constants import LOW_RES_MASK_SIZE, MASK_THRESHOLD
-from samexport.transforms import _chain_weights, postprocess_masks
+from samexport.transforms import chain_weights, postprocess_masks
 
 # Logits this far below the lowest threshold cannot reach it after interpolation: float32
 # rounding of a convex combination is ~1e-7 relative, far below this for logits up to ~1e4.
@@ -42,7 +42,7 @@ class _Axis:
 
     @classmethod
     def build(cls, original: int, resized: int) -> _Axis:
-        weights = _chain_weights(original, resized)
+        weights = chain_weights(original, resized)
         if (weights < 0).any():
             raise RuntimeError("interpolation weights must be non-negative")
         nonzero = weights != 0

@@ -91,11 +91,7 @@ class SamPredictor:
         """Encode ``image`` (HxWx3 uint8, ``image_format`` channel order) for later prompts."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be HxWx3; got shape {image.shape}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 (0..255); got {image.dtype}")
+        image = transforms.check_image(np.asarray(image))
         if image_format == "BGR":
             image = image[..., ::-1]
         self.reset_image()
