@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from samexport.errors import MissingExtraError
+from samexport.errors import MissingExtraError, SamExportError
 
 TensorRTFlavour = Literal["tensorrt", "tensorrt_rtx"]
 
@@ -45,6 +46,39 @@ def load_tensorrt(flavour: TensorRTFlavour = "tensorrt") -> ModuleType:
     raise MissingExtraError(f"{flavour} is not importable ({'; '.join(errors)}); install it with: {_INSTALL_HINT[flavour]}")
 
 
+def polygraphy_trt(flavour: TensorRTFlavour = "tensorrt") -> ModuleType:
+    """Polygraphy's TensorRT backend (``polygraphy.backend.trt``) bound to ``flavour``.
+
+    Polygraphy picks TensorRT or TensorRT-RTX once, when its backend modules are first imported
+    (``POLYGRAPHY_USE_TENSORRT_RTX``; its loaders bind the module at import time), so one process
+    uses one flavour: asking for the other afterwards is an error rather than a silent mix.
+    TensorRT-RTX's PyPI wheel installs its module as ``tensorrt_rtx_bindings``; Polygraphy imports
+    ``tensorrt_rtx``, so the wheel's module is registered under that name too.
+
+    Raises:
+        MissingExtraError: Polygraphy or the TensorRT flavour is not installed.
+        SamExportError: this process already uses Polygraphy with the other flavour.
+    """
+    trt = load_tensorrt(flavour)
+    try:
+        from polygraphy import config as polygraphy_config
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"polygraphy is not installed ({exc}); install it with: pip install 'samexport[tensorrt]'"
+        ) from exc
+    want_rtx = flavour == "tensorrt_rtx"
+    if "polygraphy.backend.trt" in sys.modules and polygraphy_config.USE_TENSORRT_RTX != want_rtx:
+        bound = "tensorrt_rtx" if polygraphy_config.USE_TENSORRT_RTX else "tensorrt"
+        raise SamExportError(
+            f"this process already drives {bound} through Polygraphy and cannot switch to {flavour}; "
+            "run the other builder in a separate process"
+        )
+    polygraphy_config.USE_TENSORRT_RTX = want_rtx
+    if want_rtx:
+        sys.modules.setdefault("tensorrt_rtx", trt)
+    return importlib.import_module("polygraphy.backend.trt")
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     """One CUDA device as the driver reports it."""
@@ -52,9 +86,6 @@ class GpuInfo:
     index: int
     name: str
     compute_capability: str  # "8.7" for Jetson Orin, "9.0" for H100
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "compute_capability": self.compute_capability}
 
 
 class NoGpuError(RuntimeError):
@@ -137,5 +168,6 @@ __all__ = [
     "TensorRTFlavour",
     "cuda_devices",
     "load_tensorrt",
+    "polygraphy_trt",
     "tensorrt_availability",
 ]

@@ -1,25 +1,34 @@
-"""ONNX graph -> plain TensorRT engine plan, with build settings as data.
+"""ONNX graph -> plain TensorRT engine plan, with build settings as data, through Polygraphy.
+
+Polygraphy (NVIDIA's, tested against each TensorRT release) does the parse, the builder config and
+the build: ``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork``. What is left
+here is what samexport decides: the profiles, which settings this TensorRT release and this device
+support (a clear error instead of an ``AttributeError`` deep inside a build), and the build record
+for ``manifest.json``.
 
 Precision lives in the ONNX graph (FP16 types and Casts, INT8 Q/DQ; see ``samexport.precision``),
 so every network is parsed *strongly typed*: TensorRT 11 removed the FP16/INT8 builder flags and
-TensorRT 10.x (JetPack 6) builds strongly typed networks the same way. The same code builds with
-TensorRT-RTX (``flavour="tensorrt_rtx"``), which needs no GPU to build: the tests use it to prove
-that every graph samexport emits parses and builds.
+TensorRT 10.x (JetPack 6) builds strongly typed networks the same way. TF32 is on by default in
+TensorRT; Polygraphy's ``CreateConfig`` clears it unless asked, so an fp32 graph runs in FP32 (the
+record says ``"tf32": false``). The same code builds with TensorRT-RTX (``flavour="tensorrt_rtx"``),
+which needs no GPU to build: such plans are test builds, recorded as such, refused by the runtime.
 
-The plan file is exactly ``IHostMemory`` from ``build_serialized_network``: no header.
+The plan file is exactly the serialized engine: no header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from samexport import constants as C
-from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt
+from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
 
 log = logging.getLogger(__name__)
@@ -96,58 +105,60 @@ def build_engine(
 
     Args:
         onnx_path: ONNX graph (external data next to it is found by the parser).
-        plan_path: where to write the serialized engine.
+        plan_path: where to write the serialized engine (written under a temporary name and
+            renamed, so a failed or interrupted build leaves no plan).
         config: build settings.
         profiles: optimisation profiles, each input name -> (min, opt, max) shapes; required
             when the graph has dynamic inputs (use ``[config.decoder_profile()]`` for the decoder).
-        flavour: ``"tensorrt"``, or ``"tensorrt_rtx"`` to build without a GPU (tests).
+        flavour: ``"tensorrt"``, or ``"tensorrt_rtx"`` to build without a GPU (test builds).
 
     Returns:
-        Build record for ``manifest.json``: TensorRT module and version, GPU name and compute
-        capability (None when built without a GPU), profiles, IO tensors, settings, seconds,
-        plan size.
+        Build record for ``manifest.json``: builder, TensorRT module and version, whether it is a
+        test build, GPU name and compute capability (None when built without a GPU), TF32,
+        profiles, IO tensors, settings, seconds, plan size.
 
     Raises:
         SamExportError: the graph does not parse (with every parser error), a dynamic input has
-            no profile, or the build fails.
-        MissingExtraError: TensorRT is not installed.
+            no profile, a setting is not supported by this TensorRT or device, or the build fails.
+        MissingExtraError: TensorRT or Polygraphy is not installed.
     """
-    trt = load_tensorrt(flavour)
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    logger = _collecting_logger(trt)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [_describe(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise SamExportError(f"{flavour} could not parse {onnx_path}:\n  " + "\n  ".join(errors))
-
-    builder_config = builder.create_builder_config()
-    if config.workspace_bytes is not None:
-        builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
-    if config.optimization_level is not None:
-        builder_config.builder_optimization_level = config.optimization_level
-    if config.version_compatible:
-        builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if config.hardware_compatibility != "none":
-        builder_config.hardware_compatibility_level = getattr(
-            trt.HardwareCompatibilityLevel, config.hardware_compatibility.upper()
-        )
-    _add_profiles(builder, builder_config, network, profiles or [])
-    cache = _attach_timing_cache(builder_config, config.timing_cache)
-
-    start = time.perf_counter()
-    plan = builder.build_serialized_network(network, builder_config)
-    seconds = time.perf_counter() - start
-    if plan is None:
-        hint = ""
-        if any("OutOfMemory" in e for e in logger.errors):
-            hint = f"\n  (workspace_bytes={config.workspace_bytes} is too small for the largest profile)"
-        raise SamExportError(f"{flavour} failed to build {onnx_path.name}:\n  " + "\n  ".join(logger.errors) + hint)
+    if not onnx_path.is_file():
+        raise SamExportError(f"ONNX graph not found: {onnx_path}")
+    pg = polygraphy_trt(flavour)
+    trt = load_tensorrt(flavour)
+    check_build_settings(trt, config, flavour)
+    with _polygraphy_messages() as messages:
+        try:
+            builder, network, parser = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
+        except Exception as exc:  # Polygraphy reports parser failures as PolygraphyException
+            raise SamExportError(
+                f"{flavour} could not parse {onnx_path}:\n  " + "\n  ".join(messages.errors or [str(exc)])
+            ) from None
+        _check_profiles(network, profiles or [])
+        create_config = _create_config(pg, trt, config, profiles or [], flavour)
+        start = time.perf_counter()
+        try:
+            plan = pg.EngineBytesFromNetwork(
+                (builder, network, parser), config=create_config,
+                save_timing_cache=str(config.timing_cache) if config.timing_cache else None,
+            )()
+        except Exception as exc:  # PolygraphyException: the builder returned no engine
+            hint = ""
+            if any("OutOfMemory" in e for e in messages.errors):
+                hint = f"\n  (workspace_bytes={config.workspace_bytes} is too small for the largest profile)"
+            raise SamExportError(
+                f"{flavour} failed to build {onnx_path.name}:\n  " + "\n  ".join(messages.errors or [str(exc)]) + hint
+            ) from None
+        seconds = time.perf_counter() - start
+    data = memoryview(plan)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_bytes(memoryview(plan))
-    if cache is not None and config.timing_cache is not None:
-        Path(config.timing_cache).write_bytes(memoryview(builder_config.get_timing_cache().serialize()))
+    partial = plan_path.with_name(f".{plan_path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, plan_path)
+    finally:
+        partial.unlink(missing_ok=True)
 
     gpu = None
     try:
@@ -155,43 +166,126 @@ def build_engine(
     except NoGpuError:
         pass
     return {
+        "builder": flavour,
+        "test_build": flavour == "tensorrt_rtx",
         "tensorrt_module": trt.__name__,
         "tensorrt_version": trt.__version__,
         "gpu": gpu.name if gpu else None,
         "compute_capability": gpu.compute_capability if gpu else None,
         "strongly_typed": True,
+        "tf32": False,
         "inputs": [_io(network.get_input(i)) for i in range(network.num_inputs)],
         "outputs": [_io(network.get_output(i)) for i in range(network.num_outputs)],
         "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in (profiles or [])],
         "config": config.to_dict(),
         "build_seconds": round(seconds, 3),
-        "plan_bytes": plan.nbytes,
+        "plan_bytes": data.nbytes,
         "plan": plan_path.name,
     }
 
 
-def _collecting_logger(trt):
-    """A TensorRT logger that forwards to ``logging`` and keeps the errors for the exception."""
-
-    class CollectingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg: str) -> None:
-            level = int(severity)
-            if level <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                log.error("TensorRT: %s", msg)
-            elif level == int(trt.ILogger.Severity.WARNING):
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return CollectingLogger()
+def is_jetson() -> bool:
+    """True on an NVIDIA Jetson (L4T writes ``/etc/nv_tegra_release``)."""
+    return Path("/etc/nv_tegra_release").exists()
 
 
-def _add_profiles(builder, builder_config, network, profiles: list[Profile]) -> None:
+def check_build_settings(trt, config: BuildConfig, flavour: TensorRTFlavour = "tensorrt") -> None:
+    """Refuse, before any work, settings this TensorRT release or this device cannot build.
+
+    - ``same_compute_capability`` first exists in TensorRT 10.9
+      (``HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY``; 10.3 on JetPack 6 lacks it).
+    - Hardware compatibility is not supported on Jetson (TensorRT's "Hardware Compatibility"
+      section lists it for discrete GPUs of the Ampere generation and newer only).
+    - Version compatibility needs ``BuilderFlag.VERSION_COMPATIBLE`` (TensorRT >= 8.6).
+
+    Raises:
+        SamExportError: naming the setting, the release or device, and what to do instead.
+    """
+    version = getattr(trt, "__version__", "?")
+    if config.hardware_compatibility != "none":
+        if flavour == "tensorrt" and is_jetson():
+            raise SamExportError(
+                "hardware-compatible engines are not supported on Jetson; build without "
+                "--hardware-compatible (the plan then runs on this Jetson model only)"
+            )
+        levels = getattr(trt, "HardwareCompatibilityLevel", None)
+        if levels is None or not hasattr(levels, config.hardware_compatibility.upper()):
+            raise SamExportError(
+                f"TensorRT {version} has no hardware compatibility level "
+                f"{config.hardware_compatibility.upper()} (same_compute_capability needs TensorRT >= 10.9)"
+            )
+    if config.version_compatible and not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):
+        raise SamExportError(f"TensorRT {version} cannot build version-compatible engines")
+
+
+def _create_config(pg, trt, config: BuildConfig, profiles: list[Profile], flavour: TensorRTFlavour):
+    """Polygraphy's config loader for ``config``: ``CreateConfig`` (TF32 off), or
+    ``CreateConfigRTX`` for TensorRT-RTX, which has no precision flags to set."""
+    polygraphy_profiles = []
+    for shapes in profiles:
+        profile = pg.Profile()
+        for name, (low, opt, high) in shapes.items():
+            profile.add(name, min=low, opt=opt, max=high)
+        polygraphy_profiles.append(profile)
+    kwargs = {
+        "profiles": polygraphy_profiles or None,
+        "memory_pool_limits": (
+            {trt.MemoryPoolType.WORKSPACE: config.workspace_bytes} if config.workspace_bytes is not None else None
+        ),
+        "builder_optimization_level": config.optimization_level,
+        "version_compatible": config.version_compatible or None,
+        "hardware_compatibility_level": (
+            getattr(trt.HardwareCompatibilityLevel, config.hardware_compatibility.upper())
+            if config.hardware_compatibility != "none" else None
+        ),
+        "load_timing_cache": str(config.timing_cache) if config.timing_cache else None,
+    }
+    if flavour == "tensorrt_rtx":
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        return CreateConfigRTX(**kwargs)
+    return pg.CreateConfig(tf32=False, **kwargs)
+
+
+class _Messages(logging.Handler):
+    """Collects Polygraphy's (and, through it, TensorRT's) error lines for the exception."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.errors.append(message)
+            log.error("TensorRT: %s", message)
+        elif record.levelno >= logging.WARNING:
+            log.warning("TensorRT: %s", message)
+        else:
+            log.debug("TensorRT: %s", message)
+
+
+@contextlib.contextmanager
+def _polygraphy_messages() -> Iterator[_Messages]:
+    """Route Polygraphy's log through ``logging`` while a build runs: its errors are kept for the
+    exception message, warnings reach samexport's logger, info lines stay out of the CLI output."""
+    from polygraphy.logger import G_LOGGER
+
+    handler = _Messages()
+    python_logger = logging.getLogger("Polygraphy")
+    previous = G_LOGGER.use_python_logging_system
+    G_LOGGER.use_python_logging_system = True
+    python_logger.addHandler(handler)
+    python_logger.propagate = False
+    try:
+        yield handler
+    finally:
+        python_logger.removeHandler(handler)
+        G_LOGGER.use_python_logging_system = previous
+
+
+def _check_profiles(network, profiles: list[Profile]) -> None:
+    """Every dynamic input needs shapes in every profile (Polygraphy would fill in defaults)."""
     dynamic = [
         network.get_input(i).name for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)
     ]
@@ -199,28 +293,11 @@ def _add_profiles(builder, builder_config, network, profiles: list[Profile]) -> 
         missing = [name for name in dynamic if name not in shapes]
         if missing:
             raise SamExportError(f"optimisation profile {index} gives no shapes for dynamic inputs {missing}")
-        profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
-            profile.set_shape(name, low, opt, high)
-        if builder_config.add_optimization_profile(profile) < 0:
-            raise SamExportError(f"optimisation profile {index} is invalid: {dict(shapes)}")
+            if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+                raise SamExportError(f"optimisation profile {index} is invalid for {name}: {low}, {opt}, {high}")
     if dynamic and not profiles:
         raise SamExportError(f"inputs {dynamic} are dynamic: pass an optimisation profile for them")
-
-
-def _attach_timing_cache(builder_config, path: Path | None):
-    if path is None:
-        return None
-    path = Path(path)
-    data = path.read_bytes() if path.is_file() else b""
-    cache = builder_config.create_timing_cache(data)
-    builder_config.set_timing_cache(cache, False)  # ignore_mismatch=False: refuse another GPU's timings
-    return cache
-
-
-def _describe(error) -> str:
-    where = f"node {error.node()} ({error.node_operator()} {error.node_name()!r})" if error.node() >= 0 else "graph"
-    return f"{where}: {error.desc()}"
 
 
 def _io(tensor) -> dict:
