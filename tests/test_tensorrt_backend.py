@@ -20,37 +20,70 @@ RECORD = {
 }
 
 
-def test_same_release_and_gpu_is_accepted():
-    check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0.30", gpu=ORIN)
+def test_same_version_and_gpu_is_accepted():
+    check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN)
+
+
+def test_build_number_must_match_unless_version_compatible():
+    """TensorRT: a plan runs on the exact version that built it (the old check ignored the build
+    number and accepted 10.3.0.26 plans on 10.3.0.30)."""
+    with pytest.raises(SamExportError, match=r"built with TensorRT 10\.3\.0\.26, this is TensorRT 10\.3\.0\.30: rebuild"):
+        check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0.30", gpu=ORIN)
+    record = {**RECORD, "config": {**RECORD["config"], "version_compatible": True}}
+    check_engine_compatibility(record, name="encoder", tensorrt_version="10.3.0.30", gpu=ORIN)
 
 
 def test_other_tensorrt_release_is_refused_with_what_to_do():
-    with pytest.raises(SamExportError, match=r"built with TensorRT 10\.3\.0\.26, this is TensorRT 10\.8\.0\.43: rebuild"):
+    with pytest.raises(SamExportError, match=r"built with TensorRT 10\.3\.0\.26, this is TensorRT 10\.8\.0\.43: rebuild.*samexport engines"):
         check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.8.0.43", gpu=ORIN)
 
 
-def test_version_compatible_plans_run_on_newer_releases_of_the_same_major():
+def test_version_compatible_plans_follow_the_documented_rules():
+    """Same major and newer: yes; older: no; a 10.x plan on 11.x: yes (documented); 11 -> 12: no."""
     record = {**RECORD, "config": {**RECORD["config"], "version_compatible": True}}
     check_engine_compatibility(record, name="decoder", tensorrt_version="10.8.0.43", gpu=ORIN)
+    check_engine_compatibility(record, name="decoder", tensorrt_version="11.4.0.106", gpu=ORIN)
     with pytest.raises(SamExportError, match="rebuild"):
-        check_engine_compatibility(record, name="decoder", tensorrt_version="10.2.0", gpu=ORIN)
+        check_engine_compatibility(record, name="decoder", tensorrt_version="10.2.0.19", gpu=ORIN)
+    eleven = {**record, "tensorrt_version": "11.0.0.10"}
     with pytest.raises(SamExportError, match="rebuild"):
-        check_engine_compatibility(record, name="decoder", tensorrt_version="11.0.0", gpu=ORIN)
+        check_engine_compatibility(eleven, name="decoder", tensorrt_version="10.16.0.72", gpu=ORIN)
+    with pytest.raises(SamExportError, match="rebuild"):
+        check_engine_compatibility(eleven, name="decoder", tensorrt_version="12.0.0.1", gpu=ORIN)
 
 
 def test_other_gpu_is_refused_unless_hardware_compatible():
     with pytest.raises(SamExportError, match=r"built for Orin \(compute capability 8\.7\), this GPU is NVIDIA H100.*\(9\.0\)"):
-        check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0", gpu=H100)
+        check_engine_compatibility(RECORD, name="encoder", tensorrt_version="10.3.0.26", gpu=H100)
     ampere_plus = {**RECORD, "config": {**RECORD["config"], "hardware_compatibility": "ampere_plus"}}
-    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0", gpu=H100)
+    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=H100)
     with pytest.raises(SamExportError):
-        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0", gpu=GpuInfo(0, "T4", "7.5"))
+        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=GpuInfo(0, "T4", "7.5"))
+    same_cc = {**RECORD, "config": {**RECORD["config"], "hardware_compatibility": "same_compute_capability"}}
+    check_engine_compatibility(same_cc, name="encoder", tensorrt_version="10.3.0.26", gpu=GpuInfo(0, "Orin NX", "8.7"))
+    with pytest.raises(SamExportError):
+        check_engine_compatibility(same_cc, name="encoder", tensorrt_version="10.3.0.26", gpu=H100)
+
+
+def test_hardware_compatible_plugin_plan_is_refused_on_another_gpu():
+    """The plugin's PTX is compiled for the building GPU: ampere_plus does not extend to it."""
+    ampere_plus = {**RECORD, "config": {**RECORD["config"], "hardware_compatibility": "ampere_plus"}}
+    with pytest.raises(SamExportError, match="attention plugin kernel is compiled for that GPU only"):
+        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=H100, attention="plugin")
+    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN, attention="plugin")
 
 
 def test_plan_built_without_gpu_is_refused():
     record = {**RECORD, "gpu": None, "compute_capability": None}
     with pytest.raises(SamExportError, match="built without a GPU"):
-        check_engine_compatibility(record, name="encoder", tensorrt_version="10.3.0", gpu=ORIN)
+        check_engine_compatibility(record, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN)
+
+
+def test_tensorrt_rtx_test_build_is_refused():
+    record = {**RECORD, "builder": "tensorrt_rtx", "test_build": True, "tensorrt_module": "tensorrt_rtx_bindings",
+              "tensorrt_version": "1.7.1.116"}
+    with pytest.raises(SamExportError, match=r"test build .*samexport engines"):
+        check_engine_compatibility(record, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN)
 
 
 def test_asking_for_tensorrt_without_engines_says_why(tiny_artifact):

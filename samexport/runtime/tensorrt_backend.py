@@ -1,200 +1,200 @@
 """TensorRT backend: runs the engine plans of an artifact directory on an NVIDIA GPU.
 
-Device buffers are allocated once per engine at the largest profile shape and reused across calls;
-tensors are bound by name (``set_tensor_address`` / ``execute_async_v3``, TensorRT >= 8.5). The
-image embedding stays on the GPU between the encoder and the decoder: ``decode`` skips the upload
-when it is handed the array that the last ``encode`` returned.
+Polygraphy does the TensorRT work: ``EngineFromPath`` deserializes each plan (and allows the lean
+runtime's host code that version-compatible plans embed: ``engine_host_code_allowed``),
+``TrtRunner`` owns the execution context, the device buffers (``polygraphy.cuda``, plain ctypes
+over ``libcudart``: no cuda-python, so no CUDA 13 binding on a CUDA 12 driver such as JetPack 6)
+and the copies. The one thing samexport adds: the image embedding stays on the GPU between the two
+engines (the encoder runner returns it as a device view; ``decode`` feeds that view to the decoder
+runner when it is handed the array that the last ``encode`` returned), which a single Polygraphy
+runner cannot do because it copies every output to the host.
 
-Needs the ``tensorrt`` extra (``tensorrt`` and ``cuda-python``) and a GPU; nothing here is imported
+Plans built with ``--attention plugin`` hold the ahead-of-time plugin kernel (PTX) inside the
+engine: TensorRT launches it with no Python at inference, so the runtime neither registers the
+plugin nor imports Triton (TensorRT's ``tensorrt.plugin.aot_impl`` documentation; Torch-TensorRT's
+AOT plugin tutorial: "required for serialized engines that will run without a Python environment").
+
+Needs the ``tensorrt`` extra (``tensorrt`` and ``polygraphy``) and a GPU; nothing here is imported
 by ``import samexport``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from samexport import constants as C
-from samexport.engines import GpuInfo, cuda_devices, load_tensorrt
-from samexport.errors import SamExportError, require
+from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt
+from samexport.errors import SamExportError
 
 ENGINE_NAMES = ("encoder", "decoder")
+# TensorRT documents one cross-major combination for version-compatible plans in the releases
+# samexport supports: "TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime"
+# (TensorRT 11.4 support matrix, Engine Portability).
+_CROSS_MAJOR_VERSION_COMPATIBLE = {(10, 11)}
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """``"10.3.0.26"`` -> ``(10, 3, 0)``: plans are tied to the release, not the build number."""
-    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+def tensorrt_release(version: str) -> tuple[int, ...]:
+    """``"10.3.0.26"`` -> ``(10, 3, 0, 26)``: every numeric component, build number included."""
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
-def check_engine_compatibility(record: dict, *, name: str, tensorrt_version: str, gpu: GpuInfo) -> None:
+def check_engine_compatibility(
+    record: dict, *, name: str, tensorrt_version: str, gpu: GpuInfo, attention: str = "plain"
+) -> None:
     """Refuse a plan this TensorRT or this GPU cannot run, saying what to rebuild.
+
+    The rules are TensorRT's ("Engine Compatibility", TensorRT 11 developer guide): a plan runs
+    only on the exact TensorRT version that built it, build number included, unless it was built
+    version-compatible, in which case it runs on that version and later ones of the same major
+    version, and a 10.x plan also on 11.x. A plan runs only on GPUs of the building GPU's compute
+    capability unless built hardware-compatible: ``ampere_plus`` on compute capability 8.0 and up,
+    ``same_compute_capability`` on the same compute capability. A plan with the attention plugin
+    holds PTX compiled for the building GPU only, so hardware compatibility does not extend to it.
 
     Args:
         record: the engine's entry in ``manifest.json`` (as written by ``build_engine``).
         name: ``"encoder"`` or ``"decoder"``, for the message.
         tensorrt_version: version of the TensorRT that would deserialize the plan.
         gpu: the GPU it would run on.
+        attention: the encoder's attention export mode (``plugin`` plans are GPU-specific).
 
     Raises:
-        SamExportError: another TensorRT release (unless built version-compatible and run by a
-            newer release of the same major version), or another compute capability (unless built
-            hardware-compatible for Ampere and newer and this GPU is Ampere or newer).
+        SamExportError: a test build (TensorRT-RTX, or built without a GPU), another TensorRT
+            version, or another GPU; the message says what to rebuild.
     """
-    rebuild = "rebuild it on this machine with `samexport build`"
-    built, running = _release(record["tensorrt_version"]), _release(tensorrt_version)
-    version_ok = built == running or (
-        record.get("config", {}).get("version_compatible") and running[0] == built[0] and running >= built
-    )
+    rebuild = "rebuild the engines on this machine with `samexport engines ARTIFACT_DIR`"
+    if record.get("test_build") or record.get("builder") == "tensorrt_rtx":
+        raise SamExportError(
+            f"the {name} engine is a test build ({record.get('tensorrt_module', 'TensorRT-RTX')} "
+            f"{record.get('tensorrt_version')}, built to prove the graph builds, not to run): {rebuild}"
+        )
+    built_cc = record.get("compute_capability")
+    if built_cc is None:
+        raise SamExportError(f"the {name} engine was built without a GPU (test build): {rebuild}")
+    built, running = tensorrt_release(record["tensorrt_version"]), tensorrt_release(tensorrt_version)
+    config = record.get("config", {})
+    if config.get("version_compatible"):
+        same_line = running[0] == built[0] or (built[0], running[0]) in _CROSS_MAJOR_VERSION_COMPATIBLE
+        version_ok = same_line and running >= built
+    else:
+        version_ok = running == built
     if not version_ok:
         raise SamExportError(
             f"the {name} engine was built with TensorRT {record['tensorrt_version']}, this is TensorRT "
             f"{tensorrt_version}: {rebuild}"
         )
-    built_cc = record.get("compute_capability")
-    if built_cc is None:
-        raise SamExportError(f"the {name} engine was built without a GPU (test build): {rebuild}")
-    level = record.get("config", {}).get("hardware_compatibility", "none")
+    level = config.get("hardware_compatibility", "none")
     major = int(gpu.compute_capability.split(".")[0])
-    hardware_ok = built_cc == gpu.compute_capability or (level == "ampere_plus" and major >= 8)
+    if level == "ampere_plus" and attention != "plugin":
+        hardware_ok = major >= 8
+    else:
+        hardware_ok = built_cc == gpu.compute_capability
     if not hardware_ok:
+        plugin = " (its attention plugin kernel is compiled for that GPU only)" if attention == "plugin" else ""
         raise SamExportError(
-            f"the {name} engine was built for {record.get('gpu')} (compute capability {built_cc}), "
+            f"the {name} engine was built for {record.get('gpu')} (compute capability {built_cc}){plugin}, "
             f"this GPU is {gpu.name} ({gpu.compute_capability}): {rebuild}"
         )
 
 
-def _cudart():
-    """CUDA runtime bindings from cuda-python (module path moved in cuda-python 12.6)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        runtime = require("cuda.cudart", "tensorrt")
-    return runtime
-
-
-def _check(result):
-    """cuda-python calls return (error, *values): raise on error, return the values."""
-    error, *values = result if isinstance(result, tuple) else (result,)
-    if int(error) != 0:
-        raise RuntimeError(f"CUDA error {error}")
-    return values[0] if len(values) == 1 else values
-
-
-class _Engine:
-    """One deserialized plan with an execution context and reusable device buffers."""
-
-    def __init__(self, trt, runtime, plan: Path, cudart, stream) -> None:
-        self.trt, self.cudart, self.stream = trt, cudart, stream
-        self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-        if self.engine is None:
-            raise SamExportError(f"TensorRT could not load {plan}: rebuild it with `samexport build`")
-        self.context = self.engine.create_execution_context()
-        self.buffers: dict[str, int] = {}
-        self.dtypes: dict[str, np.dtype] = {}
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(name)
-            self.dtypes[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            shape = self._largest_shape(name, is_input)
-            nbytes = int(np.prod(shape)) * self.dtypes[name].itemsize
-            self.buffers[name] = _check(cudart.cudaMalloc(max(nbytes, 1)))
-            self.context.set_tensor_address(name, self.buffers[name])
-
-    def _largest_shape(self, name: str, is_input: bool) -> tuple[int, ...]:
-        shape = tuple(self.engine.get_tensor_shape(name))
-        if -1 not in shape:
-            return shape
-        if is_input:
-            return tuple(self.engine.get_tensor_profile_shape(name, 0)[2])
-        # outputs: set every input to its max shape and ask the context
-        for input_name in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)):
-            if self.engine.get_tensor_mode(input_name) == self.trt.TensorIOMode.INPUT:
-                dims = tuple(self.engine.get_tensor_shape(input_name))
-                if -1 in dims:
-                    self.context.set_input_shape(input_name, tuple(self.engine.get_tensor_profile_shape(input_name, 0)[2]))
-        return tuple(self.context.get_tensor_shape(name))
-
-    def run(self, feeds: dict[str, np.ndarray], *, on_device: dict[str, int] | None = None) -> dict[str, np.ndarray]:
-        """Upload ``feeds``, bind ``on_device`` pointers as they are, run, download outputs."""
-        cudart = self.cudart
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        on_device = on_device or {}
-        for name in self.inputs:
-            if name in on_device:
-                self.context.set_tensor_address(name, on_device[name])
-                continue
-            array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
-            if not self.context.set_input_shape(name, array.shape):
-                raise ValueError(f"{name} shape {array.shape} is outside the engine's optimisation profile")
-            self.context.set_tensor_address(name, self.buffers[name])
-            _check(cudart.cudaMemcpyAsync(self.buffers[name], array.ctypes.data, array.nbytes, h2d, self.stream))
-        if not self.context.execute_async_v3(int(self.stream)):
-            raise RuntimeError("TensorRT execution failed")
-        results = {}
-        for name in self.outputs:
-            out = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
-            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[name], out.nbytes, d2h, self.stream))
-            results[name] = out
-        _check(cudart.cudaStreamSynchronize(self.stream))
-        return results
-
-    def close(self) -> None:
-        for pointer in self.buffers.values():
-            self.cudart.cudaFree(pointer)
-        self.buffers.clear()
-
-
 class TensorRTBackend:
-    """Encoder and decoder engines of an artifact directory on one GPU."""
+    """Encoder and decoder engines of an artifact directory on one GPU, as Polygraphy runners.
+
+    A context manager: ``with TensorRTBackend(folder, manifest) as backend: ...`` frees the
+    engines and device buffers on exit (``close()`` does the same).
+    """
 
     name = "tensorrt"
 
     def __init__(self, artifact_dir: Path | str, manifest: dict, *, device: int = 0) -> None:
         trt = load_tensorrt("tensorrt")
+        pg = polygraphy_trt("tensorrt")
         engines = manifest.get("engines", {})
         missing = [n for n in ENGINE_NAMES if n not in engines]
         if missing:
             raise SamExportError(
                 f"{artifact_dir} has no TensorRT {' or '.join(missing)} engine "
                 f"({manifest.get('skipped_engines', {}).get(missing[0], 'not built')}); "
-                "build on a machine with TensorRT and a GPU, or use backend='onnxruntime'"
+                f"run `samexport engines {artifact_dir}` on this machine, or use backend='onnxruntime'"
             )
-        gpu = cuda_devices()[device]
+        devices = cuda_devices()
+        if not 0 <= device < len(devices):
+            raise SamExportError(f"no CUDA device {device}; this machine has {len(devices)}")
+        gpu = devices[device]
         for name in ENGINE_NAMES:
-            check_engine_compatibility(engines[name], name=name, tensorrt_version=trt.__version__, gpu=gpu)
-        if manifest.get("attention") == "plugin":
-            from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
-
-            register_tensorrt_plugin()  # the plan's plugin nodes need their creator registered
-        self.cudart = _cudart()
-        _check(self.cudart.cudaSetDevice(device))
-        self.stream = _check(self.cudart.cudaStreamCreate())
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
+            check_engine_compatibility(
+                engines[name], name=name, tensorrt_version=trt.__version__, gpu=gpu,
+                attention=manifest.get("attention", "plain"),
+            )
+        if device != 0:
+            _set_device(device)
         folder = Path(artifact_dir)
-        self.encoder = _Engine(trt, runtime, folder / engines["encoder"]["plan"], self.cudart, self.stream)
-        self.decoder = _Engine(trt, runtime, folder / engines["decoder"]["plan"], self.cudart, self.stream)
+        self._runners = []
+        try:
+            for name in ENGINE_NAMES:
+                plan = folder / engines[name]["plan"]
+                if not plan.is_file():
+                    raise SamExportError(f"{plan} is missing: run `samexport engines {artifact_dir}`")
+                runner = pg.TrtRunner(pg.EngineFromPath(str(plan)), name=name)
+                runner.activate()
+                self._runners.append(runner)
+        except BaseException:
+            self.close()
+            raise
+        self.encoder, self.decoder = self._runners
         self._last_embedding: np.ndarray | None = None
+        self._last_embedding_on_device = None
 
     def encode(self, image: np.ndarray) -> np.ndarray:
-        embedding = self.encoder.run({C.IMAGE.name: image})[C.IMAGE_EMBEDDINGS.name]
-        self._last_embedding = embedding
+        """image 1x3x1024x1024 float32 -> embedding 1x256x64x64 float32 (also kept on the GPU)."""
+        outputs = self.encoder.infer({C.IMAGE.name: np.ascontiguousarray(image, np.float32)}, copy_outputs_to_host=False)
+        on_device = outputs[C.IMAGE_EMBEDDINGS.name]
+        embedding = np.asarray(on_device.numpy(), dtype=np.float32)
+        self._last_embedding, self._last_embedding_on_device = embedding, on_device
         return embedding
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        feeds = dict(zip((s.name for s in C.DECODER_INPUTS),
-                         (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)))
-        on_device = {}
+        arrays = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        feeds = {spec.name: np.ascontiguousarray(a, spec.dtype) for spec, a in zip(C.DECODER_INPUTS, arrays)}
         if image_embeddings is self._last_embedding:  # still on the GPU from encode()
-            on_device[C.IMAGE_EMBEDDINGS.name] = self.encoder.buffers[C.IMAGE_EMBEDDINGS.name]
-        out = self.decoder.run(feeds, on_device=on_device)
+            feeds[C.IMAGE_EMBEDDINGS.name] = self._last_embedding_on_device
+        self._check_profile(feeds)
+        out = self.decoder.infer(feeds)
         return out[C.IOU_PREDICTIONS.name], out[C.LOW_RES_MASKS.name]
 
+    def _check_profile(self, feeds: dict) -> None:
+        """A prompt batch outside the decoder's profile is the caller's error, said as such."""
+        engine = self.decoder.engine
+        for name, value in feeds.items():
+            if -1 not in tuple(engine.get_tensor_shape(name)):
+                continue
+            low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+            shape = tuple(value.shape)
+            if len(shape) != len(low) or not all(a <= b <= c for a, b, c in zip(low, shape, high)):
+                raise ValueError(
+                    f"{name} shape {shape} is outside the decoder engine's profile {low}..{high}; "
+                    "rebuild with a larger --max-batch / --max-points"
+                )
+
     def close(self) -> None:
-        self.encoder.close()
-        self.decoder.close()
-        self.cudart.cudaStreamDestroy(self.stream)
+        for runner in getattr(self, "_runners", []):
+            if runner.is_active:
+                runner.deactivate()
+        self._runners = []
+
+    def __enter__(self) -> TensorRTBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _set_device(device: int) -> None:
+    """Select CUDA device ``device`` for this thread. Polygraphy has no device selection (it uses
+    the current device), so this one call goes to libcudart through Polygraphy's own handle."""
+    from polygraphy import cuda
+
+    cuda.wrapper().check(cuda.wrapper().handle.cudaSetDevice(device))
