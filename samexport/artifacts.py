@@ -27,8 +27,18 @@ def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    path = folder / C.MANIFEST
-    path.write_text(json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=2) + "\n")
+    """Write ``manifest.json`` atomically: a temporary file in the same folder, flushed to disk,
+    then renamed over the old one, so a reader sees the old manifest or the new, never half."""
+    path = Path(folder) / C.MANIFEST
+    partial = path.with_name(f".{C.MANIFEST}.partial-{os.getpid()}")
+    try:
+        with open(partial, "w") as stream:
+            stream.write(json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=2) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 EngineRequest = Literal["auto", "require", "skip"]
-PLAN_NAMES = {"encoder": "encoder.plan", "decoder": "decoder.plan"}
+ENGINE_NAMES = ("encoder", "decoder")
 
 
 @dataclass
@@ -109,28 +109,21 @@ def _write_graphs(
 
 
 def _build_engines(
-    staging: Path, config: BuildConfig, request: EngineRequest, attention: str,
+    staging: Path, config: BuildConfig, request: EngineRequest, attention: str, builder: str,
     on_step: Callable[[str], None],
 ) -> tuple[dict, dict[str, str]]:
-    """Build both plans if TensorRT and a GPU are here; else say why not for each engine."""
+    """Build both plans (the same code as ``samexport engines``) if this machine can; else say
+    why not for each engine."""
     if request == "skip":
-        return {}, {name: "skipped (--no-engines)" for name in PLAN_NAMES}
+        return {}, {name: "skipped (--no-engines)" for name in ENGINE_NAMES}
     from samexport.engines import tensorrt_availability
+    from samexport.engines.artifact import BUILDERS, build_plans
 
-    availability = tensorrt_availability()
-    if not availability:
-        return {}, {name: availability.reason for name in PLAN_NAMES}
-    from samexport.engines.builder import build_engine
-
-    if attention == "plugin":
-        from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
-
-        register_tensorrt_plugin()
-    engines = {}
-    for name, onnx_name in (("encoder", C.ENCODER_ONNX), ("decoder", C.DECODER_ONNX)):
-        on_step(f"building the TensorRT {name} engine on {availability.gpu.name}")
-        profiles = [config.decoder_profile()] if name == "decoder" else None
-        engines[name] = build_engine(staging / onnx_name, staging / PLAN_NAMES[name], config, profiles=profiles)
+    if BUILDERS[builder] == "tensorrt":
+        availability = tensorrt_availability()
+        if not availability:
+            return {}, {name: availability.reason for name in ENGINE_NAMES}
+    engines = build_plans(staging, staging, config, attention=attention, flavour=BUILDERS[builder], on_step=on_step)
     return engines, {}
 
 
@@ -160,6 +153,7 @@ def build(
     int8_target: Int8Target = "tensorrt",
     engine_config: BuildConfig | None = None,
     engines: EngineRequest = "auto",
+    engine_builder: str = "tensorrt",
     attention: str = "plain",
     opset: int | None = None,
     download: bool = True,
@@ -182,6 +176,8 @@ def build(
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
+        engine_builder: ``tensorrt``, or ``tensorrt-rtx`` for test builds without a GPU (plans the
+            runtime refuses; see ``samexport.engines.artifact``).
         attention: how the encoder's attention is exported: ``plain``, ``fused-pattern``,
             ``onnx-attention`` or ``plugin`` (see ``samexport.export.attention``).
         opset: ONNX opset (default: 18, or 23 for ``onnx-attention``).
@@ -214,13 +210,21 @@ def build(
 
         recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
         list_images(calib_dir)  # fail now, not after the export, if the folder has no images
-    if engines == "require":
-        from samexport.engines import tensorrt_availability
-
-        availability = tensorrt_availability()
-        if not availability:
-            raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
     engine_config = engine_config or BuildConfig()
+    if engines != "skip":
+        from samexport.engines import load_tensorrt, tensorrt_availability
+        from samexport.engines.artifact import BUILDERS, check_engine_request
+
+        if engine_builder not in BUILDERS:
+            raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
+        check_engine_request(attention, engine_config, BUILDERS[engine_builder])
+        if engines == "require":
+            if BUILDERS[engine_builder] == "tensorrt_rtx":
+                load_tensorrt("tensorrt_rtx")
+            else:
+                availability = tensorrt_availability()
+                if not availability:
+                    raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
     destination = Path(output) if output else default_artifact_dir(variant.name, precision)
 
     checkpoint = resolve_checkpoint(variant, checkpoint, download_missing=download)
@@ -243,7 +247,7 @@ def build(
 
             on_step("parity check against the PyTorch weights")
             parity_report = quick_parity(sam, _runnable_graphs(staging, attention), precision)
-        built, skipped = _build_engines(staging, engine_config, engines, attention, on_step)
+        built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
         manifest = {
             "variant": variant.name,
             "precision": precision,

@@ -44,6 +44,36 @@ def _parse_numbers(text: str, option: str, counts: tuple[int, ...]) -> list[floa
     return values
 
 
+# Engine options, shared by `build` and `engines`.
+MaxPoints = Annotated[int, typer.Option(help="Largest points per prompt the decoder engine accepts (a box is 2).", min=1)]
+MaxBatch = Annotated[int, typer.Option(help="Largest prompt batch the decoder engine accepts.", min=1)]
+WorkspaceGb = Annotated[float, typer.Option(help="TensorRT workspace limit in GiB.", min=0.1)]
+TimingCache = Annotated[
+    Optional[Path], typer.Option(help="TensorRT timing cache file, read and updated (speeds up rebuilds).")
+]
+HardwareCompatible = Annotated[
+    bool,
+    typer.Option(help="Engines that run on any Ampere or newer discrete GPU (slower; not on Jetson, not with --attention plugin)."),
+]
+VersionCompatible = Annotated[
+    bool, typer.Option(help="Engines that later TensorRT releases can run (same major version, and 10.x plans on 11.x).")
+]
+
+
+def _engine_config(max_points: int, max_batch: int, workspace_gb: float, timing_cache: Path | None,
+                   hardware_compatible: bool, version_compatible: bool):
+    from samexport.engines.builder import BuildConfig
+
+    return BuildConfig(
+        workspace_bytes=int(workspace_gb * (1 << 30)),
+        prompts=(1, 1, max_batch),
+        points=(1, min(2, max_points), max_points),
+        timing_cache=timing_cache,
+        version_compatible=version_compatible,
+        hardware_compatibility="ampere_plus" if hardware_compatible else "none",
+    )
+
+
 @app.command()
 @clean_errors
 def build(
@@ -69,18 +99,12 @@ def build(
             "CPU provider uses integer kernels). Default: tensorrt.",
         ),
     ] = None,
-    max_points: Annotated[int, typer.Option(help="Largest points per prompt the decoder engine accepts (a box is 2).", min=1)] = 16,
-    max_batch: Annotated[int, typer.Option(help="Largest prompt batch the decoder engine accepts.", min=1)] = 64,
-    workspace_gb: Annotated[float, typer.Option(help="TensorRT workspace limit in GiB.", min=0.1)] = 4.0,
-    timing_cache: Annotated[
-        Optional[Path], typer.Option(help="TensorRT timing cache file, read and updated (speeds up rebuilds).")
-    ] = None,
-    hardware_compatible: Annotated[
-        bool, typer.Option(help="Engines that run on any Ampere or newer GPU (slower than GPU-specific ones).")
-    ] = False,
-    version_compatible: Annotated[
-        bool, typer.Option(help="Engines that later TensorRT releases of the same major version can run.")
-    ] = False,
+    max_points: MaxPoints = 16,
+    max_batch: MaxBatch = 64,
+    workspace_gb: WorkspaceGb = 4.0,
+    timing_cache: TimingCache = None,
+    hardware_compatible: HardwareCompatible = False,
+    version_compatible: VersionCompatible = False,
     engines: Annotated[
         Optional[bool],
         typer.Option(
@@ -110,7 +134,6 @@ def build(
 ) -> None:
     """Export SAM to ONNX (and TensorRT engines where possible) into an artifact directory."""
     from samexport.build import build as run_build
-    from samexport.engines.builder import BuildConfig
 
     if fp16 and int8:
         raise SamExportError("choose one of --fp16 and --int8")
@@ -119,14 +142,7 @@ def build(
     if int8_for is not None and not int8:
         raise SamExportError("--int8-for is only used with --int8")
     precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-    config = BuildConfig(
-        workspace_bytes=int(workspace_gb * (1 << 30)),
-        prompts=(1, 1, max_batch),
-        points=(1, min(2, max_points), max_points),
-        timing_cache=timing_cache,
-        version_compatible=version_compatible,
-        hardware_compatibility="ampere_plus" if hardware_compatible else "none",
-    )
+    config = _engine_config(max_points, max_batch, workspace_gb, timing_cache, hardware_compatible, version_compatible)
     result = run_build(
         variant, checkpoint=checkpoint, output=output, precision=precision, calib_dir=calib_dir,
         int8_target=int8_for or "tensorrt",
@@ -195,6 +211,44 @@ def predict(
             boxes=None if box_array is None else box_array[None],
         ).save(overlay)
         typer.echo(f"wrote {overlay}")
+
+
+@app.command()
+@clean_errors
+def engines(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build` (built anywhere).")],
+    builder: Annotated[
+        Literal["tensorrt", "tensorrt-rtx"],
+        typer.Option(
+            help="tensorrt: plans for this GPU and TensorRT release. tensorrt-rtx: TensorRT-RTX test "
+            "builds without a GPU (prove the graphs build; the runtime refuses such plans)."
+        ),
+    ] = "tensorrt",
+    max_points: MaxPoints = 16,
+    max_batch: MaxBatch = 64,
+    workspace_gb: WorkspaceGb = 4.0,
+    timing_cache: TimingCache = None,
+    hardware_compatible: HardwareCompatible = False,
+    version_compatible: VersionCompatible = False,
+) -> None:
+    """Build encoder.plan and decoder.plan for this device from an existing artifact (no torch needed).
+
+    The manifest is updated atomically once both plans are built: an interrupted run leaves the
+    artifact as it was.
+    """
+    from samexport.engines.artifact import build_artifact_engines
+
+    config = _engine_config(max_points, max_batch, workspace_gb, timing_cache, hardware_compatible, version_compatible)
+    manifest = build_artifact_engines(
+        artifact_dir, config, builder=builder, on_step=lambda message: typer.echo(f"- {message}", err=True)
+    )
+    for name, record in manifest["engines"].items():
+        where = record["gpu"] or "no GPU"
+        kind = " (test build: the runtime refuses it)" if record.get("test_build") else ""
+        typer.echo(
+            f"wrote {Path(artifact_dir) / record['plan']}: {record['plan_bytes'] / 2**20:.1f} MiB, "
+            f"{record['tensorrt_module']} {record['tensorrt_version']} on {where}{kind}"
+        )
 
 
 @app.command()
