@@ -266,7 +266,7 @@ def doctor() -> None:
     from samexport.doctor import diagnose
 
     for key, value in diagnose().items():
-        typer.echo(f"{key:<24} {value}")
+        typer.echo(f"{key:<30} {value}")
 
 
 @app.command()

@@ -1,13 +1,20 @@
-"""What this machine can run: versions, ONNX Runtime providers, TensorRT and GPU."""
+"""What this machine can run: versions, ONNX Runtime providers, TensorRT, its features, and the GPU."""
 
 from __future__ import annotations
 
 import importlib
 import platform
-import shutil
-import subprocess
 
 from samexport import __version__
+
+# First TensorRT release with each feature samexport can use (release notes and developer guide).
+TENSORRT_FEATURES: dict[str, tuple[tuple[int, int], str]] = {
+    "version-compatible engines (--version-compatible)": ((8, 6), "BuilderFlag.VERSION_COMPATIBLE"),
+    "hardware compatibility ampere_plus (--hardware-compatible)": ((8, 6), "not on Jetson"),
+    "hardware compatibility same_compute_capability": ((10, 9), "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"),
+    "attention plugin (--attention plugin)": ((10, 9), "tensorrt.plugin with aot_impl"),
+    "ONNX Attention op (--attention onnx-attention)": ((10, 14), "IAttention"),
+}
 
 
 def _version(module: str) -> str:
@@ -19,32 +26,42 @@ def _version(module: str) -> str:
         return f"broken: {type(exc).__name__}: {exc}"
 
 
-def gpu_name() -> str | None:
-    """Name of the first NVIDIA GPU according to nvidia-smi, or None."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0] if out else None
+def _release(version: str) -> tuple[int, int]:
+    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
+    return (parts + [0, 0])[0], (parts + [0, 0])[1]
+
+
+def tensorrt_features(version: str, *, jetson: bool) -> dict[str, str]:
+    """For TensorRT ``version``: each feature samexport uses, ``yes`` or why not."""
+    found = _release(version)
+    report = {}
+    for feature, (minimum, note) in TENSORRT_FEATURES.items():
+        if found < minimum:
+            report[feature] = f"no (needs TensorRT >= {minimum[0]}.{minimum[1]})"
+        elif jetson and feature.startswith("hardware compatibility"):
+            report[feature] = "no (not supported on Jetson)"
+        else:
+            report[feature] = "yes"
+    return report
 
 
 def diagnose() -> dict[str, str]:
     """One line per fact, in the order `samexport doctor` prints them."""
+    from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability
+    from samexport.engines.builder import is_jetson
+
     report = {
         "samexport": __version__,
         "python": platform.python_version(),
-        "platform": f"{platform.system()} {platform.machine()}",
+        "platform": f"{platform.system()} {platform.machine()}" + (" (Jetson)" if is_jetson() else ""),
         "numpy": _version("numpy"),
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
         "onnx": _version("onnx"),
+        "polygraphy": _version("polygraphy"),
         "tensorrt": _version("tensorrt"),
-        "tensorrt_rtx": _version("tensorrt_rtx"),
+        "tensorrt_rtx": _version("tensorrt_rtx_bindings"),
+        "triton": _version("triton"),
     }
     try:
         import onnxruntime
@@ -52,9 +69,13 @@ def diagnose() -> dict[str, str]:
         report["onnxruntime providers"] = ", ".join(onnxruntime.get_available_providers())
     except ImportError:
         report["onnxruntime providers"] = "none (onnxruntime not installed)"
-    report["nvidia gpu"] = gpu_name() or "none found (nvidia-smi absent or no device)"
-    report["tensorrt engines"] = (
-        "can build" if report["tensorrt"][0].isdigit() and gpu_name() else
-        "cannot build here: needs the tensorrt package and an NVIDIA GPU"
-    )
+    try:
+        report["nvidia gpu"] = "; ".join(f"{g.name} (compute capability {g.compute_capability})" for g in cuda_devices())
+    except NoGpuError as exc:
+        report["nvidia gpu"] = f"none ({exc})"
+    availability = tensorrt_availability()
+    report["tensorrt engines"] = "can build" if availability else f"cannot build here: {availability.reason}"
+    if report["tensorrt"][0].isdigit():
+        for feature, status in tensorrt_features(report["tensorrt"], jetson=is_jetson()).items():
+            report[f"  {feature}"] = status
     return report

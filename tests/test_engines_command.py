@@ -287,3 +287,22 @@ def test_tensorrt_builder_config_clears_tf32():
     assert builder.create_builder_config().get_flag(trt.BuilderFlag.TF32)  # the default we must undo
     config = _create_config(pg, trt, BuildConfig(), [], "tensorrt")(builder, network)
     assert not config.get_flag(trt.BuilderFlag.TF32)
+
+
+@pytest.mark.parametrize(
+    ("version", "jetson", "expected"),
+    [
+        ("10.3.0.30", True, {"attention plugin": "no (needs TensorRT >= 10.9)", "ONNX Attention": "no (needs TensorRT >= 10.14)",
+                             "hardware compatibility ampere_plus": "no (not supported on Jetson)", "version-compatible": "yes"}),
+        ("10.9.0.34", False, {"attention plugin": "yes", "ONNX Attention": "no (needs TensorRT >= 10.14)",
+                              "hardware compatibility same_compute_capability": "yes"}),
+        ("11.4.0.106", False, {"attention plugin": "yes", "ONNX Attention": "yes", "hardware compatibility ampere_plus": "yes"}),
+    ],
+)
+def test_doctor_lists_tensorrt_features_per_release(version, jetson, expected):
+    from samexport.doctor import tensorrt_features
+
+    features = tensorrt_features(version, jetson=jetson)
+    for prefix, status in expected.items():
+        (name,) = [f for f in features if f.startswith(prefix)]
+        assert features[name] == status, name
