@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,8 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
     """The backend for an artifact directory.
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
-    (``tensorrt`` installed, a GPU present), else ONNX Runtime (its CUDA provider when present).
+    (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
+    builds), else ONNX Runtime (its CUDA provider when present).
     """
     from samexport.artifacts import read_manifest
     from samexport.errors import SamExportError
@@ -29,10 +31,13 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
     if backend not in ("auto", "tensorrt", *ORT_DEVICES):
         raise SamExportError(f"unknown backend {backend!r}; valid: auto, tensorrt, {', '.join(ORT_DEVICES)}")
     if backend == "auto" and manifest.get("engines"):
-        from samexport.engines import tensorrt_availability
+        from samexport.runtime.tensorrt_backend import why_engines_cannot_run
 
-        if tensorrt_availability():
+        reason = why_engines_cannot_run(manifest)
+        if reason is None:
             backend = "tensorrt"
+        else:
+            logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
     if backend == "tensorrt":
         from samexport.runtime.tensorrt_backend import TensorRTBackend
 

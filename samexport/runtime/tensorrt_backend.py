@@ -100,6 +100,29 @@ def check_engine_compatibility(
         )
 
 
+def why_engines_cannot_run(manifest: dict, *, device: int = 0) -> str | None:
+    """None when this machine can run the artifact's plans; else the reason, in one line
+    (no engines, no TensorRT or GPU, a test build, another TensorRT version or GPU)."""
+    from samexport.engines import tensorrt_availability
+
+    engines = manifest.get("engines") or {}
+    if any(name not in engines for name in ENGINE_NAMES):
+        return "the artifact has no TensorRT engines"
+    availability = tensorrt_availability()
+    if not availability:
+        return availability.reason
+    try:
+        gpu = cuda_devices()[device]
+        for name in ENGINE_NAMES:
+            check_engine_compatibility(
+                engines[name], name=name, tensorrt_version=availability.tensorrt_version or "", gpu=gpu,
+                attention=manifest.get("attention", "plain"),
+            )
+    except (SamExportError, IndexError) as exc:
+        return str(exc)
+    return None
+
+
 class TensorRTBackend:
     """Encoder and decoder engines of an artifact directory on one GPU, as Polygraphy runners.
 
