@@ -120,7 +120,7 @@ class ExportedNames:
     """
 
     def __init__(self, so_bytes: bytes, init_source: str) -> None:
-        self._strings = {s.decode("ascii") for s in re.findall(rb"[\x20-\x7e]+(?=\x00)", so_bytes)}
+        self._strings = {s.decode("ascii") for s in re.findall(rb"[\x20-\x7e\t\n]+(?=\x00)", so_bytes)}
         self._suffixes: set[str] = set()
         for s in self._strings:
             if len(s) <= 64 and re.fullmatch(r"[A-Za-z0-9_]+", s):

@@ -60,13 +60,17 @@ API: dict[str, Release | None] = {
     "float16": None,
     "float32": None,
     # enums
+    "NetworkDefinitionCreationFlag": None,
     "NetworkDefinitionCreationFlag.STRONGLY_TYPED": None,
+    "MemoryPoolType": None,
     "MemoryPoolType.WORKSPACE": None,
+    "BuilderFlag": None,
     "BuilderFlag.TF32": None,
     "BuilderFlag.VERSION_COMPATIBLE": None,
     "HardwareCompatibilityLevel": None,
     "HardwareCompatibilityLevel.AMPERE_PLUS": None,
     "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY": (10, 9),
+    "TensorIOMode": None,
     "TensorIOMode.INPUT": None,
     # builder
     "Builder.create_network": None,
