@@ -66,6 +66,9 @@ class BindingsUnavailable(RuntimeError):
     """The package index cannot be reached: the wheel cannot be downloaded here."""
 
 
+_unavailable: list[str] = []  # the first reason, so later downloads skip at once
+
+
 def cache_dir() -> Path:
     from samexport.download import default_cache_dir
 
@@ -84,15 +87,24 @@ def bindings_dir(release: str) -> Path:
     package = target / "tensorrt_bindings"
     if (package / "__init__.py").is_file():
         return package
+    if _unavailable:
+        raise BindingsUnavailable(_unavailable[0])
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--dest", tmp, *_PLATFORM_ARGS, f"tensorrt-cu12-bindings=={version}"]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+                   "--retries", "1", "--timeout", "30", "--dest", tmp, *_PLATFORM_ARGS,
+                   f"tensorrt-cu12-bindings=={version}"]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr
         if result.returncode != 0:
-            if _UNREACHABLE.search(output):
-                raise BindingsUnavailable(f"PyPI is unreachable, cannot download tensorrt-cu12-bindings=={version}")
+            # "(from versions: none)": the index listed no version at all of a package PyPI has
+            # (0.x to 11.x): it was not reached, or it is a mirror without NVIDIA's wheels.
+            if _UNREACHABLE.search(output) or "(from versions: none)" in output:
+                _unavailable.append(
+                    "PyPI is unreachable (pip found no version of tensorrt-cu12-bindings): cannot download "
+                    "NVIDIA's TensorRT bindings"
+                )
+                raise BindingsUnavailable(_unavailable[0])
             raise RuntimeError(f"pip download tensorrt-cu12-bindings=={version} failed:\n{output[-3000:]}")
         (wheel,) = Path(tmp).glob("*.whl")
         unpacked = Path(tmp) / "unpacked"
@@ -116,7 +128,10 @@ class ExportedNames:
     registers every class, enum member, method and property by such a string) or a top-level name
     that the wheel's ``__init__.py`` defines in Python (``nptype``, ``volume``). Literals are read
     as the linker left them: it merges a string into a longer one that ends with it ("INT8" into
-    "UINT8"), so a name is present when some NUL-terminated string ends with it.
+    "UINT8"), so a name is present when some NUL-terminated identifier string ends with it.
+
+    Names are not tied to their class: ``BuilderFlag.INT8`` cannot be shown absent from 11.4 this
+    way because ``DataType.INT8`` is there; docstrings (:meth:`has_text`) settle such cases.
     """
 
     def __init__(self, so_bytes: bytes, init_source: str) -> None:
