@@ -55,6 +55,7 @@ def _register(trt, monkeypatch, target: str):
     return creator
 
 
+_LAUNCH_FIELDS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "shared_mem")
 _FIELD_DTYPES = {"INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32, "FLOAT64": np.float64}
 
 
@@ -63,12 +64,11 @@ def _fields(trt, creator, attributes: dict):
     creator declares for it, as a one-element 1-D array."""
     declared = {f.name: f.type.name for f in creator.field_names}
     assert list(declared) == list(PLUGIN_ATTRIBUTES)
-    return trt.PluginFieldCollection(
-        [
-            trt.PluginField(name, np.array([attributes[name]], dtype=_FIELD_DTYPES[declared[name]]), getattr(trt.PluginFieldType, declared[name]))
-            for name in PLUGIN_ATTRIBUTES
-        ]
-    )
+    fields = []
+    for name in PLUGIN_ATTRIBUTES:
+        data = np.array([attributes[name]], dtype=_FIELD_DTYPES[declared[name]])
+        fields.append(trt.PluginField(name, data, getattr(trt.PluginFieldType, declared[name])))
+    return trt.PluginFieldCollection(fields)
 
 
 def _desc(trt, dtype, dims):
@@ -117,7 +117,7 @@ def _build_node(trt, creator, block: str, dtype_name: str = "HALF"):
         "out_shapes": out_shapes,
         "formats": formats,
         "tactics": tactics,
-        "launch": {k: getattr(launch, k).expr for k in ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "shared_mem")},
+        "launch": {k: getattr(launch, k).expr for k in _LAUNCH_FIELDS},
         "extra": extra,
         "name": name,
         "ptx": ptx,
@@ -159,7 +159,8 @@ def test_aot_build_of_one_node(trt, monkeypatch, tmp_path, block, target):
     # One combination per dtype, all six tensors alike, linear.
     combos = [tuple((f.type, f.format) for f in node["formats"][i : i + 6]) for i in range(0, len(node["formats"]), 6)]
     linear = trt.TensorFormat.LINEAR
-    assert sorted(combos, key=str) == sorted([((trt.DataType.HALF, linear),) * 6, ((trt.DataType.FLOAT, linear),) * 6], key=str)
+    expected = [((trt.DataType.HALF, linear),) * 6, ((trt.DataType.FLOAT, linear),) * 6]
+    assert sorted(combos, key=str) == sorted(expected, key=str)
     assert node["tactics"] == []
 
     kernel = compile_kernel(target, grid_hw=(h, w), head_dim=d, dtype="fp16", scale=d**-0.5)
@@ -203,7 +204,8 @@ def test_attributes_disagreeing_with_shapes_are_refused(trt, monkeypatch):
 
     creator = _register(trt, monkeypatch, "sm_87")
     fields = _fields(trt, creator, {"grid_h": 16, "grid_w": 16, "head_dim": 64, "scale": 0.125})
-    plugin = creator.create_plugin(PLUGIN_NAME, PLUGIN_NAMESPACE, fields, trt.TensorRTPhase.BUILD, trt.QuickPluginCreationRequest.STRICT_AOT)
+    aot = trt.QuickPluginCreationRequest.STRICT_AOT
+    plugin = creator.create_plugin(PLUGIN_NAME, PLUGIN_NAMESPACE, fields, trt.TensorRTPhase.BUILD, aot)
     builder = trt_bindings.ExprBuilder()
     shapes = [(12, 196, 64)] * 3 + [(12, 196, 14)] * 2
     inputs = [[builder.constant(s) for s in shape] for shape in shapes]

@@ -140,10 +140,12 @@ class ExportedNames:
         for s in self._strings:
             if len(s) <= 64 and re.fullmatch(r"[A-Za-z0-9_]+", s):
                 self._suffixes.update(s[i:] for i in range(len(s)))
-        tree = ast.parse(init_source)
-        self.python_names = {
-            node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
-        } | {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+        self.python_names: set[str] = set()
+        for node in ast.parse(init_source).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                self.python_names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                self.python_names.update(t.id for t in node.targets if isinstance(t, ast.Name))
 
     def __contains__(self, name: str) -> bool:
         return name in self.python_names or name in self._suffixes
@@ -277,7 +279,9 @@ def _stand_in(version: str, path: Path) -> types.ModuleType:
     DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32 BOOL UINT8 FP8 BF16 INT64 INT4 FP4")
     trt.DataType = DataType
     trt.float32, trt.float16, trt.int32 = DataType.FLOAT, DataType.HALF, DataType.INT32
-    trt.TensorFormat = enum.Enum("TensorFormat", "LINEAR CHW2 HWC8 CHW4 CHW16 CHW32 DHWC8 CDHW32 HWC DLA_LINEAR DLA_HWC4 HWC16 DHWC")
+    trt.TensorFormat = enum.Enum(
+        "TensorFormat", "LINEAR CHW2 HWC8 CHW4 CHW16 CHW32 DHWC8 CDHW32 HWC DLA_LINEAR DLA_HWC4 HWC16 DHWC"
+    )
     trt.PluginFieldType = enum.Enum(
         "PluginFieldType", "FLOAT16 FLOAT32 FLOAT64 INT8 INT16 INT32 CHAR DIMS UNKNOWN BF16 INT64 FP8 INT4 FP4"
     )
@@ -315,7 +319,8 @@ def fake_tensorrt(release: str):
     package = bindings_dir(release)
     if not (package / "plugin" / "__init__.py").is_file():
         raise ValueError(f"TensorRT {release} has no tensorrt.plugin package")
-    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "tensorrt" or name.startswith("tensorrt.")}
+    ours = lambda name: name == "tensorrt" or name.startswith("tensorrt.")  # noqa: E731
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules) if ours(name)}
     trt = _stand_in(RELEASES[release], package)
     sys.modules["tensorrt"] = trt
     try:
@@ -325,7 +330,7 @@ def fake_tensorrt(release: str):
             importlib.import_module("tensorrt.plugin")
         yield trt
     finally:
-        for name in [n for n in sys.modules if n == "tensorrt" or n.startswith("tensorrt.")]:
+        for name in [n for n in sys.modules if ours(n)]:
             del sys.modules[name]
         sys.modules.update(saved)
 

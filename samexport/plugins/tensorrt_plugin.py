@@ -183,12 +183,13 @@ def register_tensorrt_plugin() -> None:
         """PTX of the kernel for this node's shapes and type, and how to launch it."""
         from samexport.plugins.attention_kernel import compile_kernel
 
-        h, w, d = (int(_scalar(f, name)) for f, name in ((grid_h, "grid_h"), (grid_w, "grid_w"), (head_dim, "head_dim")))
+        h, w, d = (int(_scalar(f, n)) for f, n in ((grid_h, "grid_h"), (grid_w, "grid_w"), (head_dim, "head_dim")))
         _check_static_shapes(q, rel_h, rel_w, grid_h=h, grid_w=w, head_dim=d)
         dtype = "fp16" if q.dtype == trt.float16 else "fp32"
         target, ptx_version = _building_target()
+        softmax_scale = float(_scalar(scale, "scale"))
         kernel = compile_kernel(
-            target, grid_hw=(h, w), head_dim=d, dtype=dtype, scale=float(_scalar(scale, "scale")), ptx_version=ptx_version
+            target, grid_hw=(h, w), head_dim=d, dtype=dtype, scale=softmax_scale, ptx_version=ptx_version
         )
         launch = trtp.KernelLaunchParams()
         launch.grid_x = -(-(h * w) // kernel.block_m)  # query tiles
