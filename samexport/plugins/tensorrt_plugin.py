@@ -35,11 +35,12 @@ NVIDIA's code in ``tests/test_tensorrt_plugin_contract.py``:
   "No return annotation found for aot_impl function" otherwise.
 - Attributes arrive as plugin fields, each a 1-D NumPy array (one element for a scalar). 10.9 and
   10.16 convert a field annotated ``int``/``float`` with ``int(array)``, a TypeError from NumPy
-  2.4 on; fields annotated ``numpy.typing.NDArray[dtype]`` are handed over as arrays of that dtype
-  on every release (the creator declares them INT32 / FLOAT32, and the ONNX parser converts the
-  node's attributes to the declared types). The functions read element 0, as NVIDIA's samples do.
-- ``aot_impl`` receives every attribute, positionally and in registration order, then
-  ``outputs`` and ``tactic``.
+  2.4 on; fields annotated ``numpy.typing.NDArray[dtype]`` are converted with
+  ``data.astype(dtype)`` on every release, whatever integer or float type the field carries (the
+  creator declares them INT32 / FLOAT32). The functions read element 0, as NVIDIA's samples do.
+- ``aot_impl`` receives every attribute positionally, in the order of the fields the plugin was
+  created from (the node's attribute order, which is the registration order), then ``outputs``
+  and ``tactic``.
 
 Not yet run on a GPU: the registration and AOT path follow NVIDIA's documented API and sample
 (``samples/python/quickly_deployable_plugins``); ``tests/test_attention_modes.py`` has the GPU
