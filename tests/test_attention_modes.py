@@ -277,9 +277,9 @@ def test_rtx_parser_routes_plugin_nodes_to_the_plugin_registry(graphs, tmp_path)
 def test_plugin_kernel_entry_takes_six_pointers(target, grid_hw, head_dim, dtype):
     """The AOT plugin launches (inputs..., outputs...) with no scalars: the entry has 6 pointer params."""
     pytest.importorskip("triton")
-    from samexport.plugins.tensorrt_plugin import compile_plugin_kernel
+    from samexport.plugins.attention_kernel import compile_kernel
 
-    kernel = compile_plugin_kernel(target, grid_hw=grid_hw, head_dim=head_dim, dtype=dtype, scale=head_dim**-0.5)
+    kernel = compile_kernel(target, grid_hw=grid_hw, head_dim=head_dim, dtype=dtype, scale=head_dim**-0.5)
     header = re.search(rf"\.entry {kernel.name}\((.*?)\)", kernel.ptx, re.DOTALL).group(1)
     params = [p for p in header.split(",") if p.strip()]
     assert len(params) == 6 and all(".u64 .ptr" in p for p in params)
@@ -288,13 +288,11 @@ def test_plugin_kernel_entry_takes_six_pointers(target, grid_hw, head_dim, dtype
 
 
 def test_plugin_version_rules():
-    from samexport.plugins.tensorrt_plugin import default_attention, ptx_version_for_driver, supports_plugin
+    from samexport.plugins.tensorrt_plugin import ptx_version_for_driver, supports_plugin
 
     assert not supports_plugin("10.3.0.30")  # JetPack 6
-    assert supports_plugin("10.9.0.34") and supports_plugin("11.0.0")
-    assert default_attention("10.3.0.30") == "fused-pattern"
-    assert default_attention(None) == "fused-pattern"
-    assert default_attention("10.13.3.9") == "plugin"
+    assert not supports_plugin("10.8.0.43")  # tensorrt.plugin without aot_impl
+    assert supports_plugin("10.9.0.34") and supports_plugin("10.13.3.9") and supports_plugin("11.0.0")
     assert ptx_version_for_driver(12020) == 82  # JetPack 6.0
     assert ptx_version_for_driver(12060) == 85
     assert ptx_version_for_driver(13000) is None
@@ -319,7 +317,7 @@ def test_register_refuses_old_tensorrt(monkeypatch):
     old_tensorrt = types.SimpleNamespace(__version__="10.3.0.30")
     monkeypatch.setattr("samexport.engines.load_tensorrt", lambda flavour="tensorrt": old_tensorrt)
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
-    with pytest.raises(SamExportError, match="10.3.0.30 .*fused-pattern"):
+    with pytest.raises(SamExportError, match="needs TensorRT >= 10.9; this is TensorRT 10.3.0.30; .*fused-pattern"):
         tensorrt_plugin.register_tensorrt_plugin()
 
 

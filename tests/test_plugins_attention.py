@@ -24,10 +24,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+from samexport.errors import SamExportError  # noqa: E402
 from samexport.models.image_encoder import Attention  # noqa: E402
 from samexport.plugins.attention_kernel import (  # noqa: E402
     KernelConfig,
-    compile_ptx,
+    compile_kernel,
     default_config,
     fused_rel_pos_attention,
 )
@@ -196,14 +197,14 @@ def test_interpreter_and_ptx_in_one_process_with_env_set():
         """
         import torch
         import triton  # imported in interpreter mode
-        from samexport.plugins.attention_kernel import compile_ptx, fused_rel_pos_attention
+        from samexport.plugins.attention_kernel import compile_kernel, fused_rel_pos_attention
         from samexport.plugins.attention_reference import reference_rel_pos_attention
         q, k, v = (torch.randn(2, 16, 16) for _ in range(3))
         rel_h, rel_w = torch.randn(2, 16, 4), torch.randn(2, 16, 4)
         out = fused_rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw=(4, 4), scale=0.25)
         ref = reference_rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw=(4, 4), scale=0.25)
         assert (out - ref).abs().max() < 1e-4
-        assert ".target sm_87" in compile_ptx("sm_87", grid_hw=(4, 4), head_dim=16)
+        assert ".target sm_87" in compile_kernel("sm_87", grid_hw=(4, 4), head_dim=16).ptx
         """
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -220,22 +221,22 @@ def test_interpreter_and_ptx_in_one_process_with_env_set():
     [(WINDOW, 64, "fp16"), (GLOBAL, 80, "fp16"), (WINDOW, 80, "fp32")],
     ids=["window-d64-fp16", "global-d80-fp16", "window-d80-fp32"],
 )
-def test_compile_ptx(target, grid_hw, head_dim, dtype):
-    ptx = compile_ptx(target, grid_hw=grid_hw, head_dim=head_dim, dtype=dtype)
+def test_compile_kernel(target, grid_hw, head_dim, dtype):
+    ptx = compile_kernel(target, grid_hw=grid_hw, head_dim=head_dim, dtype=dtype).ptx
     arch = target + ("a" if target == "sm_90" else "")  # Triton targets sm_90a on Hopper
     assert re.search(rf"^\.target {arch}\s*$", ptx, re.MULTILINE), ptx[:500]
     assert re.search(r"^\.visible \.entry _rel_pos_attention_fwd\(", ptx, re.MULTILINE)
     assert "mma.sync" in ptx or "wgmma" in ptx or dtype == "fp32"  # tensor cores for fp16
 
 
-def test_compile_ptx_for_older_drivers():
+def test_compile_kernel_for_older_drivers():
     """JetPack 6.0 (CUDA 12.2) JIT-compiles PTX up to ISA 8.2."""
-    ptx = compile_ptx("sm_87", ptx_version=82)
+    ptx = compile_kernel("sm_87", ptx_version=82).ptx
     assert re.search(r"^\.version 8\.2\s*$", ptx, re.MULTILINE)
-    with pytest.raises(ValueError, match="ptx_version"):
-        compile_ptx("sm_90", ptx_version=78)
-    with pytest.raises(ValueError, match="sm_87"):
-        compile_ptx("orin")
+    with pytest.raises(SamExportError, match="ptx_version"):
+        compile_kernel("sm_90", ptx_version=78)
+    with pytest.raises(SamExportError, match="sm_87"):
+        compile_kernel("orin")
 
 
 def _ptxas() -> str | None:
@@ -251,7 +252,7 @@ def _ptxas() -> str | None:
 def test_default_fp16_configs_do_not_spill(tmp_path, target, grid_hw, head_dim):
     """Assemble the PTX with ptxas: the production (fp16) tilings keep everything in registers."""
     path = tmp_path / "kernel.ptx"
-    path.write_text(compile_ptx(target, grid_hw=grid_hw, head_dim=head_dim, dtype="fp16"))
+    path.write_text(compile_kernel(target, grid_hw=grid_hw, head_dim=head_dim, dtype="fp16").ptx)
     arch = target + ("a" if target == "sm_90" else "")
     result = subprocess.run(
         [_ptxas(), "-v", "--gpu-name", arch, str(path), "-o", str(tmp_path / "kernel.cubin")],

@@ -17,33 +17,37 @@ instead, inside a flash-attention style online softmax with FP32 accumulation:
   multiply-adds are wasted on padding.
 
 The same Python function runs under the Triton interpreter on CPU (tests), compiles to PTX
-without a GPU (:func:`compile_ptx`, for sm_80 / sm_87 Jetson Orin / sm_90) and runs on CUDA.
+without a GPU (:func:`compile_kernel`, for sm_80 / sm_87 Jetson Orin / sm_90; the TensorRT plugin's
+kernel) and runs on CUDA.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import types
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from samexport.plugins.attention_reference import reference_rel_pos_attention
+from samexport.errors import SamExportError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
+    "CompiledKernel",
     "KernelConfig",
-    "compile_ptx",
+    "compile_kernel",
     "default_config",
     "fused_rel_pos_attention",
-    "reference_rel_pos_attention",
 ]
 
 LOG2E = 1.4426950408889634
-_DTYPE_NAMES = {torch.float16: "fp16", torch.float32: "fp32"}
+_DTYPES = ("fp16", "fp32")
 
 # Reduction combiners the kernel calls; rebound per mode by :func:`_kernel`.
 _max_combine = tl.standard._elementwise_max
@@ -230,9 +234,9 @@ def default_config(
     return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
 
 
-def _input_precision(dtype: torch.dtype) -> str:
+def _input_precision(dtype: Literal["fp16", "fp32"]) -> str:
     # FP32 inputs are the accuracy path: keep IEEE products instead of TF32 tensor cores.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    return "ieee" if dtype == "fp32" else "tf32"
 
 
 def fused_rel_pos_attention(
@@ -264,6 +268,8 @@ def fused_rel_pos_attention(
         BHxNxD contiguous tensor in q's dtype, equal to
         :func:`attention_reference.reference_rel_pos_attention` up to rounding.
     """
+    import torch
+
     h, w = grid_hw
     if q.dim() != 3:
         raise ValueError(f"q must be BHxNxD, got shape {tuple(q.shape)}")
@@ -283,7 +289,8 @@ def fused_rel_pos_attention(
         interpret = q.device.type != "cuda"
     if not interpret and q.device.type != "cuda":
         raise ValueError("the compiled kernel needs CUDA tensors; pass interpret=True for CPU")
-    config = config or default_config(grid_hw, _DTYPE_NAMES[q.dtype], interpret=interpret)
+    dtype = "fp16" if q.dtype == torch.float16 else "fp32"
+    config = config or default_config(grid_hw, dtype, interpret=interpret)
 
     out = torch.empty((bh, n, d), dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(n, config.block_m), bh)
@@ -299,85 +306,152 @@ def fused_rel_pos_attention(
         W_PAD=triton.next_power_of_2(w),
         BLOCK_D=_split_head_dim(d)[0],
         BLOCK_D2=_split_head_dim(d)[1],
-        INPUT_PRECISION=_input_precision(q.dtype),
+        INPUT_PRECISION=_input_precision(dtype),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )  # fmt: skip
     return out
 
 
-def compile_ptx(
+@dataclass(frozen=True)
+class CompiledKernel:
+    """The kernel compiled for one GPU architecture and one problem, as the TensorRT plugin runs it.
+
+    Attributes:
+        name: PTX entry point.
+        ptx: PTX assembly text; the entry takes the ``(q, k, v, rel_h, rel_w, out)`` pointers only.
+        block_m: query tokens per program: launch grid x = ceil(N / block_m), grid y = batch x heads.
+        threads: threads per program (launch block x).
+        shared_mem: dynamic shared memory bytes per program.
+    """
+
+    name: str
+    ptx: str
+    block_m: int
+    threads: int
+    shared_mem: int
+
+
+_POINTERS = ("Q", "K", "V", "REL_H", "REL_W", "OUT")
+
+
+def compile_kernel(
     target: str = "sm_87",
     *,
     grid_hw: tuple[int, int] = (14, 14),
     head_dim: int = 64,
     dtype: Literal["fp16", "fp32"] = "fp16",
+    scale: float | None = None,
     config: KernelConfig | None = None,
     ptx_version: int | None = None,
-) -> str:
-    """Compile the kernel for one GPU architecture and return its PTX; needs no GPU.
+    max_shared_mem: int = 48 * 1024,
+) -> CompiledKernel:
+    """Compile the kernel to PTX for one GPU architecture; needs Triton but no GPU.
+
+    The kernel is specialised as the TensorRT plugin launches it: contiguous BHxNxD q, k, v and
+    output, BHxNxH rel_h and BHxNxW rel_w, so every stride and the softmax scale are compile-time
+    constants and the entry takes exactly the six tensor pointers (Triton's two scratch-buffer
+    pointers, unused by this kernel, are removed; that they are unused is checked). Results are
+    cached: TensorRT asks for the kernel once per format combination.
 
     Args:
         target: ``"sm_XY"`` compute capability, e.g. ``"sm_80"`` (A100), ``"sm_87"`` (Jetson
             Orin), ``"sm_90"`` (H100; Triton emits ``sm_90a``).
-        grid_hw: token grid the kernel is specialised for.
-        head_dim: head size (64 or 80 in SAM).
+        grid_hw: token grid, (14, 14) for windowed blocks and (64, 64) for global ones.
+        head_dim: head size (64 for vit_b/l, 80 for vit_h).
         dtype: element type of q, k, v, rel_h, rel_w and the output.
-        config: tile sizes; :func:`default_config` when ``None``.
+        scale: softmax scale; None: ``head_dim ** -0.5`` as in SAM.
+        config: tile sizes; None: :func:`default_config`, shrunk until it fits ``max_shared_mem``.
         ptx_version: PTX ISA version times ten (e.g. 82 for CUDA 12.2, JetPack 6.0; 85 for CUDA
-            12.6). ``None`` takes Triton's default for its bundled ptxas (8.8 in Triton 3.8),
-            which a driver older than CUDA 12.8 cannot JIT-compile; a cubin from the same
-            compile has no such limit. sm_90 needs at least 80.
+            12.6). None takes Triton's default for its bundled ptxas (8.8 in Triton 3.8), which a
+            driver older than CUDA 12.8 cannot JIT-compile. sm_90 needs at least 80.
+        max_shared_mem: shared memory budget per program. More than 48 KB needs an explicit opt-in
+            (``cuFuncSetAttribute``) that TensorRT's AOT plugin launch is not documented to make.
 
     Returns:
-        PTX assembly text (contains ``.target sm_XY``, ``sm_90a`` for sm_90).
+        The PTX (with ``.target sm_XY``, ``sm_90a`` for sm_90) and its launch parameters.
+
+    Raises:
+        SamExportError: a malformed target, a PTX version too old for it, no tiling within the
+            shared memory budget, or a kernel that needs Triton's scratch memory.
     """
+    return _compile_kernel(
+        target, (int(grid_hw[0]), int(grid_hw[1])), int(head_dim), dtype,
+        float(head_dim**-0.5 if scale is None else scale), config, ptx_version, int(max_shared_mem),
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_kernel(target, grid_hw, head_dim, dtype, scale, config, ptx_version, max_shared_mem) -> CompiledKernel:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    if not (target.startswith("sm_") and target[3:].isdigit()):
-        raise ValueError(f"target must look like 'sm_87', got {target!r}")
+    if not (isinstance(target, str) and target.startswith("sm_") and target[3:].isdigit()):
+        raise SamExportError(f"target must look like 'sm_87', got {target!r}")
     capability = int(target[3:])
     if ptx_version is not None and capability >= 90 and ptx_version < 80:
         # LLVM aborts the process (not an exception) on this combination.
-        raise ValueError(f"{target} needs ptx_version >= 80, got {ptx_version}")
-    config = config or default_config(grid_hw, dtype)
-    ptr = f"*{dtype}"
+        raise SamExportError(f"{target} needs ptx_version >= 80, got {ptx_version}")
+    if dtype not in _DTYPES:
+        raise SamExportError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    h, w = grid_hw
+    n = h * w
     fn = _kernel(False)
-    signature = {name: ptr for name in ("Q", "K", "V", "REL_H", "REL_W", "OUT")}
-    signature["qk_scale"] = "fp32"
-    constexprs = {
-        "GRID_H": grid_hw[0],
-        "GRID_W": grid_hw[1],
+    block_d, block_d2 = _split_head_dim(head_dim)
+    constants: dict = {
+        "GRID_H": h,
+        "GRID_W": w,
+        "W_PAD": triton.next_power_of_2(w),
         "HEAD_DIM": head_dim,
-        "BLOCK_M": config.block_m,
-        "BLOCK_N": config.block_n,
-        "W_PAD": triton.next_power_of_2(grid_hw[1]),
-        "BLOCK_D": _split_head_dim(head_dim)[0],
-        "BLOCK_D2": _split_head_dim(head_dim)[1],
-        "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",
+        "BLOCK_D": block_d,
+        "BLOCK_D2": block_d2,
+        "INPUT_PRECISION": _input_precision(dtype),
+        "qk_scale": scale * LOG2E,
     }
-    # Specialise on contiguous inputs as a JIT launch would: unit strides become constants,
-    # strides and pointers divisible by 16 elements / bytes get divisibility hints.
-    n = grid_hw[0] * grid_hw[1]
-    divisible = ["Q", "K", "V", "REL_H", "REL_W", "OUT"]
-    row_lengths = {"q": head_dim, "k": head_dim, "v": head_dim, "h": grid_hw[0], "w": grid_hw[1], "o": head_dim}
-    for prefix, last in row_lengths.items():
+    # Contiguous BHxNxD (q, k, v, out), BHxNxH (rel_h), BHxNxW (rel_w): strides are constants.
+    for prefix, last in {"q": head_dim, "k": head_dim, "v": head_dim, "h": h, "w": w, "o": head_dim}.items():
         names = [name for name in fn.arg_names if name.startswith(f"stride_{prefix}")]
-        for name, stride in zip(names, (n * last, last, 1)):
-            if stride == 1:
-                constexprs[name] = 1
-            else:
-                signature[name] = "i32"
-                if stride % 16 == 0:
-                    divisible.append(name)
-    signature.update({name: "constexpr" for name in constexprs})
-    signature = {name: signature[name] for name in fn.arg_names}
-    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(
-        src,
-        target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": config.num_warps, "num_stages": config.num_stages, "ptx_version": ptx_version},
-    )
-    return compiled.asm["ptx"]
+        constants.update(zip(names, (n * last, last, 1)))
+    signature = {name: "constexpr" for name in fn.arg_names}
+    signature.update({name: f"*{dtype}" for name in _POINTERS})
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in _POINTERS}
+    if config is not None:
+        candidates: tuple[KernelConfig, ...] = (config,)
+    else:
+        candidates = (
+            default_config(grid_hw, dtype),
+            KernelConfig(64, 64, 4, 2),
+            KernelConfig(64, 64, 4, 1),
+            KernelConfig(32, 32, 4, 1),
+        )
+    for candidate in candidates:
+        constants.update(BLOCK_M=candidate.block_m, BLOCK_N=candidate.block_n)
+        compiled = triton.compile(
+            ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs),
+            target=GPUTarget("cuda", capability, 32),
+            options={"num_warps": candidate.num_warps, "num_stages": candidate.num_stages, "ptx_version": ptx_version},
+        )
+        if compiled.metadata.shared <= max_shared_mem:
+            break
+    else:
+        raise SamExportError(f"no kernel tiling fits {max_shared_mem} bytes of shared memory")
+    metadata = compiled.metadata
+    for scratch in ("global_scratch_size", "profile_scratch_size"):
+        if getattr(metadata, scratch, 0):
+            raise SamExportError(f"the kernel needs Triton {scratch}={getattr(metadata, scratch)}; the plugin has none")
+    ptx = _drop_unused_trailing_params(compiled.asm["ptx"], metadata.name, keep=len(_POINTERS))
+    return CompiledKernel(metadata.name, ptx, candidate.block_m, metadata.num_warps * 32, metadata.shared)
+
+
+def _drop_unused_trailing_params(ptx: str, entry: str, *, keep: int) -> str:
+    """Remove the PTX entry's parameters after the first ``keep`` if the body never reads them."""
+    header = re.search(rf"\.entry {re.escape(entry)}\((.*?)\)", ptx, re.DOTALL)
+    if header is None:
+        raise SamExportError(f"entry {entry} not found in the compiled PTX")
+    params = [p.strip() for p in header.group(1).split(",") if p.strip()]
+    names = [p.split()[-1] for p in params]
+    for name in names[keep:]:
+        if len(re.findall(rf"\b{re.escape(name)}\b", ptx)) != 1:
+            raise SamExportError(f"kernel parameter {name} is used; cannot drop it from the plugin entry")
+    body = ",\n".join(f"\t{p}" for p in params[:keep])
+    return ptx[: header.start(1)] + "\n" + body + "\n" + ptx[header.end(1) :]

@@ -15,7 +15,9 @@ Which TensorRT gets what:
 - TensorRT >= 10.14 can also take ``--attention onnx-attention`` (ONNX ``Attention`` imported as
   ``IAttention``); it still materialises the bias as a mask.
 - Older TensorRT, e.g. 10.3 on Jetson JetPack 6: no Python plugin API; use
-  ``--attention fused-pattern`` (:func:`default_attention` picks it).
+  ``--attention fused-pattern``.
+
+(The first release of each is recorded once, in ``samexport.engines.trt_api.FEATURES``.)
 
 The kernel's calling convention under TensorRT: the AOT plugin launches the kernel with the input
 pointers, then the symbolic int32 "extra" arguments, then the output pointers. Here every stride
@@ -23,7 +25,22 @@ and the softmax scale are compile-time constants (all shapes but the batch x hea
 by the graph), so the entry point takes exactly ``(q, k, v, rel_h, rel_w, out)``; the batch x heads
 axis is the launch grid's second dimension. Triton appends two scratch-buffer pointers to every
 kernel; this kernel uses no scratch memory, so they are removed from the PTX entry
-(:func:`compile_plugin_kernel` checks they are unused).
+(:func:`samexport.plugins.attention_kernel.compile_kernel` checks they are unused).
+
+What ``tensorrt.plugin`` (10.9 to 11.x) requires of the registered functions, checked against
+NVIDIA's code in ``tests/test_tensorrt_plugin_contract.py``:
+
+- ``aot_impl`` must carry a return annotation, a 4-tuple of (str | bytes, str | bytes,
+  ``KernelLaunchParams``, a ``SymExprs`` subclass): ``_validate._validate_aot_impl`` raises
+  "No return annotation found for aot_impl function" otherwise.
+- Attributes arrive as plugin fields, each a 1-D NumPy array (one element for a scalar). 10.9 and
+  10.16 convert a field annotated ``int``/``float`` with ``int(array)``, a TypeError from NumPy
+  2.4 on; fields annotated ``numpy.typing.NDArray[dtype]`` are converted with
+  ``data.astype(dtype)`` on every release, whatever integer or float type the field carries (the
+  creator declares them INT32 / FLOAT32). The functions read element 0, as NVIDIA's samples do.
+- ``aot_impl`` receives every attribute positionally, in the order of the fields the plugin was
+  created from (the node's attribute order, which is the registration order), then ``outputs``
+  and ``tactic``.
 
 Not yet run on a GPU: the registration and AOT path follow NVIDIA's documented API and sample
 (``samples/python/quickly_deployable_plugins``); ``tests/test_attention_modes.py`` has the GPU
@@ -37,148 +54,20 @@ pointer-only calling convention (Triton's unused scratch pointers removed from t
 # functions' annotations at runtime and needs real types, not strings.
 
 import ctypes
-import re
-from dataclasses import dataclass
-from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
+from samexport.engines import trt_api
 from samexport.errors import MissingExtraError, SamExportError
 from samexport.plugins.onnx_node import PLUGIN_ID
 
-MIN_TENSORRT = (10, 9)
-MIN_TENSORRT_ONNX_ATTENTION = (10, 14)
 _registered = False
-
-
-def _release(version: str) -> tuple[int, int]:
-    major, minor, *_ = (int(part) for part in re.findall(r"\d+", version)[:2] + ["0", "0"])
-    return major, minor
 
 
 def supports_plugin(tensorrt_version: str) -> bool:
     """True when TensorRT ``tensorrt_version`` (e.g. "10.13.3.9") can run the plugin."""
-    return _release(tensorrt_version) >= MIN_TENSORRT
-
-
-def default_attention(tensorrt_version: str | None) -> Literal["plugin", "fused-pattern"]:
-    """The attention export for a TensorRT version: the plugin where it exists, else the MHA-fusion pattern."""
-    return "plugin" if tensorrt_version and supports_plugin(tensorrt_version) else "fused-pattern"
-
-
-@dataclass(frozen=True)
-class PluginKernel:
-    """The kernel compiled for one plugin configuration.
-
-    Attributes:
-        name: PTX entry point.
-        ptx: PTX text; the entry takes ``(q, k, v, rel_h, rel_w, out)`` pointers only.
-        block_m: query tokens per program (launch grid x = ceil(N / block_m)).
-        threads: threads per program (launch block x).
-        shared_mem: dynamic shared memory bytes per program.
-    """
-
-    name: str
-    ptx: str
-    block_m: int
-    threads: int
-    shared_mem: int
-
-
-def compile_plugin_kernel(
-    target: str,
-    *,
-    grid_hw: tuple[int, int],
-    head_dim: int,
-    dtype: Literal["fp16", "fp32"],
-    scale: float,
-    ptx_version: int | None = None,
-    max_shared_mem: int = 48 * 1024,
-) -> PluginKernel:
-    """Compile the kernel as the plugin launches it: contiguous tensors, constants baked in.
-
-    Needs Triton but no GPU (tests compile it on CPU).
-
-    Args:
-        target: ``"sm_XY"``, e.g. ``"sm_87"`` for Jetson Orin.
-        grid_hw: token grid (14, 14) for windowed blocks, (64, 64) for global ones.
-        head_dim: 64 (vit_b/l) or 80 (vit_h).
-        dtype: element type of all five inputs and the output.
-        scale: softmax scale (``head_dim ** -0.5`` in SAM).
-        ptx_version: PTX ISA version x 10 (see :func:`ptx_version_for_driver`); None: Triton's.
-        max_shared_mem: shared-memory budget per program. A kernel may use more than 48 KB only
-            after an explicit opt-in (``cuFuncSetAttribute``) that TensorRT's AOT plugin launch is
-            not documented to make, so the default tiles are shrunk until they fit 48 KB.
-
-    Raises:
-        SamExportError: bad target, or the compiled kernel does not have the expected entry.
-    """
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from samexport.plugins import attention_kernel as ak
-
-    if not (target.startswith("sm_") and target[3:].isdigit()):
-        raise SamExportError(f"target must look like 'sm_87', got {target!r}")
-    capability = int(target[3:])
-    h, w = grid_hw
-    n = h * w
-    fn = ak._kernel(False)
-    pointers = ("Q", "K", "V", "REL_H", "REL_W", "OUT")
-    block_d, block_d2 = ak._split_head_dim(head_dim)
-    constants: dict = {
-        "GRID_H": h,
-        "GRID_W": w,
-        "W_PAD": triton.next_power_of_2(w),
-        "HEAD_DIM": head_dim,
-        "BLOCK_D": block_d,
-        "BLOCK_D2": block_d2,
-        "INPUT_PRECISION": "ieee" if dtype == "fp32" else "tf32",  # as ak._input_precision
-        "qk_scale": scale * ak.LOG2E,
-    }
-    # Contiguous BHxNxD (q, k, v, out), BHxNxH (rel_h), BHxNxW (rel_w): strides are constants.
-    for prefix, last in {"q": head_dim, "k": head_dim, "v": head_dim, "h": h, "w": w, "o": head_dim}.items():
-        names = [name for name in fn.arg_names if name.startswith(f"stride_{prefix}")]
-        constants.update(zip(names, (n * last, last, 1)))
-    signature = {name: "constexpr" for name in fn.arg_names}
-    signature.update({name: f"*{dtype}" for name in pointers})
-    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in pointers}
-    candidates = (
-        ak.default_config(grid_hw, dtype),
-        ak.KernelConfig(64, 64, 4, 2),
-        ak.KernelConfig(64, 64, 4, 1),
-        ak.KernelConfig(32, 32, 4, 1),
-    )
-    for config in candidates:
-        constants.update(BLOCK_M=config.block_m, BLOCK_N=config.block_n)
-        compiled = triton.compile(
-            ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs),
-            target=GPUTarget("cuda", capability, 32),
-            options={"num_warps": config.num_warps, "num_stages": config.num_stages, "ptx_version": ptx_version},
-        )
-        if compiled.metadata.shared <= max_shared_mem:
-            break
-    else:
-        raise SamExportError(f"no kernel tiling fits {max_shared_mem} bytes of shared memory")
-    metadata = compiled.metadata
-    for scratch in ("global_scratch_size", "profile_scratch_size"):
-        if getattr(metadata, scratch, 0):
-            raise SamExportError(f"the kernel needs Triton {scratch}={getattr(metadata, scratch)}; the plugin has none")
-    ptx = _drop_unused_trailing_params(compiled.asm["ptx"], metadata.name, keep=len(pointers))
-    return PluginKernel(metadata.name, ptx, config.block_m, metadata.num_warps * 32, metadata.shared)
-
-
-def _drop_unused_trailing_params(ptx: str, entry: str, *, keep: int) -> str:
-    """Remove the PTX entry's parameters after the first ``keep`` if the body never reads them."""
-    header = re.search(rf"\.entry {re.escape(entry)}\((.*?)\)", ptx, re.DOTALL)
-    if header is None:
-        raise SamExportError(f"entry {entry} not found in the compiled PTX")
-    params = [p.strip() for p in header.group(1).split(",") if p.strip()]
-    names = [p.split()[-1] for p in params]
-    for name in names[keep:]:
-        if len(re.findall(rf"\b{re.escape(name)}\b", ptx)) != 1:
-            raise SamExportError(f"kernel parameter {name} is used; cannot drop it from the plugin entry")
-    body = ",\n".join(f"\t{p}" for p in params[:keep])
-    return ptx[: header.start(1)] + "\n" + body + "\n" + ptx[header.end(1) :]
+    return trt_api.supports(tensorrt_version, "attention plugin")
 
 
 # CUDA driver version (cuDriverGetVersion: 1000 * major + 10 * minor) -> newest PTX ISA it JIT-compiles.
@@ -234,11 +123,10 @@ def _load_plugin_api():
     trt = load_tensorrt("tensorrt")
     version = getattr(trt, "__version__", "0")
     hint = "export the encoder with --attention fused-pattern instead"
-    if not supports_plugin(version):
-        raise SamExportError(
-            f"TensorRT {version} has no quickly deployable plugin API (needs >= "
-            f"{'.'.join(map(str, MIN_TENSORRT))}); {hint}"
-        )
+    try:
+        trt_api.require(version, "attention plugin", "the quickly deployable plugin API (tensorrt.plugin)")
+    except SamExportError as exc:
+        raise SamExportError(f"{exc}; {hint}") from None
     try:
         trtp = importlib.import_module("tensorrt.plugin")
     except ImportError as exc:
@@ -269,36 +157,43 @@ def register_tensorrt_plugin() -> None:
             "triton is not installed; install it with: pip install 'samexport[plugin]'"
         ) from exc
 
+    Int = npt.NDArray[np.int32]  # one-element 1-D arrays: how TensorRT hands over plugin fields
+    Float = npt.NDArray[np.float32]
+
     def describe(
         q: trtp.TensorDesc,
         k: trtp.TensorDesc,
         v: trtp.TensorDesc,
         rel_h: trtp.TensorDesc,
         rel_w: trtp.TensorDesc,
-        grid_h: int,
-        grid_w: int,
-        head_dim: int,
-        scale: float,
+        grid_h: Int,
+        grid_w: Int,
+        head_dim: Int,
+        scale: Float,
     ) -> trtp.TensorDesc:
         """Output: same shape and type as q (BHxNxD)."""
         return q.like()
 
-    def formats(q, k, v, rel_h, rel_w, outputs):
-        """All six tensors FP16, or all FP32; linear layout."""
-        return [trtp.AutoTuneCombination(", ".join(["FP16|FP32"] * 6))]
+    def formats(q, k, v, rel_h, rel_w, outputs) -> list[trtp.AutoTuneCombination]:
+        """All six tensors FP16, or all FP32 ('|' ties them together); linear layout."""
+        return [trtp.AutoTuneCombination(", ".join(["FP16|FP32"] * 6), "LINEAR")]
 
     def compile_for_engine(
-        q, k, v, rel_h, rel_w, grid_h: int, grid_w: int, head_dim: int, scale: float, outputs, tactic
-    ):
+        q, k, v, rel_h, rel_w, grid_h: Int, grid_w: Int, head_dim: Int, scale: Float, outputs, tactic
+    ) -> tuple[str, str, trtp.KernelLaunchParams, trtp.SymIntExprs]:
         """PTX of the kernel for this node's shapes and type, and how to launch it."""
-        _check_static_shapes(q, rel_h, rel_w, grid_h=grid_h, grid_w=grid_w, head_dim=head_dim)
+        from samexport.plugins.attention_kernel import compile_kernel
+
+        h, w, d = (int(_scalar(f, n)) for f, n in ((grid_h, "grid_h"), (grid_w, "grid_w"), (head_dim, "head_dim")))
+        _check_static_shapes(q, rel_h, rel_w, grid_h=h, grid_w=w, head_dim=d)
         dtype = "fp16" if q.dtype == trt.float16 else "fp32"
         target, ptx_version = _building_target()
-        kernel = compile_plugin_kernel(
-            target, grid_hw=(grid_h, grid_w), head_dim=head_dim, dtype=dtype, scale=scale, ptx_version=ptx_version
+        softmax_scale = float(_scalar(scale, "scale"))
+        kernel = compile_kernel(
+            target, grid_hw=(h, w), head_dim=d, dtype=dtype, scale=softmax_scale, ptx_version=ptx_version
         )
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = -(-(grid_h * grid_w) // kernel.block_m)  # query tiles
+        launch.grid_x = -(-(h * w) // kernel.block_m)  # query tiles
         launch.grid_y = q.shape_expr[0]  # batch x heads (windows x heads in windowed blocks)
         launch.block_x = kernel.threads
         launch.shared_mem = kernel.shared_mem
@@ -308,6 +203,13 @@ def register_tensorrt_plugin() -> None:
     trtp.autotune(PLUGIN_ID)(formats)
     trtp.aot_impl(PLUGIN_ID)(compile_for_engine)
     _registered = True
+
+
+def _scalar(field: np.ndarray, name: str):
+    """Element 0 of a one-element plugin field (TensorRT passes every attribute as a 1-D array)."""
+    if np.size(field) != 1:
+        raise SamExportError(f"{PLUGIN_ID}: attribute {name} must be one value, got {np.size(field)}")
+    return np.ravel(field)[0].item()
 
 
 def _check_static_shapes(q, rel_h, rel_w, *, grid_h: int, grid_w: int, head_dim: int) -> None:
