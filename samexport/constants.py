@@ -25,6 +25,13 @@ LABEL_FOREGROUND = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
 
+# The fused attention plugin node (``--attention plugin``): op type, TensorRT plugin name/namespace.
+PLUGIN_NAME = "SamRelPosAttention"
+PLUGIN_NAMESPACE = "samexport"
+PLUGIN_VERSION = "1"
+PLUGIN_DOMAIN = PLUGIN_NAMESPACE
+PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"  # tensorrt.plugin's "{namespace}::{name}"
+
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
 MANIFEST = "manifest.json"

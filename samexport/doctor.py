@@ -7,16 +7,6 @@ import platform
 
 from samexport import __version__
 
-# First TensorRT release with each feature samexport can use (release notes and developer guide).
-TENSORRT_FEATURES: dict[str, tuple[tuple[int, int], str]] = {
-    "version-compatible engines (--version-compatible)": ((8, 6), "BuilderFlag.VERSION_COMPATIBLE"),
-    "hardware compatibility ampere_plus (--hardware-compatible)": ((8, 6), "not on Jetson"),
-    "hardware compatibility same_compute_capability": ((10, 9), "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"),
-    "attention plugin (--attention plugin)": ((10, 9), "tensorrt.plugin with aot_impl"),
-    "ONNX Attention op (--attention onnx-attention)": ((10, 14), "IAttention"),
-}
-
-
 def _version(module: str) -> str:
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
@@ -26,17 +16,13 @@ def _version(module: str) -> str:
         return f"broken: {type(exc).__name__}: {exc}"
 
 
-def _release(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
-    return (parts + [0, 0])[0], (parts + [0, 0])[1]
-
-
 def tensorrt_features(version: str, *, jetson: bool) -> dict[str, str]:
-    """For TensorRT ``version``: each feature samexport uses, ``yes`` or why not."""
-    found = _release(version)
+    """For TensorRT ``version``: each feature of ``trt_api.FEATURES``, ``yes`` or why not."""
+    from samexport.engines import trt_api
+
     report = {}
-    for feature, (minimum, note) in TENSORRT_FEATURES.items():
-        if found < minimum:
+    for feature, minimum in trt_api.FEATURES.items():
+        if not trt_api.supports(version, feature):
             report[feature] = f"no (needs TensorRT >= {minimum[0]}.{minimum[1]})"
         elif jetson and feature.startswith("hardware compatibility"):
             report[feature] = "no (not supported on Jetson)"

@@ -257,7 +257,7 @@ def test_same_compute_capability_needs_tensorrt_10_9(monkeypatch):
 
     monkeypatch.setattr(builder, "is_jetson", lambda: False)
     config = BuildConfig(hardware_compatibility="same_compute_capability")
-    with pytest.raises(SamExportError, match=r"TensorRT 10\.3\.0\.30 has no hardware compatibility level SAME_COMPUTE_CAPABILITY"):
+    with pytest.raises(SamExportError, match=r"SAME_COMPUTE_CAPABILITY.*needs TensorRT >= 10\.9; this is TensorRT 10\.3\.0\.30"):
         check_build_settings(_tensorrt_like("10.3.0.30", ("NONE", "AMPERE_PLUS")), config)
     check_build_settings(_tensorrt_like("10.9.0.34", ("NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY")), config)
 
@@ -292,11 +292,11 @@ def test_tensorrt_builder_config_clears_tf32():
 @pytest.mark.parametrize(
     ("version", "jetson", "expected"),
     [
-        ("10.3.0.30", True, {"attention plugin": "no (needs TensorRT >= 10.9)", "ONNX Attention": "no (needs TensorRT >= 10.14)",
-                             "hardware compatibility ampere_plus": "no (not supported on Jetson)", "version-compatible": "yes"}),
-        ("10.9.0.34", False, {"attention plugin": "yes", "ONNX Attention": "no (needs TensorRT >= 10.14)",
+        ("10.3.0.30", True, {"attention plugin": "no (needs TensorRT >= 10.9)", "onnx attention": "no (needs TensorRT >= 10.14)",
+                             "hardware compatibility ampere_plus": "no (not supported on Jetson)", "version compatibility": "yes"}),
+        ("10.9.0.34", False, {"attention plugin": "yes", "onnx attention": "no (needs TensorRT >= 10.14)",
                               "hardware compatibility same_compute_capability": "yes"}),
-        ("11.4.0.106", False, {"attention plugin": "yes", "ONNX Attention": "yes", "hardware compatibility ampere_plus": "yes"}),
+        ("11.4.0.106", False, {"attention plugin": "yes", "onnx attention": "yes", "hardware compatibility ampere_plus": "yes"}),
     ],
 )
 def test_doctor_lists_tensorrt_features_per_release(version, jetson, expected):

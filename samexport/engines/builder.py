@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from samexport import constants as C
-from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
+from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
 
 log = logging.getLogger(__name__)
@@ -201,21 +201,19 @@ def check_build_settings(trt, config: BuildConfig, flavour: TensorRTFlavour = "t
     Raises:
         SamExportError: naming the setting, the release or device, and what to do instead.
     """
-    version = getattr(trt, "__version__", "?")
     if config.hardware_compatibility != "none":
         if flavour == "tensorrt" and is_jetson():
             raise SamExportError(
                 "hardware-compatible engines are not supported on Jetson; build without "
                 "--hardware-compatible (the plan then runs on this Jetson model only)"
             )
-        levels = getattr(trt, "HardwareCompatibilityLevel", None)
-        if levels is None or not hasattr(levels, config.hardware_compatibility.upper()):
-            raise SamExportError(
-                f"TensorRT {version} has no hardware compatibility level "
-                f"{config.hardware_compatibility.upper()} (same_compute_capability needs TensorRT >= 10.9)"
-            )
-    if config.version_compatible and not hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"):
-        raise SamExportError(f"TensorRT {version} cannot build version-compatible engines")
+        level = config.hardware_compatibility.upper()
+        trt_api.require(
+            trt, f"HardwareCompatibilityLevel.{level}",
+            f"hardware compatibility level {level} (--hardware-compatible)",
+        )
+    if config.version_compatible:
+        trt_api.require(trt, "BuilderFlag.VERSION_COMPATIBLE", "version-compatible engines (--version-compatible)")
 
 
 def _create_config(pg, trt, config: BuildConfig, profiles: list[Profile], flavour: TensorRTFlavour):

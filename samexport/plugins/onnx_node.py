@@ -32,13 +32,10 @@ import onnx
 import torch
 from onnx import helper
 
+# The names live in the torch-free constants module so the TensorRT plugin registers without torch.
+from samexport.constants import PLUGIN_DOMAIN, PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: F401
 from samexport.plugins.attention_reference import reference_rel_pos_attention
 
-PLUGIN_NAME = "SamRelPosAttention"
-PLUGIN_NAMESPACE = "samexport"
-PLUGIN_VERSION = "1"
-PLUGIN_DOMAIN = PLUGIN_NAMESPACE
-PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"  # tensorrt.plugin's "{namespace}::{name}"
 # The plugin's own attributes (TensorRT plugin fields), in the order the node carries them.
 PLUGIN_ATTRIBUTES = ("grid_h", "grid_w", "head_dim", "scale")
 # Attributes the TensorRT parser consumes itself.

@@ -60,7 +60,7 @@ import numpy.typing as npt
 
 from samexport.engines import trt_api
 from samexport.errors import MissingExtraError, SamExportError
-from samexport.plugins.onnx_node import PLUGIN_ID
+from samexport.constants import PLUGIN_ID
 
 _registered = False
 
