@@ -12,12 +12,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from samexport import constants as C
 from samexport.errors import SamExportError
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: a "runtime" section; format 1 manifests are read and upgraded
 DEFAULT_ROOT = Path("engines")
 
 
@@ -26,14 +27,128 @@ def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT
     return root / f"{variant}-{precision}"
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
+@dataclass(frozen=True)
+class RuntimeNeeds:
+    """What a runtime must know to open the artifact, recorded by the build so the runtime never
+    infers it from build settings (the attention mode, the precision).
+
+    Attributes:
+        onnxruntime_encoder: ONNX Runtime can run ``encoder.onnx`` (False for plugin-node graphs,
+            which only TensorRT runs).
+        onnxruntime_memory_arena: open ONNX Runtime sessions with the CPU memory arena (False for
+            fp16 graphs: the arena grew past 18 GiB on vit_b, 4.4 GiB without it).
+        gpu_specific_kernels: the engines hold kernels compiled for the building GPU (the
+            attention plugin's PTX), so hardware compatibility does not apply to them.
+    """
+
+    onnxruntime_encoder: bool = True
+    onnxruntime_memory_arena: bool = True
+    gpu_specific_kernels: bool = False
+
+    @classmethod
+    def for_build(cls, *, precision: str, attention: str) -> RuntimeNeeds:
+        return cls(
+            onnxruntime_encoder=attention != "plugin",
+            onnxruntime_memory_arena=precision != "fp16",
+            gpu_specific_kernels=attention == "plugin",
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: what one build made and what the runtime needs to open it.
+
+    ``to_dict`` / ``from_dict`` are the JSON form; ``from_dict`` validates types and values and
+    upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
+    """
+
+    variant: str
+    precision: str
+    attention: str
+    opset: int
+    graphs: dict
+    checkpoint: dict
+    encoder: dict
+    decoder: dict
+    runtime: RuntimeNeeds
+    engine_config: dict = field(default_factory=dict)
+    engines: dict = field(default_factory=dict)
+    skipped_engines: dict = field(default_factory=dict)
+    parity: dict | None = None
+    versions: dict = field(default_factory=dict)
+    build_seconds: float | None = None
+    created: str | None = None
+    extra: dict = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict:
+        data = {"format": self.format}
+        for item in fields(self):
+            if item.name not in ("format", "extra", "runtime"):
+                data[item.name] = getattr(self, item.name)
+        data["runtime"] = asdict(self.runtime)
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = C.MANIFEST) -> Manifest:
+        """Validate and build; a wrong type, an unknown variant / precision / attention mode or
+        an unknown format is a :class:`SamExportError` naming ``source``."""
+        if not isinstance(data, dict):
+            raise SamExportError(f"{source} is not a samexport manifest (a JSON object was expected, got {type(data).__name__})")
+        version = data.get("format")
+        if version not in (1, MANIFEST_FORMAT):
+            raise SamExportError(
+                f"{source} has manifest format {version!r}; this samexport reads formats 1 and "
+                f"{MANIFEST_FORMAT}: rebuild the artifacts"
+            )
+        expected = {
+            "variant": str, "precision": str, "attention": str, "opset": int, "graphs": dict,
+            "checkpoint": dict, "encoder": dict, "decoder": dict, "engine_config": dict,
+            "engines": dict, "skipped_engines": dict, "versions": dict,
+        }
+        data = {"attention": "plain", "engine_config": {}, "engines": {}, "skipped_engines": {}, "versions": {}, **data}
+        for key, kind in expected.items():
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                raise SamExportError(f"{source}: {key!r} must be a {kind.__name__}, got {data.get(key)!r}")
+        if data["precision"] not in C.PRECISIONS:
+            raise SamExportError(f"{source}: unknown precision {data['precision']!r}; valid: {', '.join(C.PRECISIONS)}")
+        if data["attention"] not in C.ATTENTION_MODES:
+            raise SamExportError(f"{source}: unknown attention mode {data['attention']!r}; valid: {', '.join(C.ATTENTION_MODES)}")
+        from samexport.variants import get_variant
+
+        try:
+            get_variant(data["variant"])
+        except SamExportError as exc:
+            raise SamExportError(f"{source}: {exc}") from None
+        if version == 1:
+            runtime = RuntimeNeeds.for_build(precision=data["precision"], attention=data["attention"])
+        elif isinstance(data.get("runtime"), dict):
+            try:
+                runtime = RuntimeNeeds(**data["runtime"])
+            except TypeError as exc:
+                raise SamExportError(f"{source}: bad 'runtime' section: {exc}") from None
+        else:
+            raise SamExportError(f"{source}: 'runtime' must be an object, got {data.get('runtime')!r}")
+        known = {item.name for item in fields(cls)}
+        return cls(
+            **{key: data[key] for key in known - {"runtime", "extra", "format"} if key in data},
+            runtime=runtime,
+            extra={key: value for key, value in data.items() if key not in known},
+            format=MANIFEST_FORMAT,
+        )
+
+    def replace(self, **changes) -> Manifest:
+        return replace(self, **changes)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically: a temporary file in the same folder, flushed to disk,
     then renamed over the old one, so a reader sees the old manifest or the new, never half."""
     path = Path(folder) / C.MANIFEST
     partial = path.with_name(f".{C.MANIFEST}.partial-{os.getpid()}")
     try:
         with open(partial, "w") as stream:
-            stream.write(json.dumps({"format": MANIFEST_FORMAT, **manifest}, indent=2) + "\n")
+            stream.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
@@ -42,8 +157,8 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return path
 
 
-def read_manifest(folder: Path | str) -> dict:
-    """Read and sanity-check ``manifest.json``; a missing or foreign file is a clear error."""
+def read_manifest(folder: Path | str) -> Manifest:
+    """Read and validate ``manifest.json``; a missing or foreign file is a clear error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SamExportError(f"artifact directory not found: {folder}")
@@ -54,14 +169,10 @@ def read_manifest(folder: Path | str) -> dict:
             "finish; run `samexport build` again"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SamExportError(f"{path} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise SamExportError(
-            f"{path} has manifest format {manifest.get('format')!r}; this samexport reads "
-            f"format {MANIFEST_FORMAT}: rebuild the artifacts"
-        )
+    manifest = Manifest.from_dict(data, source=str(path))
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         if not (folder / name).is_file():
             raise SamExportError(f"{folder} is incomplete: {name} is missing; rebuild it")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from samexport import constants as C
-from samexport.artifacts import default_artifact_dir, staged_directory, write_manifest
+from samexport.artifacts import Manifest, RuntimeNeeds, default_artifact_dir, staged_directory, write_manifest
 from samexport.errors import SamExportError
 from samexport.variants import Variant, get_variant
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from samexport.precision.int8 import Int8Target
 
 Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = C.PRECISIONS
 EngineRequest = Literal["auto", "require", "skip"]
 ENGINE_NAMES = ("encoder", "decoder")
 
@@ -32,12 +32,12 @@ class BuildResult:
     """What a build produced, and which engines it could not build and why."""
 
     artifact_dir: Path
-    manifest: dict
+    manifest: Manifest
     skipped_engines: dict[str, str] = field(default_factory=dict)
 
     @property
     def parity_passed(self) -> bool | None:
-        parity = self.manifest.get("parity")
+        parity = self.manifest.parity
         return None if parity is None else bool(parity["passed"])
 
 
@@ -248,31 +248,32 @@ def build(
             on_step("parity check against the PyTorch weights")
             parity_report = quick_parity(sam, _runnable_graphs(staging, attention), precision)
         built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
-        manifest = {
-            "variant": variant.name,
-            "precision": precision,
-            "graphs": graphs,
-            "opset": opset,
-            "attention": attention,
-            "checkpoint": {"file": checkpoint.name, "sha256": checkpoint_sha},
-            "encoder": {
+        manifest = Manifest(
+            variant=variant.name,
+            precision=precision,
+            attention=attention,
+            opset=opset,
+            graphs=graphs,
+            checkpoint={"file": checkpoint.name, "sha256": checkpoint_sha},
+            encoder={
                 "onnx": C.ENCODER_ONNX,
                 "inputs": [s.to_dict() for s in C.ENCODER_INPUTS],
                 "outputs": [s.to_dict() for s in C.ENCODER_OUTPUTS],
             },
-            "decoder": {
+            decoder={
                 "onnx": C.DECODER_ONNX,
                 "inputs": [s.to_dict() for s in C.DECODER_INPUTS],
                 "outputs": [s.to_dict() for s in C.DECODER_OUTPUTS],
             },
-            "engine_config": engine_config.to_dict(),
-            "engines": built,
-            "skipped_engines": skipped,
-            "parity": parity_report,
-            "versions": package_versions("samexport", "torch", "onnx", "onnxruntime", "tensorrt"),
-            "build_seconds": round(time.perf_counter() - started, 1),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+            runtime=RuntimeNeeds.for_build(precision=precision, attention=attention),
+            engine_config=engine_config.to_dict(),
+            engines=built,
+            skipped_engines=skipped,
+            parity=parity_report,
+            versions=package_versions("samexport", "torch", "onnx", "onnxruntime", "tensorrt", "polygraphy"),
+            build_seconds=round(time.perf_counter() - started, 1),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
         shutil.rmtree(staging / ".parity", ignore_errors=True)
         write_manifest(staging, manifest)
     return BuildResult(destination, manifest, skipped)

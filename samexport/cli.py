@@ -153,7 +153,7 @@ def build(
     typer.echo(f"wrote {result.artifact_dir}")
     for engine, reason in result.skipped_engines.items():
         typer.echo(f"not built: {engine} engine: {reason}")
-    parity_report = result.manifest.get("parity")
+    parity_report = result.manifest.parity
     if parity_report is not None:
         verdict = "passed" if parity_report["passed"] else "FAILED"
         figures = parity_report["summary"]
@@ -242,7 +242,7 @@ def engines(
     manifest = build_artifact_engines(
         artifact_dir, config, builder=builder, on_step=lambda message: typer.echo(f"- {message}", err=True)
     )
-    for name, record in manifest["engines"].items():
+    for name, record in manifest.engines.items():
         where = record["gpu"] or "no GPU"
         kind = " (test build: the runtime refuses it)" if record.get("test_build") else ""
         typer.echo(
@@ -257,7 +257,7 @@ def info(artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory f
     """Print an artifact directory's manifest."""
     from samexport.artifacts import read_manifest
 
-    typer.echo(json.dumps(read_manifest(artifact_dir), indent=2))
+    typer.echo(json.dumps(read_manifest(artifact_dir).to_dict(), indent=2))
 
 
 @app.command()

@@ -25,6 +25,11 @@ LABEL_FOREGROUND = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
 
+# Numeric formats of an artifact's graphs, and how the encoder's attention can be exported
+# (``samexport.export.attention``): defined once, read by build, the manifest, the CLI and the runtime.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+ATTENTION_MODES: tuple[str, ...] = ("plain", "fused-pattern", "onnx-attention", "plugin")
+
 # The fused attention plugin node (``--attention plugin``): op type, TensorRT plugin name/namespace.
 PLUGIN_NAME = "SamRelPosAttention"
 PLUGIN_NAMESPACE = "samexport"

@@ -565,10 +565,8 @@ def parity_for_artifact(
     if images is None:
         images, skipped = sample_images()
     candidate = open_backend(artifact_dir, backend)
-    reference = TorchBackend(load_sam(checkpoint, manifest["variant"]))
-    report = run_parity(
-        reference, candidate, images, prompts, precision=manifest.get("precision", "fp32")
-    )
+    reference = TorchBackend(load_sam(checkpoint, manifest.variant))
+    report = run_parity(reference, candidate, images, prompts, precision=manifest.precision)
     return report, skipped
 
 

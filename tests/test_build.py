@@ -15,13 +15,14 @@ from samexport.errors import SamExportError
 
 def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
     manifest = read_manifest(tiny_artifact)
-    assert manifest["variant"] == "tiny" and manifest["precision"] == "fp32"
-    assert manifest["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
-    assert manifest["opset"] >= 17
-    assert [t["name"] for t in manifest["decoder"]["inputs"]] == [s.name for s in C.DECODER_INPUTS]
-    assert manifest["decoder"]["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
-    assert manifest["versions"]["onnxruntime"][0].isdigit()
-    assert set(manifest["skipped_engines"]) == {"encoder", "decoder"}
+    assert manifest.variant == "tiny" and manifest.precision == "fp32"
+    assert manifest.checkpoint["sha256"] == sha256_file(tiny_checkpoint)
+    assert manifest.opset >= 17
+    assert [t["name"] for t in manifest.decoder["inputs"]] == [s.name for s in C.DECODER_INPUTS]
+    assert manifest.decoder["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
+    assert manifest.versions["onnxruntime"][0].isdigit()
+    assert set(manifest.skipped_engines) == {"encoder", "decoder"}
+    assert manifest.runtime.onnxruntime_encoder and manifest.runtime.onnxruntime_memory_arena
     assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
 
 
@@ -69,7 +70,7 @@ def test_bad_precision_and_variant(tiny_checkpoint, tmp_path):
 
 
 def test_parity_is_recorded(tiny_artifact):
-    parity = read_manifest(tiny_artifact)["parity"]
+    parity = read_manifest(tiny_artifact).parity
     assert parity["passed"] is True and parity["precision"] == "fp32"
     assert parity["summary"]["mask_iou_min"] >= 0.99
     assert parity["summary"]["embedding_cosine"] > 0.999999
@@ -93,9 +94,10 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
         int8_target=int8_target,
     )
     manifest = read_manifest(result.artifact_dir)
-    assert manifest["precision"] == precision and result.parity_passed
-    assert manifest["graphs"]["decoder"] == "fp16"
-    assert manifest["graphs"].get("int8_target") == (int8_target if precision == "int8" else None)
+    assert manifest.precision == precision and result.parity_passed
+    assert manifest.graphs["decoder"] == "fp16"
+    assert manifest.runtime.onnxruntime_memory_arena == (precision != "fp16")
+    assert manifest.graphs.get("int8_target") == (int8_target if precision == "int8" else None)
     assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())
@@ -130,7 +132,7 @@ def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_p
     from samexport.plugins.onnx_node import plugin_nodes
 
     result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / attention, attention=attention)
-    assert result.parity_passed and result.manifest["attention"] == attention
+    assert result.parity_passed and result.manifest.attention == attention
     encoder = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX))
     assert len(plugin_nodes(encoder)) == (2 if attention == "plugin" else 0)  # tiny has 2 blocks
     assert not (result.artifact_dir / ".parity").exists()

@@ -69,8 +69,8 @@ def test_hardware_compatible_plugin_plan_is_refused_on_another_gpu():
     """The plugin's PTX is compiled for the building GPU: ampere_plus does not extend to it."""
     ampere_plus = {**RECORD, "config": {**RECORD["config"], "hardware_compatibility": "ampere_plus"}}
     with pytest.raises(SamExportError, match="attention plugin kernel is compiled for that GPU only"):
-        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=H100, attention="plugin")
-    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN, attention="plugin")
+        check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=H100, gpu_specific_kernels=True)
+    check_engine_compatibility(ampere_plus, name="encoder", tensorrt_version="10.3.0.26", gpu=ORIN, gpu_specific_kernels=True)
 
 
 def test_plan_built_without_gpu_is_refused():
@@ -111,7 +111,7 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
         pytest.skip(f"needs TensorRT and an NVIDIA GPU: {availability.reason}")
     result = build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / precision, precision=precision,
                    engines="require")
-    assert set(result.manifest["engines"]) == {"encoder", "decoder"}
+    assert set(result.manifest.engines) == {"encoder", "decoder"}
     trt = SamPredictor(result.artifact_dir, backend="tensorrt")
     reference = SamPredictor(TorchBackend(tiny_sam))
     image = make_image(480, 640, seed=1)

@@ -29,6 +29,7 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
+from samexport.artifacts import Manifest
 from samexport.bench.timing import Timing, measure
 from samexport.errors import SamExportError
 
@@ -93,19 +94,19 @@ class BackendUnderTest:
 # -- backends ---------------------------------------------------------------------------------
 
 
-def _open_torch(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+def _open_torch(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
     if config.checkpoint is None:
         return [BackendUnderTest("torch", "torch", skipped="needs --checkpoint (the PyTorch weights)")]
     from samexport.checkpoint import load_sam
     from samexport.runtime.backends import TorchBackend
 
-    variant = manifests[config.artifact_dirs[0]]["variant"]
+    variant = manifests[config.artifact_dirs[0]].variant
     sam = load_sam(config.checkpoint, variant)
     return [BackendUnderTest("torch fp32", "torch", "fp32", backend=TorchBackend(sam))]
 
 
 def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
-    def open_all(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+    def open_all(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
         from samexport.runtime.backends import onnxruntime_providers
         from samexport.runtime.predictor import open_backend
 
@@ -116,7 +117,7 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
             return [BackendUnderTest(kind, kind, skipped=str(exc))]
         out = []
         for folder, manifest in manifests.items():
-            precision = manifest.get("precision", "fp32")
+            precision = manifest.precision
             backend = open_backend(folder, kind)
             out.append(BackendUnderTest(f"{kind} {precision}", kind, precision, folder, backend))
         return out
@@ -124,7 +125,7 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
     return open_all
 
 
-def _open_tensorrt(config: BenchConfig, manifests: dict[Path, dict]) -> list[BackendUnderTest]:
+def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
     try:
         from samexport.engines import tensorrt_availability
     except ImportError as exc:
@@ -136,8 +137,8 @@ def _open_tensorrt(config: BenchConfig, manifests: dict[Path, dict]) -> list[Bac
 
     out = []
     for folder, manifest in manifests.items():
-        precision = manifest.get("precision", "fp32")
-        if not manifest.get("engines"):
+        precision = manifest.precision
+        if not manifest.engines:
             out.append(BackendUnderTest(f"tensorrt {precision}", "tensorrt", precision, skipped=f"{folder} has no engines"))
             continue
         out.append(BackendUnderTest(f"tensorrt {precision}", "tensorrt", precision, folder, open_backend(folder, "tensorrt")))
@@ -307,7 +308,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     started = time.time()
     load_before = _load_average()
     manifests = {Path(d): read_manifest(d) for d in config.artifact_dirs}
-    variants = {m["variant"] for m in manifests.values()}
+    variants = {m.variant for m in manifests.values()}
     if len(variants) != 1:
         raise SamExportError(f"artifact directories hold different variants: {sorted(variants)}")
     variant_name = variants.pop()
@@ -378,7 +379,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
         },
         "model": {
             "variant": variant_name,
-            "checkpoints": sorted({m.get("checkpoint", {}).get("file", "?") for m in manifests.values()}),
+            "checkpoints": sorted({m.checkpoint.get("file", "?") for m in manifests.values()}),
             "artifacts": [str(d) for d in config.artifact_dirs],
         },
         "peak_matmul": {k: round(v, 1) for k, v in peak.items()},

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from samexport import constants as C
-from samexport.artifacts import read_manifest, write_manifest
+from samexport.artifacts import Manifest, read_manifest, write_manifest
 from samexport.engines import TensorRTFlavour, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine
 from samexport.errors import SamExportError
@@ -116,7 +116,7 @@ def build_artifact_engines(
     *,
     builder: str = "tensorrt",
     on_step: Callable[[str], None] = lambda message: None,
-) -> dict:
+) -> Manifest:
     """Build this machine's engine plans for an artifact made anywhere, and record them.
 
     Args:
@@ -139,17 +139,9 @@ def build_artifact_engines(
     flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
-    records = build_plans(
-        folder, folder, config, attention=manifest.get("attention", "plain"), flavour=flavour, on_step=on_step
-    )
-    previous = [record.get("plan") for record in manifest.get("engines", {}).values()]
-    updated = {
-        **{k: v for k, v in manifest.items() if k != "format"},
-        "engine_config": config.to_dict(),
-        "engines": records,
-        "skipped_engines": {},
-    }
-    write_manifest(folder, updated)
+    records = build_plans(folder, folder, config, attention=manifest.attention, flavour=flavour, on_step=on_step)
+    previous = [record.get("plan") for record in manifest.engines.values()]
+    write_manifest(folder, manifest.replace(engine_config=config.to_dict(), engines=records, skipped_engines={}))
     _remove_previous_plans(folder, [p for p in previous if p])
     return read_manifest(folder)
 

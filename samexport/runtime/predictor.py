@@ -30,7 +30,7 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
     manifest = read_manifest(folder)
     if backend not in ("auto", "tensorrt", *ORT_DEVICES):
         raise SamExportError(f"unknown backend {backend!r}; valid: auto, tensorrt, {', '.join(ORT_DEVICES)}")
-    if backend == "auto" and manifest.get("engines"):
+    if backend == "auto" and manifest.engines:
         from samexport.runtime.tensorrt_backend import why_engines_cannot_run
 
         reason = why_engines_cannot_run(manifest)
@@ -42,15 +42,15 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
         from samexport.runtime.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(folder, manifest)
-    if manifest.get("attention") == "plugin":
+    if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(
-            f"{folder} was built with --attention plugin, whose encoder only TensorRT can run; "
-            "use backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
+            f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
+            "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
     device = ORT_DEVICES.get(backend, "auto")
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device,
-        memory_arena=manifest.get("precision") != "fp16",
+        memory_arena=manifest.runtime.onnxruntime_memory_arena,
     )
 
 

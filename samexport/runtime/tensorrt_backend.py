@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport import constants as C
+from samexport.artifacts import Manifest
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
 
@@ -42,7 +43,7 @@ def tensorrt_release(version: str) -> tuple[int, ...]:
 
 
 def check_engine_compatibility(
-    record: dict, *, name: str, tensorrt_version: str, gpu: GpuInfo, attention: str = "plain"
+    record: dict, *, name: str, tensorrt_version: str, gpu: GpuInfo, gpu_specific_kernels: bool = False
 ) -> None:
     """Refuse a plan this TensorRT or this GPU cannot run, saying what to rebuild.
 
@@ -59,7 +60,8 @@ def check_engine_compatibility(
         name: ``"encoder"`` or ``"decoder"``, for the message.
         tensorrt_version: version of the TensorRT that would deserialize the plan.
         gpu: the GPU it would run on.
-        attention: the encoder's attention export mode (``plugin`` plans are GPU-specific).
+        gpu_specific_kernels: the plan holds kernels compiled for the building GPU (the
+            attention plugin; ``Manifest.runtime``), which hardware compatibility does not cover.
 
     Raises:
         SamExportError: a test build (TensorRT-RTX, or built without a GPU), another TensorRT
@@ -88,24 +90,24 @@ def check_engine_compatibility(
         )
     level = config.get("hardware_compatibility", "none")
     major = int(gpu.compute_capability.split(".")[0])
-    if level == "ampere_plus" and attention != "plugin":
+    if level == "ampere_plus" and not gpu_specific_kernels:
         hardware_ok = major >= 8
     else:
         hardware_ok = built_cc == gpu.compute_capability
     if not hardware_ok:
-        plugin = " (its attention plugin kernel is compiled for that GPU only)" if attention == "plugin" else ""
+        plugin = " (its attention plugin kernel is compiled for that GPU only)" if gpu_specific_kernels else ""
         raise SamExportError(
             f"the {name} engine was built for {record.get('gpu')} (compute capability {built_cc}){plugin}, "
             f"this GPU is {gpu.name} ({gpu.compute_capability}): {rebuild}"
         )
 
 
-def why_engines_cannot_run(manifest: dict, *, device: int = 0) -> str | None:
+def why_engines_cannot_run(manifest: Manifest, *, device: int = 0) -> str | None:
     """None when this machine can run the artifact's plans; else the reason, in one line
     (no engines, no TensorRT or GPU, a test build, another TensorRT version or GPU)."""
     from samexport.engines import tensorrt_availability
 
-    engines = manifest.get("engines") or {}
+    engines = manifest.engines
     if any(name not in engines for name in ENGINE_NAMES):
         return "the artifact has no TensorRT engines"
     availability = tensorrt_availability()
@@ -116,7 +118,7 @@ def why_engines_cannot_run(manifest: dict, *, device: int = 0) -> str | None:
         for name in ENGINE_NAMES:
             check_engine_compatibility(
                 engines[name], name=name, tensorrt_version=availability.tensorrt_version or "", gpu=gpu,
-                attention=manifest.get("attention", "plain"),
+                gpu_specific_kernels=manifest.runtime.gpu_specific_kernels,
             )
     except (SamExportError, IndexError) as exc:
         return str(exc)
@@ -132,15 +134,15 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, artifact_dir: Path | str, manifest: dict, *, device: int = 0) -> None:
+    def __init__(self, artifact_dir: Path | str, manifest: Manifest, *, device: int = 0) -> None:
         trt = load_tensorrt("tensorrt")
         pg = polygraphy_trt("tensorrt")
-        engines = manifest.get("engines", {})
+        engines = manifest.engines
         missing = [n for n in ENGINE_NAMES if n not in engines]
         if missing:
             raise SamExportError(
                 f"{artifact_dir} has no TensorRT {' or '.join(missing)} engine "
-                f"({manifest.get('skipped_engines', {}).get(missing[0], 'not built')}); "
+                f"({manifest.skipped_engines.get(missing[0], 'not built')}); "
                 f"run `samexport engines {artifact_dir}` on this machine, or use backend='onnxruntime'"
             )
         devices = cuda_devices()
@@ -150,7 +152,7 @@ class TensorRTBackend:
         for name in ENGINE_NAMES:
             check_engine_compatibility(
                 engines[name], name=name, tensorrt_version=trt.__version__, gpu=gpu,
-                attention=manifest.get("attention", "plain"),
+                gpu_specific_kernels=manifest.runtime.gpu_specific_kernels,
             )
         if device != 0:
             _set_device(device)

@@ -1,0 +1,91 @@
+"""The typed manifest: JSON round trip, validation, format 1 upgrade, what the runtime reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from samexport import constants as C
+from samexport.artifacts import MANIFEST_FORMAT, Manifest, RuntimeNeeds, read_manifest, write_manifest
+from samexport.errors import SamExportError
+
+
+def manifest_data(**changes) -> dict:
+    data = {
+        "format": MANIFEST_FORMAT, "variant": "tiny", "precision": "fp16", "attention": "plain", "opset": 18,
+        "graphs": {"encoder": "fp16", "decoder": "fp16"}, "checkpoint": {"file": "x.pth", "sha256": "0" * 64},
+        "encoder": {"onnx": C.ENCODER_ONNX}, "decoder": {"onnx": C.DECODER_ONNX},
+        "runtime": {"onnxruntime_encoder": True, "onnxruntime_memory_arena": False, "gpu_specific_kernels": False},
+        "engine_config": {}, "engines": {}, "skipped_engines": {}, "parity": None, "versions": {},
+        "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000",
+    }
+    return {**data, **changes}
+
+
+def test_round_trip_keeps_every_key_including_unknown_ones():
+    data = manifest_data(files={"encoder.onnx": {"bytes": 3}})  # a key a newer samexport may write
+    manifest = Manifest.from_dict(data)
+    assert manifest.runtime == RuntimeNeeds(onnxruntime_encoder=True, onnxruntime_memory_arena=False)
+    assert manifest.extra == {"files": {"encoder.onnx": {"bytes": 3}}}
+    assert manifest.to_dict() == data
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "a JSON object was expected, got list"),
+        (None, "a JSON object was expected, got NoneType"),
+        (manifest_data(format=7), "manifest format 7"),
+        (manifest_data(precision="fp4"), "unknown precision 'fp4'; valid: fp32, fp16, int8"),
+        (manifest_data(attention="flash"), "unknown attention mode 'flash'"),
+        (manifest_data(variant="vit_z"), "unknown variant 'vit_z'"),
+        (manifest_data(opset="18"), "'opset' must be a int"),
+        (manifest_data(engines=[]), "'engines' must be a dict"),
+        (manifest_data(runtime={"bogus": 1}), "bad 'runtime' section"),
+    ],
+)
+def test_bad_manifests_are_refused_with_the_reason(data, message):
+    with pytest.raises(SamExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Manifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("precision", "attention", "expected"),
+    [
+        ("fp32", "plain", RuntimeNeeds(True, True, False)),
+        ("fp16", "fused-pattern", RuntimeNeeds(True, False, False)),
+        ("fp16", "plugin", RuntimeNeeds(False, False, True)),
+    ],
+)
+def test_format_1_is_upgraded_with_what_the_runtime_needs(precision, attention, expected):
+    data = manifest_data(format=1, precision=precision, attention=attention)
+    del data["runtime"]
+    manifest = Manifest.from_dict(data)
+    assert manifest.runtime == expected and manifest.format == MANIFEST_FORMAT
+    assert manifest.runtime == RuntimeNeeds.for_build(precision=precision, attention=attention)
+
+
+def test_written_manifest_is_read_back_and_replaced_atomically(tmp_path):
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
+        (tmp_path / name).write_bytes(b"")
+    manifest = Manifest.from_dict(manifest_data())
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == manifest
+    write_manifest(tmp_path, manifest.replace(engines={"encoder": {"plan": "p/encoder.plan"}}))
+    assert read_manifest(tmp_path).engines == {"encoder": {"plan": "p/encoder.plan"}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+    (tmp_path / C.MANIFEST).write_text("[]")
+    with pytest.raises(SamExportError, match="a JSON object was expected"):
+        read_manifest(tmp_path)
+    (tmp_path / C.MANIFEST).write_text("{not json")
+    with pytest.raises(SamExportError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_enumerations_are_defined_once():
+    pytest.importorskip("torch")
+    from samexport.build import PRECISIONS
+    from samexport.export.attention import ATTENTION_MODES
+
+    assert ATTENTION_MODES == C.ATTENTION_MODES and PRECISIONS == C.PRECISIONS
