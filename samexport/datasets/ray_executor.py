@@ -97,7 +97,9 @@ def run_ray(
         gpus = _gpus_per_worker(ray, spec.backend, gpus_per_worker)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts images
-        dataset = ray.data.read_binary_files(readable, include_paths=True)
+        # Reading is I/O: with CPUs for the tasks, actors holding every CPU starve the reads (a hang
+        # on a 2-CPU instance with 2 workers).
+        dataset = ray.data.read_binary_files(readable, include_paths=True, num_cpus=0)
         results = dataset.map_batches(
             RayImageWorker,
             fn_constructor_kwargs={"spec": _with_threads(spec, threads), "folder": str(Path(folder).resolve())},
