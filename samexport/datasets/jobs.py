@@ -124,6 +124,8 @@ def _run(
         threads = _positive("threads", threads)
     if ray_address is not None and executor != "ray":
         raise SamExportError("ray_address is only used with executor='ray'")
+    if executor == "ray":
+        require("ray.data", "ray")  # before any folder is made
     if isinstance(images, (str, Path)):
         images = [images]
     output = Path(output_dir)
