@@ -8,7 +8,9 @@ output folder ``--repeats`` times; a run's time is the whole ``embed`` call (lis
 opening the artifact in every worker, encoding, Parquet writes), so it includes each run's
 worker start-up: the local pool's spawned processes, Ray's actors. Ray is initialised once
 (``ray.init(num_cpus=os.cpu_count())``, timed separately) and shared by the Ray runs. The
-per-image Ray overhead is (Ray 1-worker median - local 1-worker median) / images. Threads: one
+per-image Ray overhead is (Ray 1-worker median - local 1-worker median) / images. Each
+configuration also embeds a single image ``--repeats`` times: that median is its fixed start-up
+cost, and (images - 1) / (median - start-up) its steady images/s. Threads: one
 worker uses every core (ONNX Runtime's default locally, ``cpus // workers`` on Ray); two workers
 get half the cores each.
 
@@ -91,25 +93,34 @@ def main() -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - start
 
+    def timed(images: list[Path], expected: int, executor, workers, threads, name) -> float:
+        output = args.workdir / f"out-{name}"
+        shutil.rmtree(output, ignore_errors=True)
+        result = embed(artifact, images, output, executor=executor, workers=workers,
+                       batch_size=args.batch_size, threads=threads, progress=False)
+        assert result.written == expected == read_rows(output, columns=["path"]).num_rows
+        shutil.rmtree(output)
+        print(f"{name}: {result.seconds:.2f} s", file=sys.stderr)
+        return result.seconds
+
+    load_before = os.getloadavg()
+    one_image = [sorted(folder.iterdir())[0]]
     results = []
     for executor, workers in CONFIGS:
-        seconds = []
+        threads = None if workers == 1 and executor == "local" else max(1, cpus // workers)
+        seconds, startup = [], []
         for repeat in range(args.repeats):
-            output = args.workdir / f"out-{executor}-{workers}-{repeat}"
-            shutil.rmtree(output, ignore_errors=True)
-            threads = None if workers == 1 and executor == "local" else max(1, cpus // workers)
-            result = embed(artifact, [folder], output, executor=executor, workers=workers,
-                           batch_size=args.batch_size, threads=threads, progress=False)
-            assert result.written == args.images and read_rows(output, columns=["path"]).num_rows == args.images
-            seconds.append(result.seconds)
-            shutil.rmtree(output)
-            print(f"{executor} x{workers} run {repeat}: {result.seconds:.2f} s", file=sys.stderr)
-        median = statistics.median(seconds)
+            seconds.append(timed([folder], args.images, executor, workers, threads, f"{executor}-x{workers}-{repeat}"))
+            startup.append(timed(one_image, 1, executor, workers, threads, f"{executor}-x{workers}-one-{repeat}"))
+        median, fixed = statistics.median(seconds), statistics.median(startup)
         results.append({
             "executor": executor, "workers": workers, "threads_per_worker": threads or cpus,
             "seconds": seconds, "median_s": median, "images_per_s": args.images / median,
+            "one_image_seconds": startup, "startup_s": fixed,
+            "steady_images_per_s": (args.images - 1) / (median - fixed) if median > fixed else None,
         })
     ray.shutdown()
+    load_after = os.getloadavg()
 
     by = {(r["executor"], r["workers"]): r for r in results}
     overhead = (by["ray", 1]["median_s"] - by["local", 1]["median_s"]) / args.images
@@ -126,7 +137,7 @@ def main() -> None:
         "what": "samexport.datasets.embed images/s, whole call per run, median of repeats",
         "variant": manifest.get("variant"), "precision": manifest.get("precision"),
         "images": args.images, "size": [height, width], "batch_size": args.batch_size, "repeats": args.repeats,
-        "ray_init_s": ray_init_s, "ray_overhead_s_per_image_1_worker": overhead, "results": results,
+        "load_average_before_after": [load_before, load_after], "ray_init_s": ray_init_s, "ray_overhead_s_per_image_1_worker": overhead, "results": results,
         "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
         "versions": {"samexport": samexport.__version__, "ray": ray.__version__, "onnxruntime": onnxruntime.__version__},
         "note": args.note, "command": " ".join(command),
@@ -135,10 +146,15 @@ def main() -> None:
         f"# `embed` throughput: {report['variant']} {report['precision']}, {args.images} images {height}x{width}",
         "",
         *([f"> {args.note}", ""] if args.note else []),
-        "| executor | workers | threads / worker | median s | images/s | runs (s) |",
-        "|---|---|---|---|---|---|",
+        f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; "
+        f"after: {', '.join(f'{v:.1f}' for v in load_after)} on {cpus} CPUs.",
+        "",
+        "| executor | workers | threads / worker | median s | images/s | start-up s (1-image job) | steady images/s | runs (s) |",
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {r['executor']} | {r['workers']} | {r['threads_per_worker']} | {r['median_s']:.2f} | "
-          f"{r['images_per_s']:.2f} | {', '.join(f'{s:.2f}' for s in r['seconds'])} |" for r in results),
+          f"{r['images_per_s']:.2f} | {r['startup_s']:.2f} | "
+          f"{'n/a' if r['steady_images_per_s'] is None else format(r['steady_images_per_s'], '.2f')} | "
+          f"{', '.join(f'{s:.2f}' for s in r['seconds'])} |" for r in results),
         "",
         f"Ray overhead at 1 worker: {overhead * 1000:.0f} ms per image over the local executor "
         f"(actor start-up included; `ray.init` took {ray_init_s:.1f} s once, not included).",

@@ -2,7 +2,7 @@
 image by image, bad images as error rows, resuming a killed run, Ray output equal to local
 output, restoring a predictor from a stored embedding, folder guards and the CLI.
 
-Twenty images (sixteen good, four bad) and the tiny variant; every job runs with one ONNX Runtime
+Twenty-one images (sixteen good, five bad) and the tiny variant; every job runs with one ONNX Runtime
 thread per worker so that all executors compute bit-identical embeddings.
 """
 
@@ -49,6 +49,7 @@ BAD = {
     "junk.jpg": "cannot decode image: not a format Pillow can read",
     "deep.png": "unsupported image mode 'I;16'",
     "truncated.png": "cannot decode image",
+    "gone.png": "cannot read file: No such file or directory",  # a dangling symlink
 }
 AMG_OPTIONS = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
@@ -64,7 +65,7 @@ def _good_images() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
     """Sixteen good images (PNG, JPEG, one grayscale, one palette; some in a sub-folder), the
-    four bad ones of ``BAD``, and files a walk must ignore (hidden, not an image)."""
+    five bad ones of ``BAD``, and files a walk must ignore (hidden, not an image)."""
     folder = tmp_path_factory.mktemp("images")
     (folder / "sub").mkdir()
     for name, image in _good_images().items():
@@ -76,6 +77,7 @@ def image_folder(tmp_path_factory) -> Path:
     Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "deep.png")
     whole = (folder / "img07.png").read_bytes()
     (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "gone.png").symlink_to(folder / "deleted.png")
     (folder / ".hidden.png").write_bytes(whole)
     (folder / "notes.txt").write_text("not an image")
     return folder
@@ -98,9 +100,9 @@ def local_embeddings(tiny_artifact, image_folder, tmp_path_factory):
 
 def test_listing_walks_folders_and_refuses_missing_inputs(image_folder, tmp_path):
     keys = list_images([image_folder, image_folder / "img01.jpg"])
-    assert len(keys) == 20 and keys == sorted(keys) and all(Path(k).is_absolute() for k in keys)
+    assert len(keys) == 21 and keys == sorted(keys) and all(Path(k).is_absolute() for k in keys)
     assert not any(k.endswith((".hidden.png", "notes.txt")) for k in keys)
-    assert list_images([image_folder / "notes.txt"]) == [str((image_folder / "notes.txt").resolve())]
+    assert list_images([image_folder / "notes.txt"]) == [str((image_folder / "notes.txt").absolute())]
     with pytest.raises(SamExportError, match="not found"):
         list_images([image_folder / "nope.png"])
     (tmp_path / "none").mkdir()
@@ -110,9 +112,9 @@ def test_listing_walks_folders_and_refuses_missing_inputs(image_folder, tmp_path
 
 def test_embed_rows_match_the_predictor(tiny_artifact, image_folder, local_embeddings):
     result, table = local_embeddings
-    assert (result.images, result.skipped, result.written, result.errors) == (20, 0, 20, 4)
+    assert (result.images, result.skipped, result.written, result.errors) == (21, 0, 21, 5)
     rows = {Path(r["path"]).name: r for r in table.to_pylist()}
-    assert len(rows) == table.num_rows == 20
+    assert len(rows) == table.num_rows == 21
     for name, message in BAD.items():
         row = rows[name]
         assert row["error"].startswith(message), row["error"]
@@ -142,9 +144,9 @@ def test_manifest_records_the_artifact_and_parameters(tiny_artifact, local_embed
 def test_a_rerun_skips_every_image(tiny_artifact, image_folder, local_embeddings):
     result, table = local_embeddings
     parts = sorted(result.output_dir.glob("part-*.parquet"))
-    assert len(parts) == 5  # 20 images in batches of 4
+    assert len(parts) == 6  # 21 images in batches of 4
     again = embed(tiny_artifact, [image_folder], result.output_dir, batch_size=4, threads=1, progress=False)
-    assert (again.skipped, again.written) == (20, 0)
+    assert (again.skipped, again.written) == (21, 0)
     assert sorted(result.output_dir.glob("part-*.parquet")) == parts and read_rows(result.output_dir).equals(table)
 
 
@@ -236,15 +238,15 @@ def test_resume_after_a_killed_run_loses_and_duplicates_nothing(tiny_artifact, i
         child.kill()
         child.wait()
     survived = read_rows(output)
-    assert 0 < survived.num_rows < 20 and survived.num_rows % 2 == 0  # whole batches only
+    assert 0 < survived.num_rows < 21 and survived.num_rows % 2 == 0  # whole batches only
     # What a kill mid-write leaves behind, and a file that is not ours:
     (output / ".part-0123456789abcdef.parquet.0123456789abcdef0123456789abcdef.tmp").write_bytes(b"half")
     (output / "notes.txt").write_text("mine")
 
     resumed = embed(tiny_artifact, [image_folder], output, batch_size=2, threads=1, progress=False)
-    assert (resumed.skipped, resumed.written) == (survived.num_rows, 20 - survived.num_rows)
+    assert (resumed.skipped, resumed.written) == (survived.num_rows, 21 - survived.num_rows)
     final = read_rows(output)
-    assert final.num_rows == 20 and len(set(final.column("path").to_pylist())) == 20
+    assert final.num_rows == 21 and len(set(final.column("path").to_pylist())) == 21
     assert final.equals(local_embeddings[1])
     assert not list(output.glob(".*.tmp")) and (output / "notes.txt").read_text() == "mine"
 
@@ -297,9 +299,9 @@ def local_ray():
 def test_ray_output_equals_local_output(local_ray, tiny_artifact, image_folder, local_embeddings, tmp_path):
     result = embed(tiny_artifact, [image_folder], tmp_path / "ray", executor="ray", workers=2, batch_size=3,
                    threads=1, progress=False)
-    assert (result.written, result.errors, result.executor) == (20, 4, "ray")
+    assert (result.written, result.errors, result.executor) == (21, 5, "ray")  # gone.png: the driver's row
     assert read_rows(tmp_path / "ray").equals(local_embeddings[1])
-    assert len(list((tmp_path / "ray").glob("part-*.parquet"))) >= 20 // 3
+    assert len(list((tmp_path / "ray").glob("part-*.parquet"))) >= 21 // 3
 
 
 @pytest.mark.ray

@@ -32,8 +32,9 @@ class ImageError(Exception):
 
 
 def image_key(path: Path | str) -> str:
-    """The key of an image file: its absolute, symlink-resolved path as a string."""
-    return str(Path(path).resolve())
+    """The key of an image file: its absolute, normalised path as a string (symlinks are kept,
+    so the row names the file the user listed)."""
+    return os.path.abspath(path)
 
 
 def list_images(inputs: Iterable[Path | str], *, exclude: Path | None = None) -> list[str]:
