@@ -8,6 +8,7 @@ thread per worker so that all executors compute bit-identical embeddings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -128,7 +129,20 @@ def test_embed_rows_match_the_predictor(tiny_artifact, image_folder, local_embed
         predictor.set_image(image)
         expected = predictor.get_image_embedding().astype(np.float16)
         np.testing.assert_array_equal(embedding_from_row(row), expected)
-        assert row["file_sha256"] == __import__("hashlib").sha256(Path(row["path"]).read_bytes()).hexdigest()
+        assert row["file_sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+
+
+def test_local_worker_processes_write_the_same_rows(tiny_artifact, image_folder, local_embeddings, tmp_path):
+    files = [image_folder / n for n in ("img01.jpg", "img02.png", "img04.png", "empty.png", "gone.png")]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    result = embed(tiny_artifact, files, tmp_path / "two", workers=2, batch_size=2, threads=1, progress=False)
+    assert (result.written, result.errors) == (5, 2)
+    table = local_embeddings[1]
+    expected = table.filter(pc.is_in(table["path"], value_set=pa.array([str(f.absolute()) for f in files])))
+    assert expected.num_rows == 5
+    assert read_rows(tmp_path / "two").equals(expected)
 
 
 def test_manifest_records_the_artifact_and_parameters(tiny_artifact, local_embeddings):
@@ -278,6 +292,8 @@ def test_refuses_folders_that_are_not_its_own(tiny_artifact, image_folder, local
         embed(tiny_artifact, image, output, progress=False)
     with pytest.raises(SamExportError, match="points_per_grid"):
         segment_all(tiny_artifact, image, tmp_path / "x", points_per_grid=3)
+    with pytest.raises(SamExportError, match="unknown backend"):
+        embed(tiny_artifact, image, tmp_path / "x", backend="cuda")
     with pytest.raises(ValueError, match="pred_iou_thresh"):
         segment_all(tiny_artifact, image, tmp_path / "x", pred_iou_thresh=3)
     assert not (tmp_path / "x").exists()

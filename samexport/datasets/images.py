@@ -63,7 +63,7 @@ def list_images(inputs: Iterable[Path | str], *, exclude: Path | None = None) ->
                 for name in files:
                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                         keys.add(image_key(Path(root, name)))
-        elif item.exists():
+        elif os.path.lexists(item):  # a dangling symlink too: its row says it cannot be read
             keys.add(image_key(item))
         else:
             raise SamExportError(f"image or folder not found: {item}")

@@ -105,7 +105,7 @@ def run_ray(
             fn_constructor_kwargs={"spec": _with_threads(spec, threads), "folder": str(Path(folder).resolve())},
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=min(threads, cpus),
+            num_cpus=min(threads, cpus / workers),  # never more than the cluster has: Ray would wait forever
             num_gpus=gpus,
             batch_format="numpy",
         )
