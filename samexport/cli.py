@@ -449,7 +449,7 @@ def embed(
         typer.Option(help="Output folder: new, empty, or the output of an earlier run of this job to resume it "
                      "(images that have a row are skipped)."),
     ],
-    executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data; needs samexport[ray]).")] = "local",
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data; needs the ray extra).")] = "local",
     workers: Annotated[int, typer.Option(help="Parallel workers, each opening the artifact once (processes, or Ray actors).", min=1)] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per Parquet part file; a killed run loses at most the batches in flight.", min=1)] = 8,
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
