@@ -1,0 +1,256 @@
+"""The two dataset jobs, ``embed`` and ``segment_all``, and the local executor.
+
+A job lists its images, opens (or resumes) its output folder, skips the images that already have
+a row, and hands the rest in batches to an executor: ``local`` (this process, or ``workers``
+processes) or ``ray`` (:mod:`samexport.datasets.ray_executor`). Each batch becomes one part file
+written by the worker that processed it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from samexport.datasets.images import list_images
+from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
+from samexport.datasets.store import FolderLock, artifact_fingerprint, open_output
+from samexport.datasets.worker import ImageWorker, JobSpec, resolve_generator_options
+from samexport.errors import SamExportError, require
+
+Executor = Literal["local", "ray"]
+EXECUTORS: tuple[Executor, ...] = ("local", "ray")
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a run did. ``skipped`` images already had a row; ``written`` rows were added by this
+    run, ``errors`` of them error rows."""
+
+    output_dir: Path
+    images: int
+    skipped: int
+    written: int
+    errors: int
+    seconds: float
+    executor: str
+
+    def summary(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else float("nan")
+        return (
+            f"{self.written} rows written ({self.errors} errors), {self.skipped} already done, "
+            f"{self.images} images, {self.seconds:.1f} s ({rate:.2f} images/s, {self.executor})"
+        )
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SamExportError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def _batches(keys: Sequence[str], size: int) -> list[list[str]]:
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
+
+
+# -- local executor ----------------------------------------------------------------------------
+
+_PROCESS_WORKER: ImageWorker | None = None
+
+
+def _init_process(spec: JobSpec) -> None:
+    global _PROCESS_WORKER
+    _PROCESS_WORKER = ImageWorker(spec)
+
+
+def _process_batch(folder: str, keys: list[str]) -> list[str | None]:
+    return _PROCESS_WORKER.write_batch(folder, keys)
+
+
+def run_local(
+    spec: JobSpec, folder: Path, todo: Sequence[str], *, workers: int, batch_size: int,
+    on_batch: Callable[[list[str | None]], None],
+) -> None:
+    """Process ``todo`` in batches here (``workers=1``) or in ``workers`` spawned processes."""
+    batches = _batches(todo, batch_size)
+    if not batches:
+        return
+    if workers == 1:
+        worker = ImageWorker(spec)
+        for keys in batches:
+            on_batch(worker.write_batch(folder, keys))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # no fork of ONNX Runtime's threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process, initargs=(spec,)) as pool:
+        queue, pending = list(reversed(batches)), set()
+        try:
+            while queue or pending:
+                # two batches per worker in flight: a stop loses little and memory stays flat
+                while queue and len(pending) < 2 * workers:
+                    pending.add(pool.submit(_process_batch, str(folder), queue.pop()))
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    on_batch(future.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+# -- the jobs ----------------------------------------------------------------------------------
+
+
+def _run(
+    job: Job, artifact_dir: Path | str, images: Iterable[Path | str] | Path | str, output_dir: Path | str, *,
+    parameters: dict[str, Any], generator_options: dict[str, Any], executor: Executor, workers: int,
+    batch_size: int, backend: str, threads: int | None, ray_address: str | None,
+    gpus_per_worker: float | None, progress: bool,
+) -> JobResult:
+    from samexport import constants as C
+    from samexport.download import sha256_file
+
+    require("pyarrow", "datasets")
+    if executor not in EXECUTORS:
+        raise SamExportError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+    workers = _positive("workers", workers)
+    batch_size = _positive("batch_size", batch_size)
+    if threads is not None:
+        threads = _positive("threads", threads)
+    if ray_address is not None and executor != "ray":
+        raise SamExportError("ray_address is only used with executor='ray'")
+    from samexport.runtime.predictor import ORT_DEVICES
+
+    backends = ("auto", "tensorrt", *ORT_DEVICES)
+    if backend not in backends:
+        raise SamExportError(f"unknown backend {backend!r}; valid: {', '.join(backends)}")
+    if executor == "ray":
+        require("ray.data", "ray")  # before any folder is made
+    if isinstance(images, (str, Path)):
+        images = [images]
+    output = Path(output_dir)
+    keys = list_images(images, exclude=output)
+    artifact = artifact_fingerprint(artifact_dir)
+    extra = {"columns": COLUMNS[job], **({"embedding": EMBEDDING_LAYOUT} if job == "embed" else {})}
+    open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+    start = time.perf_counter()
+    with FolderLock(output):
+        folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+        folder.remove_temporaries()
+        done = folder.done_keys()
+        todo = [k for k in keys if k not in done]
+        if threads is None and executor == "local" and workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        spec = JobSpec(
+            job=job, artifact_dir=str(Path(artifact_dir).resolve()),
+            manifest_sha256=sha256_file(Path(artifact_dir) / C.MANIFEST), backend=backend,
+            threads=threads, generator_options=generator_options,
+        )
+        from tqdm.auto import tqdm
+
+        counts = {"written": 0, "errors": 0}
+        with tqdm(total=len(keys), initial=len(keys) - len(todo), disable=not progress,
+                  desc=job.replace("_", "-"), unit="image") as bar:
+
+            def on_batch(errors: list[str | None]) -> None:
+                counts["written"] += len(errors)
+                counts["errors"] += sum(e is not None for e in errors)
+                bar.update(len(errors))
+
+            if executor == "local":
+                run_local(spec, output, todo, workers=workers, batch_size=batch_size, on_batch=on_batch)
+            else:
+                from samexport.datasets.ray_executor import run_ray
+
+                run_ray(spec, output, todo, workers=workers, batch_size=batch_size, ray_address=ray_address,
+                        gpus_per_worker=gpus_per_worker, on_batch=on_batch)
+    return JobResult(output, len(keys), len(keys) - len(todo), counts["written"], counts["errors"],
+                     time.perf_counter() - start, executor)
+
+
+def embed(
+    artifact_dir: Path | str,
+    images: Iterable[Path | str] | Path | str,
+    output_dir: Path | str,
+    *,
+    executor: Executor = "local",
+    workers: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    backend: str = "auto",
+    threads: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: float | None = None,
+    progress: bool = True,
+) -> JobResult:
+    """Embed every image once: one Parquet row per image with its 1x256x64x64 float16 embedding.
+
+    Args:
+        artifact_dir: an artifact directory from ``samexport build``, readable by every worker.
+        images: image files and/or folders (walked recursively for image extensions).
+        output_dir: the output folder: new, empty, or the output of an earlier run of the same
+            job with the same artifact and parameters (that run is resumed: images with a row
+            are skipped).
+        executor: ``"local"`` (this machine) or ``"ray"`` (Ray Data: a local Ray instance, the
+            one already initialised, or the cluster at ``ray_address``; extra ``ray``).
+        workers: parallel workers, each opening the artifact once (local: processes; Ray: actors).
+        batch_size: images per part file; a killed run loses at most the batches in flight.
+        backend: as ``SamPredictor(backend=...)``; recorded in the manifest.
+        threads: ONNX Runtime threads per worker. Default: ONNX Runtime's (all cores) for one
+            local worker, the cores divided among workers otherwise.
+        ray_address: a Ray cluster to join, e.g. ``"ray://head:10001"`` or ``"auto"``.
+        gpus_per_worker: GPUs each Ray actor reserves. Default: 1 when the backend uses a GPU
+            (``tensorrt``, ``onnxruntime-cuda``, or ``auto`` on a cluster with GPUs), else 0.
+        progress: show a progress bar.
+
+    Returns:
+        a :class:`JobResult`. Rows are read back with :func:`samexport.datasets.read_rows`.
+
+    Raises:
+        SamExportError: no images, a folder that is not ours or not this job's, a missing extra.
+    """
+    return _run(
+        "embed", artifact_dir, images, output_dir, parameters={"backend": backend}, generator_options={},
+        executor=executor, workers=workers, batch_size=batch_size, backend=backend, threads=threads,
+        ray_address=ray_address, gpus_per_worker=gpus_per_worker, progress=progress,
+    )
+
+
+def segment_all(
+    artifact_dir: Path | str,
+    images: Iterable[Path | str] | Path | str,
+    output_dir: Path | str,
+    *,
+    executor: Executor = "local",
+    workers: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    backend: str = "auto",
+    threads: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: float | None = None,
+    progress: bool = True,
+    **generator_options: Any,
+) -> JobResult:
+    """Automatic mask generation on every image: one Parquet row per image with its masks.
+
+    Masks are COCO RLE (needs the ``coco`` extra) with area, bbox, predicted_iou,
+    stability_score, the prompt point and the crop box, as ``AutomaticMaskGenerator`` returns them.
+
+    Args:
+        generator_options: ``AutomaticMaskGenerator`` options (``points_per_side``,
+            ``pred_iou_thresh``, ``crop_n_layers``, ...); all of them, defaults included, are
+            recorded in the manifest, and a resumed run must use the same.
+        the others: as :func:`embed`.
+    """
+    require("pycocotools.mask", "coco")
+    options = resolve_generator_options(generator_options)
+    return _run(
+        "segment_all", artifact_dir, images, output_dir, parameters={"backend": backend, **options},
+        generator_options=options, executor=executor, workers=workers, batch_size=batch_size,
+        backend=backend, threads=threads, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
+        progress=progress,
+    )

@@ -1,0 +1,127 @@
+"""The Ray Data executor: ``read_binary_files`` -> ``map_batches`` over a pool of actors.
+
+Each actor (:class:`RayImageWorker`) opens the artifact once and writes every batch it processes
+as a part file into the output folder, so on a cluster the images, the artifact and the output
+folder must be at the same paths on every node (a shared filesystem), and samexport installed
+there. Only each batch's keys and errors travel back to the driver, which draws the progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from samexport.datasets.images import ImageError, check_readable, image_key
+from samexport.datasets.schema import arrow_schema
+from samexport.datasets.store import write_part
+from samexport.datasets.worker import ImageWorker, JobSpec, image_row
+from samexport.errors import SamExportError, require
+
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
+
+
+class RayImageWorker:
+    """A Ray Data actor: ``{"path", "bytes"}`` batches in, ``{"path", "error"}`` batches out."""
+
+    def __init__(self, spec: JobSpec, folder: str) -> None:
+        self.worker = ImageWorker(spec)
+        self.folder = folder
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = [str(p) for p in batch["path"]]
+        for key in keys:
+            if image_key(key) != key:  # Ray returns the paths it was given; guard the resume key
+                raise SamExportError(f"Ray returned path {key!r}, which is not the canonical {image_key(key)!r}")
+        errors = self.worker.write_batch(self.folder, keys, [bytes(b) for b in batch["bytes"]])
+        return {
+            "path": np.array(keys, dtype=object),
+            "error": np.array(["" if e is None else e for e in errors], dtype=object),
+        }
+
+
+def _gpus_per_worker(ray, backend: str, requested: float | None) -> float:
+    if requested is not None:
+        if requested < 0:
+            raise SamExportError(f"gpus_per_worker must be >= 0; got {requested}")
+        return float(requested)
+    if backend in GPU_BACKENDS:
+        return 1.0
+    if backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0:
+        return 1.0
+    return 0.0
+
+
+def run_ray(
+    spec: JobSpec, folder: Path, todo: Sequence[str], *, workers: int, batch_size: int,
+    ray_address: str | None, gpus_per_worker: float | None,
+    on_batch: Callable[[list[str | None]], None],
+) -> None:
+    """Process ``todo`` on Ray Data with ``workers`` actors, ``batch_size`` images per call.
+
+    Uses the Ray instance this process already initialised, else joins ``ray_address``, else
+    starts a local one (shut down again at the end).
+
+    Files the driver cannot open become error rows here, without Ray: a read task that fails
+    would fail the whole job.
+    """
+    ray = require("ray", "ray")
+    require("ray.data", "ray")
+    if not todo:
+        return
+    readable, unreadable = [], []
+    for key in todo:
+        try:
+            check_readable(key)
+            readable.append(key)
+        except ImageError:
+            unreadable.append(key)
+    schema = arrow_schema(spec.job)
+    import pyarrow as pa
+
+    for start in range(0, len(unreadable), batch_size):
+        rows = [image_row(schema, key)[0] for key in unreadable[start : start + batch_size]]
+        write_part(folder, pa.Table.from_pylist(rows, schema=schema))
+        on_batch([row["error"] for row in rows])
+    if not readable:
+        return
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        started = True
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        threads = spec.threads or max(1, int(cpus // workers))
+        gpus = _gpus_per_worker(ray, spec.backend, gpus_per_worker)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours counts images
+        # Reading is I/O: with CPUs for the tasks, actors holding every CPU starve the reads (a hang
+        # on a 2-CPU instance with 2 workers).
+        dataset = ray.data.read_binary_files(readable, include_paths=True, num_cpus=0)
+        results = dataset.map_batches(
+            RayImageWorker,
+            fn_constructor_kwargs={"spec": _with_threads(spec, threads), "folder": str(Path(folder).resolve())},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=min(threads, cpus / workers),  # never more than the cluster has: Ray would wait forever
+            num_gpus=gpus,
+            batch_format="numpy",
+        )
+        expected = set(readable)
+        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+            keys = [str(k) for k in batch["path"]]
+            unknown = [k for k in keys if k not in expected]
+            if unknown:
+                raise SamExportError(f"Ray processed {unknown[0]!r}, which is not one of this job's images")
+            on_batch([str(e) or None for e in batch["error"]])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _with_threads(spec: JobSpec, threads: int) -> JobSpec:
+    from dataclasses import replace
+
+    return replace(spec, threads=threads)

@@ -1,0 +1,97 @@
+"""Restore a ``SamPredictor`` from a stored embedding row, without running the image encoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE
+from samexport.errors import SamExportError
+
+
+def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
+    """The ``embedding`` column of an ``embed`` row as a 1x256x64x64 float16 array (read-only view).
+
+    Args:
+        row: one row of :func:`samexport.datasets.read_rows`, e.g. ``table.slice(i, 1).to_pylist()[0]``.
+
+    Raises:
+        SamExportError: the row is an error row or its embedding has the wrong size.
+    """
+    if row.get("error"):
+        raise SamExportError(f"{row.get('path')} has no embedding: {row['error']}")
+    data = row.get("embedding")
+    if data is None:
+        raise SamExportError(f"{row.get('path')} has no embedding column: is it an `embed` row?")
+    dtype = np.dtype(EMBEDDING_DTYPE).newbyteorder("<")
+    expected = int(np.prod(EMBEDDING_SHAPE)) * dtype.itemsize
+    if len(data) != expected:
+        raise SamExportError(f"{row.get('path')}: embedding has {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(EMBEDDING_SHAPE)
+
+
+def set_embedding(
+    predictor,
+    embedding: np.ndarray,
+    original_size: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+) -> None:
+    """Make ``predictor``'s current image the one ``embedding`` was computed from.
+
+    What ``SamPredictor.set_image`` leaves behind, without running the encoder: after this,
+    ``predict``/``predict_batch`` give the masks ``set_image`` would (exactly, for the same
+    embedding values; a float16 embedding differs from the encoder's float32 by rounding).
+
+    Args:
+        predictor: a :class:`samexport.SamPredictor` (any backend; only its decoder runs).
+        embedding: 1x256x64x64 (or 256x64x64) image embedding, any float dtype; used as float32.
+        original_size: ``(H, W)`` of the original image, pixels.
+        input_size: ``(h, w)`` of the image resized into the 1024 frame; it is always
+            ``transforms.preprocess_shape(H, W)``, so it is only checked when given.
+
+    Raises:
+        ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
+    """
+    from samexport import transforms
+
+    array = np.asarray(embedding)
+    if array.shape == EMBEDDING_SHAPE[1:]:
+        array = array[None]
+    if array.shape != EMBEDDING_SHAPE or array.dtype.kind != "f":
+        raise ValueError(
+            f"embedding must be a float array of shape {'x'.join(map(str, EMBEDDING_SHAPE))}; "
+            f"got {array.dtype} {array.shape}"
+        )
+    features = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise ValueError("embedding contains NaN or infinite values")
+    height, width = (int(v) for v in original_size)
+    expected = transforms.preprocess_shape(height, width)
+    if input_size is not None and tuple(int(v) for v in input_size) != expected:
+        raise ValueError(
+            f"input_size {tuple(input_size)} does not fit original_size {(height, width)}: "
+            f"resizing to 1024 gives {expected}"
+        )
+    predictor.reset_image()
+    predictor.original_size = (height, width)
+    predictor.input_size = expected
+    predictor.features = features
+    predictor.is_image_set = True
+
+
+def predictor_from_embedding(predictor, row: dict[str, Any]):
+    """Set ``predictor``'s image from one ``embed`` row and return the predictor.
+
+    Example::
+
+        table = read_rows("embeddings/")
+        row = table.filter(pc.equal(table["path"], "/data/photo.jpg")).to_pylist()[0]
+        predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
+        masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    """
+    set_embedding(
+        predictor, embedding_from_row(row), (row["height"], row["width"]),
+        (row["input_height"], row["input_width"]),
+    )
+    return predictor

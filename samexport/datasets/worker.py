@@ -1,0 +1,198 @@
+"""One worker of a dataset job: opens the artifact once, turns batches of images into part files.
+
+The same :class:`ImageWorker` runs in the local executor's process(es) and inside each Ray actor,
+so both executors write byte-for-byte the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samexport.datasets.images import ImageError, decode_image, read_file
+from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
+from samexport.errors import SamExportError
+
+# AutomaticMaskGenerator options a segment_all job accepts (JSON-friendly; they go in the manifest).
+_NOT_JOB_OPTIONS = {"self", "predictor", "point_grids", "output_mode", "progress"}
+
+
+def generator_defaults() -> dict[str, Any]:
+    """``AutomaticMaskGenerator``'s keyword options and their defaults, as a segment_all job uses them."""
+    from samexport.amg import AutomaticMaskGenerator
+
+    signature = inspect.signature(AutomaticMaskGenerator.__init__)
+    return {
+        name: p.default for name, p in signature.parameters.items()
+        if name not in _NOT_JOB_OPTIONS and p.default is not inspect.Parameter.empty
+    }
+
+
+class _NoBackend:
+    """Lets ``AutomaticMaskGenerator`` check its options without opening an artifact."""
+
+    name = "none"
+
+    def encode(self, image):  # pragma: no cover - never called
+        raise RuntimeError("not a real backend")
+
+    decode = encode
+
+
+def resolve_generator_options(options: dict[str, Any]) -> dict[str, Any]:
+    """All mask-generator options of a job (defaults filled in), checked by the generator itself.
+
+    Raises:
+        SamExportError: an option the job does not take (e.g. ``point_grids``, ``output_mode``).
+        ValueError: an option's value is invalid (the generator's message).
+    """
+    from samexport.amg import AutomaticMaskGenerator
+
+    defaults = generator_defaults()
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise SamExportError(
+            f"segment_all does not take {', '.join(unknown)}; options: {', '.join(defaults)}"
+        )
+    resolved = {**defaults, **options}
+    AutomaticMaskGenerator(_NoBackend(), **resolved)  # raises ValueError on a bad value
+    return resolved
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What every worker of a job needs: picklable, sent to worker processes and Ray actors.
+
+    Args:
+        job: ``"embed"`` or ``"segment_all"``.
+        artifact_dir: the artifact directory, a path every worker can read.
+        manifest_sha256: sha256 of the artifact's ``manifest.json`` seen by the driver; a worker
+            that finds another (a different build at the same path on another node) refuses.
+        backend: as ``SamPredictor(backend=...)``.
+        threads: ONNX Runtime intra-op threads per worker; ``None``: ONNX Runtime's default.
+        generator_options: ``AutomaticMaskGenerator`` options (segment_all only).
+    """
+
+    job: Job
+    artifact_dir: str
+    manifest_sha256: str
+    backend: str = "auto"
+    threads: int | None = None
+    generator_options: dict[str, Any] = field(default_factory=dict)
+
+
+def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
+    """``SamPredictor(artifact_dir, backend)``, with ``threads`` ONNX Runtime threads when set.
+
+    ``open_backend`` has no thread option yet, so with ``threads`` and an ONNX Runtime backend
+    this builds the ``OnnxRuntimeBackend`` the way ``open_backend`` does.
+    """
+    from samexport import constants as C
+    from samexport.artifacts import read_manifest
+    from samexport.runtime.backends import OnnxRuntimeBackend
+    from samexport.runtime.predictor import ORT_DEVICES, SamPredictor
+
+    if threads is None or backend == "tensorrt":
+        return SamPredictor(artifact_dir, backend=backend)
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder)
+    if backend == "auto" and manifest.get("engines"):
+        from samexport.engines import tensorrt_availability
+
+        if tensorrt_availability():
+            return SamPredictor(folder, backend="tensorrt")
+    if (backend != "auto" and backend not in ORT_DEVICES) or manifest.get("attention") == "plugin":
+        return SamPredictor(folder, backend=backend)  # open_backend's own error message
+    return SamPredictor(OnnxRuntimeBackend(
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=ORT_DEVICES.get(backend, "auto"),
+        threads=threads, memory_arena=manifest.get("precision") != "fp16",
+    ))
+
+
+def _coco_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One ``AutomaticMaskGenerator`` record (``coco_rle`` mode) as a ``masks`` list item."""
+    return {
+        "segmentation": {"size": list(record["segmentation"]["size"]), "counts": record["segmentation"]["counts"]},
+        "area": record["area"],
+        "bbox": record["bbox"],
+        "predicted_iou": record["predicted_iou"],
+        "stability_score": record["stability_score"],
+        "point_coords": record["point_coords"][0],
+        "crop_box": record["crop_box"],
+    }
+
+
+def image_row(schema, key: str, data: bytes | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """A row of ``schema`` with the image's key, file hash and size filled in, and the image
+    (HxWx3 uint8 RGB); or the error row and ``None`` when the image cannot be used."""
+    row: dict[str, Any] = dict.fromkeys(schema.names)
+    row["path"] = key
+    try:
+        data = read_file(key) if data is None else data
+        row["file_sha256"] = hashlib.sha256(data).hexdigest()
+        image = decode_image(data)
+    except ImageError as exc:
+        row["error"] = str(exc)
+        return row, None
+    row["height"], row["width"] = image.shape[:2]
+    return row, image
+
+
+class ImageWorker:
+    """Processes images for one job with the artifact opened once.
+
+    Only errors about an image itself (unreadable, empty, undecodable, wrong mode, no pixels)
+    become error rows; anything else (a broken artifact, out of memory) propagates and stops
+    the job, which a rerun resumes.
+    """
+
+    def __init__(self, spec: JobSpec) -> None:
+        from samexport import constants as C
+        from samexport.download import sha256_file
+
+        found = sha256_file(Path(spec.artifact_dir) / C.MANIFEST)
+        if found != spec.manifest_sha256:
+            raise SamExportError(
+                f"{spec.artifact_dir}/{C.MANIFEST} on this worker differs from the one the job was "
+                "started with: every worker must see the same artifact"
+            )
+        self.spec = spec
+        self.predictor = open_predictor(spec.artifact_dir, spec.backend, spec.threads)
+        self.generator = None
+        if spec.job == "segment_all":
+            from samexport.amg import AutomaticMaskGenerator
+
+            self.generator = AutomaticMaskGenerator(self.predictor, **spec.generator_options, output_mode="coco_rle")
+        self.schema = arrow_schema(spec.job)
+
+    def row(self, key: str, data: bytes | None = None) -> dict[str, Any]:
+        """The output row of one image; ``data`` is the file's bytes (read here when ``None``)."""
+        row, image = image_row(self.schema, key, data)
+        if image is None:
+            return row
+        if self.spec.job == "embed":
+            self.predictor.set_image(image)
+            embedding = self.predictor.get_image_embedding()
+            if embedding.shape != EMBEDDING_SHAPE:
+                raise SamExportError(f"the encoder returned shape {embedding.shape}, expected {EMBEDDING_SHAPE}")
+            row["input_height"], row["input_width"] = self.predictor.input_size
+            row["embedding"] = np.ascontiguousarray(embedding, dtype=np.dtype(EMBEDDING_DTYPE).newbyteorder("<")).tobytes()
+            self.predictor.reset_image()
+        else:
+            row["masks"] = [_coco_record(r) for r in self.generator.generate(image)]
+        return row
+
+    def write_batch(self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None) -> list[str | None]:
+        """Process a batch and write it as one part file; returns each image's error (or None)."""
+        import pyarrow as pa
+
+        from samexport.datasets.store import write_part
+
+        rows = [self.row(key, data) for key, data in zip(keys, datas or [None] * len(keys))]
+        write_part(folder, pa.Table.from_pylist(rows, schema=self.schema))
+        return [row["error"] for row in rows]
