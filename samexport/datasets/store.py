@@ -57,8 +57,8 @@ def artifact_fingerprint(artifact_dir: Path | str) -> dict[str, Any]:
     }
     return {
         "dir": str(folder.resolve()),
-        "variant": manifest.get("variant"),
-        "precision": manifest.get("precision"),
+        "variant": manifest.variant,
+        "precision": manifest.precision,
         "files": files,
     }
 

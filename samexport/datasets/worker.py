@@ -87,31 +87,10 @@ class JobSpec:
 
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
-    """``SamPredictor(artifact_dir, backend)``, with ``threads`` ONNX Runtime threads when set.
+    """``SamPredictor(artifact_dir, backend)`` with ``threads`` ONNX Runtime threads when set."""
+    from samexport.runtime.predictor import SamPredictor, open_backend
 
-    ``open_backend`` has no thread option yet, so with ``threads`` and an ONNX Runtime backend
-    this builds the ``OnnxRuntimeBackend`` the way ``open_backend`` does.
-    """
-    from samexport import constants as C
-    from samexport.artifacts import read_manifest
-    from samexport.runtime.backends import OnnxRuntimeBackend
-    from samexport.runtime.predictor import ORT_DEVICES, SamPredictor
-
-    if threads is None or backend == "tensorrt":
-        return SamPredictor(artifact_dir, backend=backend)
-    folder = Path(artifact_dir)
-    manifest = read_manifest(folder)
-    if backend == "auto" and manifest.get("engines"):
-        from samexport.engines import tensorrt_availability
-
-        if tensorrt_availability():
-            return SamPredictor(folder, backend="tensorrt")
-    if (backend != "auto" and backend not in ORT_DEVICES) or manifest.get("attention") == "plugin":
-        return SamPredictor(folder, backend=backend)  # open_backend's own error message
-    return SamPredictor(OnnxRuntimeBackend(
-        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=ORT_DEVICES.get(backend, "auto"),
-        threads=threads, memory_arena=manifest.get("precision") != "fp16",
-    ))
+    return SamPredictor(open_backend(artifact_dir, backend, threads=threads))
 
 
 def _coco_record(record: dict[str, Any]) -> dict[str, Any]:

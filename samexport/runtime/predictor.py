@@ -16,12 +16,13 @@ BackendName = Literal["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onn
 ORT_DEVICES = {"onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
 
 
-def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Backend:
+def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
     """The backend for an artifact directory.
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present).
+    builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
+    intra-op threads (None: its default); TensorRT ignores it.
     """
     from samexport.artifacts import read_manifest
     from samexport.errors import SamExportError
@@ -49,7 +50,7 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto") -> Bac
         )
     device = ORT_DEVICES.get(backend, "auto")
     return OnnxRuntimeBackend(
-        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device,
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
     )
 
