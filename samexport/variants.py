@@ -14,7 +14,7 @@ Importing this module is cheap (no torch): the CLI help and the downloader read 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from samexport.errors import SamExportError
 from samexport.models.families import TINY_VIT, VIT, EncoderFamily, TinyViTConfig, ViTConfig
@@ -55,7 +55,8 @@ class Variant:
     Attributes:
         name: registry key, e.g. ``"vit_b"``.
         family: the image encoder's family (builds it, identifies its checkpoints, ...).
-        encoder: the encoder's shape, a config of ``family`` (:class:`ViTConfig`, ...).
+        encoder: the encoder's shape: an instance of ``family.config_type`` (:class:`ViTConfig`,
+            :class:`TinyViTConfig`, ...).
         checkpoint: the official checkpoint, or ``None`` for test-only variants.
         aliases: other names the variant is known by (MobileSAM calls its model ``vit_t``).
         description: one line for ``--help``.
@@ -63,10 +64,17 @@ class Variant:
 
     name: str
     family: EncoderFamily
-    encoder: ViTConfig | TinyViTConfig
+    encoder: Any
     checkpoint: CheckpointRecord | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.encoder, self.family.config_type):
+            raise TypeError(
+                f"variant {self.name}: encoder must be a {self.family.config_type.__name__} for the "
+                f"{self.family.name} family, got {type(self.encoder).__name__}"
+            )
 
     def build(self) -> Sam:
         """This variant's builder: ``Sam(image_encoder, prompt_encoder, mask_decoder)`` with
@@ -81,12 +89,6 @@ class Variant:
         from samexport.precision.fp16 import DEFAULT_FP32_OPS
 
         return DEFAULT_FP32_OPS | self.family.extra_fp32_ops
-
-    # ViT-shaped shortcuts kept for readers of the old flat record (``variant.embed_dim``).
-    def __getattr__(self, name: str):
-        if name in ("embed_dim", "depth", "num_heads", "global_attn_indexes", "head_dim"):
-            return getattr(self.encoder, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def _sam_checkpoint(filename: str, sha256: str) -> CheckpointRecord:

@@ -216,6 +216,27 @@ def test_attention_modes_agree(ours):
             pass
 
 
+@pytest.mark.parametrize("mode", [m for m in VARIANT.family.attention_modes if m != "plain"])
+def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
+    """The other modes' exported graphs on ONNX Runtime (~40 s each: skipped with SAMEXPORT_SKIP_SLOW=1)."""
+    from conftest import full_size_enabled
+
+    from samexport.export.attention import MIN_OPSET
+    from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
+    from test_precision import session
+
+    if not full_size_enabled():
+        pytest.skip("SAMEXPORT_SKIP_SLOW=1: extra full-size exports skipped")
+    path = export_encoder(ours, tmp_path / "encoder.onnx", opset=max(DEFAULT_OPSET, MIN_OPSET[mode]), attention=mode)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("Attention" in ops) == (mode == "onnx-attention") and "BatchNormalization" not in ops
+    image = np.random.default_rng(5).standard_normal((1, 3, 1024, 1024)).astype(np.float32)
+    with torch.no_grad():
+        expected = ours.image_encoder(torch.from_numpy(image)).numpy()
+    got = session(path).run(None, {C.IMAGE.name: image})[0]
+    assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()
+
+
 def test_build_refuses_an_attention_mode_that_does_not_apply(checkpoint, tmp_path):
     from samexport.build import build
 

@@ -115,3 +115,17 @@ def test_random_state_dict_is_deterministic_and_perturbs_everything(name):
         if t.is_floating_point() and t.numel() > 1 and bool((t == t.flatten()[0]).all())
     ]
     assert not constant, constant
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_family_mac_count_equals_torch_flop_counter(name):
+    """``EncoderFamily.encoder_macs`` (used by the benchmarks, torch-free) against torch's own
+    count of the encoder's matmuls and convolutions, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    variant = VARIANTS[name]
+    with torch.device("meta"):
+        encoder = variant.family.build_encoder(variant.encoder).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            encoder(torch.zeros(1, 3, 1024, 1024))
+    assert counter.get_total_flops() == 2 * variant.family.encoder_macs(variant.encoder)
