@@ -91,7 +91,7 @@ def _write_graphs(
     convert_to_fp16(work / C.DECODER_ONNX, decoder)
     if precision == "fp16":
         on_step("converting the encoder to fp16 (fp32 islands kept)")
-        convert_to_fp16(work / C.ENCODER_ONNX, encoder)
+        convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
         graphs = {"encoder": "fp16", "decoder": "fp16"}
     else:
         from samexport.precision.int8 import quantize_encoder_int8, recipe_for
@@ -163,7 +163,7 @@ def build(
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
 
     Args:
-        variant: registry name (``"vit_b"``) or a :class:`Variant`.
+        variant: registry name or alias (``"vit_b"``, ``"vit_t"``) or a :class:`Variant`.
         checkpoint: official-format ``.pth``; ``None`` looks in the cache and downloads the
             official file if it is missing (and ``download`` is true).
         output: artifact directory; default ``engines/<variant>-<precision>``.
@@ -197,7 +197,7 @@ def build(
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
-    check_attention_mode(attention, opset)
+    check_attention_mode(attention, opset, variant.family)
     if attention == "plugin" and precision == "int8":
         raise SamExportError(
             "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from samexport.errors import SamExportError, require
+from samexport.models.families import FAMILIES, identify_family
 from samexport.variants import VARIANTS, Variant, get_variant
 
 if TYPE_CHECKING:
@@ -41,35 +42,33 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def describe_encoder(state: dict[str, torch.Tensor]) -> dict:
-    """Image-encoder shape read off a state dict: embed_dim, depth, num_heads, global blocks."""
-    try:
-        embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
-        depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
-        head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
-        global_blocks = tuple(
-            i for i in range(depth)
-            if state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] != 2 * 14 - 1
+    """The image encoder read off a state dict's shapes: ``{"family": name, **config fields}``.
+
+    Raises:
+        SamExportError: no encoder family knows the ``image_encoder.*`` keys, or an encoder of a
+            known family has parts missing.
+    """
+    from dataclasses import asdict
+
+    found = identify_family(state)
+    if found is None:
+        sample = sorted(k for k in state if k.startswith("image_encoder."))[:3]
+        raise SamExportError(
+            f"checkpoint has no image encoder of a known family ({', '.join(FAMILIES)}); "
+            f"its image_encoder keys start with {sample}"
         )
-    except (KeyError, IndexError) as exc:
-        raise SamExportError(f"checkpoint has no complete SAM image encoder (missing {exc})") from exc
-    return {
-        "embed_dim": int(embed_dim),
-        "depth": depth,
-        "num_heads": int(embed_dim // head_dim),
-        "global_attn_indexes": global_blocks,
-    }
+    family, config = found
+    return {"family": family.name, **asdict(config)}
 
 
 def identify_variant(state: dict[str, torch.Tensor]) -> Variant | None:
-    """The registered variant whose encoder shape matches the state dict, or ``None``."""
-    found = describe_encoder(state)
+    """The registered variant whose encoder family and shape match the state dict, or ``None``."""
+    found = identify_family(state)
+    if found is None:
+        return None
+    family, config = found
     for variant in VARIANTS.values():
-        if (
-            variant.embed_dim == found["embed_dim"]
-            and variant.depth == found["depth"]
-            and variant.num_heads == found["num_heads"]
-            and variant.global_attn_indexes == found["global_attn_indexes"]
-        ):
+        if variant.family is family and variant.encoder == config:
             return variant
     return None
 
@@ -81,18 +80,16 @@ def load_sam(checkpoint: Path | str, variant: Variant | str) -> Sam:
         SamExportError: unreadable file, not a SAM checkpoint, or a checkpoint of another variant
             (the message names the variant it looks like).
     """
-    from samexport.models import Sam
-
-    variant = get_variant(variant) if isinstance(variant, str) else variant
+    variant = get_variant(variant)
     state = read_state_dict(checkpoint)
     found = identify_variant(state)
     if found is None or found.name != variant.name:
         looks_like = f"looks like {found.name}" if found else f"has encoder {describe_encoder(state)}"
         raise SamExportError(
             f"checkpoint {checkpoint} {looks_like}, but variant {variant.name} was requested "
-            f"(embed_dim {variant.embed_dim}, depth {variant.depth}); pass the matching --variant"
+            f"({variant.family.name} encoder {variant.encoder}); pass the matching --variant"
         )
-    model = Sam(variant)
+    model = variant.build()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from samexport.errors import SamExportError
+from samexport.variants import variants_help
 
 app = typer.Typer(
     help="Segment Anything (SAM) from PyTorch weights to verified ONNX / TensorRT deployments.",
@@ -77,7 +78,7 @@ def _engine_config(max_points: int, max_batch: int, workspace_gb: float, timing_
 @app.command()
 @clean_errors
 def build(
-    variant: Annotated[str, typer.Option(help="Model variant: vit_b, vit_l, vit_h (or tiny for tests).")] = "vit_b",
+    variant: Annotated[str, typer.Option(help=f"Model variant: {variants_help()}.")] = "vit_b",
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(help="Official-format .pth checkpoint. Default: the cache, downloading if missing."),

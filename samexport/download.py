@@ -1,9 +1,10 @@
 """Checkpoint → local file: find an official SAM checkpoint in the cache, or download it.
 
-A download streams into a temporary file next to its destination, is checked against the
-``Content-Length`` and (where known) the sha256, and only then is renamed to its final name, so a
-cut-off or corrupt download never sits in the cache under the name that :func:`resolve_checkpoint`
-looks for.
+Each variant's checkpoint record (``samexport.variants.CheckpointRecord``) gives the file's name,
+URL and, where one is known, its sha256. A download streams into a temporary file next to its
+destination, is checked against the ``Content-Length`` and (where known) the sha256, and only
+then is renamed to its final name, so a cut-off or corrupt download never sits in the cache
+under the name that :func:`resolve_checkpoint` looks for.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from samexport.errors import SamExportError
-from samexport.variants import CHECKPOINT_BASE_URL, Variant
+from samexport.variants import Variant, get_variant
 
 CACHE_ENV = "SAMEXPORT_CACHE"
 CHECKPOINT_URL_ENV = "SAMEXPORT_CHECKPOINT_URL"
@@ -127,7 +128,7 @@ def _stream(
 
 
 def resolve_checkpoint(
-    variant: Variant,
+    variant: Variant | str,
     checkpoint: Path | str | None = None,
     *,
     cache_dir: Path | None = None,
@@ -138,14 +139,16 @@ def resolve_checkpoint(
     """Return the path of a checkpoint file for ``variant``, downloading it to the cache if needed.
 
     Args:
-        variant: the model variant; its ``checkpoint_filename`` names the file in the cache and on
-            the server, and its ``checkpoint_sha256`` (if known) is verified.
+        variant: the model variant (or its registry name); its checkpoint record
+            (:class:`~samexport.variants.CheckpointRecord`) names the file in the cache, gives the
+            URL and, where one is known, the sha256 that is verified. Without a sha256 (MobileSAM
+            publishes none) a download is checked against its ``Content-Length`` only.
         checkpoint: a file the user supplied; returned as is (not checksummed, so fine-tuned
             weights work) after checking it exists.
         cache_dir: cache folder; defaults to :func:`default_cache_dir`.
         download_missing: download a checkpoint missing from the cache; if ``False``, raise.
-        base_url: server folder, ending in ``/``; defaults to ``$SAMEXPORT_CHECKPOINT_URL``, else
-            :data:`samexport.variants.CHECKPOINT_BASE_URL`.
+        base_url: a mirror folder, ending in ``/``, holding the file under its record's name;
+            defaults to ``$SAMEXPORT_CHECKPOINT_URL``, else the record's own URL is used.
         progress: show a download progress bar.
 
     Raises:
@@ -153,19 +156,20 @@ def resolve_checkpoint(
             cached file fails its checksum, or the download fails. Every message says how to
             proceed (usually: pass ``--checkpoint PATH``).
     """
+    variant = get_variant(variant)
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise SamExportError(f"checkpoint {path} does not exist or is not a file")
         return path
 
-    filename = variant.checkpoint_filename
-    if filename is None:
+    record = variant.checkpoint
+    if record is None:
         raise SamExportError(
             f"variant {variant.name!r} has no official checkpoint; --checkpoint PATH is required"
         )
-    cached = Path(cache_dir if cache_dir is not None else default_cache_dir()) / filename
-    expected = variant.checkpoint_sha256.lower() if variant.checkpoint_sha256 else None
+    cached = Path(cache_dir if cache_dir is not None else default_cache_dir()) / record.filename
+    expected = record.sha256.lower() if record.sha256 else None
 
     if cached.is_file():
         if expected is not None and (actual := sha256_file(cached)) != expected:
@@ -175,8 +179,8 @@ def resolve_checkpoint(
             )
         return cached
 
-    base = base_url or os.environ.get(CHECKPOINT_URL_ENV) or CHECKPOINT_BASE_URL
-    url = base + filename
+    mirror = base_url or os.environ.get(CHECKPOINT_URL_ENV)
+    url = mirror + record.filename if mirror else record.url
     if not download_missing:
         raise SamExportError(
             f"no checkpoint for {variant.name!r} at {cached} and downloading is disabled; "

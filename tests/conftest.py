@@ -18,24 +18,35 @@ SEED = 0
 def random_state_dict(variant_name: str, seed: int = SEED) -> dict:
     """A state dict of the official layout with random weights of realistic scale.
 
-    Default torch initialisation leaves position embeddings, relative-position tables and LayerNorm
-    parameters at constants; they are perturbed so every parameter influences the outputs.
+    Default torch initialisation leaves some parameters (and BatchNorm statistics) at constants;
+    the encoder's family perturbs its own (``EncoderFamily.randomize_``: position embeddings,
+    relative-position and bias tables, norms, BatchNorm running mean and variance), and the
+    prompt encoder's and decoder's embeddings and norms are perturbed here, so every parameter
+    influences the outputs.
     """
     import torch
 
-    from samexport.models import Sam
     from samexport.variants import get_variant
 
+    variant = get_variant(variant_name)
     torch.manual_seed(seed)
-    model = Sam(get_variant(variant_name))
+    model = variant.build()
+    variant.family.randomize_(model.image_encoder)
     with torch.no_grad():
+        for part in ("prompt_encoder", "mask_decoder"):
+            for name, param in getattr(model, part).named_parameters():
+                if "embeddings" in name:
+                    param.normal_(0.0, 0.5)
+                elif "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.1)
+                elif name.endswith(("embed.weight", "token.weight", "tokens.weight")):
+                    param.normal_(0.0, 1.0)
+        # The LayerNorm2d of the mask downscaling and upscaling, last so the draws above stay
+        # those of earlier versions of this function.
         for name, param in model.named_parameters():
-            if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")) or "embeddings" in name:
-                param.normal_(0.0, 0.5)
-            elif "norm" in name or "neck.1" in name or "neck.3" in name:
+            if name.startswith(("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_downscaling.4.",
+                                "mask_decoder.output_upscaling.1.")):
                 param.add_(torch.randn_like(param) * 0.1)
-            elif name.endswith("embed.weight") or name.endswith("token.weight") or name.endswith("tokens.weight"):
-                param.normal_(0.0, 1.0)
     return model.state_dict()
 
 
@@ -72,20 +83,12 @@ def full_size_enabled() -> bool:
 
 
 def official_sam(variant_name: str, state_dict: dict):
-    """The official ``segment_anything`` model with the same weights: the test oracle."""
-    from segment_anything.build_sam import _build_sam
-
+    """The official model (``segment_anything``, or ``mobile_sam`` for MobileSAM) with the same
+    weights: the test oracle."""
     from samexport.variants import get_variant
 
-    v = get_variant(variant_name)
-    model = _build_sam(
-        encoder_embed_dim=v.embed_dim,
-        encoder_depth=v.depth,
-        encoder_num_heads=v.num_heads,
-        encoder_global_attn_indexes=list(v.global_attn_indexes),
-    )
-    model.load_state_dict(state_dict)
-    return model.eval()
+    variant = get_variant(variant_name)
+    return variant.family.official_sam(variant.encoder, state_dict)
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,34 @@ def test_loads_through_the_user_path(tiny_checkpoint, tiny_official):
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
-def test_identifies_official_variants_from_shapes(name):
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_identifies_every_variant_from_shapes(name):
+    variant = VARIANTS[name]
     with torch.device("meta"):
-        from samexport.models import Sam
+        state = variant.build().state_dict()
+    assert identify_variant(state) is variant
+    described = describe_encoder(state)
+    assert described["family"] == variant.family.name
+    assert variant.family.config_type(**{k: v for k, v in described.items() if k != "family"}) == variant.encoder
 
-        state = Sam(VARIANTS[name]).state_dict()
-    assert identify_variant(state).name == name
-    assert describe_encoder(state)["num_heads"] == VARIANTS[name].num_heads
+
+def test_encoder_of_unknown_family(tiny_checkpoint, tmp_path):
+    state = {k: v for k, v in torch.load(tiny_checkpoint, weights_only=True).items() if not k.startswith("image_encoder.")}
+    state["image_encoder.stem.weight"] = torch.zeros(2)
+    path = tmp_path / "other_encoder.pth"
+    torch.save(state, path)
+    with pytest.raises(SamExportError, match="no image encoder of a known family .*image_encoder.stem.weight"):
+        load_sam(path, "tiny")
+
+
+def test_mobile_sam_checkpoint_is_not_vit_b(tmp_path):
+    from conftest import random_state_dict
+
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(random_state_dict("mobile_sam"), path)
+    with pytest.raises(SamExportError, match="looks like mobile_sam, but variant vit_b was requested"):
+        load_sam(path, "vit_b")
+    assert load_sam(path, "vit_t").variant is VARIANTS["mobile_sam"]
 
 
 def test_wrong_variant_says_what_it_looks_like(tiny_checkpoint):
@@ -64,5 +84,5 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_variant_lists_valid_ones():
-    with pytest.raises(SamExportError, match="valid variants: vit_b, vit_l, vit_h"):
+    with pytest.raises(SamExportError, match="valid variants: vit_b, vit_l, vit_h, mobile_sam.*vit_t = mobile_sam"):
         get_variant("vit_x")

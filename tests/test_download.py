@@ -21,7 +21,7 @@ from samexport.variants import VARIANTS
 # A bit over two read chunks, so the streaming loop runs several times.
 PAYLOAD = random.Random(0).randbytes(2 * (1 << 20) + 12345)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
-VIT_B = replace(VARIANTS["vit_b"], checkpoint_sha256=PAYLOAD_SHA256)
+VIT_B = replace(VARIANTS["vit_b"], checkpoint=replace(VARIANTS["vit_b"].checkpoint, sha256=PAYLOAD_SHA256))
 FILENAME = "sam_vit_b_01ec64.pth"
 
 

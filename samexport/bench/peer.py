@@ -17,27 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from samexport.errors import require
-from samexport.variants import Variant
+from samexport.variants import Variant, get_variant
 
 OFFICIAL_OPSET = 17  # the official script's default
 OFFICIAL_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 
 
-def official_sam(variant: Variant, state_dict: dict | None = None):
-    """The official ``segment_anything`` model of ``variant``, with ``state_dict`` if given
-    (an official-layout checkpoint) or its default random initialisation."""
-    require("segment_anything", "bench")
-    from segment_anything.build_sam import _build_sam
-
-    model = _build_sam(
-        encoder_embed_dim=variant.embed_dim,
-        encoder_depth=variant.depth,
-        encoder_num_heads=variant.num_heads,
-        encoder_global_attn_indexes=list(variant.global_attn_indexes),
-    )
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
-    return model.eval()
+def official_sam(variant: Variant | str, state_dict: dict | None = None):
+    """The official model of ``variant`` (``segment_anything`` for SAM's ViTs, ``mobile_sam``
+    for MobileSAM: the encoder family says which), with ``state_dict`` if given (an
+    official-layout checkpoint) or its default random initialisation."""
+    variant = get_variant(variant)
+    return variant.family.official_sam(variant.encoder, state_dict)
 
 
 def export_official_decoder(

@@ -22,6 +22,11 @@ does not recognise. The modes:
   graph as is; :func:`samexport.plugins.onnx_node.inline_reference` makes a checkable copy.
 
 Every mode keeps the encoder's inputs, outputs and weights; only the attention core changes.
+
+Which modes apply depends on the encoder family (``EncoderFamily.attention_modes``): the four
+above are SAM-ViT's; TinyViT (MobileSAM) has ``plain``, ``fused-pattern`` and ``onnx-attention``
+(its bias is a learned table, see ``samexport.models.tiny_vit.Attention``). A mode that does not
+apply to the family is a :class:`SamExportError`, never a silent no-op.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from torch import nn
 
 from samexport.errors import SamExportError
+from samexport.models.families import EncoderFamily, family_of
 from samexport.models.image_encoder import Attention
 from samexport.plugins.attention_reference import decomposed_rel_pos
 
@@ -43,10 +49,13 @@ ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
 MIN_OPSET: dict[str, int] = {"plain": 17, "fused-pattern": 17, "onnx-attention": 23, "plugin": 17}
 
 
-def check_attention_mode(mode: str, opset: int) -> None:
-    """Raise :class:`SamExportError` for an unknown mode or an opset too old for it."""
+def check_attention_mode(mode: str, opset: int, family: EncoderFamily | None = None) -> None:
+    """Raise :class:`SamExportError` for an unknown mode, one that does not apply to the encoder
+    ``family`` (when given), or an opset too old for it."""
     if mode not in ATTENTION_MODES:
         raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
+    if family is not None:
+        family.check_attention_mode(mode)
     if opset < MIN_OPSET[mode]:
         raise SamExportError(f"--attention {mode} needs ONNX opset >= {MIN_OPSET[mode]}, got opset {opset}")
 
@@ -105,14 +114,30 @@ _CORES = {
 
 
 @contextlib.contextmanager
-def attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict]:
-    """Within the block, every ``Attention`` in ``encoder`` computes in ``mode``'s formulation.
+def attention_mode(
+    encoder: nn.Module, mode: AttentionMode, family: EncoderFamily | None = None
+) -> Iterator[dict]:
+    """Within the block, ``encoder`` computes its attention in ``mode``'s formulation.
 
-    Yields the extra keyword arguments ``torch.onnx.export(dynamo=True)`` needs for the mode (the
-    plugin node's translation for ``plugin``). The previous formulation is restored on exit.
+    ``family`` defaults to the one ``encoder`` belongs to. Yields the extra keyword arguments
+    ``torch.onnx.export(dynamo=True)`` needs for the mode. The previous formulation is restored
+    on exit.
+
+    Raises:
+        SamExportError: ``mode`` is unknown or does not apply to the family's encoders.
     """
     if mode not in ATTENTION_MODES:
         raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
+    family = family or family_of(encoder)
+    with family.attention_mode(encoder, mode) as extra:
+        yield extra
+
+
+@contextlib.contextmanager
+def vit_attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict]:
+    """:func:`attention_mode` for SAM-ViT encoders: every ``Attention`` in ``encoder`` gets the
+    mode's core (see the module docstring); the plugin mode also yields the plugin node's
+    translation table for the exporter."""
     export_kwargs: dict = {}
     if mode == "plugin":
         from samexport.plugins.onnx_node import onnx_translation_table

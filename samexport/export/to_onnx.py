@@ -68,14 +68,19 @@ def export_encoder(
     """Export the image encoder: ``image`` 1x3x1024x1024 -> ``image_embeddings`` 1x256x64x64.
 
     ``attention`` picks how attention is written (see ``samexport.export.attention``):
-    ``"plain"``, ``"fused-pattern"``, ``"onnx-attention"`` (needs ``opset >= 23``) or ``"plugin"``.
+    ``"plain"``, ``"fused-pattern"``, ``"onnx-attention"`` (needs ``opset >= 23``) or ``"plugin"``,
+    as far as they apply to the encoder's family (another is a ``SamExportError``). The family
+    may rewrite the encoder for export first (TinyViT: BatchNorm folded into the convolutions);
+    ``sam`` itself is not changed.
     """
-    check_attention_mode(attention, opset)
+    family = sam.family
+    check_attention_mode(attention, opset, family)
     path = Path(path)
     image = torch.zeros(C.IMAGE.shape)
-    with torch.no_grad(), _quiet_exporter(), attention_mode(sam.image_encoder, attention) as extra:
+    encoder = family.export_encoder_module(sam.image_encoder)
+    with torch.no_grad(), _quiet_exporter(), attention_mode(encoder, attention, family) as extra:
         program = torch.onnx.export(
-            EncoderGraph(sam).eval(),
+            EncoderGraph(image_encoder=encoder).eval(),
             (image,),
             dynamo=True,
             opset_version=opset,

@@ -22,9 +22,14 @@ from samexport.models import Sam
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, sam: Sam) -> None:
+    """The image encoder of ``sam``, or ``image_encoder`` itself (e.g. a family's export-time
+    rewrite of it), as the exported graph's module."""
+
+    def __init__(self, sam: Sam | None = None, *, image_encoder: nn.Module | None = None) -> None:
         super().__init__()
-        self.image_encoder = sam.image_encoder
+        if (sam is None) == (image_encoder is None):
+            raise TypeError("EncoderGraph takes either sam or image_encoder")
+        self.image_encoder = sam.image_encoder if sam is not None else image_encoder
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(image)

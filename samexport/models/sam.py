@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from samexport.models.image_encoder import ImageEncoderViT
-from samexport.models.mask_decoder import MaskDecoder
-from samexport.models.prompt_encoder import PromptEncoder
-from samexport.variants import Variant
+if TYPE_CHECKING:
+    from samexport.models.families import EncoderFamily
+    from samexport.variants import Variant
 
 
 class Sam(nn.Module):
-    """Container whose ``state_dict`` keys equal those of the official checkpoints."""
+    """Container whose ``state_dict`` keys equal those of the official checkpoints.
 
-    def __init__(self, variant: Variant) -> None:
+    Takes its parts, as the official ``Sam`` does; ``samexport.models.builders`` assembles them
+    per variant. ``variant`` records which registry entry built the model (``None`` for a model
+    assembled by hand); exporters read the encoder family from it.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        *,
+        variant: Variant | None = None,
+    ) -> None:
         super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
         self.variant = variant
-        self.image_encoder = ImageEncoderViT(
-            embed_dim=variant.embed_dim,
-            depth=variant.depth,
-            num_heads=variant.num_heads,
-            global_attn_indexes=variant.global_attn_indexes,
-        )
-        self.prompt_encoder = PromptEncoder()
-        self.mask_decoder = MaskDecoder()
+
+    @property
+    def family(self) -> EncoderFamily:
+        """The image encoder's family: the variant's, else the one whose encoder class this is."""
+        if self.variant is not None:
+            return self.variant.family
+        from samexport.models.families import family_of
+
+        return family_of(self.image_encoder)
