@@ -144,8 +144,10 @@ class SamPredictor:
         backend: which runtime to use for an artifact directory.
         decode_budget_bytes: memory the decoder may use per call: batches of more prompts than
             ``decode_budget_bytes // DECODER_BYTES_PER_PROMPT`` (40 MiB each; 51 prompts with the
-            2 GiB default) are decoded in equal chunks, with the same results as one call. The
-            returned arrays themselves (e.g. ``B x 3 x H x W`` masks) are not part of the budget.
+            2 GiB default) are decoded in equal chunks, with the results of one call (decoder
+            outputs and thresholded masks bit for bit; upsampled float logits to float rounding,
+            as between any two batch sizes). The returned arrays themselves (e.g.
+            ``B x 3 x H x W`` masks) are not part of the budget.
 
     Attributes:
         model: the :class:`~samexport.SamModel` (``mask_threshold``, ``image_encoder.img_size``).
@@ -448,14 +450,16 @@ class SamPredictor:
     # -- decoding ----------------------------------------------------------------------------
 
     def _chunks(self, batch: int) -> list[slice]:
-        """Equal slices of ``range(batch)`` of at most the budget's (and the backend's) size."""
+        """Slices of ``range(batch)``, sizes within one of each other, none over the budget's (or
+        the backend's) limit."""
         limit = max(1, self.decode_budget_bytes // DECODER_BYTES_PER_PROMPT)
         backend_limit = getattr(self.backend, "max_prompts", None)
         if backend_limit:
             limit = min(limit, int(backend_limit))
         count = math.ceil(batch / limit)
-        size = math.ceil(batch / count)
-        return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+        base, extra = divmod(batch, count)  # sizes differ by at most one
+        bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _run(self, state: ImageState, prompt, multimask_output: bool | None, return_logits: bool):
         """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs
