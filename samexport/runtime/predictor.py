@@ -82,7 +82,6 @@ def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
     return array.astype(np.float32)
 
 
-
 # Peak decoder memory per prompt, measured: ~37 MiB with ONNX Runtime CPU fp32 (B = 8 and 32 boxes
 # on a 300x400 image, multimask; the upscaled 256x256x32 features and their neighbours dominate).
 # Rounded up, so a budget is an upper bound on what the decoder calls add.
