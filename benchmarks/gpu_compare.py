@@ -28,7 +28,7 @@ def compare(artifact: Path) -> dict:
         predictor = SamPredictor(artifact, backend=backend)
         predictor.set_image(image)
         masks, scores, _ = predictor.predict_batch(boxes=BOXES, multimask_output=True)
-        results[backend] = (predictor.get_image_embedding(), masks, scores)
+        results[backend] = (predictor.embedding, masks, scores)
     (e_trt, m_trt, s_trt), (e_ort, m_ort, s_ort) = results["tensorrt"], results["onnxruntime-cpu"]
     ious = []
     for a, b in zip(m_trt.reshape(-1, *m_trt.shape[-2:]), m_ort.reshape(-1, *m_ort.shape[-2:])):

@@ -2,6 +2,10 @@
 
 Heavy dependencies (torch, onnxruntime, tensorrt) are imported only when used, so
 ``import samexport`` is fast on any machine.
+
+Code written for ``segment_anything`` changes its import line to ``from samexport import ...``:
+``SamPredictor``, ``SamAutomaticMaskGenerator`` and ``sam_model_registry`` (whose builders take an
+artifact directory from ``samexport build``) have the official names and calls.
 """
 
 from __future__ import annotations
@@ -10,14 +14,27 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["AutomaticMaskGenerator", "SamPredictor", "SamExportError", "VARIANTS", "build", "__version__"]
+__all__ = [
+    "AutomaticMaskGenerator",
+    "SamAutomaticMaskGenerator",
+    "SamExportError",
+    "SamModel",
+    "SamPredictor",
+    "VARIANTS",
+    "__version__",
+    "build",
+    "load",
+    "sam_model_registry",
+]
 
 from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
 
 if TYPE_CHECKING:
     from samexport.amg import AutomaticMaskGenerator
+    from samexport.amg import AutomaticMaskGenerator as SamAutomaticMaskGenerator
     from samexport.build import build
+    from samexport.compat import SamModel, load, sam_model_registry
     from samexport.runtime.predictor import SamPredictor
 
 
@@ -26,10 +43,14 @@ def __getattr__(name: str):
         from samexport.runtime.predictor import SamPredictor
 
         return SamPredictor
-    if name == "AutomaticMaskGenerator":
+    if name in ("AutomaticMaskGenerator", "SamAutomaticMaskGenerator"):
         from samexport.amg import AutomaticMaskGenerator
 
         return AutomaticMaskGenerator
+    if name in ("SamModel", "load", "sam_model_registry"):
+        from samexport import compat
+
+        return getattr(compat, name)
     if name == "build":
         from samexport.build import build
 

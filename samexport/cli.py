@@ -525,6 +525,25 @@ def embed(
     )
     _report_dataset(result)
 
+@app.command("export-official-decoder")
+@clean_errors
+def export_official_decoder(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
+    output: Annotated[Path, typer.Option(help="The .onnx file to write.")] = Path("sam_decoder_official.onnx"),
+    return_single_mask: Annotated[
+        bool, typer.Option(help="One mask per prompt, chosen as segment_anything's export does (else all four).")
+    ] = True,
+    use_stability_score: Annotated[bool, typer.Option(help="Report stability scores instead of predicted IoUs.")] = False,
+) -> None:
+    """Write the decoder in segment_anything's ONNX interface (orig_im_size input, masks at the
+    image size) for ONNX Runtime tools built on it. Not for TensorRT: build engines from the
+    artifact's decoder.onnx."""
+    from samexport.export.official_onnx import export_official_decoder as export
+
+    path = export(artifact_dir, output, return_single_mask=return_single_mask,
+                  use_stability_score=use_stability_score)
+    typer.echo(f"wrote {path} (segment_anything ONNX interface, for ONNX Runtime; not for TensorRT)")
+
 
 if __name__ == "__main__":
     app()

@@ -454,7 +454,7 @@ def run_parity(
     for name, image in images.items():
         ref.set_image(image)
         cand.set_image(image)
-        embedding = ArrayErrors.between(ref.get_image_embedding(), cand.get_image_embedding())
+        embedding = ArrayErrors.between(ref.embedding, cand.embedding)
         per_prompt = tuple(_compare_prompt(ref, cand, prompt) for prompt in prompts)
         results.append(ImageParity(name, tuple(ref.original_size), embedding, per_prompt))
     return ParityReport(

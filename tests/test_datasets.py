@@ -127,7 +127,7 @@ def test_embed_rows_match_the_predictor(tiny_artifact, image_folder, local_embed
         assert row["error"] is None and (row["height"], row["width"]) == image.shape[:2]
         assert (row["input_height"], row["input_width"]) == transforms.preprocess_shape(*image.shape[:2])
         predictor.set_image(image)
-        expected = predictor.get_image_embedding().astype(np.float16)
+        expected = predictor.embedding.astype(np.float16)
         np.testing.assert_array_equal(embedding_from_row(row), expected)
         assert row["file_sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
 

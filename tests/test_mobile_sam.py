@@ -296,7 +296,7 @@ def test_fp32_matches_official_predictor(artifact, official, size):
     predictor = SamPredictor(artifact)
     predictor.set_image(image)
 
-    emb, emb_ref = predictor.get_image_embedding(), reference.get_image_embedding().numpy()
+    emb, emb_ref = predictor.embedding, reference.get_image_embedding().numpy()
     assert np.abs(emb - emb_ref).max() <= 2e-5 * np.abs(emb_ref).max()
     for prompt in _prompts(*size, np.random.default_rng(size[1])):
         masks, scores, low_res = predictor.predict(**prompt)

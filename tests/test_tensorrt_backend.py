@@ -117,7 +117,7 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
     image = make_image(480, 640, seed=1)
     trt.set_image(image)
     reference.set_image(image)
-    emb, emb_ref = trt.get_image_embedding(), reference.get_image_embedding()
+    emb, emb_ref = trt.embedding, reference.embedding
     tolerance = 1e-3 if precision == "fp32" else 2e-2
     assert np.abs(emb - emb_ref).max() <= tolerance * np.abs(emb_ref).max()
     boxes = np.array([[50, 40, 300, 400], [200, 100, 600, 470]], np.float32)

@@ -26,6 +26,7 @@ from samexport.runtime.predictor import SamPredictor
 from samexport.transforms import check_image
 
 if TYPE_CHECKING:
+    from samexport.compat import SamModel
     from samexport.runtime.backends import Backend
 
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
@@ -85,8 +86,11 @@ class AutomaticMaskGenerator:
     then de-duplicated by box NMS within each crop and across crops (smaller crops win).
 
     Args:
-        predictor: a :class:`~samexport.SamPredictor` (or what it accepts: an artifact directory
-            or a backend). Its current image is replaced while generating.
+        model: what the official takes as ``model`` (a :class:`~samexport.SamModel` from
+            ``samexport.sam_model_registry[...]`` or ``samexport.load``), or a
+            :class:`~samexport.SamPredictor`, or anything ``SamPredictor`` accepts (an artifact
+            directory, a backend). A given predictor's current image is replaced while
+            generating. ``predictor=`` is accepted as another name for it.
         points_per_side: grid points along each side of the image (``points_per_side**2`` in
             all); ``None`` when ``point_grids`` is given.
         points_per_batch: prompts per decoder call; larger is faster on a GPU, uses more memory.
@@ -113,7 +117,7 @@ class AutomaticMaskGenerator:
 
     def __init__(
         self,
-        predictor: SamPredictor | Path | str | Backend,
+        model: SamModel | SamPredictor | Path | str | Backend | None = None,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
@@ -129,7 +133,11 @@ class AutomaticMaskGenerator:
         output_mode: OutputMode = "binary_mask",
         *,
         progress: bool = False,
+        predictor: SamPredictor | Path | str | Backend | None = None,
     ) -> None:
+        if (model is None) == (predictor is None):
+            raise ValueError("give the model (or predictor=) to generate masks with, once")
+        model = model if predictor is None else predictor
         _check_number("points_per_batch", points_per_batch, 1, integer=True)
         _check_number("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
         _check_number("stability_score_thresh", stability_score_thresh, 0.0, 1.0)
@@ -152,7 +160,7 @@ class AutomaticMaskGenerator:
         if min_mask_region_area > 0:
             ops.require_scipy_ndimage()
 
-        self.predictor = predictor if isinstance(predictor, SamPredictor) else SamPredictor(predictor)
+        self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)

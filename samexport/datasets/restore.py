@@ -37,18 +37,15 @@ def set_embedding(
     original_size: tuple[int, int],
     input_size: tuple[int, int] | None = None,
 ) -> None:
-    """Make ``predictor``'s current image the one ``embedding`` was computed from.
+    """Make ``predictor``'s current image the one ``embedding`` was computed from: the same as
+    ``predictor.set_embedding(...)`` (see :meth:`samexport.SamPredictor.set_embedding`)."""
+    predictor.set_embedding(embedding, original_size, input_size)
 
-    What ``SamPredictor.set_image`` leaves behind, without running the encoder: after this,
-    ``predict``/``predict_batch`` give the masks ``set_image`` would (exactly, for the same
-    embedding values; a float16 embedding differs from the encoder's float32 by rounding).
 
-    Args:
-        predictor: a :class:`samexport.SamPredictor` (any backend; only its decoder runs).
-        embedding: 1x256x64x64 (or 256x64x64) image embedding, any float dtype; used as float32.
-        original_size: ``(H, W)`` of the original image, pixels.
-        input_size: ``(h, w)`` of the image resized into the 1024 frame; it is always
-            ``transforms.preprocess_shape(H, W)``, so it is only checked when given.
+def checked_embedding(
+    embedding: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """``(features 1x256x64x64 float32, (H, W), (h, w))`` for a stored embedding and its sizes.
 
     Raises:
         ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
@@ -73,25 +70,4 @@ def set_embedding(
             f"input_size {tuple(input_size)} does not fit original_size {(height, width)}: "
             f"resizing to 1024 gives {expected}"
         )
-    predictor.reset_image()
-    predictor.original_size = (height, width)
-    predictor.input_size = expected
-    predictor.features = features
-    predictor.is_image_set = True
-
-
-def predictor_from_embedding(predictor, row: dict[str, Any]):
-    """Set ``predictor``'s image from one ``embed`` row and return the predictor.
-
-    Example::
-
-        table = read_rows("embeddings/")
-        row = table.filter(pc.equal(table["path"], "/data/photo.jpg")).to_pylist()[0]
-        predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
-        masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
-    """
-    set_embedding(
-        predictor, embedding_from_row(row), (row["height"], row["width"]),
-        (row["input_height"], row["input_width"]),
-    )
-    return predictor
+    return features, (height, width), tuple(expected)

@@ -156,7 +156,7 @@ class ImageWorker:
             return row
         if self.spec.job == "embed":
             self.predictor.set_image(image)
-            embedding = self.predictor.get_image_embedding()
+            embedding = self.predictor.embedding
             if embedding.shape != EMBEDDING_SHAPE:
                 raise SamExportError(f"the encoder returned shape {embedding.shape}, expected {EMBEDDING_SHAPE}")
             row["input_height"], row["input_width"] = self.predictor.input_size

@@ -1,16 +1,36 @@
-"""``SamPredictor``: the official predictor's API over exported graphs, NumPy in and out."""
+"""``SamPredictor``: the official predictor's API over exported graphs.
+
+NumPy in and out for the official NumPy methods (``set_image``, ``predict``) and samexport's own
+(``predict_batch``, ``decode_low_res``, ``embedding``); torch tensors where the official API
+returns them (``predict_torch``, ``set_torch_image``, ``get_image_embedding``, ``features``), which
+need torch installed.
+
+Thread safety: the current image is one immutable :class:`ImageState` (embedding, sizes) that
+``set_image`` replaces in one assignment once the new embedding is ready, and that every
+prediction reads once, so a prediction racing ``set_image`` in another thread sees the old image
+or the new one, never a mixture. Backends that cannot be called from two threads at once
+(TensorRT) are serialised by a lock shared by every predictor on that backend.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
+from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, require_torch
+from samexport.errors import SamExportError
 from samexport.runtime.backends import Backend, OnnxRuntimeBackend
+
+if TYPE_CHECKING:
+    import torch
 
 BackendName = Literal["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]
 ORT_DEVICES = {"onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
@@ -68,13 +88,76 @@ def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
     return array.astype(np.float32)
 
 
+# Peak decoder memory per prompt, measured: ~37 MiB with ONNX Runtime CPU fp32 (B = 8 and 32 boxes
+# on a 300x400 image, multimask; the upscaled 256x256x32 features and their neighbours dominate).
+# Rounded up, so a budget is an upper bound on what the decoder calls add.
+DECODER_BYTES_PER_PROMPT = 40 << 20
+DEFAULT_DECODE_BUDGET = 2 << 30  # 2 GiB: 51 prompts per decoder call at most
+
+_PIXEL_MEAN = np.asarray(C.PIXEL_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+_PIXEL_STD = np.asarray(C.PIXEL_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """Everything a prediction needs to know about the current image, replaced as a whole.
+
+    Attributes:
+        embedding: 1x256x64x64 float32 image embedding, or ``None``.
+        original_size: ``(H, W)`` of the image as given.
+        input_size: ``(h, w)`` of the resized image in the 1024 frame.
+        is_set: whether predictions may use this state (``set_image`` sets it; client code that
+            restores a cached embedding field by field sets it last, as with the official).
+    """
+
+    embedding: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None
+    is_set: bool = False
+
+
+_NO_IMAGE = ImageState()
+
+
+def _host_array(value: Any) -> np.ndarray | None:
+    """A torch tensor (any device) or array-like as a NumPy array; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _pair(name: str, value: Any) -> tuple[int, int]:
+    try:
+        pair = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be (H, W) positive ints; got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
 class SamPredictor:
     """Predict masks for one image at a time, like ``segment_anything.SamPredictor``.
 
     Args:
-        model: an artifact directory from ``samexport build`` (or any object with the
-            :class:`~samexport.runtime.backends.Backend` methods, e.g. ``TorchBackend``).
+        sam_model: an artifact directory from ``samexport build``, a :class:`~samexport.SamModel`
+            (from ``samexport.sam_model_registry[...]`` or ``samexport.load``), or any object with
+            the :class:`~samexport.runtime.backends.Backend` methods (e.g. ``TorchBackend``). A
+            torch ``Sam`` is refused with a message saying what to pass.
         backend: which runtime to use for an artifact directory.
+        decode_budget_bytes: memory the decoder may use per call: batches of more prompts than
+            ``decode_budget_bytes // DECODER_BYTES_PER_PROMPT`` (40 MiB each; 51 prompts with the
+            2 GiB default) are decoded in equal chunks, with the results of one call (decoder
+            outputs and thresholded masks bit for bit; upsampled float logits to float rounding,
+            as between any two batch sizes). The returned arrays themselves (e.g.
+            ``B x 3 x H x W`` masks) are not part of the budget.
+
+    Attributes:
+        model: the :class:`~samexport.SamModel` (``mask_threshold``, ``image_encoder.img_size``).
+        transform: :class:`~samexport.compat.ResizeLongestSide` for the 1024 frame.
+        backend: the runtime.
 
     Example::
 
@@ -84,42 +167,194 @@ class SamPredictor:
                                                   point_labels=np.array([1]))
     """
 
-    def __init__(self, model: Path | str | Backend, backend: BackendName = "auto") -> None:
-        self.backend: Backend = (
-            open_backend(model, backend) if isinstance(model, (str, Path)) else model
-        )
+    def __init__(
+        self,
+        sam_model: SamModel | Path | str | Backend,
+        backend: BackendName = "auto",
+        *,
+        decode_budget_bytes: int = DEFAULT_DECODE_BUDGET,
+    ) -> None:
+        from samexport.compat import backend_lock, is_torch_module, load, torch_model_error
+
+        if is_torch_module(sam_model):
+            raise torch_model_error(sam_model, "SamPredictor")
+        if isinstance(sam_model, SamModel):
+            model = sam_model
+        elif isinstance(sam_model, (str, Path)):
+            model = load(sam_model, backend=backend)
+        elif callable(getattr(sam_model, "encode", None)) and callable(getattr(sam_model, "decode", None)):
+            model = SamModel(sam_model)
+        else:
+            raise SamExportError(
+                "SamPredictor takes an artifact directory from `samexport build`, a samexport "
+                f"SamModel (samexport.sam_model_registry[...] or samexport.load) or a backend; got "
+                f"{type(sam_model).__name__}"
+            )
+        if isinstance(decode_budget_bytes, bool) or not isinstance(decode_budget_bytes, int) or decode_budget_bytes < 1:
+            raise ValueError(f"decode_budget_bytes must be a positive int; got {decode_budget_bytes!r}")
+        self.model = model
+        self.backend: Backend = model.backend
+        self.transform = ResizeLongestSide(model.image_encoder.img_size)
+        self.decode_budget_bytes = decode_budget_bytes
+        self._lock = backend_lock(self.backend)
         self._zero_masks: tuple[np.ndarray, np.ndarray] | None = None
-        self.reset_image()
+        self._state = _NO_IMAGE
 
-    # -- image -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the torch tensors of the compatibility methods are made (``cpu``)."""
+        return self.model.device
 
-    def set_image(self, image: np.ndarray, image_format: Literal["RGB", "BGR"] = "RGB") -> None:
-        """Encode ``image`` (HxWx3 uint8, ``image_format`` channel order) for later prompts."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
-        image = transforms.check_image(np.asarray(image))
-        if image_format == "BGR":
-            image = image[..., ::-1]
-        self.reset_image()
-        self.original_size = image.shape[:2]
-        self.input_size = transforms.preprocess_shape(*self.original_size)
-        self.features = self.backend.encode(transforms.preprocess(np.ascontiguousarray(image)))
-        self.is_image_set = True
+    # -- image state -----------------------------------------------------------------------
 
-    def get_image_embedding(self) -> np.ndarray:
-        """The current image's embedding, 1x256x64x64 float32."""
-        self._require_image()
-        return self.features
+    @property
+    def image_state(self) -> ImageState:
+        """The current :class:`ImageState` (one consistent snapshot)."""
+        return self._state
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._state.is_set
+
+    @is_image_set.setter
+    def is_image_set(self, value: bool) -> None:
+        self._state = replace(self._state, is_set=bool(value))
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return self._state.original_size
+
+    @original_size.setter
+    def original_size(self, value) -> None:
+        self._state = replace(self._state, original_size=None if value is None else _pair("original_size", value))
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self._state.input_size
+
+    @input_size.setter
+    def input_size(self, value) -> None:
+        self._state = replace(self._state, input_size=None if value is None else _pair("input_size", value))
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """The current image's embedding as NumPy, 1x256x64x64 float32 (``None`` before
+        ``set_image``): the NumPy counterpart of ``get_image_embedding()``."""
+        return self._state.embedding
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """The official attribute: the embedding as a 1x256x64x64 float32 torch tensor sharing
+        memory with :attr:`embedding` (``None`` before ``set_image``); needs torch. Assigning a
+        tensor or array (e.g. a cached embedding) replaces the embedding, as with the official."""
+        embedding = self._state.embedding
+        if embedding is None:
+            return None
+        torch = require_torch("SamPredictor.features", numpy_name="SamPredictor.embedding")
+        return torch.from_numpy(embedding)
+
+    @features.setter
+    def features(self, value) -> None:
+        array = _host_array(value)
+        if array is not None:
+            array = _float_array("features", array, C.IMAGE_EMBEDDINGS.shape)
+            array = np.ascontiguousarray(array)
+        self._state = replace(self._state, embedding=array)
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image's embedding as the official returns it: a 1x256x64x64 float32 torch
+        tensor (on the CPU). Needs torch; :attr:`embedding` is the same data as NumPy."""
+        embedding = self._current().embedding
+        torch = require_torch("SamPredictor.get_image_embedding()", numpy_name="SamPredictor.embedding")
+        return torch.from_numpy(embedding)
+
+    def set_embedding(
+        self, embedding: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
+    ) -> None:
+        """Restore an image from its stored embedding without running the encoder (e.g. a row of
+        ``samexport embed``): afterwards ``predict`` gives the masks ``set_image`` would for that
+        embedding.
+
+        Args:
+            embedding: 1x256x64x64 (or 256x64x64) image embedding, any float dtype.
+            original_size: ``(H, W)`` of the original image, pixels.
+            input_size: ``(h, w)`` of the image resized into the 1024 frame; checked when given.
+
+        Raises:
+            ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
+        """
+        from samexport.datasets.restore import checked_embedding
+
+        features, size, resized = checked_embedding(embedding, original_size, input_size)
+        self._state = ImageState(features, size, resized, True)  # one assignment: thread safe
 
     def reset_image(self) -> None:
-        self.is_image_set = False
-        self.features: np.ndarray | None = None
-        self.original_size: tuple[int, int] | None = None
-        self.input_size: tuple[int, int] | None = None
+        """Forget the current image."""
+        self._state = _NO_IMAGE
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
+    def _current(self) -> ImageState:
+        """The current state, read once; a RuntimeError if predictions cannot use it."""
+        state = self._state
+        if not state.is_set or state.embedding is None or state.original_size is None or state.input_size is None:
             raise RuntimeError("no image is set: call set_image(image) before predicting")
+        return state
+
+    def _locked(self):
+        return self._lock if self._lock is not None else contextlib.nullcontext()
+
+    def _encode_state(self, padded: np.ndarray, original_size, input_size) -> None:
+        try:
+            with self._locked():
+                embedding = self.backend.encode(padded)
+        except BaseException:
+            self._state = _NO_IMAGE  # as the official, a failed set_image leaves no image
+            raise
+        self._state = ImageState(embedding, tuple(original_size), tuple(input_size), True)
+
+    def set_image(self, image: np.ndarray, image_format: Literal["RGB", "BGR"] = "RGB") -> None:
+        """Encode ``image`` for later prompts.
+
+        Args:
+            image: HxWx3 uint8 (0..255), or floating point in [0, 1] (scaled by 255 and
+                truncated to uint8, as the official does), channel order ``image_format``.
+            image_format: ``"RGB"`` or ``"BGR"``.
+
+        Until the new embedding is ready, predictions in other threads use the previous image.
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
+        image = transforms.check_image(as_uint8_image(image))
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        original_size = image.shape[:2]
+        input_size = transforms.preprocess_shape(*original_size)
+        self._encode_state(transforms.preprocess(np.ascontiguousarray(image)), original_size, input_size)
+
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode an image already resized to the 1024 frame, as the official ``set_torch_image``.
+
+        Args:
+            transformed_image: 1x3xhxw tensor (or array), values 0..255 (uint8 or float), resized
+                with ``transform.apply_image`` so that ``max(h, w) == 1024``; normalised and
+                zero-padded here.
+            original_image_size: ``(H, W)`` of the image before resizing.
+        """
+        array = _host_array(transformed_image)
+        size = self.model.image_encoder.img_size
+        if (array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3
+                or max(array.shape[2:]) != size or min(array.shape[2:]) < 1):
+            raise ValueError(
+                f"set_torch_image input must be 1x3xhxw with long side {size}; got shape {tuple(array.shape)}"
+            )
+        if array.dtype.kind not in "iuf":
+            raise ValueError(f"set_torch_image input must be numeric; got dtype {array.dtype}")
+        original_size = _pair("original_image_size", original_image_size)
+        height, width = array.shape[2:]
+        padded = np.zeros((1, 3, size, size), np.float32)
+        padded[:, :, :height, :width] = (array.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
+        if not np.isfinite(padded).all():
+            raise ValueError("set_torch_image input contains NaN or infinite values")
+        self._encode_state(padded, original_size, (height, width))
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -133,6 +368,9 @@ class SamPredictor:
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks for one prompt, with the semantics of the official ``SamPredictor.predict``.
+
+        Any combination of prompts is accepted, none included (the official then decodes no
+        sparse prompt at all, and so does this).
 
         Args:
             point_coords: Nx2 (X, Y) pixel coordinates in the original image.
@@ -168,7 +406,8 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Masks for B prompts on the current image in one decoder call.
+        """Masks for B prompts on the current image, decoded in chunks within
+        ``decode_budget_bytes`` (results equal one call).
 
         Args:
             point_coords: BxNx2 (X, Y) pixel coordinates in the original image.
@@ -178,15 +417,47 @@ class SamPredictor:
             multimask_output, return_logits: as in :meth:`predict`.
 
         Returns:
-            (masks BxCxHxW, scores BxC, low_res_logits BxCx256x256).
+            (masks BxCxHxW, scores BxC, low_res_logits BxCx256x256), NumPy.
         """
-        self._require_image()
-        iou, low_res = self.decode_low_res(point_coords, point_labels, boxes, mask_input)
-        tokens = slice(1, None) if multimask_output else slice(0, 1)
-        iou, low_res = iou[:, tokens], low_res[:, tokens]
-        threshold = None if return_logits else C.MASK_THRESHOLD
-        masks = transforms.postprocess_masks(low_res, self.input_size, self.original_size, threshold=threshold)
-        return masks, iou, low_res
+        state = self._current()
+        prompt = self._prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size)
+        return self._run(state, prompt, multimask_output, return_logits)
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The official ``predict_torch``: prompts already in the 1024 frame, torch in and out.
+
+        Args:
+            point_coords: BxNx2 tensor of (X, Y) in the 1024 frame (``transform.apply_coords_torch``).
+            point_labels: BxN tensor of labels.
+            boxes: Bx4 tensor of boxes in the 1024 frame (``transform.apply_boxes_torch``).
+            mask_input: Bx1x256x256 tensor of low-resolution logits.
+            multimask_output, return_logits: as in :meth:`predict`.
+
+        Returns:
+            (masks BxCxHxW bool (or float32 logits), iou_predictions BxC, low_res_masks
+            BxCx256x256), torch tensors on the device of the prompt tensors (``cpu`` if none).
+            Needs torch.
+        """
+        torch = require_torch("SamPredictor.predict_torch", numpy_name="SamPredictor.predict_batch")
+        state = self._current()
+        given = [v for v in (point_coords, point_labels, boxes, mask_input) if isinstance(v, torch.Tensor)]
+        device = given[0].device if given else torch.device("cpu")
+        boxes = _host_array(boxes)
+        if boxes is not None and boxes.ndim > 2 and boxes.size % 4 == 0:
+            boxes = boxes.reshape(-1, 4)  # the official prompt encoder reshapes boxes to (-1, 2, 2)
+        prompt = self._prompt_batch(
+            _host_array(point_coords), _host_array(point_labels), boxes, _host_array(mask_input), None
+        )
+        outputs = self._run(state, prompt, multimask_output, return_logits)
+        return tuple(torch.from_numpy(np.ascontiguousarray(o)).to(device) for o in outputs)  # type: ignore[return-value]
 
     def decode_low_res(
         self,
@@ -195,39 +466,73 @@ class SamPredictor:
         boxes: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All four outputs at low resolution: (iou Bx4, logits Bx4x256x256), no upsampling."""
-        self._require_image()
-        coords, labels = self._prompt_points(point_coords, point_labels, boxes)
+        """All four outputs at low resolution: (iou Bx4, logits Bx4x256x256), no upsampling;
+        prompts in the original frame, chunked as :meth:`predict_batch`."""
+        state = self._current()
+        prompt = self._prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size)
+        return self._run(state, prompt, None, True)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _chunks(self, batch: int) -> list[slice]:
+        """Slices of ``range(batch)``, sizes within one of each other, none over the budget's (or
+        the backend's) limit."""
+        limit = max(1, self.decode_budget_bytes // DECODER_BYTES_PER_PROMPT)
+        backend_limit = getattr(self.backend, "max_prompts", None)
+        if backend_limit:
+            limit = min(limit, int(backend_limit))
+        count = math.ceil(batch / limit)
+        base, extra = divmod(batch, count)  # sizes differ by at most one
+        bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _run(self, state: ImageState, prompt, multimask_output: bool | None, return_logits: bool):
+        """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs
+        (iou, logits); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
+        coords, labels, masks, has_mask = prompt
         batch = coords.shape[0]
-        if mask_input is None:
-            masks, has_mask = self._no_mask_input(batch)
-        else:
-            size = C.LOW_RES_MASK_SIZE
-            masks = _float_array("mask_input", mask_input, (None, 1, size, size))
-            if masks.shape[0] != batch:
-                raise ValueError(
-                    f"mask_input has {masks.shape[0]} prompts but the points/boxes have {batch}"
+        results: list[np.ndarray] | None = None
+        for part in self._chunks(batch):
+            with self._locked():
+                iou, low_res = self.backend.decode(state.embedding, coords[part], labels[part], masks[part], has_mask[part])
+            if multimask_output is None:
+                outputs = (iou, low_res)
+            else:
+                tokens = slice(1, None) if multimask_output else slice(0, 1)
+                iou, low_res = iou[:, tokens], low_res[:, tokens]
+                threshold = None if return_logits else C.MASK_THRESHOLD
+                upsampled = transforms.postprocess_masks(
+                    low_res, state.input_size, state.original_size, threshold=threshold
                 )
-            has_mask = np.ones(batch, np.float32)
-        return self.backend.decode(self.features, coords, labels, masks, has_mask)
+                outputs = (upsampled, iou, low_res)
+            if part.stop - part.start == batch:
+                return outputs
+            if results is None:
+                results = [np.empty((batch, *o.shape[1:]), o.dtype) for o in outputs]
+            for out, o in zip(results, outputs):
+                out[part] = o
+        return tuple(results)
 
     def _no_mask_input(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """Zero ``mask_input`` (Bx1x256x256) and ``has_mask_input`` (B) for prompts without a
         mask: allocated once for the largest batch seen and sliced, instead of 256 KiB of zeros
         per prompt and call. Backends only read their inputs."""
-        if self._zero_masks is None or len(self._zero_masks[1]) < batch:
+        zeros = self._zero_masks  # read once: another thread may replace it
+        if zeros is None or len(zeros[1]) < batch:
             size = C.LOW_RES_MASK_SIZE
-            self._zero_masks = np.zeros((batch, 1, size, size), np.float32), np.zeros(batch, np.float32)
-        masks, flags = self._zero_masks
+            zeros = np.zeros((batch, 1, size, size), np.float32), np.zeros(batch, np.float32)
+            self._zero_masks = zeros
+        masks, flags = zeros
         return masks[:batch], flags[:batch]
 
-    def _prompt_points(self, point_coords, point_labels, boxes) -> tuple[np.ndarray, np.ndarray]:
-        """Points and box corners in the 1024 frame as the official prompt encoder orders them:
-        points, then box corners (labels 2, 3); without a box, one padding point (label -1)."""
+    def _prompt_batch(self, point_coords, point_labels, boxes, mask_input, original_size):
+        """Decoder inputs (coords BxNx2 in the 1024 frame, labels BxN, mask_input Bx1x256x256,
+        has_mask_input B) as the official prompt encoder orders them: points, then box corners
+        (labels 2, 3); points without a box get one padding point (label -1); no points and no
+        box: no sparse prompt at all (N = 0), B from ``mask_input`` or 1. ``original_size``:
+        the frame the points and boxes are in, ``None`` when already in the 1024 frame."""
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is None and boxes is None:
-            raise ValueError("give point_coords/point_labels, boxes, or both")
         parts_xy, parts_label = [], []
         if point_coords is not None:
             coords = _float_array("point_coords", point_coords, (None, None, 2))
@@ -236,25 +541,44 @@ class SamPredictor:
                 raise ValueError(
                     f"point_labels shape {labels.shape} does not match point_coords {coords.shape}"
                 )
-            parts_xy.append(transforms.transform_coords(coords, self.original_size))
+            if original_size is not None:
+                coords = transforms.transform_coords(coords, original_size)
+            parts_xy.append(coords)
             parts_label.append(labels)
         if boxes is not None:
             boxes = _float_array("boxes", boxes, (None, 4))
-            corners = transforms.transform_boxes(boxes, self.original_size).reshape(-1, 2, 2)
-            parts_xy.append(corners)
+            if original_size is not None:
+                boxes = transforms.transform_boxes(boxes, original_size)
+            parts_xy.append(boxes.reshape(-1, 2, 2))
             parts_label.append(
                 np.broadcast_to(np.float32([C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT]), (len(boxes), 2))
             )
-        else:
+        elif parts_xy:
             parts_xy.append(np.zeros((parts_xy[0].shape[0], 1, 2), np.float32))
             parts_label.append(np.full((parts_xy[0].shape[0], 1), C.LABEL_PADDING, np.float32))
+        if mask_input is not None:
+            size = C.LOW_RES_MASK_SIZE
+            masks = _float_array("mask_input", mask_input, (None, 1, size, size))
+        if not parts_xy:  # no sparse prompt
+            batch = masks.shape[0] if mask_input is not None else 1
+            parts_xy.append(np.zeros((batch, 0, 2), np.float32))
+            parts_label.append(np.zeros((batch, 0), np.float32))
         batches = {p.shape[0] for p in parts_xy}
         if len(batches) != 1:
             raise ValueError(
                 f"point_coords has {parts_xy[0].shape[0]} prompts but boxes has {parts_xy[1].shape[0]}"
             )
-        if batches == {0}:
+        batch = parts_xy[0].shape[0]
+        if batch == 0:
             raise ValueError("the prompt batch is empty")
+        if mask_input is None:
+            masks, has_mask = self._no_mask_input(batch)
+        else:
+            if masks.shape[0] != batch:
+                raise ValueError(
+                    f"mask_input has {masks.shape[0]} prompts but the points/boxes have {batch}"
+                )
+            has_mask = np.ones(batch, np.float32)
         coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
         labels = np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32)
-        return coords, labels
+        return coords, labels, masks, has_mask

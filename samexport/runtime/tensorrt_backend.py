@@ -170,6 +170,8 @@ class TensorRTBackend:
             self.close()
             raise
         self.encoder, self.decoder = self._runners
+        # The decoder profile's largest prompt batch: SamPredictor splits larger batches.
+        self.max_prompts = int(engines["decoder"]["profiles"][0][C.POINT_COORDS.name][2][0])
         self._last_embedding: np.ndarray | None = None
         self._last_embedding_on_device = None
 
