@@ -10,7 +10,10 @@ calibrators) and stays conservative for ViT encoders, whose post-training quanti
 - activation ranges are the max ``|x|`` over the calibration images (MinMax).
 
 The ``onnxruntime`` recipe (:data:`RECIPES`) also quantizes the outputs of those ops, which ONNX
-Runtime's CPU provider needs to run them as integer kernels (``QLinearMatMul``).
+Runtime's CPU provider needs to run them as integer kernels (``QLinearMatMul``), and keeps the
+weights to 7 bits (``[-64, 64]``): on x86 CPUs without VNNI (AVX2, AVX-512F) those kernels add
+pairs of uint8 x int8 products in int16 (``vpmaddubsw``), which saturates with 8-bit weights
+(255 * 127 * 2 > 32767). See :attr:`Int8Recipe.reduce_range`.
 
 Calibration runs one image at a time through an ONNX Runtime session of the graph extended with
 one ``ReduceMax(Abs(x))`` scalar output per calibrated tensor, so memory stays at one inference:
@@ -60,21 +63,30 @@ class Int8Recipe:
             choice; ONNX Runtime's CPU provider only runs integer kernels (``QLinearMatMul``)
             with outputs quantized: vit_b encoder 3.1 s with, 5.5 s without, fp32 4.8 s
             (2-core CPU, median of 7), at embedding cosine >= 0.998 vs >= 0.9992.
+        reduce_range: 7-bit weights (int8 in ``[-64, 64]``, activations keep 8 bits), so that
+            ONNX Runtime's x86 ``u8s8`` integer kernels cannot saturate their int16 pair sums
+            (255 * 64 * 2 < 32767). Without it, on CPUs without VNNI (e.g. AVX2-only AMD EPYC)
+            the tiny model's embedding cosine was 0.983 where the same graph run as float
+            Q/DQ gave 0.9996; with it 0.9996 either way, on the same integer kernels (same speed).
+            Only matters with ``quantize_outputs`` (the integer kernels run only then); TensorRT
+            and the float ``DQ -> MatMul`` path are unaffected, so off by default.
         max_images: use at most this many images of the folder (sorted by name).
     """
 
     op_types: tuple[str, ...] = ("MatMul", "Conv", "Gemm")
     quantize_activation_matmuls: bool = False
     quantize_outputs: bool = False
+    reduce_range: bool = False
     max_images: int = 64
 
 
 Int8Target = Literal["tensorrt", "onnxruntime"]
 # For ONNX Runtime, also quantizing the attention MatMuls was slower (vit_b 3.8 s vs 3.1 s) and
-# less accurate (cosine 0.988); per-tensor weights or reduce_range were no faster.
+# less accurate (cosine 0.988); per-tensor weights were no faster. reduce_range is for
+# correctness on CPUs without VNNI (see Int8Recipe), not speed.
 RECIPES: dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
-    "onnxruntime": Int8Recipe(quantize_outputs=True),
+    "onnxruntime": Int8Recipe(quantize_outputs=True, reduce_range=True),
 }
 """The recipe for each runtime the Q/DQ placement is tuned for."""
 
@@ -221,7 +233,7 @@ def quantize_with_ranges(src: Path | str, dst: Path | str, ranges: dict[str, flo
     quantizer = QDQQuantizer(
         model,
         True,  # per_channel
-        False,  # reduce_range
+        recipe.reduce_range,  # 7-bit weights
         QuantType.QInt8,  # weights
         QuantType.QInt8,  # activations
         TensorsData(CalibrationMethod.MinMax, data),
