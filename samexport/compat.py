@@ -326,9 +326,11 @@ def load(artifact: Path | str, *, backend: str = "auto", variant: str | None = N
             f"`samexport build --variant {guess} --checkpoint {path} --output engines/{guess}-fp32` "
             f"and pass engines/{guess}-fp32"
         )
+    from samexport.variants import get_variant
+
     manifest = read_manifest(path)
-    found = manifest.get("variant")
-    if variant is not None and found != variant:
+    found = manifest.variant
+    if variant is not None and get_variant(variant).name != found:
         raise SamExportError(
             f"{path} was built for variant {found!r}, not {variant!r}: use "
             f"sam_model_registry[{found!r}] (or 'default'), or build a {variant} artifact"

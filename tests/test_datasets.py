@@ -178,7 +178,7 @@ def test_restored_embedding_gives_the_masks_of_set_image(tiny_artifact, image_fo
     direct.set_image(image)
     unrounded = direct.predict(**prompts)
     # The same values as set_image up to the float16 storage: the decoder gives identical outputs.
-    direct.features = direct.features.astype(np.float16).astype(np.float32)
+    direct.features = direct.embedding.astype(np.float16).astype(np.float32)
     for got, want in zip(restored.predict(**prompts), direct.predict(**prompts)):
         np.testing.assert_array_equal(got, want)
     # And float16 storage itself barely moves the masks.

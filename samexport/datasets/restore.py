@@ -71,3 +71,20 @@ def checked_embedding(
             f"resizing to 1024 gives {expected}"
         )
     return features, (height, width), tuple(expected)
+
+
+def predictor_from_embedding(predictor, row: dict[str, Any]):
+    """Set ``predictor``'s image from one ``embed`` row and return the predictor.
+
+    Example::
+
+        table = read_rows("embeddings/")
+        row = table.filter(pc.equal(table["path"], "/data/photo.jpg")).to_pylist()[0]
+        predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
+        masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
+    """
+    set_embedding(
+        predictor, embedding_from_row(row), (row["height"], row["width"]),
+        (row["input_height"], row["input_width"]),
+    )
+    return predictor

@@ -19,7 +19,7 @@ from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arr
 from samexport.errors import SamExportError
 
 # AutomaticMaskGenerator options a segment_all job accepts (JSON-friendly; they go in the manifest).
-_NOT_JOB_OPTIONS = {"self", "predictor", "point_grids", "output_mode", "progress"}
+_NOT_JOB_OPTIONS = {"self", "model", "predictor", "point_grids", "output_mode", "progress"}
 
 
 def generator_defaults() -> dict[str, Any]:
