@@ -262,7 +262,7 @@ def test_rtx_parser_routes_plugin_nodes_to_the_plugin_registry(graphs, tmp_path)
     with pytest.raises(SamExportError) as info:
         rtx_build(graphs["plugin"], tmp_path)
     message = str(info.value)
-    assert message.count(f"({PLUGIN_NAME} ") == 2 and "Plugin not found" in message
+    assert message.count(f"operator: {PLUGIN_NAME} ") == 2 and "Plugin not found" in message
 
 
 # --- TensorRT plugin: kernel compile (CPU) and registration --------------------------------------

@@ -249,7 +249,7 @@ class _Messages(logging.Handler):
     """Collects Polygraphy's (and, through it, TensorRT's) error lines for the exception."""
 
     def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
+        super().__init__(logging.NOTSET)
         self.errors: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -271,8 +271,12 @@ def _polygraphy_messages() -> Iterator[_Messages]:
 
     handler = _Messages()
     python_logger = logging.getLogger("Polygraphy")
-    previous = G_LOGGER.use_python_logging_system
+    previous, severity = G_LOGGER.use_python_logging_system, G_LOGGER.module_severity
     G_LOGGER.use_python_logging_system = True
+    previous_level = python_logger.level
+    if log.isEnabledFor(logging.DEBUG):  # TensorRT's verbose lines (layer fusions) only when asked
+        G_LOGGER.module_severity = G_LOGGER.EXTRA_VERBOSE  # where Polygraphy puts TensorRT's VERBOSE
+        python_logger.setLevel(1)
     python_logger.addHandler(handler)
     python_logger.propagate = False
     try:
@@ -280,6 +284,8 @@ def _polygraphy_messages() -> Iterator[_Messages]:
     finally:
         python_logger.removeHandler(handler)
         G_LOGGER.use_python_logging_system = previous
+        G_LOGGER.module_severity = severity
+        python_logger.setLevel(previous_level)
 
 
 def _check_profiles(network, profiles: list[Profile]) -> None:
