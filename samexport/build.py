@@ -244,12 +244,17 @@ def build(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
             calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
         )
+        runtime = RuntimeNeeds.for_build(
+            precision=precision, attention=attention, fp16_encoder=graphs["encoder"].endswith("on fp16")
+        )
         parity_report = None
         if parity:
             from samexport.parity import quick_parity
 
             on_step("parity check against the PyTorch weights")
-            parity_report = quick_parity(sam, _runnable_graphs(staging, attention), precision)
+            parity_report = quick_parity(
+                sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
+            )
         built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
         manifest = Manifest(
             variant=variant.name,
@@ -268,7 +273,7 @@ def build(
                 "inputs": [s.to_dict() for s in C.DECODER_INPUTS],
                 "outputs": [s.to_dict() for s in C.DECODER_OUTPUTS],
             },
-            runtime=RuntimeNeeds.for_build(precision=precision, attention=attention),
+            runtime=runtime,
             engine_config=engine_config.to_dict(),
             engines=built,
             skipped_engines=skipped,
