@@ -444,3 +444,36 @@ def test_calibration_folder_errors(tiny_onnx, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(SamExportError, match="no images"):
         quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", tmp_path / "empty")
+
+
+@pytest.mark.parametrize(("scale", "raises"), [(1e-3, False), (1e-9, True)])
+def test_int8_fp16_scales_never_underflow_to_zero(scale, raises, tmp_path):
+    """A Q/DQ scale that becomes 0 in FP16 would divide by zero: refused, a normal one converts."""
+    from onnx import helper, numpy_helper
+
+    from samexport.errors import SamExportError
+    from samexport.precision.int8 import qdq_to_fp16
+
+    inits = [
+        numpy_helper.from_array(np.array(scale, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+        helper.make_node("MatMul", ["dq", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits,
+    )
+    src = tmp_path / "qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    if raises:
+        with pytest.raises(SamExportError, match="underflow"):
+            qdq_to_fp16(src, tmp_path / "out.onnx")
+        return
+    x = np.array([[0.01, -0.02, 0.05, 0.1]], np.float32)
+    y = session(qdq_to_fp16(src, tmp_path / "out.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, np.clip(np.round(x / scale), -128, 127) * scale, rtol=1e-3)
