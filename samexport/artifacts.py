@@ -36,7 +36,8 @@ class RuntimeNeeds:
         onnxruntime_encoder: ONNX Runtime can run ``encoder.onnx`` (False for plugin-node graphs,
             which only TensorRT runs).
         onnxruntime_memory_arena: open ONNX Runtime sessions with the CPU memory arena (False for
-            fp16 graphs: the arena grew past 18 GiB on vit_b, 4.4 GiB without it).
+            fp16 graphs, the TensorRT-recipe int8 encoder included: the arena grew past 18 GiB
+            on the vit_b fp16 encoder, 4.4 GiB without it).
         gpu_specific_kernels: the engines hold kernels compiled for the building GPU (the
             attention plugin's PTX), so hardware compatibility does not apply to them.
     """
@@ -46,10 +47,11 @@ class RuntimeNeeds:
     gpu_specific_kernels: bool = False
 
     @classmethod
-    def for_build(cls, *, precision: str, attention: str) -> RuntimeNeeds:
+    def for_build(cls, *, precision: str, attention: str, fp16_encoder: bool = False) -> RuntimeNeeds:
+        """``fp16_encoder``: an int8 encoder whose Q/DQ sit on an FP16 graph (TensorRT recipe)."""
         return cls(
             onnxruntime_encoder=attention != "plugin",
-            onnxruntime_memory_arena=precision != "fp16",
+            onnxruntime_memory_arena=precision != "fp16" and not fp16_encoder,
             gpu_specific_kernels=attention == "plugin",
         )
 

@@ -67,8 +67,8 @@ def _write_graphs(
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
     fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
-    ``calib_dir`` with the recipe for ``int8_target``, the decoder FP16 (it is ~0.4% of the
-    compute).
+    ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
+    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
     """
     from samexport.export.to_onnx import export_decoder, export_encoder
 
@@ -97,11 +97,14 @@ def _write_graphs(
         from samexport.precision.int8 import quantize_encoder_int8, recipe_for
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
+        recipe = recipe_for(int8_target)
         quantize_encoder_int8(
-            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe_for(int8_target)
+            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
+            fp32_ops=sam.variant.fp32_ops,
         )
         graphs = {
-            "encoder": "int8 (Q/DQ)", "decoder": "fp16", "int8_target": int8_target,
+            "encoder": "int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", "decoder": "fp16",
+            "int8_target": int8_target,
             "calibration_images": str(calib_dir),
         }
     shutil.rmtree(work)
@@ -241,12 +244,17 @@ def build(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
             calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
         )
+        runtime = RuntimeNeeds.for_build(
+            precision=precision, attention=attention, fp16_encoder=graphs["encoder"].endswith("on fp16")
+        )
         parity_report = None
         if parity:
             from samexport.parity import quick_parity
 
             on_step("parity check against the PyTorch weights")
-            parity_report = quick_parity(sam, _runnable_graphs(staging, attention), precision)
+            parity_report = quick_parity(
+                sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
+            )
         built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
         manifest = Manifest(
             variant=variant.name,
@@ -265,7 +273,7 @@ def build(
                 "inputs": [s.to_dict() for s in C.DECODER_INPUTS],
                 "outputs": [s.to_dict() for s in C.DECODER_OUTPUTS],
             },
-            runtime=RuntimeNeeds.for_build(precision=precision, attention=attention),
+            runtime=runtime,
             engine_config=engine_config.to_dict(),
             engines=built,
             skipped_engines=skipped,

@@ -492,6 +492,7 @@ def quick_parity(
     precision: Precision = "fp32",
     *,
     image: np.ndarray | None = None,
+    memory_arena: bool | None = None,
 ) -> dict:
     """A short parity check for ``samexport build`` to store in ``manifest.json``.
 
@@ -505,6 +506,8 @@ def quick_parity(
         precision: the graphs' precision (selects the tolerances).
         image: HxWx3 uint8 RGB; default scikit-image's ``astronaut`` when scikit-image is
             installed, else a synthetic picture (the result's ``images`` says which).
+        memory_arena: ONNX Runtime's CPU memory arena; None: off for ``fp16`` only (the build
+            passes the manifest's ``onnxruntime_memory_arena``, off for any FP16 graph).
 
     Returns:
         ``ParityReport.to_dict(detail=False)``: passed, summary, checks, tolerances, images.
@@ -513,7 +516,8 @@ def quick_parity(
 
     folder = Path(artifact_dir)
     candidate = OnnxRuntimeBackend(
-        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", memory_arena=precision != "fp16"
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu",
+        memory_arena=precision != "fp16" if memory_arena is None else memory_arena,
     )
     if image is not None:
         images = {"image": image}

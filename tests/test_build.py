@@ -96,8 +96,11 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
     manifest = read_manifest(result.artifact_dir)
     assert manifest.precision == precision and result.parity_passed
     assert manifest.graphs["decoder"] == "fp16"
-    assert manifest.runtime.onnxruntime_memory_arena == (precision != "fp16")
+    assert manifest.runtime.onnxruntime_memory_arena == (int8_target == "onnxruntime")  # off for fp16 graphs
     assert manifest.graphs.get("int8_target") == (int8_target if precision == "int8" else None)
+    if precision == "int8":
+        expected = {"tensorrt": "int8 (Q/DQ) on fp16", "onnxruntime": "int8 (Q/DQ)"}[int8_target]
+        assert manifest.graphs["encoder"] == expected
     assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())

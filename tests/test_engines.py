@@ -86,17 +86,18 @@ def test_missing_tensorrt_names_the_extra(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_graphs(tiny_onnx, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """precision -> (encoder.onnx, decoder.onnx); int8 quantizes the encoder, decoder stays fp16."""
+    """precision -> (encoder.onnx, decoder.onnx); int8 quantizes the encoder (Q/DQ on fp16), decoder stays fp16."""
     from test_precision import write_calibration_folder
 
     from samexport.precision.fp16 import convert_to_fp16
-    from samexport.precision.int8 import quantize_encoder_int8
+    from samexport.precision.int8 import quantize_encoder_int8, recipe_for
 
     folder = tmp_path_factory.mktemp("engine-graphs")
     encoder, decoder = tiny_onnx
     fp16 = (convert_to_fp16(encoder, folder / "encoder_fp16.onnx"), convert_to_fp16(decoder, folder / "decoder_fp16.onnx"))
     calib = write_calibration_folder(folder / "calib", ("coffee", "chelsea"))
-    int8 = quantize_encoder_int8(encoder, folder / "encoder_int8.onnx", calib)
+    # The graph `samexport build --int8` writes for TensorRT: Q/DQ on the FP16 graph.
+    int8 = quantize_encoder_int8(encoder, folder / "encoder_int8.onnx", calib, recipe=recipe_for("tensorrt"))
     return {"fp32": (encoder, decoder), "fp16": fp16, "int8": (int8, fp16[1])}
 
 

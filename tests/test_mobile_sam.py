@@ -101,7 +101,9 @@ def graphs(artifact, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
         "fp16": (convert_to_fp16(encoder, folder / "encoder_fp16.onnx", fp32_ops=VARIANT.fp32_ops), decoder16),
     }
     for target in ("tensorrt", "onnxruntime"):
-        int8 = quantize_encoder_int8(encoder, folder / f"encoder_int8_{target}.onnx", calib, recipe=recipe_for(target))
+        int8 = quantize_encoder_int8(
+            encoder, folder / f"encoder_int8_{target}.onnx", calib, recipe=recipe_for(target), fp32_ops=VARIANT.fp32_ops
+        )
         result[f"int8-{target}"] = (int8, decoder16)
     return result
 

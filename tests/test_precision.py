@@ -293,6 +293,41 @@ def test_int8_structure(tiny_int8):
     assert [o.name for o in model.graph.output] == [C.IMAGE_EMBEDDINGS.name]
 
 
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_int8_tensorrt_recipe_is_fp16_between_qdq(tiny_int8, tiny_int8_ort, tiny_fp16):
+    """TensorRT recipe: FP16 activations and scales around the Q/DQ, INT8 weights, the FP32 islands
+    of the fp16 build and nothing more (TensorRT parses strongly typed: an FP32 op runs FP32/TF32).
+    The ONNX Runtime recipe stays FP32 at the exporter's opset."""
+    from samexport.export.to_onnx import DEFAULT_OPSET
+
+    model = onnx.load(str(tiny_int8[0]))
+    types = value_types(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    assert _default_opset(model) >= 19  # float16 QuantizeLinear/DequantizeLinear
+    for tensor in (*model.graph.input, *model.graph.output):
+        assert tensor.type.tensor_type.elem_type == TensorProto.FLOAT, tensor.name
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    for node in qdq:
+        assert inits[node.input[1]].data_type == TensorProto.FLOAT16, node.name
+        float_side = node.input[0] if node.op_type == "QuantizeLinear" else node.output[0]
+        assert types[float_side] == TensorProto.FLOAT16, node.name
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Conv", "Gemm"):
+            assert all(types[x] == TensorProto.FLOAT16 for x in node.input if x), node.name
+    assert fp32_compute_ops(model) == fp32_compute_ops(onnx.load(str(tiny_fp16[0])))
+    assert not [t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 4096]
+
+    ort_model = onnx.load(str(tiny_int8_ort))
+    assert _default_opset(ort_model) == DEFAULT_OPSET
+    ort_inits = {t.name: t for t in ort_model.graph.initializer}
+    assert {ort_inits[n.input[1]].data_type for n in ort_model.graph.node if n.op_type == "QuantizeLinear"} == {
+        TensorProto.FLOAT
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_int8_ort(tiny_onnx, calib_dir, tmp_path_factory) -> Path:
     """int8 encoder with the ONNX Runtime recipe (outputs of the quantized ops quantized too)."""
@@ -409,3 +444,36 @@ def test_calibration_folder_errors(tiny_onnx, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(SamExportError, match="no images"):
         quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", tmp_path / "empty")
+
+
+@pytest.mark.parametrize(("scale", "raises"), [(1e-3, False), (1e-9, True)])
+def test_int8_fp16_scales_never_underflow_to_zero(scale, raises, tmp_path):
+    """A Q/DQ scale that becomes 0 in FP16 would divide by zero: refused, a normal one converts."""
+    from onnx import helper, numpy_helper
+
+    from samexport.errors import SamExportError
+    from samexport.precision.int8 import qdq_to_fp16
+
+    inits = [
+        numpy_helper.from_array(np.array(scale, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+        helper.make_node("MatMul", ["dq", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits,
+    )
+    src = tmp_path / "qdq.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    if raises:
+        with pytest.raises(SamExportError, match="underflow"):
+            qdq_to_fp16(src, tmp_path / "out.onnx")
+        return
+    x = np.array([[0.01, -0.02, 0.05, 0.1]], np.float32)
+    y = session(qdq_to_fp16(src, tmp_path / "out.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, np.clip(np.round(x / scale), -128, 127) * scale, rtol=1e-3)

@@ -7,7 +7,9 @@ calibrators) and stays conservative for ViT encoders, whose post-training quanti
   Transpose, Reshape, Add); by default only MatMuls with a constant weight, so the attention
   products ``q @ k^T`` and ``attn @ v`` stay in floating point;
 - weights: symmetric per-channel INT8; activations: symmetric per-tensor INT8 (zero points 0);
-- activation ranges are the max ``|x|`` over the calibration images (MinMax).
+- activation ranges are the max ``|x|`` over the calibration images (MinMax);
+- the Q/DQ graph is then made FP16 (:attr:`Int8Recipe.fp16`): TensorRT parses strongly typed,
+  so in an FP32 Q/DQ graph every op that is not quantized would run in FP32/TF32.
 
 The ``onnxruntime`` recipe (:data:`RECIPES`) also quantizes the outputs of those ops, which ONNX
 Runtime's CPU provider needs to run them as integer kernels (``QLinearMatMul``), and keeps the
@@ -30,7 +32,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -45,6 +47,7 @@ from samexport.errors import SamExportError
 
 log = logging.getLogger(__name__)
 
+FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 x and scales from opset 19
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CACHE_FORMAT = 1
 
@@ -70,6 +73,15 @@ class Int8Recipe:
             Q/DQ gave 0.9996; with it 0.9996 either way, on the same integer kernels (same speed).
             Only matters with ``quantize_outputs`` (the integer kernels run only then); TensorRT
             and the float ``DQ -> MatMul`` path are unaffected, so off by default.
+        fp16: after inserting Q/DQ, convert the graph with
+            :func:`samexport.precision.fp16.convert_to_fp16` (the same FP32 islands as the fp16
+            build): activations between the Q/DQ nodes and the Q/DQ scales become FP16, the INT8
+            weights and zero points stay INT8, and the default opset is raised to 19 (the first
+            with FP16 ``QuantizeLinear``/``DequantizeLinear``; the ONNX-TensorRT parser takes
+            opsets 9 to 20 from TensorRT 10.0 and lists FP16 for both ops). TensorRT builds
+            strongly typed, so without this every op that is not quantized runs in FP32/TF32.
+            The ranges still come from the FP32 graph, so this is not part of the cache key.
+            On for TensorRT; off for ONNX Runtime, whose CPU integer kernels want FP32 scales.
         max_images: use at most this many images of the folder (sorted by name).
     """
 
@@ -77,6 +89,7 @@ class Int8Recipe:
     quantize_activation_matmuls: bool = False
     quantize_outputs: bool = False
     reduce_range: bool = False
+    fp16: bool = True
     max_images: int = 64
 
 
@@ -86,7 +99,7 @@ Int8Target = Literal["tensorrt", "onnxruntime"]
 # correctness on CPUs without VNNI (see Int8Recipe), not speed.
 RECIPES: dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
-    "onnxruntime": Int8Recipe(quantize_outputs=True, reduce_range=True),
+    "onnxruntime": Int8Recipe(quantize_outputs=True, reduce_range=True, fp16=False),
 }
 """The recipe for each runtime the Q/DQ placement is tuned for."""
 
@@ -185,12 +198,15 @@ def collect_ranges(model_path: Path | str, tensors: list[str], feeds: Iterable[d
 
 
 def cache_key(model_path: Path | str, images: list[Path], recipe: Int8Recipe) -> dict:
-    """What the ranges depend on: the graph, the image contents (in order), the recipe."""
+    """What the ranges depend on: the graph, the image contents (in order), the recipe (less
+    :attr:`Int8Recipe.fp16`: the ranges come from the FP32 graph either way)."""
+    fields = asdict(recipe)
+    del fields["fp16"]
     return {
         "format": CACHE_FORMAT,
         "model_sha256": sha256_file(model_path),
         "images": [[p.name, sha256_file(p)] for p in images],
-        "recipe": asdict(recipe),
+        "recipe": fields,
     }
 
 
@@ -261,6 +277,7 @@ def quantize_encoder_int8(
     *,
     cache_path: Path | str | None = None,
     recipe: Int8Recipe = Int8Recipe(),
+    fp32_ops: Collection[str] | None = None,
 ) -> Path:
     """Calibrate the fp32 encoder ``src`` on the images of ``calib_dir`` and write INT8 Q/DQ ``dst``.
 
@@ -271,6 +288,8 @@ def quantize_encoder_int8(
         cache_path: JSON calibration cache; reused when the model, images and recipe match,
             (re)written otherwise. None: no cache.
         recipe: what to quantize; see :class:`Int8Recipe`.
+        fp32_ops: with ``recipe.fp16``, the op types kept in FP32 (the variant's
+            ``fp32_ops``); None: :data:`samexport.precision.fp16.DEFAULT_FP32_OPS`.
     """
     images = list_images(calib_dir, recipe.max_images)
     ranges = None
@@ -289,4 +308,44 @@ def quantize_encoder_int8(
         ranges = collect_ranges(src, tensors, encoder_feeds(images))
         if cache_path is not None:
             save_ranges(cache_path, key, ranges)
-    return quantize_with_ranges(src, dst, ranges, recipe)
+    if not recipe.fp16:
+        return quantize_with_ranges(src, dst, ranges, recipe)
+    with tempfile.TemporaryDirectory(prefix="samexport-int8-") as tmp:
+        qdq = quantize_with_ranges(src, Path(tmp) / "qdq.onnx", ranges, recipe)
+        return qdq_to_fp16(qdq, dst, fp32_ops=fp32_ops)
+
+
+def qdq_to_fp16(src: Path | str, dst: Path | str, *, fp32_ops: Collection[str] | None = None) -> Path:
+    """FP32 Q/DQ graph ``src`` -> ``dst`` with FP16 activations and scales (see :attr:`Int8Recipe.fp16`).
+
+    INT8 weights and zero points are untouched; a scale that leaves the FP16 normal range
+    (below 6.1e-5) is kept as a subnormal with a warning, one that would become 0 raises.
+    """
+    from samexport.precision.fp16 import DEFAULT_FP32_OPS, convert_to_fp16
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, FP16_QDQ_OPSET)
+    with tempfile.TemporaryDirectory(prefix="samexport-int8-") as tmp:
+        raised = Path(tmp) / src.name
+        onnx.save(model, str(raised))
+        del model
+        convert_to_fp16(raised, dst, fp32_ops=DEFAULT_FP32_OPS if fp32_ops is None else fp32_ops)
+    model = onnx.load(str(dst))
+    inits = {t.name: t for t in model.graph.initializer}
+    tiny = zero = 0
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = inits[node.input[1]]
+            if scale.data_type != TensorProto.FLOAT16:
+                raise SamExportError(f"{dst.name}: {node.name} kept a non-fp16 scale")
+            values = np.abs(onnx.numpy_helper.to_array(scale))
+            zero += int(np.count_nonzero(values == 0))
+            tiny += int(np.count_nonzero(values < np.finfo(np.float16).tiny))
+    if zero:
+        raise SamExportError(f"{dst.name}: {zero} int8 scales underflow to 0 in fp16; use --int8-for onnxruntime")
+    if tiny:
+        log.warning("%s: %d int8 scales are fp16 subnormals (below 6.1e-5)", dst.name, tiny)
+    return dst
