@@ -222,7 +222,7 @@ def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inp
     predictor.set_image(images[0])
     prompts = decoder_prompts(predictor.original_size, config.batch_sizes)
     point = prompts["decoder_point"]
-    _, logits = predictor.decode_low_res(**point)
+    logits, _ = predictor.decode_low_res(**point)
     refine = {**point, "mask_input": logits[:, 1:2]}
     on_step(f"{entry.label}: decoder stages x{config.runs}")
     for stage, kwargs in prompts.items():
