@@ -240,7 +240,7 @@ def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
 
 
 def test_build_refuses_an_attention_mode_that_does_not_apply(checkpoint, tmp_path):
-    from samexport.build import build
+    from samexport.pipeline import build
 
     with pytest.raises(SamExportError, match="plugin does not apply to tiny_vit.*plain, fused-pattern, onnx-attention"):
         build("mobile_sam", checkpoint=checkpoint, output=tmp_path / "x", attention="plugin", engines="skip")
