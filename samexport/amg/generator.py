@@ -22,6 +22,7 @@ import numpy as np
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.constants import LABEL_FOREGROUND
+from samexport.errors import InvalidInputError
 from samexport.runtime.predictor import SamPredictor
 from samexport.transforms import check_image
 
@@ -71,11 +72,11 @@ def _check_number(name: str, value: Any, low: float, high: float = np.inf, *, in
                   high_open: bool = False) -> None:
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {'an int' if integer else 'a number'}; got {value!r}")
+        raise InvalidInputError(f"{name} must be {'an int' if integer else 'a number'}; got {value!r}")
     too_high = value >= high if high_open else value > high
     if not np.isfinite(value) or value < low or too_high:
         bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must be in {bound}; got {value!r}")
+        raise InvalidInputError(f"{name} must be in {bound}; got {value!r}")
 
 
 class AutomaticMaskGenerator:
@@ -136,7 +137,7 @@ class AutomaticMaskGenerator:
         predictor: SamPredictor | Path | str | Backend | None = None,
     ) -> None:
         if (model is None) == (predictor is None):
-            raise ValueError("give the model (or predictor=) to generate masks with, once")
+            raise InvalidInputError("give the model (or predictor=) to generate masks with, once")
         model = model if predictor is None else predictor
         _check_number("points_per_batch", points_per_batch, 1, integer=True)
         _check_number("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
@@ -149,7 +150,7 @@ class AutomaticMaskGenerator:
         _check_number("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1, integer=True)
         _check_number("min_mask_region_area", min_mask_region_area, 0)
         if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
+            raise InvalidInputError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
         self.point_grids = self._point_grids(
             points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor
         )
@@ -176,24 +177,24 @@ class AutomaticMaskGenerator:
     @staticmethod
     def _point_grids(points_per_side, point_grids, crop_n_layers, factor) -> list[np.ndarray]:
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
+            raise InvalidInputError("give exactly one of points_per_side and point_grids")
         if point_grids is None:
             _check_number("points_per_side", points_per_side, 1, integer=True)
             smallest = int(points_per_side / factor**crop_n_layers)
             if smallest < 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"points_per_side={points_per_side} leaves no points in crop layer "
                     f"{crop_n_layers} (points_per_side / crop_n_points_downscale_factor**layer < 1)"
                 )
             return ops.build_layer_point_grids(points_per_side, crop_n_layers, factor)
         grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         if len(grids) != crop_n_layers + 1:
-            raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}); got {len(grids)}")
+            raise InvalidInputError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}); got {len(grids)}")
         for i, grid in enumerate(grids):
             if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
-                raise ValueError(f"point_grids[{i}] must be a non-empty Nx2 array; got shape {grid.shape}")
+                raise InvalidInputError(f"point_grids[{i}] must be a non-empty Nx2 array; got shape {grid.shape}")
             if not (np.isfinite(grid).all() and (grid >= 0).all() and (grid <= 1).all()):
-                raise ValueError(f"point_grids[{i}] must hold normalised coordinates in [0, 1]")
+                raise InvalidInputError(f"point_grids[{i}] must hold normalised coordinates in [0, 1]")
         return grids
 
     # -- generation ------------------------------------------------------------------------
