@@ -79,6 +79,15 @@ def _parse_numbers(text: str, option: str, counts: tuple[int, ...]) -> list[floa
     return values
 
 
+def _parse_point(text: str) -> list[float]:
+    """``X,Y`` or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background): the labels a person
+    clicks (padding and box-corner labels come from ``--box``, not from points)."""
+    values = _parse_numbers(text, "--point", (2, 3))
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise SamExportError(f"--point LABEL must be 1 (foreground) or 0 (background); got {text!r}")
+    return values
+
+
 # Engine options, shared by `build` and `engines`.
 MaxPoints = Annotated[int, typer.Option(help="Largest points per prompt the decoder engine accepts (a box is 2).", min=1)]
 MaxBatch = Annotated[int, typer.Option(help="Largest prompt batch the decoder engine accepts.", min=1)]
@@ -228,7 +237,7 @@ def predict(
 
     if not point and box is None:
         raise SamExportError("give at least one --point X,Y[,LABEL] or a --box X1,Y1,X2,Y2")
-    parsed = [_parse_numbers(p, "--point", (2, 3)) for p in point or []]
+    parsed = [_parse_point(p) for p in point or []]
     coords = np.array([p[:2] for p in parsed], np.float32) if parsed else None
     labels = np.array([p[2] if len(p) == 3 else 1 for p in parsed], np.float32) if parsed else None
     box_array = np.array(_parse_numbers(box, "--box", (4,)), np.float32) if box else None

@@ -24,6 +24,10 @@ LABEL_BACKGROUND = 0
 LABEL_FOREGROUND = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
+LABEL_VALUES = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
+"""Every label the decoder gives meaning to (segment_anything's ONNX decoder adds the learned
+embedding of label i for i in 0..3 and the "not a point" one for -1; any other value would get
+no label embedding at all, a silently different prompt)."""
 
 # Numeric formats of an artifact's graphs, and how the encoder's attention can be exported
 # (``samexport.export.attention``): defined once, read by build, the manifest, the CLI and the runtime.

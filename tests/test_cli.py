@@ -86,6 +86,10 @@ def test_predict_argument_errors(tiny_artifact, image_file):
         ([], "give at least one --point"),
         (["--point", "1"], "--point expects X,Y or X,Y,LABEL"),
         (["--box", "1,2,3"], "--box expects X1,Y1,X2,Y2"),
+        (["--point", "1,2,2"], "--point LABEL must be 1 (foreground) or 0 (background); got '1,2,2'"),
+        (["--point", "1,2,0.5"], "--point LABEL must be 1"),
+        (["--point", "1,2,-1"], "--point LABEL must be 1"),
+        (["--point", "1,2,5"], "--point LABEL must be 1"),
     ]:
         result = invoke("predict", tiny_artifact, image_file, *args)
         assert result.exit_code == 1 and message in result.output, result.output

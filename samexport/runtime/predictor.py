@@ -128,6 +128,16 @@ def _host_array(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
+def _check_labels(labels: np.ndarray) -> None:
+    """Raise unless every label is one of :data:`samexport.constants.LABEL_VALUES`."""
+    unknown = labels[~np.isin(labels, C.LABEL_VALUES)]
+    if unknown.size:
+        raise InvalidInputError(
+            f"point_labels must be 1 (foreground), 0 (background), -1 (padding, ignored) or 2 / 3 "
+            f"(box top-left / bottom-right corner); got {unknown[0]:g}"
+        )
+
+
 def _pair(name: str, value: Any) -> tuple[int, int]:
     try:
         pair = tuple(int(v) for v in value)
@@ -374,7 +384,7 @@ class SamPredictor:
 
         Args:
             point_coords: Nx2 (X, Y) pixel coordinates in the original image.
-            point_labels: N labels, 1 foreground, 0 background.
+            point_labels: N labels, 1 foreground, 0 background (also -1, 2, 3: see :meth:`predict_batch`).
             box: length-4 (X0, Y0, X1, Y1) box in original-image pixels.
             mask_input: 1x256x256 low-resolution logits from a previous prediction.
             multimask_output: three masks (tokens 1..3) instead of one (token 0).
@@ -411,7 +421,9 @@ class SamPredictor:
 
         Args:
             point_coords: BxNx2 (X, Y) pixel coordinates in the original image.
-            point_labels: BxN labels, 1 foreground, 0 background (-1 ignores a point).
+            point_labels: BxN labels, 1 foreground, 0 background, -1 padding (ignored), 2 / 3 a
+                box's top-left / bottom-right corner (as ``boxes`` adds them); anything else is
+                refused.
             boxes: Bx4 (X0, Y0, X1, Y1) boxes in original-image pixels.
             mask_input: Bx1x256x256 low-resolution logits.
             multimask_output, return_logits: as in :meth:`predict`.
@@ -541,6 +553,7 @@ class SamPredictor:
                 raise InvalidInputError(
                     f"point_labels shape {labels.shape} does not match point_coords {coords.shape}"
                 )
+            _check_labels(labels)
             if original_size is not None:
                 coords = transforms.transform_coords(coords, original_size)
             parts_xy.append(coords)
