@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Optional
 import click
 import typer
 
+from samexport.constants import MAX_CROP_N_LAYERS
 from samexport.errors import SamExportError
 from samexport.variants import variants_help
 
@@ -220,7 +221,9 @@ def predict(
         typer.Option(help="Prompt point X,Y[,LABEL] in image pixels; LABEL 1 foreground (default), 0 background. Repeatable."),
     ] = None,
     box: Annotated[Optional[str], typer.Option(help="Prompt box X1,Y1,X2,Y2 in image pixels.")] = None,
-    output: Annotated[Path, typer.Option(help="Where to write the mask PNG (255 = object).")] = Path("mask.png"),
+    output: Annotated[
+        Path, typer.Option(help="Where to write the mask: .png (or .tif, .bmp; lossless, 255 = object).")
+    ] = Path("mask.png"),
     overlay: Annotated[
         Optional[Path], typer.Option(help="Also write the image with the mask and prompts drawn on it.")
     ] = None,
@@ -237,6 +240,9 @@ def predict(
 
     if not point and box is None:
         raise SamExportError("give at least one --point X,Y[,LABEL] or a --box X1,Y1,X2,Y2")
+    imageio.check_mask_path(output)
+    if overlay:
+        imageio.check_picture_path(overlay)
     parsed = [_parse_point(p) for p in point or []]
     coords = np.array([p[:2] for p in parsed], np.float32) if parsed else None
     labels = np.array([p[2] if len(p) == 3 else 1 for p in parsed], np.float32) if parsed else None
@@ -441,7 +447,11 @@ def segment_all(
     stability_score_thresh: Annotated[float, typer.Option(help="Keep masks with stability score at least this (0-1).")] = 0.95,
     stability_score_offset: Annotated[float, typer.Option(help="Logit offset of the stability score.")] = 1.0,
     box_nms_thresh: Annotated[float, typer.Option(help="Box IoU above which duplicates are dropped (0-1).")] = 0.7,
-    crop_n_layers: Annotated[int, typer.Option(help="Extra layers of image crops (layer i has 4**i crops).", min=0)] = 0,
+    crop_n_layers: Annotated[
+        int,
+        typer.Option(help=f"Extra layers of image crops: layer i adds 4**i crops, each running the whole point grid, "
+                     f"so at most {MAX_CROP_N_LAYERS} (85 crops).", min=0, max=MAX_CROP_N_LAYERS),
+    ] = 0,
     crop_nms_thresh: Annotated[float, typer.Option(help="Box IoU for duplicates between crops (0-1).")] = 0.7,
     crop_n_points_downscale_factor: Annotated[
         int, typer.Option(help="Crop layer i uses points-per-side / factor**i points a side.", min=1)
@@ -493,6 +503,8 @@ def segment_all(
     modes = {"uncompressed": "uncompressed_rle", "coco": "coco_rle"}
     if rle not in modes:
         raise SamExportError(f"--rle must be one of {', '.join(modes)}; got {rle!r}")
+    if overlay:
+        imageio.check_picture_path(overlay)
     picture = imageio.read_image(image)
     generator = AutomaticMaskGenerator(
         SamPredictor(artifact_dir, backend=backend), **generator_options, output_mode=modes[rle], progress=progress,

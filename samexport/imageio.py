@@ -194,6 +194,24 @@ def check_mask_path(path: Path | str) -> Path:
     return path
 
 
+def check_picture_path(path: Path | str) -> Path:
+    """``path`` if Pillow can save a picture (an overlay) there, checked before any work is done.
+
+    Raises:
+        SamExportError: ``path`` is a directory, its folder does not exist, or its extension is
+            not an image format Pillow writes.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise SamExportError(f"output {path} is a directory; name a file such as {path / 'overlay.png'}")
+    if not path.parent.is_dir():
+        raise SamExportError(f"output folder {path.parent} does not exist")
+    known = Image.registered_extensions()
+    if path.suffix.lower() not in known or known[path.suffix.lower()] not in Image.SAVE:
+        raise SamExportError(f"output {path} needs an image file extension Pillow writes, e.g. .png or .jpg")
+    return path
+
+
 def write_mask(path: Path | str, mask: np.ndarray) -> None:
     """Write an HxW boolean mask as an 8-bit lossless image (0 background, 255 foreground).
 
