@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -128,9 +131,19 @@ def test_predict_refuses_mask_outputs_it_cannot_write_exactly(tiny_artifact, ima
     assert not list(tmp_path.glob(".*partial"))
 
 
-def test_image_path_that_is_a_directory_and_too_many_crop_layers(tiny_artifact, tmp_path):
+def test_directory_huge_image_and_too_many_crop_layers(tiny_artifact, tmp_path):
     result = invoke("predict", tiny_artifact, tmp_path, "--point", "1,2", "--output", tmp_path / "m.png")
     assert result.exit_code == 1 and "is a directory, not an image file" in result.output, result.output
+    huge = tmp_path / "huge.png"  # a 1x1 PNG whose header says 20000x15000 (300 MP)
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", 20000, 15000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    huge.write_bytes(bytes(data))
+    result = invoke("predict", tiny_artifact, huge, "--point", "1,2", "--output", tmp_path / "m.png")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output  # no Pillow warning
+    assert result.output.startswith(f"error: cannot read image {huge}: image too large (300 MP, limit 268 MP")
     result = invoke("segment-all", tiny_artifact, tmp_path / "x.png", "--crop-n-layers", "4")
     assert result.exit_code == 2 and "--crop-n-layers" in result.output and "3" in result.output, result.output
 
