@@ -113,6 +113,7 @@ def _png_with_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # said again by our error
 def test_image_over_the_limit_is_refused_in_one_line(tmp_path):
     path = tmp_path / "huge.png"
     path.write_bytes(_png_with_size(20000, 15000))  # 300 MP: over Pillow's 179 MP and our 268 MP
@@ -122,6 +123,7 @@ def test_image_over_the_limit_is_refused_in_one_line(tmp_path):
         decode_image(path.read_bytes())
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_images_over_pillows_limit_are_read_up_to_ours(tmp_path, monkeypatch):
     """Pillow's own limit (scaled down here, so a small image stands for a 200 MP photo) does not
     stop an image under MAX_IMAGE_PIXELS, and is restored afterwards; ours does."""
