@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import click
 import typer
 
 from samexport.constants import MAX_CROP_N_LAYERS
@@ -52,8 +51,8 @@ def clean_errors(command):
         warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # click's own exits and usage errors (Exit and Abort are RuntimeErrors)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own exits and usage errors (Exit and Abort are RuntimeErrors)
         except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs right here
             if is_user_error(exc):
                 typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
