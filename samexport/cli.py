@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 
+from samexport.constants import MAX_CROP_N_LAYERS
 from samexport.errors import SamExportError
 from samexport.variants import variants_help
 
@@ -20,16 +24,46 @@ app = typer.Typer(
 )
 
 
+EX_SOFTWARE = 70
+"""Exit status for a bug in samexport (``sysexits.h``); a user's mistake exits with 1."""
+
+# Operating-system errors about the user's own files and disks: one line, like SamExportError.
+USER_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # disk full, quota, read-only
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's to fix (one line, exit 1) rather than a bug (a traceback)."""
+    if isinstance(exc, (SamExportError, *USER_OS_ERRORS)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in USER_ERRNOS
+
+
 def clean_errors(command):
-    """Turn library and input errors into one line on stderr and exit status 1 (no traceback)."""
+    """Run a command: a user error (:class:`SamExportError`, a missing or unwritable file, a full
+    disk) is printed as one line with exit status 1; any other exception is a bug in samexport,
+    printed with its traceback and a request to report it, exit status 70."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        # samexport refuses images over its own limit with a clear line; Pillow's warning about
+        # the same image would only repeat it.
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         try:
             return command(*args, **kwargs)
-        except (SamExportError, ValueError, RuntimeError, OSError) as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own exits and usage errors (Exit and Abort are RuntimeErrors)
+        except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs right here
+            if is_user_error(exc):
+                typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(1) from None
+            traceback.print_exc()
+            typer.secho(
+                f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in samexport: please report it "
+                "with the command you ran and the traceback above.",
+                err=True, fg=typer.colors.RED,
+            )
+            raise typer.Exit(EX_SOFTWARE) from None
 
     return wrapper
 
@@ -42,6 +76,15 @@ def _parse_numbers(text: str, option: str, counts: tuple[int, ...]) -> list[floa
     if len(values) not in counts:
         shape = " or ".join({2: "X,Y", 3: "X,Y,LABEL", 4: "X1,Y1,X2,Y2"}[c] for c in counts)
         raise SamExportError(f"{option} expects {shape}; got {text!r}")
+    return values
+
+
+def _parse_point(text: str) -> list[float]:
+    """``X,Y`` or ``X,Y,LABEL`` with LABEL 1 (foreground) or 0 (background): the labels a person
+    clicks (padding and box-corner labels come from ``--box``, not from points)."""
+    values = _parse_numbers(text, "--point", (2, 3))
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise SamExportError(f"--point LABEL must be 1 (foreground) or 0 (background); got {text!r}")
     return values
 
 
@@ -177,7 +220,9 @@ def predict(
         typer.Option(help="Prompt point X,Y[,LABEL] in image pixels; LABEL 1 foreground (default), 0 background. Repeatable."),
     ] = None,
     box: Annotated[Optional[str], typer.Option(help="Prompt box X1,Y1,X2,Y2 in image pixels.")] = None,
-    output: Annotated[Path, typer.Option(help="Where to write the mask PNG (255 = object).")] = Path("mask.png"),
+    output: Annotated[
+        Path, typer.Option(help="Where to write the mask: .png (or .tif, .bmp; lossless, 255 = object).")
+    ] = Path("mask.png"),
     overlay: Annotated[
         Optional[Path], typer.Option(help="Also write the image with the mask and prompts drawn on it.")
     ] = None,
@@ -194,7 +239,10 @@ def predict(
 
     if not point and box is None:
         raise SamExportError("give at least one --point X,Y[,LABEL] or a --box X1,Y1,X2,Y2")
-    parsed = [_parse_numbers(p, "--point", (2, 3)) for p in point or []]
+    imageio.check_mask_path(output)
+    if overlay:
+        imageio.check_picture_path(overlay)
+    parsed = [_parse_point(p) for p in point or []]
     coords = np.array([p[:2] for p in parsed], np.float32) if parsed else None
     labels = np.array([p[2] if len(p) == 3 else 1 for p in parsed], np.float32) if parsed else None
     box_array = np.array(_parse_numbers(box, "--box", (4,)), np.float32) if box else None
@@ -398,7 +446,11 @@ def segment_all(
     stability_score_thresh: Annotated[float, typer.Option(help="Keep masks with stability score at least this (0-1).")] = 0.95,
     stability_score_offset: Annotated[float, typer.Option(help="Logit offset of the stability score.")] = 1.0,
     box_nms_thresh: Annotated[float, typer.Option(help="Box IoU above which duplicates are dropped (0-1).")] = 0.7,
-    crop_n_layers: Annotated[int, typer.Option(help="Extra layers of image crops (layer i has 4**i crops).", min=0)] = 0,
+    crop_n_layers: Annotated[
+        int,
+        typer.Option(help=f"Extra layers of image crops: layer i adds 4**i crops, each running the whole point grid, "
+                     f"so at most {MAX_CROP_N_LAYERS} (85 crops).", min=0, max=MAX_CROP_N_LAYERS),
+    ] = 0,
     crop_nms_thresh: Annotated[float, typer.Option(help="Box IoU for duplicates between crops (0-1).")] = 0.7,
     crop_n_points_downscale_factor: Annotated[
         int, typer.Option(help="Crop layer i uses points-per-side / factor**i points a side.", min=1)
@@ -450,6 +502,8 @@ def segment_all(
     modes = {"uncompressed": "uncompressed_rle", "coco": "coco_rle"}
     if rle not in modes:
         raise SamExportError(f"--rle must be one of {', '.join(modes)}; got {rle!r}")
+    if overlay:
+        imageio.check_picture_path(overlay)
     picture = imageio.read_image(image)
     generator = AutomaticMaskGenerator(
         SamPredictor(artifact_dir, backend=backend), **generator_options, output_mode=modes[rle], progress=progress,

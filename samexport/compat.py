@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from samexport import constants as C
-from samexport.errors import SamExportError
+from samexport.errors import InvalidInputError, SamExportError
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +94,7 @@ def as_uint8_image(image: Any) -> Any:
     if not isinstance(image, np.ndarray) or image.dtype.kind != "f":
         return image
     if image.size and not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
-        raise ValueError(
+        raise InvalidInputError(
             "a float image must hold values in [0, 1] (segment_anything scales floats by 255); "
             f"got values in [{np.nanmin(image):g}, {np.nanmax(image):g}]: pass uint8 0..255 instead"
         )

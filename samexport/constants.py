@@ -24,6 +24,16 @@ LABEL_BACKGROUND = 0
 LABEL_FOREGROUND = 1
 LABEL_BOX_TOP_LEFT = 2
 LABEL_BOX_BOTTOM_RIGHT = 3
+LABEL_VALUES = (LABEL_PADDING, LABEL_BACKGROUND, LABEL_FOREGROUND, LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT)
+"""Every label the decoder gives meaning to (segment_anything's ONNX decoder adds the learned
+embedding of label i for i in 0..3 and the "not a point" one for -1; any other value would get
+no label embedding at all, a silently different prompt)."""
+
+MAX_CROP_N_LAYERS = 3
+"""Most crop layers the mask generator takes. Layer ``i`` adds ``(2**i)**2`` crops, each encoded
+and decoded with the whole point grid: 3 layers are 1 + 4 + 16 + 64 = 85 crops (85 encoder runs,
+1360 decoder batches at 32x32 points, 64 a batch); 5 layers would be 1365 crops and 21,840 batches,
+with crops a few pixels wide on small images. The official examples use 1."""
 
 # Numeric formats of an artifact's graphs, and how the encoder's attention can be exported
 # (``samexport.export.attention``): defined once, read by build, the manifest, the CLI and the runtime.

@@ -1,4 +1,5 @@
-"""The one exception type samexport raises for problems a user can fix."""
+"""The exceptions samexport raises for problems a user can fix: :class:`SamExportError` and its
+subclasses. Anything else escaping samexport is a bug (the CLI prints its traceback)."""
 
 
 class SamExportError(Exception):
@@ -6,6 +7,17 @@ class SamExportError(Exception):
 
     The CLI prints its message as one line and exits with status 1; library callers can catch it.
     """
+
+
+class InvalidInputError(SamExportError, ValueError):
+    """An argument or input value is malformed or out of range (an image, prompt or option).
+
+    Also a :class:`ValueError`, so callers that catch that (as with NumPy) keep working.
+    """
+
+
+class NoImageSetError(SamExportError, RuntimeError):
+    """A predictor was asked to predict before ``set_image`` (a ``RuntimeError``, as upstream)."""
 
 
 class MissingExtraError(SamExportError, ImportError):

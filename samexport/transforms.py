@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from samexport.constants import IMAGE_SIZE, LOW_RES_MASK_SIZE, PIXEL_MEAN, PIXEL_STD
+from samexport.errors import InvalidInputError
 
 __all__ = [
     "check_image",
@@ -48,9 +49,9 @@ _COL_BLOCK = 512
 def _positive_int(name: str, value: Any) -> int:
     """Return ``value`` as an int >= 1, or raise ``ValueError`` naming it."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int; got {value!r}")
+        raise InvalidInputError(f"{name} must be an int; got {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be positive; got {value!r}")
+        raise InvalidInputError(f"{name} must be positive; got {value!r}")
     return int(value)
 
 
@@ -61,7 +62,7 @@ def _as_size(name: str, size: Any) -> tuple[int, int]:
     except TypeError:
         values = ()
     if len(values) != 2:
-        raise ValueError(f"{name} must be a pair (H, W); got {size!r}")
+        raise InvalidInputError(f"{name} must be a pair (H, W); got {size!r}")
     return _positive_int(f"{name}[0]", values[0]), _positive_int(f"{name}[1]", values[1])
 
 
@@ -72,18 +73,18 @@ def check_image(image: Any) -> np.ndarray:
     generator.
     """
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy.ndarray (HxWx3 uint8 RGB); got {type(image).__name__}")
+        raise InvalidInputError(f"image must be a numpy.ndarray (HxWx3 uint8 RGB); got {type(image).__name__}")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        raise ValueError(
+        raise InvalidInputError(
             f"image must have shape HxWx3 (RGB); got grayscale shape {image.shape}: repeat it to "
             "three channels, e.g. np.repeat(image.reshape(H, W, 1), 3, axis=2)"
         )
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape HxWx3 (RGB); got shape {image.shape}")
+        raise InvalidInputError(f"image must have shape HxWx3 (RGB); got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise ValueError(f"image must have dtype uint8 (0..255); got {image.dtype}")
+        raise InvalidInputError(f"image must have dtype uint8 (0..255); got {image.dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image must not be empty; got shape {image.shape}")
+        raise InvalidInputError(f"image must not be empty; got shape {image.shape}")
     return image
 
 
@@ -91,11 +92,11 @@ def _as_real_array(name: str, values: Any, last_dim: int) -> np.ndarray:
     try:
         array = np.asarray(values)
     except ValueError as exc:  # ragged nested sequences
-        raise ValueError(f"{name} must be a rectangular array; {exc}") from exc
+        raise InvalidInputError(f"{name} must be a rectangular array; {exc}") from exc
     if array.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold real numbers; got dtype {array.dtype}")
+        raise InvalidInputError(f"{name} must hold real numbers; got dtype {array.dtype}")
     if array.ndim < 1 or array.shape[-1] != last_dim:
-        raise ValueError(f"{name} must have shape ...x{last_dim}; got shape {array.shape}")
+        raise InvalidInputError(f"{name} must have shape ...x{last_dim}; got shape {array.shape}")
     return array
 
 
@@ -357,22 +358,22 @@ def postprocess_masks(
         ``...xHxW`` float32 mask logits in the original frame, or boolean masks with ``threshold``.
     """
     if not isinstance(low_res_logits, np.ndarray):
-        raise ValueError(
+        raise InvalidInputError(
             f"low_res_logits must be a numpy.ndarray; got {type(low_res_logits).__name__}"
         )
     expected = (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
     if low_res_logits.ndim < 2 or low_res_logits.shape[-2:] != expected:
-        raise ValueError(
+        raise InvalidInputError(
             f"low_res_logits must have shape ...x{LOW_RES_MASK_SIZE}x{LOW_RES_MASK_SIZE}; "
             f"got shape {low_res_logits.shape}"
         )
     if low_res_logits.dtype.kind != "f":
-        raise ValueError(
+        raise InvalidInputError(
             f"low_res_logits must be a floating array; got dtype {low_res_logits.dtype}"
         )
     input_size = _as_size("input_size", input_size)
     if max(input_size) > IMAGE_SIZE:
-        raise ValueError(f"input_size sides must be at most {IMAGE_SIZE}; got {input_size}")
+        raise InvalidInputError(f"input_size sides must be at most {IMAGE_SIZE}; got {input_size}")
     original_size = _as_size("original_size", original_size)
 
     leading = low_res_logits.shape[:-2]

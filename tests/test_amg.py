@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from samexport.amg import AutomaticMaskGenerator
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer
+from samexport.errors import InvalidInputError
 from samexport.runtime.predictor import SamPredictor
 
 torch = pytest.importorskip("torch")
@@ -378,6 +379,8 @@ def test_bad_images(image, message, synthetic_predictor):
         (dict(crop_overlap_ratio=1.0), "crop_overlap_ratio"),
         (dict(crop_n_layers=-1), "crop_n_layers"),
         (dict(crop_n_layers=True), "crop_n_layers must be an int"),
+        (dict(crop_n_layers=4), "crop_n_layers must be at most 3; got 4: .* 341 crops"),
+        (dict(crop_n_layers=5, points_per_side=64), "at most 3; got 5: .* 1365 crops"),
         (dict(min_mask_region_area=-5), "min_mask_region_area"),
         (dict(output_mode="png"), "output_mode"),
     ],
@@ -385,6 +388,15 @@ def test_bad_images(image, message, synthetic_predictor):
 def test_bad_options(options, message, synthetic_predictor):
     with pytest.raises(ValueError, match=message):
         AutomaticMaskGenerator(synthetic_predictor, **options)
+
+
+def test_crop_layers_that_leave_empty_crops_are_refused(synthetic_predictor):
+    """On a tiny image deep crop layers have crops with no pixels: the error says how many layers
+    fit (3 layers leave every crop of an 8x8 image a pixel or more; a 2x3 image takes 1)."""
+    generator = AutomaticMaskGenerator(synthetic_predictor, points_per_side=2, crop_n_layers=3)
+    with pytest.raises(InvalidInputError, match=r"crop_n_layers=3 is too many for a 2x3 image: .* <= 1"):
+        generator.generate(np.zeros((2, 3, 3), np.uint8))
+    assert len(generator.generate(np.zeros((8, 8, 3), np.uint8))) >= 0  # every crop has pixels
 
 
 def test_explicit_point_grids(scene, synthetic_predictor):

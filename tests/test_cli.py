@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from samexport.cli import app
+from samexport.errors import SamExportError
 from samexport.runtime.predictor import SamPredictor
 
 runner = CliRunner()
@@ -86,11 +90,91 @@ def test_predict_argument_errors(tiny_artifact, image_file):
         ([], "give at least one --point"),
         (["--point", "1"], "--point expects X,Y or X,Y,LABEL"),
         (["--box", "1,2,3"], "--box expects X1,Y1,X2,Y2"),
+        (["--point", "1,2,2"], "--point LABEL must be 1 (foreground) or 0 (background); got '1,2,2'"),
+        (["--point", "1,2,0.5"], "--point LABEL must be 1"),
+        (["--point", "1,2,-1"], "--point LABEL must be 1"),
+        (["--point", "1,2,5"], "--point LABEL must be 1"),
     ]:
         result = invoke("predict", tiny_artifact, image_file, *args)
         assert result.exit_code == 1 and message in result.output, result.output
     result = invoke("predict", tiny_artifact, tiny_artifact / "manifest.json", "--point", "1,2")
     assert result.exit_code == 1 and "cannot read image" in result.output
+
+
+def test_predict_refuses_mask_outputs_it_cannot_write_exactly(tiny_artifact, image_file, tmp_path):
+    """A directory, no extension, a lossy format or a missing folder is refused before any work
+    (nothing written); PNG, TIFF and BMP masks read back exactly equal to the predictor's mask."""
+    (tmp_path / "out").mkdir()
+    for output, message in [
+        (tmp_path / "out", "is a directory; name a file such as"),
+        (tmp_path / "mask", "has no file extension; masks are written losslessly: use .png, .tif, .tiff, .bmp"),
+        (tmp_path / "m.jpg", "is not a lossless image format (.jpg); masks are written losslessly: use .png"),
+        (tmp_path / "m.JPEG", "is not a lossless image format (.jpeg)"),
+        (tmp_path / "m.webp", "is not a lossless image format (.webp)"),
+        (tmp_path / "missing" / "m.png", "folder"),
+    ]:
+        result = invoke("predict", tiny_artifact, image_file, "--point", "100,80", "--output", output)
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = invoke("predict", tiny_artifact, image_file, "--point", "100,80", "--overlay", tmp_path / "o")
+    assert result.exit_code == 1 and "needs an image file extension" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+
+    predictor = SamPredictor(tiny_artifact)
+    predictor.set_image(np.array(Image.open(image_file)))
+    masks, scores, _ = predictor.predict(np.array([[100, 80]]), np.array([1]))
+    expected = np.where(masks[np.argmax(scores)], 255, 0).astype(np.uint8)
+    for name in ("m.png", "m.tif", "m.TIFF", "m.bmp"):
+        result = invoke("predict", tiny_artifact, image_file, "--point", "100,80", "--output", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        with Image.open(tmp_path / name) as written:
+            assert written.mode == "L" and np.array_equal(np.array(written), expected), name
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_directory_huge_image_and_too_many_crop_layers(tiny_artifact, tmp_path):
+    result = invoke("predict", tiny_artifact, tmp_path, "--point", "1,2", "--output", tmp_path / "m.png")
+    assert result.exit_code == 1 and "is a directory, not an image file" in result.output, result.output
+    huge = tmp_path / "huge.png"  # a 1x1 PNG whose header says 20000x15000 (300 MP)
+    buffer = io.BytesIO()
+    Image.new("1", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", 20000, 15000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    huge.write_bytes(bytes(data))
+    result = invoke("predict", tiny_artifact, huge, "--point", "1,2", "--output", tmp_path / "m.png")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output  # no Pillow warning
+    assert result.output.startswith(f"error: cannot read image {huge}: image too large (300 MP, limit 268 MP")
+    result = invoke("segment-all", tiny_artifact, tmp_path / "x.png", "--crop-n-layers", "4")
+    assert result.exit_code == 2 and "--crop-n-layers" in result.output and "3" in result.output, result.output
+
+
+@pytest.mark.parametrize("error", [RuntimeError("broken invariant"), KeyError("broken"),
+                                   AssertionError("broken"), ValueError("broken"), OSError(5, "I/O error")])
+def test_internal_errors_print_a_traceback_and_exit_70(error, tiny_artifact, monkeypatch):
+    """Only user errors are one line with status 1; a bug shows its traceback and asks for a report."""
+    import samexport.artifacts
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(samexport.artifacts, "read_manifest", broken)
+    result = invoke("info", tiny_artifact)
+    assert result.exit_code == 70, result.output
+    assert "Traceback" in result.output and "This is a bug in samexport: please report it" in result.output
+    assert f"internal error: {type(error).__name__}" in result.output
+
+
+@pytest.mark.parametrize("error", [SamExportError("bad input"), FileNotFoundError(2, "No such file", "x.pth"),
+                                   PermissionError(13, "Permission denied", "out"), OSError(28, "No space left on device")])
+def test_user_errors_are_one_line_with_status_1(error, tiny_artifact, monkeypatch):
+    import samexport.artifacts
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(samexport.artifacts, "read_manifest", failing)
+    result = invoke("info", tiny_artifact)
+    assert result.exit_code == 1 and result.output.strip() == f"error: {error}", result.output
 
 
 def test_doctor_reports_providers():

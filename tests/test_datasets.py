@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD = {
     "empty.png": "empty file (0 bytes)",
     "junk.jpg": "cannot decode image: not a format Pillow can read",
-    "deep.png": "unsupported image mode 'I;16'",
+    "deep.tif": "cannot decode image: float image (mode 'F') with values 0..1000",
     "truncated.png": "cannot decode image",
     "gone.png": "cannot read file: No such file or directory",  # a dangling symlink
 }
@@ -75,7 +75,7 @@ def image_folder(tmp_path_factory) -> Path:
         picture.save(folder / name, quality=95)
     (folder / "empty.png").write_bytes(b"")
     (folder / "junk.jpg").write_bytes(b"this is not an image\n" * 10)
-    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "deep.png")
+    Image.fromarray(np.linspace(0, 1000, 600, dtype=np.float32).reshape(20, 30)).save(folder / "deep.tif")
     whole = (folder / "img07.png").read_bytes()
     (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
     (folder / "gone.png").symlink_to(folder / "deleted.png")

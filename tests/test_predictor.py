@@ -8,7 +8,7 @@ import torch
 from conftest import make_image, mask_iou
 from segment_anything import SamPredictor as OfficialPredictor
 
-from samexport.errors import SamExportError
+from samexport.errors import InvalidInputError, SamExportError
 from samexport.runtime.predictor import SamPredictor
 
 # (height, width): landscape, portrait, square, extreme strips, and a large photo-sized image.
@@ -122,6 +122,48 @@ def test_bad_prompts(predictor, kwargs, error, match):
     predictor.set_image(make_image(100, 100))
     with pytest.raises(error, match=match):
         predictor.predict(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [7, 0.5, -2, 4])
+def test_point_labels_outside_the_official_set_are_refused(predictor, bad):
+    """segment_anything's decoder gives meaning to labels -1 (padding) and 0..3 only; any other
+    value would silently lose its label embedding."""
+    predictor.set_image(make_image(100, 100))
+    match = f"point_labels must be 1 .*; got {bad:g}"
+    with pytest.raises(InvalidInputError, match=match):
+        predictor.predict(np.array([[10.0, 20.0], [30, 40]]), np.array([1, bad]))
+    with pytest.raises(ValueError, match=match):
+        predictor.predict_batch(np.zeros((2, 1, 2)), np.array([[1], [bad]]), np.zeros((2, 4)))
+    with pytest.raises(SamExportError, match=match):
+        predictor.predict_torch(torch.zeros(1, 1, 2), torch.tensor([[float(bad)]]))
+
+
+def test_official_labels_mean_what_they_mean_upstream(predictor, tiny_official):
+    """-1 (padding) as segment_anything's SamPredictor reads it; 2 / 3 (box corners given as
+    points) as its ONNX decoder (``SamOnnxModel``) reads them."""
+    from segment_anything.utils.onnx import SamOnnxModel
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    image = make_image(100, 120, seed=4)
+    predictor.set_image(image)
+    official = OfficialPredictor(tiny_official)
+    official.set_image(image)
+    coords, labels = np.array([[40.0, 50.0], [70, 20]]), np.array([1, -1])
+    ours, ref = predictor.predict(coords, labels), official.predict(coords, labels)
+    assert np.abs(ours[1] - ref[1]).max() <= 1e-5 and np.abs(ours[2] - ref[2]).max() <= 5e-5
+
+    corners = np.array([[10.0, 20.0], [80, 90]])
+    iou, low_res = predictor.decode_low_res(corners[None], np.array([[2, 3]]))
+    onnx_model = SamOnnxModel(tiny_official, return_single_mask=False)
+    frame = ResizeLongestSide(1024).apply_coords(np.concatenate([corners, [[0, 0]]]), (100, 120))
+    frame[2] = 0  # the padding point the predictor appends, at (0, 0) in the 1024 frame
+    _, iou_ref, low_res_ref = onnx_model(
+        torch.from_numpy(predictor.embedding), torch.tensor(frame[None], dtype=torch.float32),
+        torch.tensor([[2.0, 3.0, -1.0]]), torch.zeros(1, 1, 256, 256), torch.zeros(1),
+        torch.tensor([100.0, 120.0]),
+    )
+    assert np.abs(iou - iou_ref.numpy()).max() <= 1e-5
+    assert np.abs(low_res - low_res_ref.numpy()).max() <= 5e-5
 
 
 def test_bad_batches(predictor):

@@ -21,7 +21,8 @@ import numpy as np
 
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
-from samexport.constants import LABEL_FOREGROUND
+from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
+from samexport.errors import InvalidInputError
 from samexport.runtime.predictor import SamPredictor
 from samexport.transforms import check_image
 
@@ -71,11 +72,11 @@ def _check_number(name: str, value: Any, low: float, high: float = np.inf, *, in
                   high_open: bool = False) -> None:
     kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {'an int' if integer else 'a number'}; got {value!r}")
+        raise InvalidInputError(f"{name} must be {'an int' if integer else 'a number'}; got {value!r}")
     too_high = value >= high if high_open else value > high
     if not np.isfinite(value) or value < low or too_high:
         bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must be in {bound}; got {value!r}")
+        raise InvalidInputError(f"{name} must be in {bound}; got {value!r}")
 
 
 class AutomaticMaskGenerator:
@@ -100,7 +101,9 @@ class AutomaticMaskGenerator:
         stability_score_offset: the stability score is the IoU of the masks thresholded at
             ``+offset`` and ``-offset`` logits; ``>= 0``.
         box_nms_thresh: box IoU above which NMS drops a duplicate within a crop, in [0, 1].
-        crop_n_layers: extra layers of crops; layer ``i`` has ``(2**i)**2`` crops.
+        crop_n_layers: extra layers of crops; layer ``i`` has ``(2**i)**2`` crops. At most
+            :data:`samexport.constants.MAX_CROP_N_LAYERS` (3: 85 crops), and no more than leave
+            every crop of the image at least a pixel wide.
         crop_nms_thresh: box IoU for NMS between crops, in [0, 1].
         crop_overlap_ratio: overlap of layer-1 crops as a fraction of the short image side,
             in [0, 1) (later layers overlap less).
@@ -136,7 +139,7 @@ class AutomaticMaskGenerator:
         predictor: SamPredictor | Path | str | Backend | None = None,
     ) -> None:
         if (model is None) == (predictor is None):
-            raise ValueError("give the model (or predictor=) to generate masks with, once")
+            raise InvalidInputError("give the model (or predictor=) to generate masks with, once")
         model = model if predictor is None else predictor
         _check_number("points_per_batch", points_per_batch, 1, integer=True)
         _check_number("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
@@ -144,12 +147,19 @@ class AutomaticMaskGenerator:
         _check_number("stability_score_offset", stability_score_offset, 0.0)
         _check_number("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
         _check_number("crop_n_layers", crop_n_layers, 0, integer=True)
+        if crop_n_layers > MAX_CROP_N_LAYERS:
+            crops = sum(4**i for i in range(crop_n_layers + 1))
+            raise InvalidInputError(
+                f"crop_n_layers must be at most {MAX_CROP_N_LAYERS}; got {crop_n_layers}: layer i "
+                f"adds 4**i crops, each running the whole point grid, so {crop_n_layers} layers "
+                f"would encode and decode {crops} crops"
+            )
         _check_number("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
         _check_number("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, high_open=True)
         _check_number("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1, integer=True)
         _check_number("min_mask_region_area", min_mask_region_area, 0)
         if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
+            raise InvalidInputError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}; got {output_mode!r}")
         self.point_grids = self._point_grids(
             points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor
         )
@@ -176,24 +186,24 @@ class AutomaticMaskGenerator:
     @staticmethod
     def _point_grids(points_per_side, point_grids, crop_n_layers, factor) -> list[np.ndarray]:
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
+            raise InvalidInputError("give exactly one of points_per_side and point_grids")
         if point_grids is None:
             _check_number("points_per_side", points_per_side, 1, integer=True)
             smallest = int(points_per_side / factor**crop_n_layers)
             if smallest < 1:
-                raise ValueError(
+                raise InvalidInputError(
                     f"points_per_side={points_per_side} leaves no points in crop layer "
                     f"{crop_n_layers} (points_per_side / crop_n_points_downscale_factor**layer < 1)"
                 )
             return ops.build_layer_point_grids(points_per_side, crop_n_layers, factor)
         grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         if len(grids) != crop_n_layers + 1:
-            raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}); got {len(grids)}")
+            raise InvalidInputError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}); got {len(grids)}")
         for i, grid in enumerate(grids):
             if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
-                raise ValueError(f"point_grids[{i}] must be a non-empty Nx2 array; got shape {grid.shape}")
+                raise InvalidInputError(f"point_grids[{i}] must be a non-empty Nx2 array; got shape {grid.shape}")
             if not (np.isfinite(grid).all() and (grid >= 0).all() and (grid <= 1).all()):
-                raise ValueError(f"point_grids[{i}] must hold normalised coordinates in [0, 1]")
+                raise InvalidInputError(f"point_grids[{i}] must hold normalised coordinates in [0, 1]")
         return grids
 
     # -- generation ------------------------------------------------------------------------
@@ -220,7 +230,7 @@ class AutomaticMaskGenerator:
         from tqdm.auto import tqdm
 
         size = image.shape[:2]
-        crop_boxes, layers = ops.generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
+        crop_boxes, layers = self._crop_boxes(size)
         batches = sum(-(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
         parts = []
         with tqdm(total=batches, disable=not self.progress, desc="segment-all", unit="batch") as bar:
@@ -235,6 +245,23 @@ class AutomaticMaskGenerator:
             scores = np.float32(1.0) / (widths * heights)
             masks = masks.take(ops.nms(masks.boxes, scores, self.crop_nms_thresh))
         return masks
+
+    def _crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
+        """``ops.generate_crop_boxes`` for an HxW ``size``, or an error naming the most crop
+        layers this image allows when a crop would be empty (small images, deep layers)."""
+
+        def all_have_pixels(boxes: list[list[int]]) -> bool:
+            return all(x1 > x0 and y1 > y0 for x0, y0, x1, y1 in boxes)
+
+        boxes, layers = ops.generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
+        if all_have_pixels(boxes):
+            return boxes, layers
+        fits = max(n for n in range(self.crop_n_layers)
+                   if all_have_pixels(ops.generate_crop_boxes(size, n, self.crop_overlap_ratio)[0]))
+        raise InvalidInputError(
+            f"crop_n_layers={self.crop_n_layers} is too many for a {size[0]}x{size[1]} image: some "
+            f"crops would have no pixels; use crop_n_layers <= {fits} for it"
+        )
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, bar) -> _Masks:
         x0, y0, x1, y1 = crop_box

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from samexport.errors import MissingExtraError, require
+from samexport.errors import InvalidInputError, MissingExtraError, require
 
 __all__ = [
     "build_point_grid",
@@ -149,7 +149,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     values = np.arange(len(counts)) % 2 == 1
     flat = np.repeat(values, counts)
     if flat.size != height * width:
-        raise ValueError(f"RLE counts sum to {flat.size}, expected {height}x{width}")
+        raise InvalidInputError(f"RLE counts sum to {flat.size}, expected {height}x{width}")
     return flat.reshape(width, height).T.copy()
 
 

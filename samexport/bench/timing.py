@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from samexport.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -54,7 +56,7 @@ class Timing:
 def measure(fn: Callable[[], object], *, runs: int, warmup: int = 1, items: int = 1) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed with ``perf_counter``."""
     if runs < 1:
-        raise ValueError(f"runs must be at least 1; got {runs}")
+        raise InvalidInputError(f"runs must be at least 1; got {runs}")
     for _ in range(warmup):
         fn()
     samples = []

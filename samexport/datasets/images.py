@@ -21,12 +21,6 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jp2"}
 )
 
-# Pillow modes with 8 bits per channel: converting them to RGB keeps their content. Anything else
-# (16-bit "I;16*", 32-bit "I", float "F") would be clipped to 0..255 by ``convert("RGB")``, which
-# silently produces a mostly white image, so those are error rows instead.
-EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
-
-
 class ImageError(Exception):
     """This one image cannot be used; the message becomes the row's ``error``."""
 
@@ -108,35 +102,19 @@ def check_readable(key: str) -> None:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Decode an image file's bytes to HxWx3 uint8 RGB, as ``samexport.imageio.read_image`` does.
-
-    The first frame of a multi-frame file is used; EXIF orientation is not applied (as in
-    ``read_image`` and the official predictor, which see the stored pixels).
+    """Decode an image file's bytes to HxWx3 uint8 RGB with ``samexport.imageio.decode`` (the
+    reader every samexport command uses: first frame, EXIF orientation applied, 16-bit and 0..1
+    float images scaled to 8 bits).
 
     Raises:
-        ImageError: empty file, not an image Pillow can decode, a mode that is not 8-bit
-            (e.g. 16-bit grayscale), or a zero-sized image.
+        ImageError: empty file, not an image Pillow can decode, a bit depth or mode that cannot
+            be converted (e.g. float values outside 0..1), too large, or a zero-sized image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from samexport.imageio import UnreadableImageError, decode
 
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            mode = image.mode
-            if mode not in EIGHT_BIT_MODES:
-                raise ImageError(
-                    f"unsupported image mode {mode!r} (not 8 bits per channel); convert it to 8-bit RGB first"
-                )
-            rgb = np.array(image.convert("RGB"))
-    except ImageError:
-        raise
-    except UnidentifiedImageError:  # its message names a BytesIO object's address
-        raise ImageError("cannot decode image: not a format Pillow can read") from None
-    # Pillow's decoders raise many types on corrupt data (OSError, SyntaxError, ValueError,
-    # struct.error, EOFError, DecompressionBombError ...); any of them means this file is unusable.
-    except Exception as exc:  # noqa: BLE001
-        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ImageError(f"image has no pixels (shape {rgb.shape})")
-    return rgb
+        return decode(io.BytesIO(data))
+    except UnreadableImageError as exc:
+        raise ImageError(f"cannot decode image: {exc}") from None

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE
-from samexport.errors import SamExportError
+from samexport.errors import InvalidInputError, SamExportError
 
 
 def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
@@ -56,17 +56,17 @@ def checked_embedding(
     if array.shape == EMBEDDING_SHAPE[1:]:
         array = array[None]
     if array.shape != EMBEDDING_SHAPE or array.dtype.kind != "f":
-        raise ValueError(
+        raise InvalidInputError(
             f"embedding must be a float array of shape {'x'.join(map(str, EMBEDDING_SHAPE))}; "
             f"got {array.dtype} {array.shape}"
         )
     features = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(features).all():
-        raise ValueError("embedding contains NaN or infinite values")
+        raise InvalidInputError("embedding contains NaN or infinite values")
     height, width = (int(v) for v in original_size)
     expected = transforms.preprocess_shape(height, width)
     if input_size is not None and tuple(int(v) for v in input_size) != expected:
-        raise ValueError(
+        raise InvalidInputError(
             f"input_size {tuple(input_size)} does not fit original_size {(height, width)}: "
             f"resizing to 1024 gives {expected}"
         )

@@ -10,7 +10,7 @@ import json
 from typing import Literal
 
 from samexport import constants as C
-from samexport.errors import require
+from samexport.errors import InvalidInputError, require
 
 Job = Literal["embed", "segment_all"]
 JOBS: tuple[Job, ...] = ("embed", "segment_all")
@@ -73,5 +73,5 @@ def arrow_schema(job: Job):
         fields = common + [pa.field("masks", pa.list_(mask))]
         metadata = {"samexport.job": job}
     else:
-        raise ValueError(f"unknown job {job!r}; valid: {', '.join(JOBS)}")
+        raise InvalidInputError(f"unknown job {job!r}; valid: {', '.join(JOBS)}")
     return pa.schema(fields, metadata=metadata)

@@ -125,15 +125,13 @@ def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
 
 
 def encoder_feeds(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
-    """Encoder inputs, one image at a time: RGB file -> ``samexport.transforms.preprocess``."""
-    from PIL import Image
-
+    """Encoder inputs, one image at a time: image file (read by ``samexport.imageio.read_image``,
+    as every samexport command reads images) -> ``samexport.transforms.preprocess``."""
+    from samexport.imageio import read_image
     from samexport.transforms import preprocess
 
     for path in paths:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"))
-        yield {C.IMAGE.name: preprocess(rgb)}
+        yield {C.IMAGE.name: preprocess(read_image(path))}
 
 
 def quantized_nodes(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -> list[onnx.NodeProto]:

@@ -26,7 +26,7 @@ import numpy as np
 from samexport import constants as C
 from samexport import transforms
 from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, require_torch
-from samexport.errors import SamExportError
+from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
 from samexport.runtime.backends import Backend, OnnxRuntimeBackend
 
 if TYPE_CHECKING:
@@ -82,9 +82,9 @@ def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
         want is not None and got != want for got, want in zip(array.shape, shape)
     ):
         pretty = "x".join("N" if s is None else str(s) for s in shape)
-        raise ValueError(f"{name} must be a real array of shape {pretty}; got {array.dtype} {array.shape}")
+        raise InvalidInputError(f"{name} must be a real array of shape {pretty}; got {array.dtype} {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InvalidInputError(f"{name} contains NaN or infinite values")
     return array.astype(np.float32)
 
 
@@ -128,13 +128,23 @@ def _host_array(value: Any) -> np.ndarray | None:
     return np.asarray(value)
 
 
+def _check_labels(labels: np.ndarray) -> None:
+    """Raise unless every label is one of :data:`samexport.constants.LABEL_VALUES`."""
+    unknown = labels[~np.isin(labels, C.LABEL_VALUES)]
+    if unknown.size:
+        raise InvalidInputError(
+            f"point_labels must be 1 (foreground), 0 (background), -1 (padding, ignored) or 2 / 3 "
+            f"(box top-left / bottom-right corner); got {unknown[0]:g}"
+        )
+
+
 def _pair(name: str, value: Any) -> tuple[int, int]:
     try:
         pair = tuple(int(v) for v in value)
     except (TypeError, ValueError):
         pair = ()
     if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be (H, W) positive ints; got {value!r}")
+        raise InvalidInputError(f"{name} must be (H, W) positive ints; got {value!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -191,7 +201,7 @@ class SamPredictor:
                 f"{type(sam_model).__name__}"
             )
         if isinstance(decode_budget_bytes, bool) or not isinstance(decode_budget_bytes, int) or decode_budget_bytes < 1:
-            raise ValueError(f"decode_budget_bytes must be a positive int; got {decode_budget_bytes!r}")
+            raise InvalidInputError(f"decode_budget_bytes must be a positive int; got {decode_budget_bytes!r}")
         self.model = model
         self.backend: Backend = model.backend
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
@@ -296,7 +306,7 @@ class SamPredictor:
         """The current state, read once; a RuntimeError if predictions cannot use it."""
         state = self._state
         if not state.is_set or state.embedding is None or state.original_size is None or state.input_size is None:
-            raise RuntimeError("no image is set: call set_image(image) before predicting")
+            raise NoImageSetError("no image is set: call set_image(image) before predicting")
         return state
 
     def _locked(self):
@@ -322,7 +332,7 @@ class SamPredictor:
         Until the new embedding is ready, predictions in other threads use the previous image.
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
+            raise InvalidInputError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
         image = transforms.check_image(as_uint8_image(image))
         if image_format == "BGR":
             image = image[..., ::-1]
@@ -343,17 +353,17 @@ class SamPredictor:
         size = self.model.image_encoder.img_size
         if (array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3
                 or max(array.shape[2:]) != size or min(array.shape[2:]) < 1):
-            raise ValueError(
+            raise InvalidInputError(
                 f"set_torch_image input must be 1x3xhxw with long side {size}; got shape {tuple(array.shape)}"
             )
         if array.dtype.kind not in "iuf":
-            raise ValueError(f"set_torch_image input must be numeric; got dtype {array.dtype}")
+            raise InvalidInputError(f"set_torch_image input must be numeric; got dtype {array.dtype}")
         original_size = _pair("original_image_size", original_image_size)
         height, width = array.shape[2:]
         padded = np.zeros((1, 3, size, size), np.float32)
         padded[:, :, :height, :width] = (array.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
         if not np.isfinite(padded).all():
-            raise ValueError("set_torch_image input contains NaN or infinite values")
+            raise InvalidInputError("set_torch_image input contains NaN or infinite values")
         self._encode_state(padded, original_size, (height, width))
 
     # -- prompts -----------------------------------------------------------------------------
@@ -374,7 +384,7 @@ class SamPredictor:
 
         Args:
             point_coords: Nx2 (X, Y) pixel coordinates in the original image.
-            point_labels: N labels, 1 foreground, 0 background.
+            point_labels: N labels, 1 foreground, 0 background (also -1, 2, 3: see :meth:`predict_batch`).
             box: length-4 (X0, Y0, X1, Y1) box in original-image pixels.
             mask_input: 1x256x256 low-resolution logits from a previous prediction.
             multimask_output: three masks (tokens 1..3) instead of one (token 0).
@@ -411,7 +421,9 @@ class SamPredictor:
 
         Args:
             point_coords: BxNx2 (X, Y) pixel coordinates in the original image.
-            point_labels: BxN labels, 1 foreground, 0 background (-1 ignores a point).
+            point_labels: BxN labels, 1 foreground, 0 background, -1 padding (ignored), 2 / 3 a
+                box's top-left / bottom-right corner (as ``boxes`` adds them); anything else is
+                refused.
             boxes: Bx4 (X0, Y0, X1, Y1) boxes in original-image pixels.
             mask_input: Bx1x256x256 low-resolution logits.
             multimask_output, return_logits: as in :meth:`predict`.
@@ -532,15 +544,16 @@ class SamPredictor:
         box: no sparse prompt at all (N = 0), B from ``mask_input`` or 1. ``original_size``:
         the frame the points and boxes are in, ``None`` when already in the 1024 frame."""
         if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
+            raise InvalidInputError("point_coords and point_labels must be given together")
         parts_xy, parts_label = [], []
         if point_coords is not None:
             coords = _float_array("point_coords", point_coords, (None, None, 2))
             labels = _float_array("point_labels", point_labels, (None, None))
             if labels.shape != coords.shape[:2]:
-                raise ValueError(
+                raise InvalidInputError(
                     f"point_labels shape {labels.shape} does not match point_coords {coords.shape}"
                 )
+            _check_labels(labels)
             if original_size is not None:
                 coords = transforms.transform_coords(coords, original_size)
             parts_xy.append(coords)
@@ -565,17 +578,17 @@ class SamPredictor:
             parts_label.append(np.zeros((batch, 0), np.float32))
         batches = {p.shape[0] for p in parts_xy}
         if len(batches) != 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"point_coords has {parts_xy[0].shape[0]} prompts but boxes has {parts_xy[1].shape[0]}"
             )
         batch = parts_xy[0].shape[0]
         if batch == 0:
-            raise ValueError("the prompt batch is empty")
+            raise InvalidInputError("the prompt batch is empty")
         if mask_input is None:
             masks, has_mask = self._no_mask_input(batch)
         else:
             if masks.shape[0] != batch:
-                raise ValueError(
+                raise InvalidInputError(
                     f"mask_input has {masks.shape[0]} prompts but the points/boxes have {batch}"
                 )
             has_mask = np.ones(batch, np.float32)

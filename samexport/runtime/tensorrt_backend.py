@@ -28,7 +28,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.artifacts import Manifest
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt
-from samexport.errors import SamExportError
+from samexport.errors import InvalidInputError, SamExportError
 
 ENGINE_NAMES = ("encoder", "decoder")
 # TensorRT documents one cross-major combination for version-compatible plans in the releases
@@ -201,7 +201,7 @@ class TensorRTBackend:
             low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
             shape = tuple(value.shape)
             if len(shape) != len(low) or not all(a <= b <= c for a, b, c in zip(low, shape, high)):
-                raise ValueError(
+                raise InvalidInputError(
                     f"{name} shape {shape} is outside the decoder engine's profile {low}..{high}; "
                     "rebuild with a larger --max-batch / --max-points"
                 )
