@@ -34,6 +34,7 @@ PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
 PLAN_FILES = ("encoder.plan", "decoder.plan")
+DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
 
 
 def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -183,18 +184,28 @@ def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     return sorted(names)
 
 
+def _digest(data: dict) -> str:
+    """sha256 of the manifest's JSON in a canonical form (sorted keys, no whitespace)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """Record the size and sha256 of the artifact's files (:func:`artifact_files`) in
     ``manifest.files`` and write ``manifest.json`` atomically: a temporary file in the same folder,
     flushed to disk, then renamed over the old one, so a reader sees the old manifest or the new,
-    never half. Returns the manifest written (with its file records)."""
+    never half. The file also holds :data:`DIGEST_KEY`, the sha256 of the rest, so that an edited
+    manifest (another variant or precision) is refused by :func:`read_manifest`. Returns the
+    manifest written (with its file records)."""
     folder = Path(folder)
     manifest = manifest.replace(files=file_records(folder, artifact_files(folder, manifest)))
     path = folder / C.MANIFEST
     partial = path.with_name(f".{C.MANIFEST}.partial-{os.getpid()}")
     try:
         with open(partial, "w") as stream:
-            stream.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            data = manifest.to_dict()
+            stream.write(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
@@ -205,7 +216,9 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
 
 def read_manifest(folder: Path | str) -> Manifest:
     """Read and validate ``manifest.json`` and check the recorded file sizes (fast: no hashing;
-    :func:`verify_artifact` checks contents); a missing or foreign file is a clear error."""
+    :func:`verify_artifact` checks contents); a missing or foreign file is a clear error, and so
+    is a manifest edited since it was written (its :data:`DIGEST_KEY` does not match; manifests
+    of older samexport versions have none and no file records, and are read as before)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SamExportError(f"artifact directory not found: {folder}")
@@ -219,6 +232,13 @@ def read_manifest(folder: Path | str) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SamExportError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and (DIGEST_KEY in data or data.get("files")):
+        data = dict(data)
+        if data.pop(DIGEST_KEY, None) != _digest(data):
+            raise SamExportError(
+                f"{path} was changed after samexport wrote it ({DIGEST_KEY} does not match its "
+                "contents): the artifact cannot be trusted; rebuild it, or copy it again"
+            )
     manifest = Manifest.from_dict(data, source=str(path))
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         if not (folder / name).is_file():
