@@ -326,3 +326,18 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     # An artifact with plans (our marker on their folder) is still ours to replace.
     build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False, engines="skip")
     assert sorted(read_manifest(artifact).files) == [C.DECODER_ONNX, C.ENCODER_ONNX]
+
+
+def test_official_decoder_export_replaces_only_its_own_file(tiny_artifact, tmp_path):
+    from samexport.export.official_onnx import export_official_decoder
+
+    target = tmp_path / "decoder.onnx"
+    target.write_bytes(b"the user's own model")
+    with pytest.raises(SamExportError, match="is not an official-interface decoder samexport wrote"):
+        export_official_decoder(tiny_artifact, target)
+    assert target.read_bytes() == b"the user's own model"
+    ours = export_official_decoder(tiny_artifact, tmp_path / "ours.onnx")
+    first = ours.read_bytes()
+    export_official_decoder(tiny_artifact, ours, return_single_mask=False)  # ours: replaced
+    assert ours.read_bytes() != first
+    assert listing(tmp_path) == ["decoder.onnx", "ours.onnx"]
