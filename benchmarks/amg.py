@@ -63,7 +63,7 @@ def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
     import torch
 
     from conftest import random_state_dict
-    from samexport.build import build
+    from samexport.pipeline import build
 
     checkpoint = workdir / f"sam_{variant}_random.pth"
     if not checkpoint.is_file():

@@ -42,7 +42,7 @@ def _tiny_artifact(workdir: Path) -> Path:
         import torch
         from conftest import random_state_dict
 
-        from samexport.build import build
+        from samexport.pipeline import build
 
         checkpoint = workdir / "sam_tiny_random.pth"
         torch.save(random_state_dict("tiny"), checkpoint)

@@ -46,7 +46,7 @@ def _artifacts(work: Path) -> dict[tuple[str, str], Path]:
     import torch
     from conftest import random_state_dict
 
-    from samexport.build import build
+    from samexport.pipeline import build
 
     calib = _calibration_folder(work / "calib")
     found = {}
@@ -76,7 +76,7 @@ def main() -> None:
     from samexport import constants as C
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop
-    from samexport.build import package_versions
+    from samexport.pipeline import package_versions
     from samexport.parity import sample_images
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.transforms import preprocess

@@ -33,7 +33,7 @@ from samexport.variants import VARIANTS
 if TYPE_CHECKING:
     from samexport.amg import AutomaticMaskGenerator
     from samexport.amg import AutomaticMaskGenerator as SamAutomaticMaskGenerator
-    from samexport.build import build
+    from samexport.pipeline import build
     from samexport.compat import SamModel, load, sam_model_registry
     from samexport.runtime.predictor import SamPredictor
 
@@ -52,7 +52,7 @@ def __getattr__(name: str):
 
         return getattr(compat, name)
     if name == "build":
-        from samexport.build import build
+        from samexport.pipeline import build
 
         return build
     raise AttributeError(f"module 'samexport' has no attribute {name!r}")

@@ -134,7 +134,7 @@ def build(
     ] = True,
 ) -> None:
     """Export SAM to ONNX (and TensorRT engines where possible) into an artifact directory."""
-    from samexport.build import build as run_build
+    from samexport.pipeline import build as run_build
 
     if fp16 and int8:
         raise SamExportError("choose one of --fp16 and --int8")

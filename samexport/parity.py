@@ -467,11 +467,11 @@ def _compare_prompt(ref, cand, prompt: Prompt) -> PromptParity:
     """Decode ``prompt`` with both predictors (images already set) and compare."""
     kwargs = prompt.in_pixels(ref.original_size)
     if prompt.refine:
-        iou, logits = ref.decode_low_res(**kwargs)
+        logits, iou = ref.decode_low_res(**kwargs)
         best = 1 + np.argmax(iou[:, 1:], axis=1)  # best multimask token, as the official loop
         kwargs["mask_input"] = logits[np.arange(len(best)), best][:, None]
-    ref_iou, ref_logits = ref.decode_low_res(**kwargs)
-    cand_iou, cand_logits = cand.decode_low_res(**kwargs)
+    ref_logits, ref_iou = ref.decode_low_res(**kwargs)
+    cand_logits, cand_iou = cand.decode_low_res(**kwargs)
     ref_masks = transforms.postprocess_masks(ref_logits, ref.input_size, ref.original_size)
     cand_masks = transforms.postprocess_masks(cand_logits, cand.input_size, cand.original_size)
     ious = mask_ious(ref_masks > C.MASK_THRESHOLD, cand_masks > C.MASK_THRESHOLD)

@@ -100,8 +100,8 @@ def tiny_official(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    """An artifact directory built by ``samexport.build`` from the tiny checkpoint."""
-    from samexport.build import build
+    """An artifact directory built by ``samexport.build`` (``samexport.pipeline``) from the tiny checkpoint."""
+    from samexport.pipeline import build
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-fp32"
     return build("tiny", checkpoint=tiny_checkpoint, output=out).artifact_dir
@@ -137,7 +137,7 @@ def vit_b_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vit_b_artifact(vit_b_checkpoint, tmp_path_factory) -> Path:
     """fp32 artifact directory for vit_b (export takes ~30 s and ~2 GB of memory)."""
-    from samexport.build import build
+    from samexport.pipeline import build
 
     out = tmp_path_factory.mktemp("artifacts") / "vit_b-fp32"
     return build("vit_b", checkpoint=vit_b_checkpoint, output=out).artifact_dir

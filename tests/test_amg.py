@@ -48,7 +48,7 @@ def synthetic_embedding(image: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_decode(embedding: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(iou Bx4, logits Bx4x256x256) for B points (Bx2, 1024 frame)."""
+    """(logits Bx4x256x256, iou Bx4) for B points (Bx2, 1024 frame)."""
     points = points.float()
     colour = embedding[0, :3]
     cell = (points / 16).floor().long().clamp(0, 63)
@@ -64,7 +64,7 @@ def synthetic_decode(embedding: torch.Tensor, points: torch.Tensor) -> tuple[tor
     logits = 20.0 * (tolerance - distance - reach * spread)
     phase = 0.011 * points[:, :1] + 0.017 * points[:, 1:] + torch.arange(4.0)[None]
     iou = 0.55 + 0.45 * torch.sin(phase) ** 2
-    return iou, logits
+    return logits, iou
 
 
 class _Encoder(torch.nn.Module):
@@ -87,7 +87,7 @@ class _PromptEncoder(torch.nn.Module):
 class _Decoder(torch.nn.Module):
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                 multimask_output):
-        iou, logits = synthetic_decode(image_embeddings, sparse_prompt_embeddings[:, 0])
+        logits, iou = synthetic_decode(image_embeddings, sparse_prompt_embeddings[:, 0])
         tokens = slice(1, None) if multimask_output else slice(0, 1)
         return logits[:, tokens], iou[:, tokens]
 
@@ -101,8 +101,8 @@ class SyntheticBackend:
         return synthetic_embedding(torch.from_numpy(image)).numpy()
 
     def decode(self, embedding, point_coords, point_labels, mask_input, has_mask_input):
-        iou, logits = synthetic_decode(torch.from_numpy(embedding), torch.from_numpy(point_coords[:, 0]))
-        return iou.numpy(), logits.numpy()
+        logits, iou = synthetic_decode(torch.from_numpy(embedding), torch.from_numpy(point_coords[:, 0]))
+        return logits.numpy(), iou.numpy()
 
 
 def synthetic_official():
@@ -223,7 +223,7 @@ def test_measurer_equals_full_upsampling(input_size, original_size):
 
     points = torch.tensor([[100.0, 80.0], [900.0, 600.0], [500.0, 300.0], [20.0, 1000.0]])
     embedding = synthetic_embedding(torch.from_numpy(preprocess(make_image(300, 450))))
-    logits = synthetic_decode(embedding, points)[1].reshape(-1, 256, 256).numpy()
+    logits = synthetic_decode(embedding, points)[0].reshape(-1, 256, 256).numpy()
     logits = np.concatenate([logits, np.full((1, 256, 256), -5.0, np.float32), -logits[:2]])
     measured = MaskMeasurer(input_size, original_size, 1.0).measure(logits)
     full = postprocess_masks(logits, input_size, original_size)

@@ -24,7 +24,7 @@ def _reference(sam, embedding, coords, labels, mask, has_mask):
     sparse = sam.prompt_encoder.embed_points(coords, labels)
     dense = sam.prompt_encoder.embed_masks(mask, has_mask)
     masks, iou = sam.mask_decoder(embedding, sam.prompt_encoder.image_pe(), sparse, dense)
-    return iou, masks
+    return masks, iou
 
 
 @pytest.mark.parametrize("points", [1, 3, 10])
@@ -37,8 +37,8 @@ def test_decoder_graph_equals_official_data_flow(tiny_sam, points, has_mask):
     mask = torch.randn(3, 1, 256, 256, generator=g) * 4
     args = (embedding, coords, labels, mask, torch.tensor(has_mask))
     with torch.no_grad():
-        iou_ref, masks_ref = _reference(tiny_sam, *args)
-        iou, masks = DecoderGraph(tiny_sam).eval()(*args)
+        masks_ref, iou_ref = _reference(tiny_sam, *args)
+        masks, iou = DecoderGraph(tiny_sam).eval()(*args)
     assert masks.shape == (3, 4, 256, 256) and iou.shape == (3, 4)
     torch.testing.assert_close(masks, masks_ref, rtol=0, atol=MASK_TOL)
     torch.testing.assert_close(iou, iou_ref, rtol=0, atol=IOU_TOL)
@@ -76,8 +76,8 @@ def test_no_mask_buffers_are_reused_and_stay_zero(tiny_artifact):
     rng = np.random.default_rng(0)
     predictor.set_image(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
     boxes = np.array([[10, 10, 80, 60], [40, 30, 150, 110], [0, 0, 160, 120]], np.float32)
-    iou3, low3 = predictor.decode_low_res(boxes=boxes)
-    iou1, low1 = predictor.decode_low_res(boxes=boxes[1:2])
+    low3, iou3 = predictor.decode_low_res(boxes=boxes)
+    low1, iou1 = predictor.decode_low_res(boxes=boxes[1:2])
     masks, flags = predictor._no_mask_input(3)
     assert masks.shape == (3, 1, 256, 256) and flags.shape == (3,)
     assert not masks.any() and not flags.any()

@@ -232,7 +232,7 @@ def test_gpu_engines_match_torch(tiny_sam, tiny_graphs, precision, tmp_path):
 
     feed = decoder_feed(reference)
     with torch.no_grad():
-        iou_ref, masks_ref = (t.numpy() for t in DecoderGraph(tiny_sam)(*(torch.from_numpy(feed[s.name]) for s in C.DECODER_INPUTS)))
+        masks_ref, iou_ref = (t.numpy() for t in DecoderGraph(tiny_sam)(*(torch.from_numpy(feed[s.name]) for s in C.DECODER_INPUTS)))
     out = run_engine(tmp_path / "d.plan", feed)
     assert mask_iou(masks_ref, out[C.LOW_RES_MASKS.name]).min() >= 0.98
     assert np.abs(iou_ref - out[C.IOU_PREDICTIONS.name]).max() <= 0.01

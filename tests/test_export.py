@@ -82,8 +82,8 @@ def test_decoder_matches_torch(backends, embedding, kind, with_mask):
     mask = (rng.standard_normal((3, 1, 256, 256)) * 4).astype(np.float32)
     has_mask = np.full(3, float(with_mask), np.float32)
     args = (embedding[1], coords, labels, mask, has_mask)
-    iou_ref, masks_ref = reference.decode(*args)
-    iou, masks = onnxrt.decode(*args)
+    masks_ref, iou_ref = reference.decode(*args)
+    masks, iou = onnxrt.decode(*args)
     assert masks.shape == (3, 4, 256, 256) and iou.shape == (3, 4)
     assert np.abs(masks - masks_ref).max() <= LOGIT_TOL
     assert np.abs(iou - iou_ref).max() <= IOU_SCORE_TOL
@@ -96,8 +96,8 @@ def test_mask_input_changes_the_output(backends, embedding):
     _, onnxrt = backends
     coords, labels = _prompt("1 point", 1, np.random.default_rng(0))
     mask = np.full((1, 1, 256, 256), 5.0, np.float32)
-    _, without = onnxrt.decode(embedding[1], coords, labels, mask, np.zeros(1, np.float32))
-    _, with_ = onnxrt.decode(embedding[1], coords, labels, mask, np.ones(1, np.float32))
+    without, _ = onnxrt.decode(embedding[1], coords, labels, mask, np.zeros(1, np.float32))
+    with_, _ = onnxrt.decode(embedding[1], coords, labels, mask, np.ones(1, np.float32))
     assert np.abs(without - with_).max() > 1e-3
 
 
@@ -105,9 +105,9 @@ def test_batch_of_16_boxes_equals_16_single_calls(backends, embedding):
     _, onnxrt = backends
     coords, labels = _prompt("box", 16, np.random.default_rng(16))
     no_mask = np.zeros((16, 1, 256, 256), np.float32), np.zeros(16, np.float32)
-    iou, masks = onnxrt.decode(embedding[1], coords, labels, *no_mask)
+    masks, iou = onnxrt.decode(embedding[1], coords, labels, *no_mask)
     for i in range(16):
-        iou_i, masks_i = onnxrt.decode(embedding[1], coords[i : i + 1], labels[i : i + 1], no_mask[0][:1], no_mask[1][:1])
+        masks_i, iou_i = onnxrt.decode(embedding[1], coords[i : i + 1], labels[i : i + 1], no_mask[0][:1], no_mask[1][:1])
         np.testing.assert_allclose(masks[i], masks_i[0], rtol=0, atol=1e-5)
         np.testing.assert_allclose(iou[i], iou_i[0], rtol=0, atol=1e-6)
 
@@ -118,9 +118,9 @@ def test_mixed_mask_flags_in_one_batch(backends, embedding):
     coords, labels = _prompt("3 points", 2, np.random.default_rng(5))
     mask = np.random.default_rng(6).standard_normal((2, 1, 256, 256)).astype(np.float32)
     flags = np.array([1.0, 0.0], np.float32)
-    _, mixed = onnxrt.decode(embedding[1], coords, labels, mask, flags)
-    _, first = reference.decode(embedding[1], coords[:1], labels[:1], mask[:1], flags[:1])
-    _, second = reference.decode(embedding[1], coords[1:], labels[1:], mask[1:], flags[1:])
+    mixed, _ = onnxrt.decode(embedding[1], coords, labels, mask, flags)
+    first, _ = reference.decode(embedding[1], coords[:1], labels[:1], mask[:1], flags[:1])
+    second, _ = reference.decode(embedding[1], coords[1:], labels[1:], mask[1:], flags[1:])
     np.testing.assert_allclose(mixed, np.concatenate([first, second]), rtol=0, atol=LOGIT_TOL)
 
 

@@ -88,7 +88,7 @@ def test_written_manifest_is_read_back_and_replaced_atomically(tmp_path):
 
 def test_enumerations_are_defined_once():
     pytest.importorskip("torch")
-    from samexport.build import PRECISIONS
+    from samexport.pipeline import PRECISIONS
     from samexport.export.attention import ATTENTION_MODES
 
     assert ATTENTION_MODES == C.ATTENTION_MODES and PRECISIONS == C.PRECISIONS

@@ -162,7 +162,7 @@ class OfficialBackend:
                 image_embeddings=torch.from_numpy(image_embeddings), image_pe=pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             )
-        return iou.numpy(), masks.numpy()
+        return masks.numpy(), iou.numpy()
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_checkpoint_loads_unchanged_and_torch_equals_official(checkpoint, offici
         emb_official = official.image_encoder(image)
         emb = ours.image_encoder(image)
         assert (emb - emb_official).abs().max() <= 1e-5 * emb_official.abs().max()
-        iou, masks = DecoderGraph(ours)(emb, coords, labels, torch.zeros(3, 1, 256, 256), torch.zeros(3))
+        masks, iou = DecoderGraph(ours)(emb, coords, labels, torch.zeros(3, 1, 256, 256), torch.zeros(3))
         # the official ``prompt_encoder(...)`` would append a padding point: no padding here
         sparse = official.prompt_encoder._embed_points(coords, labels, pad=False)
         _, dense = official.prompt_encoder(points=None, boxes=None, masks=None)
@@ -240,7 +240,7 @@ def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
 
 
 def test_build_refuses_an_attention_mode_that_does_not_apply(checkpoint, tmp_path):
-    from samexport.build import build
+    from samexport.pipeline import build
 
     with pytest.raises(SamExportError, match="plugin does not apply to tiny_vit.*plain, fused-pattern, onnx-attention"):
         build("mobile_sam", checkpoint=checkpoint, output=tmp_path / "x", attention="plugin", engines="skip")

@@ -46,7 +46,7 @@ class FakeBackend:
         logits = base[None, None] + tokens[None, :, None, None] + shift[:, None, None, None]
         logits = logits + 0.5 * mask_input * has_mask[:, None, None, None]
         iou = 1 / (1 + np.exp(-logits.mean((2, 3))))
-        return iou.astype(np.float32), logits.astype(np.float32)
+        return logits.astype(np.float32), iou.astype(np.float32)
 
 
 class Perturbed:
@@ -60,11 +60,11 @@ class Perturbed:
         return self.inner.encode(image) + np.float32(self.embedding)
 
     def decode(self, embeddings, *args):
-        iou, logits = self.inner.decode(embeddings - np.float32(self.embedding), *args)
+        logits, iou = self.inner.decode(embeddings - np.float32(self.embedding), *args)
         logits = logits + np.float32(self.logits)
         if self.negate_token is not None:
             logits[:, self.negate_token] *= -1
-        return iou + np.float32(self.iou), logits
+        return logits, iou + np.float32(self.iou)
 
 
 IMAGES = {"scene": make_image(96, 144, seed=3)}

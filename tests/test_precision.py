@@ -260,8 +260,8 @@ def test_fp16_numerics_tiny(tiny_onnx, tiny_fp16, tiny_embedding):
     assert np.abs(half - tiny_embedding).max() <= 0.01 * np.abs(tiny_embedding).max()
 
     feed = decoder_feed(tiny_embedding)
-    iou32, masks32 = session(tiny_onnx[1]).run(None, feed)
-    iou16, masks16 = session(tiny_fp16[1]).run(None, feed)
+    masks32, iou32 = session(tiny_onnx[1]).run(None, feed)
+    masks16, iou16 = session(tiny_fp16[1]).run(None, feed)
     assert mask_iou(masks32, masks16).min() >= 0.98
     assert np.abs(iou32 - iou16).max() <= 0.01
 
@@ -407,8 +407,8 @@ def test_int8_accuracy_tiny(encoder, tiny_onnx, tiny_embedding, request):
     out = session(path).run(None, {C.IMAGE.name: preprocess(sample_photo(HELD_OUT_PHOTO))})[0]
     assert cosine(tiny_embedding, out) >= 0.995
     decoder = session(tiny_onnx[1])
-    _, reference = decoder.run(None, decoder_feed(tiny_embedding))
-    _, quantized = decoder.run(None, decoder_feed(out))
+    reference, _ = decoder.run(None, decoder_feed(tiny_embedding))
+    quantized, _ = decoder.run(None, decoder_feed(out))
     assert mask_iou(reference, quantized).mean() >= 0.9
 
 

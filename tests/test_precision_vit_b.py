@@ -57,7 +57,7 @@ def image() -> np.ndarray:
 def reference(fp32, image) -> dict[str, np.ndarray]:
     """fp32 embedding of the held-out photo and the fp32 decoder's outputs for 8 clicks."""
     embedding = lean_session(fp32[0]).run(None, {C.IMAGE.name: image})[0]
-    iou, masks = lean_session(fp32[1]).run(None, decoder_feed(embedding))
+    masks, iou = lean_session(fp32[1]).run(None, decoder_feed(embedding))
     return {"embedding": embedding, "iou": iou, "masks": masks}
 
 
@@ -88,7 +88,7 @@ def test_vit_b_fp16(fp32, fp16, image, reference):
     assert cosine(expected, embedding) >= 0.9999
     assert np.abs(embedding - expected).max() <= 0.01 * np.abs(expected).max()
 
-    iou, masks = lean_session(fp16[1]).run(None, decoder_feed(expected))
+    masks, iou = lean_session(fp16[1]).run(None, decoder_feed(expected))
     assert mask_iou(reference["masks"], masks).min() >= 0.98
     assert np.abs(iou - reference["iou"]).max() <= 0.01
 
@@ -99,7 +99,7 @@ def test_vit_b_int8(fp32, int8, image, reference):
     assert_int8_structure(onnx.load(str(int8)))
     embedding = lean_session(int8).run(None, {C.IMAGE.name: image})[0]
     assert cosine(reference["embedding"], embedding) >= 0.998
-    _, masks = lean_session(fp32[1]).run(None, decoder_feed(embedding))
+    masks, _ = lean_session(fp32[1]).run(None, decoder_feed(embedding))
     iou = mask_iou(reference["masks"], masks)
     assert iou.mean() >= 0.95 and iou.min() >= 0.9
 

@@ -78,7 +78,7 @@ def test_chunks_equal_one_call(ort_backend, return_logits):
     else:
         np.testing.assert_array_equal(got[0], expected[0])
     # the low-resolution path too
-    np.testing.assert_array_equal(split.decode_low_res(boxes=boxes)[1], one.decode_low_res(boxes=boxes)[1])
+    np.testing.assert_array_equal(split.decode_low_res(boxes=boxes)[0], one.decode_low_res(boxes=boxes)[0])
 
 
 def test_budget_bounds_every_call(ort_backend):

@@ -40,7 +40,7 @@ class SlowTaggedBackend:
         tag = float(image_embeddings[0, 0, 0, 0])
         time.sleep(self.delay)
         batch = point_coords.shape[0]
-        return np.full((batch, 4), tag, np.float32), np.full((batch, 4, 256, 256), 1.0, np.float32)
+        return np.full((batch, 4, 256, 256), 1.0, np.float32), np.full((batch, 4), tag, np.float32)
 
 
 def _race(predictor: SamPredictor, images: list[np.ndarray], predict, calls: int, switches: int):

@@ -103,7 +103,7 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
     import numpy as np
     from conftest import make_image, mask_iou
 
-    from samexport.build import build
+    from samexport.pipeline import build
     from samexport.runtime.backends import TorchBackend
 
     availability = tensorrt_availability()

@@ -262,7 +262,7 @@ class AutomaticMaskGenerator:
         self, points: np.ndarray, measurer: MaskMeasurer, crop_box: list[int], image_size: tuple[int, int]
     ) -> _Masks:
         labels = np.full((len(points), 1), LABEL_FOREGROUND, np.float32)
-        iou, logits = self.predictor.decode_low_res(points[:, None, :], labels)
+        logits, iou = self.predictor.decode_low_res(points[:, None, :], labels)
         iou, logits = iou[:, 1:].reshape(-1), logits[:, 1:].reshape(-1, *logits.shape[2:])  # multimask
         points = np.repeat(points, 3, axis=0)
         keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))

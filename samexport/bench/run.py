@@ -222,7 +222,7 @@ def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inp
     predictor.set_image(images[0])
     prompts = decoder_prompts(predictor.original_size, config.batch_sizes)
     point = prompts["decoder_point"]
-    _, logits = predictor.decode_low_res(**point)
+    logits, _ = predictor.decode_low_res(**point)
     refine = {**point, "mask_input": logits[:, 1:2]}
     on_step(f"{entry.label}: decoder stages x{config.runs}")
     for stage, kwargs in prompts.items():
@@ -301,7 +301,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop, measure_peak_matmul
     from samexport.bench.report import evaluate_targets, peer_ratios
-    from samexport.build import package_versions
+    from samexport.pipeline import package_versions
     from samexport.parity import read_images
     from samexport.variants import get_variant
 

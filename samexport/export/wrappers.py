@@ -6,7 +6,7 @@ happens *after* normalisation, so an in-graph normalisation could not tell paddi
 pixels.
 
 ``DecoderGraph``: one image embedding and a batch of B prompts of N points each -> all four mask
-logits Bx4x256x256 and IoU predictions Bx4. Upsampling to the original image size is left to the
+logits Bx4x256x256 and IoU predictions Bx4, in that order (as the official mask decoder). Upsampling to the original image size is left to the
 runtime (a float ``orig_im_size`` input does not parse in TensorRT, and upsampling only the masks
 that are returned is cheaper).
 """
@@ -67,7 +67,7 @@ class DecoderGraph(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See ``samexport.constants.DECODER_INPUTS`` for shapes; returns (iou Bx4, masks Bx4x256x256)."""
+        """See ``samexport.constants.DECODER_INPUTS`` for shapes; returns (masks Bx4x256x256, iou Bx4)."""
         decoder = self.mask_decoder
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         batch = sparse.shape[0]
@@ -82,7 +82,7 @@ class DecoderGraph(nn.Module):
         )  # B x 4 x 32
         features = _upscale(decoder.output_upscaling, keys)  # B x 65536 x 32, sub-pixel order
         masks = hyper_in @ features.transpose(1, 2)  # B x 4 x 65536
-        return iou, _raster_order(masks, keys.shape[1])
+        return _raster_order(masks, keys.shape[1]), iou
 
     def _dense_tokens(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """``embed_masks`` as BxHWxC tokens: the no-mask embedding plus, where a mask is given,

@@ -34,7 +34,7 @@ class Backend(Protocol):
         has_mask_input: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Prompts in the 1024 frame (shapes in ``constants.DECODER_INPUTS``) ->
-        (iou_predictions Bx4, low_res_masks Bx4x256x256), float32."""
+        (low_res_masks Bx4x256x256, iou_predictions Bx4), float32 (the official order)."""
 
 
 def onnxruntime_providers(device: str = "auto") -> list[str]:
@@ -128,8 +128,8 @@ class OnnxRuntimeBackend:
                 (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
             )
         )
-        iou, masks = self.decoder.run([s.name for s in C.DECODER_OUTPUTS], feed)
-        return iou, masks
+        masks, iou = self.decoder.run([s.name for s in C.DECODER_OUTPUTS], feed)
+        return masks, iou
 
 
 class TorchBackend:
@@ -153,5 +153,5 @@ class TorchBackend:
         args = [torch.from_numpy(np.ascontiguousarray(a)) for a in
                 (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)]
         with torch.no_grad():
-            iou, masks = self.decoder(*args)
-        return iou.numpy(), masks.numpy()
+            masks, iou = self.decoder(*args)
+        return masks.numpy(), iou.numpy()

@@ -470,7 +470,7 @@ class SamPredictor:
         boxes: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """All four outputs at low resolution: (iou Bx4, logits Bx4x256x256), no upsampling;
+        """All four outputs at low resolution: (logits Bx4x256x256, iou Bx4), no upsampling;
         prompts in the original frame, chunked as :meth:`predict_batch`."""
         state = self._current()
         prompt = self._prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size)
@@ -492,15 +492,15 @@ class SamPredictor:
 
     def _run(self, state: ImageState, prompt, multimask_output: bool | None, return_logits: bool):
         """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs
-        (iou, logits); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
+        (logits, iou); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
         coords, labels, masks, has_mask = prompt
         batch = coords.shape[0]
         results: list[np.ndarray] | None = None
         for part in self._chunks(batch):
             with self._locked():
-                iou, low_res = self.backend.decode(state.embedding, coords[part], labels[part], masks[part], has_mask[part])
+                low_res, iou = self.backend.decode(state.embedding, coords[part], labels[part], masks[part], has_mask[part])
             if multimask_output is None:
-                outputs = (iou, low_res)
+                outputs = (low_res, iou)
             else:
                 tokens = slice(1, None) if multimask_output else slice(0, 1)
                 iou, low_res = iou[:, tokens], low_res[:, tokens]

@@ -191,7 +191,7 @@ class TensorRTBackend:
             feeds[C.IMAGE_EMBEDDINGS.name] = self._last_embedding_on_device
         self._check_profile(feeds)
         out = self.decoder.infer(feeds)
-        return out[C.IOU_PREDICTIONS.name], out[C.LOW_RES_MASKS.name]
+        return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
 
     def _check_profile(self, feeds: dict) -> None:
         """A prompt batch outside the decoder's profile is the caller's error, said as such."""

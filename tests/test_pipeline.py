@@ -1,4 +1,4 @@
-"""``samexport.build``: artifact directory contents, manifest, and no half-written builds."""
+"""``samexport.pipeline`` (``samexport.build``): artifact directory contents, manifest, and no half-written builds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from samexport import constants as C
 from samexport.artifacts import read_manifest
-from samexport.build import build
+from samexport.pipeline import build
 from samexport.download import sha256_file
 from samexport.errors import SamExportError
 
@@ -144,3 +144,13 @@ def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_p
 
         with pytest.raises(SamExportError, match="only TensorRT can run"):
             SamPredictor(result.artifact_dir, backend="onnxruntime")
+
+
+def test_samexport_build_is_the_function_after_the_pipeline_module_is_imported():
+    import samexport
+    import samexport.cli  # noqa: F401 - imports the pipeline module, as the CLI and bench do
+    from samexport import pipeline
+
+    from samexport import build as build_function
+
+    assert build_function is pipeline.build and samexport.build is pipeline.build

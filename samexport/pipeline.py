@@ -1,4 +1,8 @@
-"""Checkpoint -> artifact directory: ONNX graphs, engine plans (where possible) and a manifest."""
+"""Checkpoint -> artifact directory: ONNX graphs, engine plans (where possible) and a manifest.
+
+The pipeline behind ``samexport.build`` (the function; this module has another name so that
+``from samexport import build`` always gives the function).
+"""
 
 from __future__ import annotations
 
