@@ -18,7 +18,7 @@ from samexport import constants as C
 from samexport.artifacts import (
     DIGEST_KEY, STAGING_MARKER, check_output_destination, read_manifest, staged_directory, verify_artifact,
 )
-from samexport.build import build
+from samexport.pipeline import build
 from samexport.download import sha256_file
 from samexport.errors import SamExportError
 
