@@ -7,10 +7,12 @@ written by ``write_manifest`` on every rewrite). Opening an artifact checks them
   files and most files swapped in from another build;
 - sha256, when a backend opens the artifact (:func:`verify_files`), which catches the rest: a
   flipped byte, a decoder of another build of the same size. Hashing costs about a second per GB,
-  so a match is remembered, keyed by the file's path, size, modification and change times and
-  inode: in memory for this process, and in ``verified-files.json`` in samexport's cache folder
-  (``samexport.download.default_cache_dir``) for the next one. Rewriting, copying or replacing a
-  file changes its change time or inode, so the next open hashes it again. The cache lives outside
+  so a match is remembered under the file's device and inode with its size and modification and
+  change times (nanoseconds): in memory for this process, and in ``verified-files.json`` in
+  samexport's cache folder (``samexport.download.default_cache_dir``) for the next one. Writing,
+  copying or replacing a file changes its change time or inode, so the next open hashes it again;
+  renaming the folder does not (the build hashes its files in the staging folder, and the first
+  open of the finished artifact finds them remembered). The cache lives outside
   the artifact so that a read-only artifact (a device image, a container) still caches, and so
   that nothing is added to a folder a dataset job fingerprints.
 """
@@ -27,7 +29,7 @@ from samexport.errors import SamExportError
 CACHE_FILE = "verified-files.json"
 CACHE_ENTRIES = 512  # most recent files kept in the cache file
 _lock = threading.Lock()
-_verified: dict[str, tuple[list[int], str]] = {}  # resolved path -> (stat key, sha256)
+_verified: dict[str, tuple[list[int], str]] = {}  # "device:inode" -> (stat key, sha256)
 
 
 def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
@@ -39,7 +41,7 @@ def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
         path = Path(folder) / name
         digest = sha256_file(path)
         records[name] = {"bytes": path.stat().st_size, "sha256": digest}
-        _remember(path, digest)  # just hashed: opening the new artifact needs no second pass
+        _remember(path, digest)  # just hashed: the first open of the artifact needs no second pass
     return records
 
 
@@ -87,9 +89,10 @@ def verify_files(folder: Path, records: dict[str, dict], *, source: str, names: 
             )
 
 
-def _stat_key(path: Path) -> list[int]:
+def _stat_key(path: Path) -> tuple[str, list[int]]:
+    """(``"device:inode"``, [size, mtime_ns, ctime_ns]) of ``path``."""
     info = path.stat()
-    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+    return f"{info.st_dev}:{info.st_ino}", [info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def _cache_path() -> Path:
@@ -108,11 +111,11 @@ def _load_cache_file() -> dict:
 
 def _cached_digest(path: Path) -> str | None:
     """The sha256 remembered for ``path`` if the file is unchanged since, else None."""
-    resolved, key = str(path.resolve()), _stat_key(path)
+    identity, key = _stat_key(path)
     with _lock:
-        entry = _verified.get(resolved)
+        entry = _verified.get(identity)
     if entry is None:
-        stored = _load_cache_file().get(resolved)
+        stored = _load_cache_file().get(identity)
         if isinstance(stored, dict) and isinstance(stored.get("sha256"), str):
             entry = (stored.get("key"), stored["sha256"])
     if entry is not None and entry[0] == key:
@@ -122,12 +125,12 @@ def _cached_digest(path: Path) -> str | None:
 
 def _remember(path: Path, digest: str) -> None:
     """Remember that ``path`` in its current state hashes to ``digest`` (best effort on disk)."""
-    resolved, key = str(path.resolve()), _stat_key(path)
+    identity, key = _stat_key(path)
     with _lock:
-        _verified[resolved] = (key, digest)
+        _verified[identity] = (key, digest)
     cache = _load_cache_file()
-    cache.pop(resolved, None)
-    cache[resolved] = {"key": key, "sha256": digest}
+    cache.pop(identity, None)
+    cache[identity] = {"key": key, "sha256": digest}
     cache = dict(list(cache.items())[-CACHE_ENTRIES:])
     target = _cache_path()
     partial = target.with_name(f".{CACHE_FILE}.partial-{os.getpid()}-{threading.get_ident()}")
@@ -135,5 +138,8 @@ def _remember(path: Path, digest: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(cache))
         os.replace(partial, target)
-    except OSError:
-        partial.unlink(missing_ok=True)  # a read-only cache folder: the in-memory entry remains
+    except OSError:  # a read-only cache folder: the in-memory entry remains
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass

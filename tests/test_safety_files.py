@@ -114,7 +114,7 @@ def test_a_symlink_and_a_folder_under_a_file_are_refused(tmp_path):
     check_output_destination(tmp_path / "new" / "deeper")
 
 
-def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders(artifact, tiny_checkpoint):
+def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders(artifact, tiny_checkpoint, monkeypatch):
     stale = artifact.parent / f".{artifact.name}.partial-killed"  # a build killed by SIGKILL
     stale.mkdir()
     (stale / STAGING_MARKER).write_text(json.dumps({"pid": dead_pid()}))
@@ -132,6 +132,14 @@ def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders
     assert result.manifest.files[C.DECODER_ONNX] == before.files[C.DECODER_ONNX]  # same weights, same graph
     assert not stale.exists() and running.is_dir() and (foreign / "data.bin").read_bytes() == b"keep"
     assert listing(artifact.parent) == sorted([artifact.name, running.name, foreign.name])
+    # The build hashed its files in the staging folder; the renamed artifact opens without hashing.
+    import samexport.download
+    from samexport.runtime.predictor import open_backend
+
+    calls = []
+    monkeypatch.setattr(samexport.download, "sha256_file", lambda path: calls.append(path))
+    open_backend(artifact, "onnxruntime-cpu")
+    assert calls == []
 
 
 def test_a_failed_swap_leaves_no_staging_folder(tmp_path, monkeypatch):
