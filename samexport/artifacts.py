@@ -2,11 +2,16 @@
 
 A build is written into a hidden staging folder next to its destination and renamed into place only
 when complete, manifest last, so a crash never leaves a directory that looks like a finished build.
+The destination is checked before any work (:func:`check_output_destination`): samexport replaces
+only its own artifacts, never a user's folder or file. The manifest records the size and sha256 of
+every file the runtime loads (``Manifest.files``, see ``samexport.integrity``), recomputed on
+every rewrite.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,9 +22,19 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.errors import SamExportError
+from samexport.integrity import check_sizes, file_records, verify_files
+from samexport.staging import remove_stale_folders, write_marker
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 2  # 2: a "runtime" section; format 1 manifests are read and upgraded
 DEFAULT_ROOT = Path("engines")
+STAGING_MARKER = ".samexport-staging"  # in a build's staging folder: {"pid": ...} of the build
+PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
+PLANS_PARTIAL_PREFIX = ".plans-partial-"
+PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
+PLAN_FILES = ("encoder.plan", "decoder.plan")
+DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
 
 
 def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -62,6 +77,9 @@ class Manifest:
 
     ``to_dict`` / ``from_dict`` are the JSON form; ``from_dict`` validates types and values and
     upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
+    ``files`` maps each file the runtime loads (path relative to the artifact) to
+    ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it, and manifests written before
+    it existed have none (their files are not verified).
     """
 
     variant: str
@@ -80,6 +98,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
+    files: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
@@ -106,9 +125,12 @@ class Manifest:
         expected = {
             "variant": str, "precision": str, "attention": str, "opset": int, "graphs": dict,
             "checkpoint": dict, "encoder": dict, "decoder": dict, "engine_config": dict,
-            "engines": dict, "skipped_engines": dict, "versions": dict,
+            "engines": dict, "skipped_engines": dict, "versions": dict, "files": dict,
         }
-        data = {"attention": "plain", "engine_config": {}, "engines": {}, "skipped_engines": {}, "versions": {}, **data}
+        data = {
+            "attention": "plain", "engine_config": {}, "engines": {}, "skipped_engines": {}, "versions": {},
+            "files": {}, **data,
+        }
         for key, kind in expected.items():
             if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
                 raise SamExportError(f"{source}: {key!r} must be a {kind.__name__}, got {data.get(key)!r}")
@@ -116,6 +138,12 @@ class Manifest:
             raise SamExportError(f"{source}: unknown precision {data['precision']!r}; valid: {', '.join(C.PRECISIONS)}")
         if data["attention"] not in C.ATTENTION_MODES:
             raise SamExportError(f"{source}: unknown attention mode {data['attention']!r}; valid: {', '.join(C.ATTENTION_MODES)}")
+        for name, record in data["files"].items():
+            if not (
+                isinstance(record, dict) and type(record.get("bytes")) is int and record["bytes"] >= 0
+                and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64
+            ) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise SamExportError(f"{source}: bad file record {name!r}: {record!r}")
         from samexport.variants import get_variant
 
         try:
@@ -143,24 +171,54 @@ class Manifest:
         return replace(self, **changes)
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically: a temporary file in the same folder, flushed to disk,
-    then renamed over the old one, so a reader sees the old manifest or the new, never half."""
-    path = Path(folder) / C.MANIFEST
+def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
+    """The files the runtime loads, relative to ``folder``: the two ONNX graphs with their
+    external data (``encoder.onnx.data``: every top-level file whose name starts with a graph's
+    name) and the plans ``manifest.engines`` names."""
+    folder = Path(folder)
+    names = {
+        entry.name for entry in folder.iterdir()
+        if entry.is_file() and entry.name.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))
+    }
+    names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
+    return sorted(names)
+
+
+def _digest(data: dict) -> str:
+    """sha256 of the manifest's JSON in a canonical form (sorted keys, no whitespace)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record the size and sha256 of the artifact's files (:func:`artifact_files`) in
+    ``manifest.files`` and write ``manifest.json`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over the old one, so a reader sees the old manifest or the new,
+    never half. The file also holds :data:`DIGEST_KEY`, the sha256 of the rest, so that an edited
+    manifest (another variant or precision) is refused by :func:`read_manifest`. Returns the
+    manifest written (with its file records)."""
+    folder = Path(folder)
+    manifest = manifest.replace(files=file_records(folder, artifact_files(folder, manifest)))
+    path = folder / C.MANIFEST
     partial = path.with_name(f".{C.MANIFEST}.partial-{os.getpid()}")
     try:
         with open(partial, "w") as stream:
-            stream.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
+            data = manifest.to_dict()
+            stream.write(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return path
+    return manifest
 
 
 def read_manifest(folder: Path | str) -> Manifest:
-    """Read and validate ``manifest.json``; a missing or foreign file is a clear error."""
+    """Read and validate ``manifest.json`` and check the recorded file sizes (fast: no hashing;
+    :func:`verify_artifact` checks contents); a missing or foreign file is a clear error, and so
+    is a manifest edited since it was written (its :data:`DIGEST_KEY` does not match; manifests
+    of older samexport versions have none and no file records, and are read as before)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SamExportError(f"artifact directory not found: {folder}")
@@ -174,34 +232,163 @@ def read_manifest(folder: Path | str) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SamExportError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and (DIGEST_KEY in data or data.get("files")):
+        data = dict(data)
+        if data.pop(DIGEST_KEY, None) != _digest(data):
+            raise SamExportError(
+                f"{path} was changed after samexport wrote it ({DIGEST_KEY} does not match its "
+                "contents): the artifact cannot be trusted; rebuild it, or copy it again"
+            )
     manifest = Manifest.from_dict(data, source=str(path))
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         if not (folder / name).is_file():
             raise SamExportError(f"{folder} is incomplete: {name} is missing; rebuild it")
+    if manifest.files:
+        check_sizes(folder, manifest.files, source=str(path))
     return manifest
+
+
+def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] | None = None) -> None:
+    """Check the sha256 of the artifact's files (``names`` only, when given) against the
+    manifest; matches are cached (``samexport.integrity``), so only a first open hashes.
+
+    A manifest without file records (written before samexport recorded them) is accepted with a
+    warning: its files cannot be checked.
+
+    Raises:
+        SamExportError: a file is missing, or differs from its record (damaged, or from another
+            build); the message names it.
+    """
+    folder = Path(folder)
+    if not manifest.files:
+        log.warning(
+            "%s records no file sizes or hashes (made by an older samexport): its graphs and plans "
+            "cannot be verified; rebuild it to add them", folder / C.MANIFEST,
+        )
+        return
+    verify_files(folder, manifest.files, source=str(folder / C.MANIFEST), names=names)
+
+
+def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
+    """Entries of an artifact folder that samexport did not write (a user's notes, data)."""
+    from samexport.staging import marker_pid
+
+    ours = {C.MANIFEST, *PLAN_FILES, *(name.split("/")[0] for name in manifest.files)}
+    ours |= {str(r["plan"]).split("/")[0] for r in manifest.engines.values() if isinstance(r, dict) and "plan" in r}
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        name = entry.name
+        if name in ours or (entry.is_file() and name.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))):
+            continue
+        if name.startswith((PLANS_PREFIX, PLANS_PARTIAL_PREFIX)) and marker_pid(entry, PLANS_MARKER) is not None:
+            continue
+        if name.startswith(f".{C.MANIFEST}.partial-"):
+            continue
+        foreign.append(name)
+    return foreign
+
+
+def check_output_destination(destination: Path | str) -> None:
+    """Refuse, before any work, a destination a build must not (or cannot) replace.
+
+    A build may write a new folder, an empty folder, or replace an artifact samexport wrote (a
+    valid ``manifest.json``, and nothing in it that samexport did not write). It refuses an
+    existing file, a symbolic link, a folder that is not an artifact, the current folder or one
+    above it, and a mount point (the final rename cannot move a mount point).
+
+    Raises:
+        SamExportError: the destination is one of those; the message says which and what to do.
+    """
+    destination = Path(destination)
+    where = f"--output {destination}"
+    if destination.is_symlink():
+        raise SamExportError(f"{where} is a symbolic link; name the folder itself (or a new one)")
+    resolved = destination.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved.parent == resolved:
+        raise SamExportError(
+            f"{where} is the current folder or one above it; a build replaces its output folder, so "
+            f"name a new one, e.g. --output {destination / 'vit_b-fp32'}"
+        )
+    if os.path.ismount(resolved):
+        raise SamExportError(
+            f"{where} is a mount point; a build is renamed into place, which cannot replace a mount "
+            f"point: name a folder inside it, e.g. --output {destination / 'vit_b-fp32'}"
+        )
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SamExportError(f"{where}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SamExportError(f"{where}: cannot write in {ancestor} (permission denied)")
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise SamExportError(
+            f"{where} exists and is a file, not an artifact folder; samexport replaces only its own "
+            "builds: choose another --output"
+        )
+    if not any(destination.iterdir()):
+        return
+    manifest_path = destination / C.MANIFEST
+    if not manifest_path.is_file():
+        raise SamExportError(
+            f"{where} exists and is not a samexport artifact (it has files but no {C.MANIFEST}); "
+            "samexport replaces only its own builds: choose a new folder, or move that one away yourself"
+        )
+    try:
+        manifest = Manifest.from_dict(json.loads(manifest_path.read_text()), source=str(manifest_path))
+    except (ValueError, UnicodeDecodeError, SamExportError) as exc:
+        raise SamExportError(
+            f"{where} is not an artifact samexport can replace: {manifest_path} is not a samexport "
+            f"manifest ({str(exc).splitlines()[0]}); choose a new folder, or move that one away yourself"
+        ) from None
+    foreign = _foreign_entries(destination, manifest)
+    if foreign:
+        raise SamExportError(
+            f"{where} is an artifact, but it also holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
+            f"samexport did not write ({', '.join(foreign[:3])}); replacing it would delete them: "
+            "move them out, or choose another --output"
+        )
 
 
 @contextmanager
 def staged_directory(destination: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``destination`` atomically.
 
-    On any exception the staging folder is deleted and ``destination`` is left as it was.
+    The destination is checked first and again just before the swap
+    (:func:`check_output_destination`). The staging folder ``.NAME.partial-*`` holds our marker
+    (:data:`STAGING_MARKER`) until the swap, so a later build removes it if this process is
+    killed; on any failure, the swap included, it is deleted and ``destination`` is left as it was.
     """
-    destination = Path(destination)
+    check_output_destination(destination)
+    destination = Path(os.path.abspath(destination))
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a build is an ordinary folder
+    prefix = f".{destination.name}.partial-"
+    for stale in remove_stale_folders(destination.parent, f"{prefix}*", STAGING_MARKER):
+        log.info("removed %s, left by a build that did not finish", stale)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
     try:
+        write_marker(staging, STAGING_MARKER)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a build is an ordinary folder
         yield staging
+        check_output_destination(destination)  # nothing of the user's appeared there meanwhile
+        (staging / STAGING_MARKER).unlink()
+        old = None
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            os.replace(destination, old)
+        try:
+            os.replace(staging, destination)
+        except BaseException:
+            if old is not None:
+                os.replace(old, destination)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = None
-    if destination.exists():
-        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-        os.replace(destination, old)
-    os.replace(staging, destination)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

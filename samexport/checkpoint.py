@@ -38,7 +38,30 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is not a SAM checkpoint: unexpected keys such as {unknown[:3]}; "
             "expected keys starting with " + ", ".join(SECTIONS)
         )
+    check_finite(state, source=str(path))
     return state
+
+
+def check_finite(state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Refuse a state dict with NaN or infinite weights, naming the first such tensor (in the
+    file's order): they would surface much later as NaN masks or a failed parity check.
+
+    Raises:
+        SamExportError: a floating-point tensor holds NaN or infinite values.
+    """
+    torch = require("torch", "torch")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = tensor[~finite]
+            nan = int(torch.isnan(bad).sum())
+            raise SamExportError(
+                f"checkpoint {source}: tensor {name!r} {tuple(tensor.shape)} has {nan} NaN and "
+                f"{bad.numel() - nan} infinite values (of {tensor.numel()}); the file is damaged or "
+                "the training diverged"
+            )
 
 
 def describe_encoder(state: dict[str, torch.Tensor]) -> dict:

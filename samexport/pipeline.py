@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from samexport import constants as C
-from samexport.artifacts import Manifest, RuntimeNeeds, default_artifact_dir, staged_directory, write_manifest
+from samexport.artifacts import (
+    Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, staged_directory, write_manifest,
+)
 from samexport.errors import SamExportError
 from samexport.variants import Variant, get_variant
 
@@ -192,7 +194,10 @@ def build(
             ~25 s on vit_b) and record it in the manifest.
         on_step: called with a one-line description before each stage.
 
-    The directory is assembled in a staging folder and renamed into place when complete.
+    The directory is assembled in a staging folder and renamed into place when complete. An
+    existing ``output`` is replaced only when it is a samexport artifact; anything else (a file, a
+    folder of the user's, the current folder, a mount point) is refused before any work
+    (``samexport.artifacts.check_output_destination``).
     """
     from samexport.checkpoint import load_sam
     from samexport.download import default_cache_dir, resolve_checkpoint, sha256_file
@@ -213,10 +218,11 @@ def build(
     if precision == "int8":
         if calib_dir is None:
             raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
-        from samexport.precision.int8 import list_images, recipe_for
+        from samexport.precision.int8 import check_calibration_images, recipe_for
 
-        recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
-        list_images(calib_dir)  # fail now, not after the export, if the folder has no images
+        recipe = recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
+        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
+        check_calibration_images(calib_dir, recipe.max_images)
     engine_config = engine_config or BuildConfig()
     if engines != "skip":
         from samexport.engines import load_tensorrt, tensorrt_availability
@@ -233,6 +239,7 @@ def build(
                 if not availability:
                     raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
     destination = Path(output) if output else default_artifact_dir(variant.name, precision)
+    check_output_destination(destination)  # before the checkpoint is hashed, loaded and exported
 
     checkpoint = resolve_checkpoint(variant, checkpoint, download_missing=download)
     on_step(f"hashing {checkpoint}")
@@ -287,5 +294,5 @@ def build(
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         shutil.rmtree(staging / ".parity", ignore_errors=True)
-        write_manifest(staging, manifest)
+        manifest = write_manifest(staging, manifest)
     return BuildResult(destination, manifest, skipped)

@@ -86,3 +86,16 @@ def test_missing_file(tmp_path):
 def test_unknown_variant_lists_valid_ones():
     with pytest.raises(SamExportError, match="valid variants: vit_b, vit_l, vit_h, mobile_sam.*vit_t = mobile_sam"):
         get_variant("vit_x")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named_at_load(tiny_checkpoint, tmp_path, bad):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    name = "mask_decoder.iou_token.weight"
+    state[name][0, 3] = bad
+    state["mask_decoder.iou_prediction_head.layers.0.weight"][0, 0] = bad  # later in the file: not named
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    kind = "1 NaN and 0 infinite" if bad != bad else "0 NaN and 1 infinite"
+    with pytest.raises(SamExportError, match=rf"tensor '{name}' .* has {kind} values"):
+        load_sam(path, "tiny")

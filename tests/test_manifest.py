@@ -18,16 +18,16 @@ def manifest_data(**changes) -> dict:
         "encoder": {"onnx": C.ENCODER_ONNX}, "decoder": {"onnx": C.DECODER_ONNX},
         "runtime": {"onnxruntime_encoder": True, "onnxruntime_memory_arena": False, "gpu_specific_kernels": False},
         "engine_config": {}, "engines": {}, "skipped_engines": {}, "parity": None, "versions": {},
-        "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000",
+        "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000", "files": {},
     }
     return {**data, **changes}
 
 
 def test_round_trip_keeps_every_key_including_unknown_ones():
-    data = manifest_data(files={"encoder.onnx": {"bytes": 3}})  # a key a newer samexport may write
+    data = manifest_data(signatures={"encoder.onnx": {"bytes": 3}})  # a key a newer samexport may write
     manifest = Manifest.from_dict(data)
     assert manifest.runtime == RuntimeNeeds(onnxruntime_encoder=True, onnxruntime_memory_arena=False)
-    assert manifest.extra == {"files": {"encoder.onnx": {"bytes": 3}}}
+    assert manifest.extra == {"signatures": {"encoder.onnx": {"bytes": 3}}}
     assert manifest.to_dict() == data
 
 
@@ -70,11 +70,14 @@ def test_written_manifest_is_read_back_and_replaced_atomically(tmp_path):
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         (tmp_path / name).write_bytes(b"")
     manifest = Manifest.from_dict(manifest_data())
-    write_manifest(tmp_path, manifest)
-    assert read_manifest(tmp_path) == manifest
+    written = write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path) == written == manifest.replace(files=written.files)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "encoder.plan").write_bytes(b"plan")
     write_manifest(tmp_path, manifest.replace(engines={"encoder": {"plan": "p/encoder.plan"}}))
     assert read_manifest(tmp_path).engines == {"encoder": {"plan": "p/encoder.plan"}}
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+    assert set(read_manifest(tmp_path).files) == {C.ENCODER_ONNX, C.DECODER_ONNX, "p/encoder.plan"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST, "p"])
     (tmp_path / C.MANIFEST).write_text("[]")
     with pytest.raises(SamExportError, match="a JSON object was expected"):
         read_manifest(tmp_path)

@@ -446,6 +446,29 @@ def test_calibration_folder_errors(tiny_onnx, tmp_path):
         quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", tmp_path / "empty")
 
 
+@pytest.mark.parametrize("content", ["[]", "null", "{not json", '{"key": {}, "ranges": {"x": "big"}}'])
+def test_malformed_calibration_cache_is_named(tiny_onnx, calib_dir, tmp_path, content):
+    from samexport.errors import SamExportError
+    from samexport.precision.int8 import quantize_encoder_int8
+
+    cache = tmp_path / "calibration.json"
+    cache.write_text(content)
+    with pytest.raises(SamExportError, match=rf"calibration cache {cache} is malformed .*delete it to recalibrate"):
+        quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", calib_dir, cache_path=cache)
+    assert cache.read_text() == content
+
+
+def test_unreadable_calibration_image_is_named(tiny_onnx, tmp_path):
+    from samexport.errors import SamExportError
+    from samexport.precision.int8 import quantize_encoder_int8
+
+    folder = write_calibration_folder(tmp_path / "calib", SAMPLE_PHOTOS[:2])
+    (folder / "zz_broken.png").write_bytes((folder / f"{SAMPLE_PHOTOS[0]}.png").read_bytes()[:2000])
+    with pytest.raises(SamExportError, match=r"calibration image .*zz_broken.png cannot be read"):
+        quantize_encoder_int8(tiny_onnx[0], tmp_path / "e.onnx", folder)
+    assert not (tmp_path / "e.onnx").exists()
+
+
 @pytest.mark.parametrize(("scale", "raises"), [(1e-3, False), (1e-9, True)])
 def test_int8_fp16_scales_never_underflow_to_zero(scale, raises, tmp_path):
     """A Q/DQ scale that becomes 0 in FP16 would divide by zero: refused, a normal one converts."""

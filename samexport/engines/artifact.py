@@ -17,7 +17,6 @@ folder carries our marker and is removed by the next run once its process is gon
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -25,16 +24,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from samexport import constants as C
-from samexport.artifacts import Manifest, read_manifest, write_manifest
+from samexport.artifacts import (
+    PLAN_FILES, PLANS_MARKER, PLANS_PARTIAL_PREFIX, PLANS_PREFIX, Manifest, read_manifest, verify_artifact,
+    write_manifest,
+)
 from samexport.engines import TensorRTFlavour, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine
 from samexport.errors import SamExportError
+from samexport.staging import remove_stale_folders, write_marker
 
-PLAN_NAMES = {"encoder": "encoder.plan", "decoder": "decoder.plan"}
+PLAN_NAMES = dict(zip(("encoder", "decoder"), PLAN_FILES))
 GRAPH_NAMES = {"encoder": C.ENCODER_ONNX, "decoder": C.DECODER_ONNX}
-PLANS_PREFIX = "plans-"
-PARTIAL_PREFIX = ".plans-partial-"
-MARKER = ".samexport-plans"  # JSON {"pid": ...}: this folder is ours, written by that process
+PARTIAL_PREFIX = PLANS_PARTIAL_PREFIX
+MARKER = PLANS_MARKER  # JSON {"pid": ...}: this folder is ours, written by that process
 BUILDERS: dict[str, TensorRTFlavour] = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 
 
@@ -91,8 +93,8 @@ def build_plans(
     stamp = time.strftime("%Y%m%dT%H%M%S")
     partial = target_dir / f"{PARTIAL_PREFIX}{stamp}-{os.getpid()}"
     partial.mkdir()
-    (partial / MARKER).write_text(json.dumps({"pid": os.getpid()}))
     try:
+        write_marker(partial, MARKER)
         records = {}
         for name, plan_name in PLAN_NAMES.items():
             on_step(f"building the {name} engine with {flavour}")
@@ -128,7 +130,9 @@ def build_artifact_engines(
 
     Returns:
         The updated manifest. ``manifest.json`` is replaced atomically only after both plans are
-        built; the plans the previous manifest named are removed after that.
+        built, with the file records (sizes, sha256) recomputed for the graphs and the new plans;
+        the plans the previous manifest named are removed after that. The graphs are checked
+        against the old records before any plan is built.
 
     Raises:
         SamExportError: not an artifact, an unknown builder, a setting this TensorRT / device / graph
@@ -139,6 +143,8 @@ def build_artifact_engines(
     flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
+    # The plans are built from these graphs and the new manifest hashes them again: check first.
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     records = build_plans(folder, folder, config, attention=manifest.attention, flavour=flavour, on_step=on_step)
     previous = [record.get("plan") for record in manifest.engines.values()]
     write_manifest(folder, manifest.replace(engine_config=config.to_dict(), engines=records, skipped_engines={}))
@@ -161,25 +167,4 @@ def _remove_previous_plans(folder: Path, plans: list[str]) -> None:
 def remove_stale_partial_folders(folder: Path) -> list[Path]:
     """Remove half-built plan folders left by killed runs: only ours (marker present) whose
     process is gone. Returns what was removed."""
-    removed = []
-    for candidate in folder.glob(f"{PARTIAL_PREFIX}*"):
-        marker = candidate / MARKER
-        try:
-            pid = int(json.loads(marker.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not ours, or not readable: leave it alone
-        if pid != os.getpid() and _process_alive(pid):
-            continue
-        shutil.rmtree(candidate, ignore_errors=True)
-        removed.append(candidate)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return remove_stale_folders(folder, f"{PARTIAL_PREFIX}*", MARKER)

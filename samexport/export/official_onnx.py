@@ -38,6 +38,7 @@ selection and upsampling appended as ONNX nodes, so no torch is needed to write 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +180,8 @@ def export_official_decoder(
 
     Args:
         artifact_dir: an artifact directory from ``samexport build`` (its ``decoder.onnx``).
-        output: the ``.onnx`` file to write (an existing file is replaced; a directory is refused).
+        output: the ``.onnx`` file to write (an existing file is replaced only if this function
+            wrote it; any other file, and a directory, is refused).
         return_single_mask: one mask per prompt chosen as the official does, else all four.
         use_stability_score: report stability scores instead of predicted IoUs.
 
@@ -188,15 +190,21 @@ def export_official_decoder(
     """
     import onnx
 
-    from samexport.artifacts import read_manifest
+    from samexport.artifacts import read_manifest, verify_artifact
 
     folder = Path(artifact_dir)
-    read_manifest(folder)
+    manifest = read_manifest(folder)
     output = Path(output)
     if output.is_dir():
         raise SamExportError(f"--output {output} is a directory; name the .onnx file to write")
     if output.suffix != ".onnx":
         raise SamExportError(f"--output {output} should end in .onnx")
+    if output.exists() and not _written_by_us(output):
+        raise SamExportError(
+            f"--output {output} exists and is not an official-interface decoder samexport wrote; "
+            "samexport replaces only its own files: choose another name, or move it away yourself"
+        )
+    verify_artifact(folder, manifest, names=[C.DECODER_ONNX])
     try:
         decoder = onnx.load(str(folder / C.DECODER_ONNX))
     except Exception as exc:  # protobuf raises its own types for a damaged file
@@ -204,7 +212,21 @@ def export_official_decoder(
     model = official_decoder_model(decoder, return_single_mask=return_single_mask,
                                    use_stability_score=use_stability_score)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial")
-    onnx.save(model, str(partial))
-    partial.replace(output)
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        onnx.save(model, str(partial))
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
     return output
+
+
+def _written_by_us(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file this module wrote (its ``samexport.interface`` metadata)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises its own types for a file that is not ONNX
+        return False
+    return any(entry.key == "samexport.interface" for entry in model.metadata_props)

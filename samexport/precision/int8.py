@@ -124,6 +124,30 @@ def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
     return paths[:limit]
 
 
+def check_calibration_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
+    """:func:`list_images`, each image decoded in full once, before any export work.
+
+    A file Pillow cannot decode (truncated, not an image, over Pillow's size limit) is refused
+    by name rather than skipped: the calibration ranges, and their cache key, are those of the
+    images the user chose, and a skipped file would silently calibrate on fewer.
+
+    Raises:
+        SamExportError: no images, or an image that cannot be read (the message names it).
+    """
+    from PIL import Image
+
+    paths = list_images(calib_dir, limit)
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise SamExportError(
+                f"calibration image {path} cannot be read ({exc}); fix or remove it from {calib_dir}"
+            ) from None
+    return paths
+
+
 def encoder_feeds(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
     """Encoder inputs, one image at a time: image file (read by ``samexport.imageio.read_image``,
     as every samexport command reads images) -> ``samexport.transforms.preprocess``."""
@@ -209,14 +233,35 @@ def cache_key(model_path: Path | str, images: list[Path], recipe: Int8Recipe) ->
 
 
 def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
-    """The cached ranges when ``cache_path`` holds ranges for exactly ``key``, else None."""
+    """The cached ranges when ``cache_path`` holds ranges for exactly ``key``, else None (also
+    when there is no cache file yet).
+
+    Raises:
+        SamExportError: the file is not a calibration cache (not JSON, or not an object with a
+            ``key`` and finite numeric ``ranges``); the message names it.
+    """
     try:
-        cached = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
+        text = cache_path.read_text()
+    except FileNotFoundError:
         return None
-    if cached.get("key") != json.loads(json.dumps(key)):
+    except OSError as exc:
+        raise SamExportError(f"cannot read calibration cache {cache_path}: {exc}") from None
+    malformed = f"calibration cache {cache_path} is malformed"
+    try:
+        cached = json.loads(text)
+    except ValueError as exc:
+        raise SamExportError(f"{malformed} (not valid JSON: {exc}); delete it to recalibrate") from None
+    ranges = cached.get("ranges") if isinstance(cached, dict) else None
+    if not isinstance(ranges, dict) or "key" not in cached or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0 for v in ranges.values()
+    ):
+        raise SamExportError(
+            f"{malformed} (expected an object with 'key' and numeric 'ranges', got "
+            f"{type(cached).__name__}); delete it to recalibrate"
+        )
+    if cached["key"] != json.loads(json.dumps(key)):
         return None
-    return {k: float(v) for k, v in cached["ranges"].items()}
+    return {k: float(v) for k, v in ranges.items()}
 
 
 def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
@@ -289,7 +334,7 @@ def quantize_encoder_int8(
         fp32_ops: with ``recipe.fp16``, the op types kept in FP32 (the variant's
             ``fp32_ops``); None: :data:`samexport.precision.fp16.DEFAULT_FP32_OPS`.
     """
-    images = list_images(calib_dir, recipe.max_images)
+    images = check_calibration_images(calib_dir, recipe.max_images)
     ranges = None
     key = None
     if cache_path is not None:

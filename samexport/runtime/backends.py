@@ -74,6 +74,22 @@ def _decoder_options(ort, options):
     return decoder
 
 
+def _open_session(ort, path: Path | str, options, **kwargs):
+    """``ort.InferenceSession`` for ``path``; a file ONNX Runtime cannot load as a graph (empty,
+    truncated, not ONNX) is a :class:`SamExportError` naming it, not ONNX Runtime's traceback."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    unreadable = tuple(getattr(state, name) for name in ("InvalidProtobuf", "InvalidArgument", "NoSuchFile") if hasattr(state, name))
+    try:
+        return ort.InferenceSession(str(path), options, **kwargs)
+    except unreadable as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SamExportError(
+            f"{path} is not a readable ONNX graph ({reason}); the file is damaged or incomplete: "
+            "copy the artifact again or rebuild it"
+        ) from None
+
+
 class OnnxRuntimeBackend:
     """Runs ``encoder.onnx`` and ``decoder.onnx`` with ONNX Runtime."""
 
@@ -94,9 +110,9 @@ class OnnxRuntimeBackend:
         for path in (encoder_path, decoder_path):
             if not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
-        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
-        self.decoder = ort.InferenceSession(
-            str(decoder_path), _decoder_options(ort, options), providers=providers,
+        self.encoder = _open_session(ort, encoder_path, options, providers=providers)
+        self.decoder = _open_session(
+            ort, decoder_path, _decoder_options(ort, options), providers=providers,
             disabled_optimizers=list(DECODER_DISABLED_OPTIMIZERS),
         )
         active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()

@@ -43,8 +43,11 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
     builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
     intra-op threads (None: its default); TensorRT ignores it.
+
+    The files the backend loads are checked against the manifest's sizes and sha256s first
+    (``samexport.artifacts.verify_artifact``; hashed on first open only).
     """
-    from samexport.artifacts import read_manifest
+    from samexport.artifacts import read_manifest, verify_artifact
     from samexport.errors import SamExportError
 
     folder = Path(artifact_dir)
@@ -69,6 +72,7 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
     device = ORT_DEVICES.get(backend, "auto")
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport import constants as C
-from samexport.artifacts import Manifest
+from samexport.artifacts import Manifest, verify_artifact
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import InvalidInputError, SamExportError
 
@@ -157,6 +157,7 @@ class TensorRTBackend:
         if device != 0:
             _set_device(device)
         folder = Path(artifact_dir)
+        verify_artifact(folder, manifest, names=[engines[name].get("plan") for name in ENGINE_NAMES])
         self._runners = []
         try:
             for name in ENGINE_NAMES:
