@@ -325,10 +325,6 @@ def test_missing_optional_dependencies(monkeypatch, synthetic_predictor):
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
     with pytest.raises(MissingExtraError, match=r"samexport\[coco\]"):
         AutomaticMaskGenerator(synthetic_predictor, output_mode="coco_rle")
-    monkeypatch.setitem(sys.modules, "scipy", None)
-    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)
-    with pytest.raises(MissingExtraError, match="scipy"):
-        AutomaticMaskGenerator(synthetic_predictor, min_mask_region_area=10)
 
 
 def test_progress_bar(scene, synthetic_predictor, capsys):

@@ -126,10 +126,8 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
 
 
 def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
-    try:
-        from samexport.engines import tensorrt_availability
-    except ImportError as exc:
-        return [BackendUnderTest("tensorrt", "tensorrt", skipped=f"samexport.engines unavailable: {exc}")]
+    from samexport.engines import tensorrt_availability
+
     available = tensorrt_availability()
     if not available:
         return [BackendUnderTest("tensorrt", "tensorrt", skipped=available.reason)]

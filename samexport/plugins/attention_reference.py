@@ -81,17 +81,3 @@ def reference_rel_pos_attention(
         q, k, v, rel_h, rel_w = (t.to(compute_dtype) for t in (q, k, v, rel_h, rel_w))
     attn = (q * scale) @ k.transpose(-2, -1) + expand_rel_pos_bias(rel_h, rel_w)
     return (attn.softmax(dim=-1) @ v).to(out_dtype)
-
-
-def sdpa_rel_pos_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    *,
-    scale: float,
-) -> torch.Tensor:
-    """The unfused baseline: torch SDPA with the materialised BHxNxN bias as ``attn_mask``."""
-    bias = expand_rel_pos_bias(rel_h, rel_w).to(q.dtype)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
