@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_image
+from samexport.testing import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -187,3 +187,15 @@ def test_cli_bench_errors(args, message, tiny_artifact, tmp_path, monkeypatch):
 def test_cli_bench_needs_an_artifact():
     result = runner.invoke(app, ["bench"])
     assert result.exit_code == 2 and "Missing argument 'ARTIFACT_DIR'" in result.output
+
+
+def test_benchmarks_take_shared_helpers_from_samexport_testing():
+    """The benchmark scripts import random checkpoints from ``samexport.testing``, not from
+    ``tests/`` put on ``sys.path``."""
+    from pathlib import Path
+
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert "sys.path" not in text and "conftest" not in text, script.name

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_image
+from samexport.testing import make_image
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, mask_iou
+from samexport.testing import make_image, mask_iou
 from segment_anything import SamPredictor as OfficialPredictor
 from segment_anything.utils.transforms import ResizeLongestSide as OfficialTransform
 

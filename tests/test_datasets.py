@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image, mask_iou
+from samexport.testing import make_image, mask_iou
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import mask_iou
+from samexport.testing import mask_iou
 
 from samexport import constants as C
 from samexport.export.wrappers import DecoderGraph, EncoderGraph

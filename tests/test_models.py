@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import official_sam, random_state_dict
+from samexport.testing import official_sam, random_state_dict
 
 from samexport.models import Sam, build_sam
 from samexport.models.families import FAMILIES

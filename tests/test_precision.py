@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto
 
 from samexport import constants as C
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
 HELD_OUT_PHOTO = "astronaut"  # never used for calibration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, mask_iou
+from samexport.testing import make_image, mask_iou
 from segment_anything import SamPredictor as OfficialPredictor
 
 from samexport.errors import SamExportError

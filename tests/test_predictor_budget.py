@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from samexport.testing import make_image
 
 from samexport.amg import AutomaticMaskGenerator
 from samexport.runtime.backends import OnnxRuntimeBackend

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_image
+from samexport.testing import make_image
 
 from samexport.runtime.predictor import SamPredictor
 

@@ -101,7 +101,7 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
     """End to end on a GPU: build with engines, run SamPredictor(backend="tensorrt"), compare with
     the torch reference: embedding error, mask IoU, IoU-score error."""
     import numpy as np
-    from conftest import make_image, mask_iou
+    from samexport.testing import make_image, mask_iou
 
     from samexport.pipeline import build
     from samexport.runtime.backends import TorchBackend

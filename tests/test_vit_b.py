@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import mask_iou, official_sam
+from samexport.testing import mask_iou, official_sam
 
 from samexport.runtime.predictor import SamPredictor
 

@@ -299,7 +299,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop, measure_peak_matmul
     from samexport.bench.report import evaluate_targets, peer_ratios
-    from samexport.pipeline import package_versions
+    from samexport.utils import package_versions
     from samexport.parity import read_images
     from samexport.variants import get_variant
 

@@ -113,7 +113,7 @@ def _run(
     gpus_per_worker: float | None, progress: bool,
 ) -> JobResult:
     from samexport import constants as C
-    from samexport.download import sha256_file
+    from samexport.utils import sha256_file
 
     require("pyarrow", "datasets")
     if executor not in EXECUTORS:

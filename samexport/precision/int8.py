@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from samexport import constants as C
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 
 log = logging.getLogger(__name__)
