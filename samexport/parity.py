@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from samexport.models import Sam
     from samexport.runtime.backends import Backend
 
-Precision = Literal["fp32", "fp16", "int8"]
+Precision = C.Precision
 
 # Photos bundled with scikit-image. ``stereo_motorcycle`` is downloaded on first use by some
 # installs, so it is used only when its file is already in scikit-image's data folder.

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from samexport.models import Sam
     from samexport.precision.int8 import Int8Target
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = C.PRECISIONS
+Precision = C.Precision
+PRECISIONS = C.PRECISIONS
 EngineRequest = Literal["auto", "require", "skip"]
 ENGINE_NAMES = ("encoder", "decoder")
 

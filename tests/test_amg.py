@@ -19,7 +19,6 @@ import types
 
 import numpy as np
 import pytest
-from samexport.testing import make_image, mask_iou
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,6 +26,7 @@ from samexport.amg import AutomaticMaskGenerator
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image, mask_iou
 
 torch = pytest.importorskip("torch")
 segment_anything = pytest.importorskip("segment_anything")

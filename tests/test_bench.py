@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from samexport.testing import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,6 +14,7 @@ from samexport.bench.report import evaluate_targets, peer_ratios, stage_order, t
 from samexport.bench.run import decoder_prompts
 from samexport.cli import app
 from samexport.errors import SamExportError
+from samexport.testing import make_image
 from samexport.variants import get_variant
 
 runner = CliRunner()

@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-from samexport.testing import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from samexport.cli import app
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from samexport.testing import make_image, mask_iou
 from test_compat_notebooks import EagerSession
 
+from samexport.testing import make_image, mask_iou
 import samexport
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from samexport.testing import make_image, mask_iou, random_state_dict
 from PIL import Image
 from test_engines import needs_rtx
 from typer.testing import CliRunner
 
 from samexport import constants as C
 from samexport.errors import SamExportError
+from samexport.testing import make_image, mask_iou, random_state_dict
 from samexport.variants import VARIANTS
 
 torch = pytest.importorskip("torch")

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from samexport.testing import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from samexport.cli import app
 from samexport.errors import SamExportError
+from samexport.testing import make_image
 from samexport.transforms import preprocess
 from samexport.parity import (
     PROMPT_SUITE,

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from samexport.artifacts import Manifest
 from samexport.bench.timing import Timing, measure
 from samexport.errors import SamExportError
 
-BackendKind = Literal["torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]
-BACKEND_KINDS: tuple[str, ...] = ("torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
+BackendKind = str  # one of constants.BENCH_BACKENDS
+BACKEND_KINDS: tuple[str, ...] = C.BENCH_BACKENDS
 DEFAULT_IMAGE_SIZE = (1500, 2250)  # the official export script's example orig_im_size
 RESULTS_FORMAT = 1
 
@@ -69,9 +68,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.artifact_dirs:
             raise SamExportError("give at least one artifact directory")
-        unknown = [b for b in self.backends if b not in BACKEND_KINDS]
-        if unknown:
-            raise SamExportError(f"unknown backend {unknown[0]!r}; valid: {', '.join(BACKEND_KINDS)}")
+        for backend in self.backends:
+            C.check_backend(backend, BACKEND_KINDS)
         if self.runs < 1 or self.warmup < 0:
             raise SamExportError(f"runs must be >= 1 and warmup >= 0; got {self.runs}, {self.warmup}")
         if 1 not in self.batch_sizes or min(self.batch_sizes) < 1:
