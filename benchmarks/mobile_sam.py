@@ -74,7 +74,7 @@ def main() -> None:
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop
     from samexport.utils import package_versions
-    from samexport.parity import sample_images
+    from samexport.image_sources import sample_images
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.transforms import preprocess
 

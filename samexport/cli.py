@@ -355,7 +355,8 @@ def parity(
 
     Exits with status 1 when a figure is outside the tolerance for the artifact's precision.
     """
-    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact, read_images
+    from samexport.image_sources import read_images
+    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact
 
     chosen = read_images(images) if images else None
     prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS] if quick else PROMPT_SUITE

@@ -85,6 +85,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A deterministic HxWx3 uint8 picture: smooth gradients plus a few solid shapes."""
-    from samexport.parity import synthetic_image
+    from samexport.image_sources import synthetic_image
 
     return synthetic_image(height, width, seed)

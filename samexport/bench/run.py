@@ -157,7 +157,7 @@ def default_bench_image(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[str
     """scikit-image's ``coffee`` (400x600) resized to ``size`` (H, W), or a synthetic picture."""
     from PIL import Image
 
-    from samexport.parity import sample_images, synthetic_image
+    from samexport.image_sources import sample_images, synthetic_image
 
     try:
         photos, _ = sample_images(("coffee",))
@@ -298,7 +298,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     from samexport.bench.flops import encoder_gflop, measure_peak_matmul
     from samexport.bench.report import evaluate_targets, peer_ratios
     from samexport.utils import package_versions
-    from samexport.parity import read_images
+    from samexport.image_sources import read_images
     from samexport.variants import get_variant
 
     started = time.time()
