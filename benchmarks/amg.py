@@ -3,7 +3,7 @@
     python benchmarks/amg.py --workdir /tmp/samexport-amg --json benchmarks/results/amg-vit_b-cpu.json
 
 Both generators run in this process on the same image (scikit-image's astronaut, 512x512) with the
-same seeded random weights (``tests/conftest.py``'s ``random_state_dict``, the weights of the test
+same seeded random weights (``samexport.testing.random_state_dict``, the weights of the test
 suite) and the same parameters (the official defaults unless overridden). The vit_b artifact is
 built with ``samexport.build`` on first use and reused from ``--workdir``.
 
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 class _Timer:
@@ -60,15 +58,12 @@ class _Timer:
 
 
 def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
-    import torch
-
-    from conftest import random_state_dict
     from samexport.pipeline import build
+    from samexport.testing import save_random_checkpoint
 
     checkpoint = workdir / f"sam_{variant}_random.pth"
     if not checkpoint.is_file():
-        workdir.mkdir(parents=True, exist_ok=True)
-        torch.save(random_state_dict(variant), checkpoint)
+        save_random_checkpoint(variant, checkpoint)
     artifact = workdir / f"{variant}-fp32"
     if not (artifact / "manifest.json").is_file():
         build(variant, checkpoint=checkpoint, output=artifact)
@@ -77,7 +72,7 @@ def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
 
 def _match(ours: list[dict], theirs: list[dict]) -> dict:
     """Greedy one-to-one matching by mask IoU (boxes first, to stay fast)."""
-    from conftest import mask_iou
+    from samexport.testing import mask_iou
 
     unmatched = list(range(len(ours)))
     ious = []
@@ -113,9 +108,9 @@ def main() -> None:
     from segment_anything import SamAutomaticMaskGenerator
     from skimage import data
 
-    from conftest import official_sam
     from samexport.amg import AutomaticMaskGenerator
     from samexport.runtime.predictor import SamPredictor
+    from samexport.testing import official_sam
 
     image = data.astronaut()
     params = dict(

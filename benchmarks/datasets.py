@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 CONFIGS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
 
@@ -39,20 +38,18 @@ CONFIGS = [("local", 1), ("local", 2), ("ray", 1), ("ray", 2)]
 def _tiny_artifact(workdir: Path) -> Path:
     artifact = workdir / "tiny-fp32"
     if not artifact.is_dir():
-        import torch
-        from conftest import random_state_dict
-
         from samexport.pipeline import build
+        from samexport.testing import save_random_checkpoint
 
-        checkpoint = workdir / "sam_tiny_random.pth"
-        torch.save(random_state_dict("tiny"), checkpoint)
+        checkpoint = save_random_checkpoint("tiny", workdir / "sam_tiny_random.pth")
         build("tiny", checkpoint=checkpoint, output=artifact, parity=False)
     return artifact
 
 
 def _images(workdir: Path, count: int, height: int, width: int) -> Path:
-    from conftest import make_image
     from PIL import Image
+
+    from samexport.testing import make_image
 
     folder = workdir / f"images-{count}-{height}x{width}"
     if not folder.is_dir():

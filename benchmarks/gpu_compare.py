@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport.errors import SamExportError
-from samexport.parity import synthetic_image
+from samexport.image_sources import synthetic_image
 from samexport.runtime.predictor import SamPredictor
 
 BOXES = np.array([[50, 40, 300, 400], [200, 100, 600, 470], [10, 10, 630, 470]], np.float32)

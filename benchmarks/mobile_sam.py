@@ -3,7 +3,7 @@
     python benchmarks/mobile_sam.py                       # WORK=/tmp/samexport-bench, 7 rounds
     python benchmarks/mobile_sam.py --runs 9 --note "quiet machine"
 
-Builds (or reuses) four artifacts from seeded random weights (``tests/conftest.py``'s
+Builds (or reuses) four artifacts from seeded random weights (``samexport.testing``'s
 ``random_state_dict``: latency does not depend on the weights): vit_b and mobile_sam, fp32 and
 int8 with the ONNX Runtime recipe (``--int8-for onnxruntime``, calibrated on the photos
 ``run_cpu.sh`` uses). Then times ``encoder.onnx`` of each on the same preprocessed photo, round
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 CONFIGS = (("vit_b", "fp32"), ("vit_b", "int8"), ("mobile_sam", "fp32"), ("mobile_sam", "int8"))
 
@@ -43,17 +42,15 @@ def _calibration_folder(folder: Path) -> Path:
 
 
 def _artifacts(work: Path) -> dict[tuple[str, str], Path]:
-    import torch
-    from conftest import random_state_dict
-
     from samexport.pipeline import build
+    from samexport.testing import save_random_checkpoint
 
     calib = _calibration_folder(work / "calib")
     found = {}
     for variant, precision in CONFIGS:
         checkpoint = work / f"{variant}_random.pth"
         if not checkpoint.exists():
-            torch.save(random_state_dict(variant), checkpoint)
+            save_random_checkpoint(variant, checkpoint)
         out = work / f"{variant}-{precision}"
         if not (out / "manifest.json").exists():
             print(f"building {out}", flush=True)
@@ -76,8 +73,8 @@ def main() -> None:
     from samexport import constants as C
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop
-    from samexport.pipeline import package_versions
-    from samexport.parity import sample_images
+    from samexport.utils import package_versions
+    from samexport.image_sources import sample_images
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.transforms import preprocess
 
@@ -131,7 +128,7 @@ def main() -> None:
         "command": "python benchmarks/mobile_sam.py " + " ".join(sys.argv[1:]),
         "note": args.note,
         "image": "scikit-image astronaut (512x512), preprocessed once",
-        "weights": "seeded random (tests/conftest.py random_state_dict); latency does not depend on them",
+        "weights": "seeded random (samexport.testing.random_state_dict); latency does not depend on them",
         "int8": "--int8-for onnxruntime, calibrated on hubble_deep_field, immunohistochemistry, stereo_motorcycle (right)",
         "rounds": args.runs,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

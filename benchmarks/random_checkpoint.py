@@ -4,19 +4,16 @@
 
 No real checkpoint is downloaded for the published CPU benchmarks: latency does not depend on the
 weights, and parity with random weights (perturbed so every parameter matters, as the test suite
-does) exercises every layer. The weights are those of ``tests/conftest.py``'s
-``random_state_dict`` with the same seed, so the tests and the benchmarks see the same model.
+does) exercises every layer. The weights are those of ``samexport.testing.random_state_dict`` with
+the same seed, so the tests and the benchmarks see the same model.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import SEED, random_state_dict  # noqa: E402
+from samexport.testing import SEED, save_random_checkpoint
 
 
 def main() -> None:
@@ -26,10 +23,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
 
-    import torch
-
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(random_state_dict(args.variant, seed=args.seed), args.output)
+    save_random_checkpoint(args.variant, args.output, seed=args.seed)
     print(f"wrote {args.output}")
 
 

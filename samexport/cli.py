@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from samexport import constants as C
 from samexport.constants import MAX_CROP_N_LAYERS
 from samexport.errors import SamExportError
 from samexport.variants import variants_help
@@ -229,7 +230,7 @@ def predict(
     multimask: Annotated[
         bool, typer.Option(help="Predict three masks and keep the best-scoring one (good for one point).")
     ] = True,
-    backend: Annotated[str, typer.Option(help="auto (TensorRT engines if usable, else ONNX Runtime), tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
 ) -> None:
     """Segment the object at the given points and/or box and write the mask."""
     import numpy as np
@@ -330,7 +331,7 @@ def bench(
     ],
     backend: Annotated[
         Optional[list[str]],
-        typer.Option(help="torch, onnxruntime-cpu, onnxruntime-cuda, tensorrt. Repeatable. Default: all; absent ones are reported as skipped."),
+        typer.Option(help=C.backends_help(C.BENCH_BACKENDS) + " Repeatable. Default: all; absent ones are reported as skipped."),
     ] = None,
     checkpoint: Annotated[
         Optional[Path], typer.Option(help="PyTorch weights: enables the torch reference and gives the peer baseline real weights.")
@@ -393,7 +394,7 @@ def parity(
     images: Annotated[
         Optional[Path], typer.Option(help="Folder of images. Default: the scikit-image sample photos.")
     ] = None,
-    backend: Annotated[str, typer.Option(help="Runtime for the artifact: onnxruntime-cpu, onnxruntime-cuda.")] = "onnxruntime-cpu",
+    backend: Annotated[str, typer.Option(help="Runtime for the artifact: " + C.backends_help(C.ARTIFACT_BACKENDS))] = "onnxruntime-cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Only the short prompt set that `build` checks (point, box, mask refinement, batch of 4).")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the report as Markdown tables.")] = None,
@@ -402,7 +403,8 @@ def parity(
 
     Exits with status 1 when a figure is outside the tolerance for the artifact's precision.
     """
-    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact, read_images
+    from samexport.image_sources import read_images
+    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact
 
     chosen = read_images(images) if images else None
     prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS] if quick else PROMPT_SUITE
@@ -461,7 +463,7 @@ def segment_all(
     rle: Annotated[
         Optional[str], typer.Option(help="Mask encoding in the JSON: uncompressed (counts list, the default) or coco (compressed, needs pycocotools). Dataset jobs always write coco.")
     ] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar (over decoder batches for one image, over images for a dataset).")] = True,
     executor: Annotated[Optional[str], typer.Option(help="Dataset jobs: local (default) or ray.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Dataset jobs: parallel workers, each opening the artifact once (default 1).", min=1)] = None,
@@ -563,7 +565,7 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Images per Parquet part file; a killed run loses at most the batches in flight.", min=1)] = 8,
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per worker (default: the cores divided among the workers).", min=1)] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar over images.")] = True,
 ) -> None:
     """Embed every image once into Parquet rows (1x256x64x64 float16 + sizes), resumably.

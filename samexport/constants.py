@@ -7,6 +7,9 @@ repeating strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+from samexport.errors import SamExportError
 
 IMAGE_SIZE = 1024  # encoder input side, pixels
 EMBED_SIZE = 64  # image embedding side (IMAGE_SIZE / patch 16)
@@ -37,7 +40,8 @@ with crops a few pixels wide on small images. The official examples use 1."""
 
 # Numeric formats of an artifact's graphs, and how the encoder's attention can be exported
 # (``samexport.export.attention``): defined once, read by build, the manifest, the CLI and the runtime.
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ATTENTION_MODES: tuple[str, ...] = ("plain", "fused-pattern", "onnx-attention", "plugin")
 
 # The fused attention plugin node (``--attention plugin``): op type, TensorRT plugin name/namespace.
@@ -86,3 +90,67 @@ ENCODER_INPUTS = (IMAGE,)
 ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS,)
 DECODER_INPUTS = (IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT)
 DECODER_OUTPUTS = (LOW_RES_MASKS, IOU_PREDICTIONS)  # (masks, iou), as the official mask decoder
+
+
+# -- inference backends ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One inference backend: the single place its name, needs and help text are written.
+
+    Attributes:
+        name: what ``--backend``, ``open_backend`` and ``BenchConfig.backends`` take.
+        help: a few words for ``--help``.
+        extra: the pip extra that installs what it needs (``samexport[extra]``); None: the base
+            install has it.
+        modules: the Python modules it imports (``samexport doctor`` checks them).
+        precisions: artifact precisions it runs.
+        opens_artifact: it runs an artifact directory (False: the torch reference, which runs the
+            checkpoint itself and serves parity and bench as the reference).
+        onnxruntime_device: for ONNX Runtime backends, the device asked for ("auto": CUDA when
+            present, else CPU); None for the others.
+    """
+
+    name: str
+    help: str
+    extra: str | None
+    modules: tuple[str, ...]
+    precisions: tuple[Precision, ...] = PRECISIONS
+    opens_artifact: bool = True
+    onnxruntime_device: Literal["auto", "cpu", "cuda"] | None = None
+
+
+BACKENDS: dict[str, BackendInfo] = {
+    b.name: b
+    for b in (
+        BackendInfo("torch", "the PyTorch reference, from the checkpoint", "torch", ("torch",),
+                    precisions=("fp32",), opens_artifact=False),
+        BackendInfo("onnxruntime", "ONNX Runtime, its CUDA provider when present", None, ("onnxruntime",),
+                    onnxruntime_device="auto"),
+        BackendInfo("onnxruntime-cpu", "ONNX Runtime on the CPU", None, ("onnxruntime",), onnxruntime_device="cpu"),
+        BackendInfo("onnxruntime-cuda", "ONNX Runtime's CUDA provider", "onnxruntime-gpu", ("onnxruntime",),
+                    onnxruntime_device="cuda"),
+        BackendInfo("tensorrt", "the artifact's TensorRT engines, on an NVIDIA GPU", "tensorrt",
+                    ("tensorrt", "polygraphy")),
+    )
+}
+AUTO_BACKEND = "auto"  # not a backend: the TensorRT engines when usable here, else ONNX Runtime
+AUTO_BACKEND_HELP = "TensorRT engines if usable, else ONNX Runtime"
+# What SamPredictor, open_backend, the dataset jobs and --backend of predict / segment-all take.
+ARTIFACT_BACKENDS: tuple[str, ...] = (AUTO_BACKEND, *(b.name for b in BACKENDS.values() if b.opens_artifact))
+# What bench times: every backend that names its device ("onnxruntime" would time one of the two).
+BENCH_BACKENDS: tuple[str, ...] = tuple(b.name for b in BACKENDS.values() if b.onnxruntime_device != "auto")
+
+
+def backends_help(names: tuple[str, ...]) -> str:
+    """``--help`` text listing ``names`` with what each is, e.g. ``auto (...), tensorrt (...)``."""
+    helps = {AUTO_BACKEND: AUTO_BACKEND_HELP, **{b.name: b.help for b in BACKENDS.values()}}
+    return ", ".join(f"{name} ({helps[name]})" for name in names) + "."
+
+
+def check_backend(name: str, valid: tuple[str, ...]) -> str:
+    """``name`` if it is in ``valid``, else a ``SamExportError`` listing the valid names."""
+    if name not in valid:
+        raise SamExportError(f"unknown backend {name!r}; valid: {', '.join(valid)}")
+    return name

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 
 from samexport import __version__
+from samexport import constants as C
 
 def _version(module: str) -> str:
     try:
@@ -29,6 +31,18 @@ def tensorrt_features(version: str, *, jetson: bool) -> dict[str, str]:
         else:
             report[feature] = "yes"
     return report
+
+
+def backend_status(backend: C.BackendInfo, onnxruntime_providers: str) -> str:
+    """Whether ``backend``'s modules are installed here, and if not, what to install (one line).
+    ``onnxruntime_providers``: ONNX Runtime's providers, comma-separated."""
+    missing = [m for m in backend.modules if importlib.util.find_spec(m) is None]
+    install = f"pip install 'samexport[{backend.extra}]'" if backend.extra else "pip install samexport"
+    if missing:
+        return f"missing {', '.join(missing)} ({install})"
+    if backend.onnxruntime_device == "cuda" and "CUDAExecutionProvider" not in onnxruntime_providers:
+        return f"no CUDA provider ({install}, instead of onnxruntime)"
+    return "installed"
 
 
 def diagnose() -> dict[str, str]:
@@ -59,6 +73,8 @@ def diagnose() -> dict[str, str]:
         report["nvidia gpu"] = "; ".join(f"{g.name} (compute capability {g.compute_capability})" for g in cuda_devices())
     except NoGpuError as exc:
         report["nvidia gpu"] = f"none ({exc})"
+    for backend in C.BACKENDS.values():
+        report[f"backend {backend.name}"] = backend_status(backend, report["onnxruntime providers"])
     availability = tensorrt_availability()
     report["tensorrt engines"] = "can build" if availability else f"cannot build here: {availability.reason}"
     if report["tensorrt"][0].isdigit():

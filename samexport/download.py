@@ -20,6 +20,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from samexport.errors import SamExportError
+from samexport.utils import sha256_file
 from samexport.variants import Variant, get_variant
 
 CACHE_ENV = "SAMEXPORT_CACHE"
@@ -36,15 +37,6 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "samexport"
-
-
-def sha256_file(path: Path) -> str:
-    """Lower-case hex sha256 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(

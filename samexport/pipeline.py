@@ -6,12 +6,10 @@ The pipeline behind ``samexport.build`` (the function; this module has another n
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +18,7 @@ from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, staged_directory, write_manifest,
 )
 from samexport.errors import SamExportError
+from samexport.utils import package_versions, sha256_file
 from samexport.variants import Variant, get_variant
 
 if TYPE_CHECKING:
@@ -27,8 +26,8 @@ if TYPE_CHECKING:
     from samexport.models import Sam
     from samexport.precision.int8 import Int8Target
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = C.PRECISIONS
+Precision = C.Precision
+PRECISIONS = C.PRECISIONS
 EngineRequest = Literal["auto", "require", "skip"]
 ENGINE_NAMES = ("encoder", "decoder")
 
@@ -45,17 +44,6 @@ class BuildResult:
     def parity_passed(self) -> bool | None:
         parity = self.manifest.parity
         return None if parity is None else bool(parity["passed"])
-
-
-def package_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the named distributions (``"not installed"`` where absent)."""
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def _write_graphs(
@@ -200,7 +188,7 @@ def build(
     (``samexport.artifacts.check_output_destination``).
     """
     from samexport.checkpoint import load_sam
-    from samexport.download import default_cache_dir, resolve_checkpoint, sha256_file
+    from samexport.download import default_cache_dir, resolve_checkpoint
     from samexport.engines.builder import BuildConfig
     from samexport.export.attention import MIN_OPSET, check_attention_mode
     from samexport.export.to_onnx import DEFAULT_OPSET

@@ -161,12 +161,6 @@ VARIANTS: dict[str, Variant] = {
 ALIASES: dict[str, str] = {alias: v.name for v in VARIANTS.values() for alias in v.aliases}
 
 
-def variant_names(*, aliases: bool = False) -> tuple[str, ...]:
-    """Registered variant names (and their aliases, if asked), in registry order."""
-    names = tuple(VARIANTS)
-    return names + tuple(ALIASES) if aliases else names
-
-
 def get_variant(name: str | Variant) -> Variant:
     """The registered variant called ``name`` (or one of its aliases); a :class:`Variant` is
     returned as is. An unknown name lists the valid ones."""

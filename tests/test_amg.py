@@ -19,7 +19,6 @@ import types
 
 import numpy as np
 import pytest
-from conftest import make_image, mask_iou
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,6 +27,7 @@ from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer
 from samexport.errors import InvalidInputError
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image, mask_iou
 
 torch = pytest.importorskip("torch")
 segment_anything = pytest.importorskip("segment_anything")
@@ -326,10 +326,6 @@ def test_missing_optional_dependencies(monkeypatch, synthetic_predictor):
     monkeypatch.setitem(sys.modules, "pycocotools.mask", None)
     with pytest.raises(MissingExtraError, match=r"samexport\[coco\]"):
         AutomaticMaskGenerator(synthetic_predictor, output_mode="coco_rle")
-    monkeypatch.setitem(sys.modules, "scipy", None)
-    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)
-    with pytest.raises(MissingExtraError, match="scipy"):
-        AutomaticMaskGenerator(synthetic_predictor, min_mask_region_area=10)
 
 
 def test_progress_bar(scene, synthetic_predictor, capsys):

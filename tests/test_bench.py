@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,6 +14,7 @@ from samexport.bench.report import evaluate_targets, peer_ratios, stage_order, t
 from samexport.bench.run import decoder_prompts
 from samexport.cli import app
 from samexport.errors import SamExportError
+from samexport.testing import make_image
 from samexport.variants import get_variant
 
 runner = CliRunner()
@@ -187,3 +187,15 @@ def test_cli_bench_errors(args, message, tiny_artifact, tmp_path, monkeypatch):
 def test_cli_bench_needs_an_artifact():
     result = runner.invoke(app, ["bench"])
     assert result.exit_code == 2 and "Missing argument 'ARTIFACT_DIR'" in result.output
+
+
+def test_benchmarks_take_shared_helpers_from_samexport_testing():
+    """The benchmark scripts import random checkpoints from ``samexport.testing``, not from
+    ``tests/`` put on ``sys.path``."""
+    from pathlib import Path
+
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert "sys.path" not in text and "conftest" not in text, script.name

@@ -38,7 +38,7 @@ def test_encoder_of_unknown_family(tiny_checkpoint, tmp_path):
 
 
 def test_mobile_sam_checkpoint_is_not_vit_b(tmp_path):
-    from conftest import random_state_dict
+    from samexport.testing import random_state_dict
 
     path = tmp_path / "mobile_sam.pt"
     torch.save(random_state_dict("mobile_sam"), path)

@@ -11,13 +11,13 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from samexport.cli import app
 from samexport.errors import SamExportError
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image
 
 runner = CliRunner()
 

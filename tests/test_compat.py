@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, mask_iou
 from segment_anything import SamPredictor as OfficialPredictor
 from segment_anything.utils.transforms import ResizeLongestSide as OfficialTransform
 
+from samexport.testing import make_image, mask_iou
 import samexport
 from samexport.compat import ResizeLongestSide
 from samexport.errors import MissingExtraError, SamExportError

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from conftest import make_image, mask_iou
 from test_compat_notebooks import EagerSession
 
+from samexport.testing import make_image, mask_iou
 import samexport
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 def builds(tiny_artifact, tiny_checkpoint):
     """(package, checkpoint argument) per side; the official side loads the same random weights."""
     def official(checkpoint):  # segment_anything's registry has no 'tiny' entry: build it the same way
-        from conftest import official_sam
+        from samexport.testing import official_sam
 
         return official_sam("tiny", torch.load(checkpoint, weights_only=True))
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from conftest import make_image, mask_iou
 from test_amg import SyntheticBackend, assert_same_masks, official_generate, synthetic_official
 from test_compat import _assert_outputs_match
 
 import samexport
+from samexport.testing import make_image, mask_iou
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

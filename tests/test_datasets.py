@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image, mask_iou
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,6 +35,7 @@ from samexport.datasets import (
 )
 from samexport.datasets.store import FolderLock, artifact_fingerprint
 from samexport.datasets.worker import open_predictor
+from samexport.testing import make_image, mask_iou
 
 pytest.importorskip("pyarrow", reason="needs the datasets extra: pip install 'samexport[datasets]'")
 # pycocotools' decode trips NumPy 2's __array__ copy-keyword deprecation; not ours to fix.

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import samexport.download as dl
-from samexport.download import default_cache_dir, download, resolve_checkpoint, sha256_file
+from samexport.download import default_cache_dir, download, resolve_checkpoint
+from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
 

@@ -59,15 +59,33 @@ def test_build_config_rejects_bad_values(field, value):
         BuildConfig(**{field: value})
 
 
-def test_availability_says_why():
-    from samexport.engines import tensorrt_availability
+@pytest.mark.parametrize("machine", ["no tensorrt", "no gpu", "ready"])
+def test_availability_says_why(monkeypatch, machine):
+    """Each branch of ``tensorrt_availability``, on any machine: TensorRT missing, TensorRT without
+    a GPU, and both present (the module and the driver replaced by stand-ins)."""
+    import types
 
-    availability = tensorrt_availability("tensorrt")
-    if availability:
-        assert availability.gpu is not None and availability.reason == ""
+    import samexport.engines as engines
+
+    orin = engines.GpuInfo(0, "Orin", "8.7")
+    if machine == "no tensorrt":
+        monkeypatch.setitem(engines._MODULES, "tensorrt", ("samexport_no_such_module",))
     else:
-        assert availability.reason and ("not importable" in availability.reason or "GPU" in availability.reason
-                                        or "driver" in availability.reason)
+        monkeypatch.setattr(engines, "load_tensorrt", lambda flavour: types.SimpleNamespace(__version__="10.3.0.30"))
+
+    def no_gpu():
+        raise engines.NoGpuError("no NVIDIA driver (libcuda.so.1 not found)")
+
+    monkeypatch.setattr(engines, "cuda_devices", (lambda: [orin]) if machine == "ready" else no_gpu)
+    availability = engines.tensorrt_availability("tensorrt")
+    if machine == "ready":
+        assert availability and availability.gpu == orin and availability.reason == ""
+        assert availability.tensorrt_version == "10.3.0.30"
+    elif machine == "no gpu":
+        assert not availability
+        assert availability.reason == "tensorrt 10.3.0.30 is installed but no NVIDIA driver (libcuda.so.1 not found)"
+    else:
+        assert not availability and "not importable" in availability.reason and "samexport[tensorrt]" in availability.reason
 
 
 def test_missing_tensorrt_names_the_extra(monkeypatch):

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import mask_iou
 
 from samexport import constants as C
 from samexport.export.wrappers import DecoderGraph, EncoderGraph
 from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from samexport.testing import mask_iou
 
 # ONNX Runtime CPU reproduces torch to float32 rounding: ~5e-6 on an embedding of absmax ~5 and
 # ~1e-5 on decoder logits (measured); tolerances leave a few times that.

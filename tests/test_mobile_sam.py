@@ -1,7 +1,7 @@
 """MobileSAM (TinyViT encoder) end to end, against the official ``mobile_sam`` package.
 
 The oracle is ``mobile_sam.sam_model_registry["vit_t"]`` with seeded random weights (every
-parameter perturbed, BatchNorm running mean and variance too: ``conftest.random_state_dict``),
+parameter perturbed, BatchNorm running mean and variance too: ``samexport.testing.random_state_dict``),
 saved with ``torch.save(state_dict)`` as ``mobile_sam.pt`` is and loaded through samexport's
 checkpoint code. Full size: TinyViT-5M is small enough for CPU.
 
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_image, mask_iou, random_state_dict
 from PIL import Image
 from test_engines import needs_rtx
 from typer.testing import CliRunner
 
 from samexport import constants as C
 from samexport.errors import SamExportError
+from samexport.testing import make_image, mask_iou, random_state_dict
 from samexport.variants import VARIANTS
 
 torch = pytest.importorskip("torch")

@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import official_sam, random_state_dict
 
 from samexport.models import Sam, build_sam
 from samexport.models.families import FAMILIES
+from samexport.testing import official_sam, random_state_dict
 from samexport.variants import ALIASES, VARIANTS, get_variant
 
 

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_image
 from PIL import Image
 from typer.testing import CliRunner
 
 from samexport.cli import app
 from samexport.errors import SamExportError
+from samexport.testing import make_image
 from samexport.transforms import preprocess
 from samexport.parity import (
     PROMPT_SUITE,
@@ -193,7 +193,7 @@ def test_cli_parity_passes(tiny_artifact, tiny_checkpoint, image_dir, tmp_path):
 
 def test_cli_parity_fails_on_other_weights(tiny_artifact, image_dir, tmp_path):
     import torch
-    from conftest import random_state_dict
+    from samexport.testing import random_state_dict
 
     other = tmp_path / "other.pth"
     torch.save(random_state_dict("tiny", seed=1), other)

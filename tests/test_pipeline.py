@@ -9,7 +9,7 @@ import pytest
 from samexport import constants as C
 from samexport.artifacts import read_manifest
 from samexport.pipeline import build
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 
 

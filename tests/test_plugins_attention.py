@@ -34,9 +34,17 @@ from samexport.plugins.attention_kernel import (  # noqa: E402
 )
 from samexport.plugins.attention_reference import (  # noqa: E402
     decomposed_rel_pos,
+    expand_rel_pos_bias,
     reference_rel_pos_attention,
-    sdpa_rel_pos_attention,
 )
+
+
+
+def sdpa_rel_pos_attention(q, k, v, rel_h, rel_w, *, scale: float) -> torch.Tensor:
+    """The unfused baseline: torch SDPA with the materialised BHxNxN bias as ``attn_mask``."""
+    bias = expand_rel_pos_bias(rel_h, rel_w).to(q.dtype)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3}
 WINDOW = (14, 14)

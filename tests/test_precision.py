@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto
 
 from samexport import constants as C
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
 HELD_OUT_PHOTO = "astronaut"  # never used for calibration
@@ -87,9 +87,17 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _islands(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    from samexport.precision.fp16 import fp32_island_nodes
+    """Nodes of a converted graph that compute in FP32 (float inputs, no FP16 input)."""
+    from samexport.precision.fp16 import _TYPE_AGNOSTIC
 
-    return fp32_island_nodes(model)
+    float32, half = TensorProto.FLOAT, TensorProto.FLOAT16
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.input, *model.graph.value_info)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    return [
+        n for n in model.graph.node
+        if n.op_type != "Cast" and n.op_type not in _TYPE_AGNOSTIC and any(types.get(x) == float32 for x in n.input)
+        and not any(types.get(x) == half for x in n.input)
+    ]
 
 
 def fp32_compute_ops(model: onnx.ModelProto) -> Counter:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_image, mask_iou
 from segment_anything import SamPredictor as OfficialPredictor
 
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image, mask_iou
 
 # (height, width): landscape, portrait, square, extreme strips, and a large photo-sized image.
 SIZES = [(480, 713), (1500, 2250), (640, 480), (1024, 1024), (37, 1000), (900, 30)]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
 
 from samexport.amg import AutomaticMaskGenerator
 from samexport.runtime.backends import OnnxRuntimeBackend
 from samexport.runtime.predictor import DECODER_BYTES_PER_PROMPT, SamPredictor
+from samexport.testing import make_image
 
 
 class Counting:

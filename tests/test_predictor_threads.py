@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_image
 
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import make_image
 
 # Two images of different sizes and aspect ratios, so a mixture shows in the mask shape.
 SIZES = ((300, 400), (500, 180))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import mask_iou, official_sam
 
 from samexport.runtime.predictor import SamPredictor
+from samexport.testing import mask_iou, official_sam
 
 pytestmark = pytest.mark.slow
 

@@ -167,8 +167,6 @@ class AutomaticMaskGenerator:
             from samexport.errors import require
 
             require("pycocotools.mask", "coco")
-        if min_mask_region_area > 0:
-            ops.require_scipy_ndimage()
 
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
         self.points_per_batch = int(points_per_batch)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -33,8 +32,8 @@ from samexport.artifacts import Manifest
 from samexport.bench.timing import Timing, measure
 from samexport.errors import SamExportError
 
-BackendKind = Literal["torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]
-BACKEND_KINDS: tuple[str, ...] = ("torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
+BackendKind = str  # one of constants.BENCH_BACKENDS
+BACKEND_KINDS: tuple[str, ...] = C.BENCH_BACKENDS
 DEFAULT_IMAGE_SIZE = (1500, 2250)  # the official export script's example orig_im_size
 RESULTS_FORMAT = 1
 
@@ -69,9 +68,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if not self.artifact_dirs:
             raise SamExportError("give at least one artifact directory")
-        unknown = [b for b in self.backends if b not in BACKEND_KINDS]
-        if unknown:
-            raise SamExportError(f"unknown backend {unknown[0]!r}; valid: {', '.join(BACKEND_KINDS)}")
+        for backend in self.backends:
+            C.check_backend(backend, BACKEND_KINDS)
         if self.runs < 1 or self.warmup < 0:
             raise SamExportError(f"runs must be >= 1 and warmup >= 0; got {self.runs}, {self.warmup}")
         if 1 not in self.batch_sizes or min(self.batch_sizes) < 1:
@@ -126,10 +124,8 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
 
 
 def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
-    try:
-        from samexport.engines import tensorrt_availability
-    except ImportError as exc:
-        return [BackendUnderTest("tensorrt", "tensorrt", skipped=f"samexport.engines unavailable: {exc}")]
+    from samexport.engines import tensorrt_availability
+
     available = tensorrt_availability()
     if not available:
         return [BackendUnderTest("tensorrt", "tensorrt", skipped=available.reason)]
@@ -161,7 +157,7 @@ def default_bench_image(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[str
     """scikit-image's ``coffee`` (400x600) resized to ``size`` (H, W), or a synthetic picture."""
     from PIL import Image
 
-    from samexport.parity import sample_images, synthetic_image
+    from samexport.image_sources import sample_images, synthetic_image
 
     try:
         photos, _ = sample_images(("coffee",))
@@ -301,8 +297,8 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop, measure_peak_matmul
     from samexport.bench.report import evaluate_targets, peer_ratios
-    from samexport.pipeline import package_versions
-    from samexport.parity import read_images
+    from samexport.utils import package_versions
+    from samexport.image_sources import read_images
     from samexport.variants import get_variant
 
     started = time.time()

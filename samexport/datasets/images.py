@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from samexport.errors import SamExportError
+from samexport.image_sources import IMAGE_SUFFIXES, is_image_file
 
 # Extensions picked up when walking a folder (case-insensitive). Files named explicitly are taken
 # whatever their extension: a bad one becomes an error row.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".jp2"}
-)
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 class ImageError(Exception):
     """This one image cannot be used; the message becomes the row's ``error``."""
@@ -55,7 +54,7 @@ def list_images(inputs: Iterable[Path | str], *, exclude: Path | None = None) ->
                     d for d in dirs if not d.startswith(".") and image_key(Path(root, d)) != excluded
                 )
                 for name in files:
-                    if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    if not name.startswith(".") and is_image_file(name):
                         keys.add(image_key(Path(root, name)))
         elif os.path.lexists(item):  # a dangling symlink too: its row says it cannot be read
             keys.add(image_key(item))

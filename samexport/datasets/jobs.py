@@ -113,7 +113,7 @@ def _run(
     gpus_per_worker: float | None, progress: bool,
 ) -> JobResult:
     from samexport import constants as C
-    from samexport.download import sha256_file
+    from samexport.utils import sha256_file
 
     require("pyarrow", "datasets")
     if executor not in EXECUTORS:
@@ -124,11 +124,7 @@ def _run(
         threads = _positive("threads", threads)
     if ray_address is not None and executor != "ray":
         raise SamExportError("ray_address is only used with executor='ray'")
-    from samexport.runtime.predictor import ORT_DEVICES
-
-    backends = ("auto", "tensorrt", *ORT_DEVICES)
-    if backend not in backends:
-        raise SamExportError(f"unknown backend {backend!r}; valid: {', '.join(backends)}")
+    C.check_backend(backend, C.ARTIFACT_BACKENDS)
     if executor == "ray":
         require("ray.data", "ray")  # before any folder is made
     if isinstance(images, (str, Path)):

@@ -36,7 +36,7 @@ TEMP_PATTERN = re.compile(r"^\.part-[0-9a-f]{16}\.parquet\.[0-9a-f]{32}\.tmp$")
 
 
 def _sha256(path: Path) -> str:
-    from samexport.download import sha256_file
+    from samexport.utils import sha256_file
 
     return sha256_file(path)
 

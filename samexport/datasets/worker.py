@@ -132,7 +132,7 @@ class ImageWorker:
 
     def __init__(self, spec: JobSpec) -> None:
         from samexport import constants as C
-        from samexport.download import sha256_file
+        from samexport.utils import sha256_file
 
         found = sha256_file(Path(spec.artifact_dir) / C.MANIFEST)
         if found != spec.manifest_sha256:

@@ -40,8 +40,7 @@ from torch import nn
 
 from samexport.errors import SamExportError
 from samexport.models.families import EncoderFamily, family_of
-from samexport.models.image_encoder import Attention
-from samexport.plugins.attention_reference import decomposed_rel_pos
+from samexport.models.image_encoder import Attention, decomposed_rel_pos, expand_rel_pos_bias
 
 AttentionMode = Literal["plain", "fused-pattern", "onnx-attention", "plugin"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
@@ -67,11 +66,8 @@ def _heads_first(attn: Attention, t: torch.Tensor) -> torch.Tensor:
 
 def _bias_4d(attn: Attention, q: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """The decomposed rel-pos bias as one B x heads x N x N tensor, built from 4-D tensors only."""
-    h, w = grid_hw
     rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, grid_hw)  # BHxNxH, BHxNxW
-    bh, n = q.shape[0], q.shape[1]
-    bias = rel_h.reshape(bh, n, h, 1) + rel_w.reshape(bh, n, 1, w)  # BH x N x H x W
-    return bias.reshape(-1, attn.num_heads, n, n)
+    return expand_rel_pos_bias(rel_h, rel_w, heads=attn.num_heads)
 
 
 def fused_pattern_core(

@@ -40,6 +40,41 @@ def relative_position_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> 
     return rel_pos[offsets.long()]
 
 
+def decomposed_rel_pos(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, grid_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two small rel-pos projections of the *unscaled* queries.
+
+    Args:
+        q: BHxNxD queries, N = H * W.
+        rel_pos_h, rel_pos_w: (2H-1)xD and (2W-1)xD learned tables (``attn.rel_pos_h/_w``).
+        grid_hw: (H, W) token grid.
+
+    Returns:
+        ``rel_h`` BHxNxH with ``rel_h[b, n, kh] = q[b, n] . R_h[n // W, kh]`` and ``rel_w`` BHxNxW
+        with ``rel_w[b, n, kw] = q[b, n] . R_w[n % W, kw]``, in q's dtype. The attention bias for
+        query n and key m is ``rel_h[b, n, m // W] + rel_w[b, n, m % W]``.
+    """
+    h, w = grid_hw
+    r_h = relative_position_table(rel_pos_h, h, h).to(q.dtype)  # H x H x D
+    r_w = relative_position_table(rel_pos_w, w, w).to(q.dtype)  # W x W x D
+    grid_q = q.reshape(q.shape[0], h, w, q.shape[-1])
+    rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, r_h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, r_w)
+    return rel_h.reshape(q.shape[0], h * w, h), rel_w.reshape(q.shape[0], h * w, w)
+
+
+def expand_rel_pos_bias(rel_h: torch.Tensor, rel_w: torch.Tensor, *, heads: int | None = None) -> torch.Tensor:
+    """Materialise the full bias from ``rel_h`` (BHxNxH) and ``rel_w`` (BHxNxW) with 4-D tensors
+    only: BHxNxN, or (BH/heads) x heads x N x N when ``heads`` is given.
+    (``plugins.onnx_node.inline_reference`` writes the same broadcast in ONNX ops.)"""
+    bh, n, h = rel_h.shape
+    w = rel_w.shape[-1]
+    bias = rel_h.reshape(bh, n, h, 1) + rel_w.reshape(bh, n, 1, w)  # BH x N x H x W
+    return bias.reshape(bh, n, n) if heads is None else bias.reshape(-1, heads, n, n)
+
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with SAM's decomposed relative-position bias.
 
@@ -82,14 +117,14 @@ class Attention(nn.Module):
         return self.proj(out)
 
     def rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Decomposed bias for queries q (B*heads)x(HW)xD on an HxW grid -> (B*heads)x(HW)x(HW)."""
-        r_h = relative_position_table(self.rel_pos_h, h, h)  # H x H x D
-        r_w = relative_position_table(self.rel_pos_w, w, w)  # W x W x D
-        grid_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-        bias_h = torch.einsum("bhwc,hkc->bhwk", grid_q, r_h)  # per key row
-        bias_w = torch.einsum("bhwc,wkc->bhwk", grid_q, r_w)  # per key column
-        bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
-        return bias.reshape(q.shape[0], h * w, h * w)
+        """Decomposed bias for queries q (B*heads)x(HW)xD on an HxW grid -> (B*heads)x(HW)x(HW).
+
+        Broadcast in 5-D as the official code does (``--attention plain`` keeps that graph;
+        :func:`expand_rel_pos_bias` is the 4-D form the other modes use)."""
+        bh = q.shape[0]
+        rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+        bias = rel_h.reshape(bh, h, w, h, 1) + rel_w.reshape(bh, h, w, 1, w)  # per key row, per key column
+        return bias.reshape(bh, h * w, h * w)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -14,39 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from samexport.models.image_encoder import relative_position_table
+# The rel-pos projections and the bias they make are formed once, with the model.
+from samexport.models.image_encoder import decomposed_rel_pos, expand_rel_pos_bias
 
-
-def decomposed_rel_pos(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, grid_hw: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two small rel-pos projections of the *unscaled* queries.
-
-    Args:
-        q: BHxNxD queries, N = H * W.
-        rel_pos_h, rel_pos_w: (2H-1)xD and (2W-1)xD learned tables (``attn.rel_pos_h/_w``).
-        grid_hw: (H, W) token grid.
-
-    Returns:
-        ``rel_h`` BHxNxH with ``rel_h[b, n, kh] = q[b, n] . R_h[n // W, kh]`` and ``rel_w`` BHxNxW
-        with ``rel_w[b, n, kw] = q[b, n] . R_w[n % W, kw]``, in q's dtype. The attention bias for
-        query n and key m is ``rel_h[b, n, m // W] + rel_w[b, n, m % W]``.
-    """
-    h, w = grid_hw
-    r_h = relative_position_table(rel_pos_h, h, h).to(q.dtype)  # H x H x D
-    r_w = relative_position_table(rel_pos_w, w, w).to(q.dtype)  # W x W x D
-    grid_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", grid_q, r_h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", grid_q, r_w)
-    return rel_h.reshape(q.shape[0], h * w, h), rel_w.reshape(q.shape[0], h * w, w)
-
-
-def expand_rel_pos_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
-    """Materialise the full BHxNxN bias from ``rel_h`` (BHxNxH) and ``rel_w`` (BHxNxW)."""
-    bh, n, h = rel_h.shape
-    w = rel_w.shape[-1]
-    bias = rel_h[:, :, :, None] + rel_w[:, :, None, :]
-    return bias.reshape(bh, n, h * w)
+__all__ = ["decomposed_rel_pos", "expand_rel_pos_bias", "reference_rel_pos_attention"]
 
 
 def reference_rel_pos_attention(
@@ -81,17 +52,3 @@ def reference_rel_pos_attention(
         q, k, v, rel_h, rel_w = (t.to(compute_dtype) for t in (q, k, v, rel_h, rel_w))
     attn = (q * scale) @ k.transpose(-2, -1) + expand_rel_pos_bias(rel_h, rel_w)
     return (attn.softmax(dim=-1) @ v).to(out_dtype)
-
-
-def sdpa_rel_pos_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    *,
-    scale: float,
-) -> torch.Tensor:
-    """The unfused baseline: torch SDPA with the materialised BHxNxN bias as ``attn_mask``."""
-    bias = expand_rel_pos_bias(rel_h, rel_w).to(q.dtype)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)

@@ -138,7 +138,8 @@ def inline_reference(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every plugin node replaced by the reference math in plain ONNX ops.
 
     Per node: ``Softmax(MatMul(q * scale, k^T) + bias) @ v`` with the BHxNxN bias formed by
-    broadcasting ``rel_h`` (reshaped BHxNxHx1) against ``rel_w`` (BHxNx1xW). Run the result in
+    broadcasting ``rel_h`` (reshaped BHxNxHx1) against ``rel_w`` (BHxNx1xW): the ONNX-op form of
+    ``models.image_encoder.expand_rel_pos_bias``. Run the result in
     ONNX Runtime to check a plugin graph numerically on CPU.
     """
     out = onnx.ModelProto()

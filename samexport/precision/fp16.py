@@ -184,17 +184,6 @@ def convert_to_fp16(
     return dst
 
 
-def fp32_island_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes of a converted graph that compute in FP32 (float inputs, no FP16 input), for tests."""
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.input, *model.graph.value_info)}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
-    return [
-        n for n in model.graph.node
-        if n.op_type != "Cast" and n.op_type not in _TYPE_AGNOSTIC and any(types.get(x) == FLOAT for x in n.input)
-        and not any(types.get(x) == HALF for x in n.input)
-    ]
-
-
 def _decomposed_norm_nodes(nodes: list[onnx.NodeProto]) -> set[int]:
     """ids of ``Sub(x, ReduceMean(x)) .. Div`` chains: a normalisation written out op by op."""
     producer = {out: n for n in nodes for out in n.output}

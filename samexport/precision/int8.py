@@ -42,13 +42,12 @@ import onnx
 from onnx import TensorProto, helper
 
 from samexport import constants as C
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 
 log = logging.getLogger(__name__)
 
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 x and scales from opset 19
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CACHE_FORMAT = 1
 
 
@@ -113,15 +112,9 @@ def recipe_for(target: Int8Target) -> Int8Recipe:
 
 def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
     """Image files of ``calib_dir`` (not recursive), sorted by name; raises if there are none."""
-    calib_dir = Path(calib_dir)
-    if not calib_dir.is_dir():
-        raise SamExportError(f"calibration folder not found: {calib_dir}")
-    paths = sorted(p for p in calib_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise SamExportError(
-            f"no images in calibration folder {calib_dir} (looked for {', '.join(IMAGE_SUFFIXES)})"
-        )
-    return paths[:limit]
+    from samexport.image_sources import image_files
+
+    return image_files(calib_dir, what="calibration")[:limit]
 
 
 def check_calibration_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:

@@ -32,8 +32,7 @@ from samexport.runtime.backends import Backend, OnnxRuntimeBackend
 if TYPE_CHECKING:
     import torch
 
-BackendName = Literal["auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda"]
-ORT_DEVICES = {"onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
+BackendName = str  # one of constants.ARTIFACT_BACKENDS
 
 
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
@@ -52,8 +51,7 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
 
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
-    if backend not in ("auto", "tensorrt", *ORT_DEVICES):
-        raise SamExportError(f"unknown backend {backend!r}; valid: auto, tensorrt, {', '.join(ORT_DEVICES)}")
+    C.check_backend(backend, C.ARTIFACT_BACKENDS)
     if backend == "auto" and manifest.engines:
         from samexport.runtime.tensorrt_backend import why_engines_cannot_run
 
@@ -71,7 +69,7 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
             f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
-    device = ORT_DEVICES.get(backend, "auto")
+    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,

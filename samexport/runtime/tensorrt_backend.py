@@ -135,16 +135,16 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, artifact_dir: Path | str, manifest: Manifest, *, device: int = 0) -> None:
-        trt = load_tensorrt("tensorrt")
-        pg = polygraphy_trt("tensorrt")
         engines = manifest.engines
         missing = [n for n in ENGINE_NAMES if n not in engines]
-        if missing:
+        if missing:  # the artifact's own problem: said first, whether or not TensorRT is installed
             raise SamExportError(
                 f"{artifact_dir} has no TensorRT {' or '.join(missing)} engine "
                 f"({manifest.skipped_engines.get(missing[0], 'not built')}); "
                 f"run `samexport engines {artifact_dir}` on this machine, or use backend='onnxruntime'"
             )
+        trt = load_tensorrt("tensorrt")
+        pg = polygraphy_trt("tensorrt")
         devices = cuda_devices()
         if not 0 <= device < len(devices):
             raise SamExportError(f"no CUDA device {device}; this machine has {len(devices)}")

@@ -1,0 +1,161 @@
+"""Running parity: a reference and a candidate backend on the same images and prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from samexport import constants as C
+from samexport import transforms
+from samexport.errors import SamExportError
+from samexport.image_sources import sample_images, synthetic_image
+from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
+from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
+from samexport.parity.report import ImageParity, ParityReport, PromptParity
+
+if TYPE_CHECKING:
+    from samexport.models import Sam
+    from samexport.runtime.backends import Backend
+
+Precision = C.Precision
+
+
+def run_parity(
+    reference: Backend,
+    candidate: Backend,
+    images: Mapping[str, np.ndarray],
+    prompts: Sequence[Prompt] = PROMPT_SUITE,
+    *,
+    precision: Precision = "fp32",
+    tolerances: Tolerances | None = None,
+) -> ParityReport:
+    """Compare ``candidate`` with ``reference`` on every image and prompt.
+
+    Args:
+        reference: the backend taken as truth (``TorchBackend(sam)`` for the PyTorch weights).
+        candidate: the backend under test.
+        images: name -> HxWx3 uint8 RGB image (original frame).
+        prompts: the suite; default :data:`PROMPT_SUITE`.
+        precision: the candidate's precision; selects :data:`TOLERANCES` unless ``tolerances``.
+        tolerances: explicit limits.
+    """
+    from samexport.runtime.predictor import SamPredictor
+
+    if not images:
+        raise SamExportError("parity needs at least one image")
+    tolerances = tolerances or get_tolerances(precision)
+    ref, cand = SamPredictor(reference), SamPredictor(candidate)
+    results = []
+    for name, image in images.items():
+        ref.set_image(image)
+        cand.set_image(image)
+        embedding = ArrayErrors.between(ref.embedding, cand.embedding)
+        per_prompt = tuple(_compare_prompt(ref, cand, prompt) for prompt in prompts)
+        results.append(ImageParity(name, tuple(ref.original_size), embedding, per_prompt))
+    return ParityReport(
+        reference=reference.name, candidate=candidate.name, precision=precision,
+        tolerances=tolerances, images=tuple(results),
+    )
+
+
+def _compare_prompt(ref, cand, prompt: Prompt) -> PromptParity:
+    """Decode ``prompt`` with both predictors (images already set) and compare."""
+    kwargs = prompt.in_pixels(ref.original_size)
+    if prompt.refine:
+        logits, iou = ref.decode_low_res(**kwargs)
+        best = 1 + np.argmax(iou[:, 1:], axis=1)  # best multimask token, as the official loop
+        kwargs["mask_input"] = logits[np.arange(len(best)), best][:, None]
+    ref_logits, ref_iou = ref.decode_low_res(**kwargs)
+    cand_logits, cand_iou = cand.decode_low_res(**kwargs)
+    ref_masks = transforms.postprocess_masks(ref_logits, ref.input_size, ref.original_size)
+    cand_masks = transforms.postprocess_masks(cand_logits, cand.input_size, cand.original_size)
+    ious = mask_ious(ref_masks > C.MASK_THRESHOLD, cand_masks > C.MASK_THRESHOLD)
+    return PromptParity(
+        prompt=prompt.name,
+        num_prompts=prompt.num_prompts,
+        logits=ArrayErrors.between(ref_logits, cand_logits),
+        iou_score_max_abs=float(np.abs(cand_iou.astype(np.float64) - ref_iou).max()),
+        mask_iou_min=float(ious.min()),
+        mask_iou_mean=float(ious.mean()),
+        num_masks=int(ious.size),
+    )
+
+
+def quick_parity(
+    sam: Sam,
+    artifact_dir: Path | str,
+    precision: Precision = "fp32",
+    *,
+    image: np.ndarray | None = None,
+    memory_arena: bool | None = None,
+) -> dict:
+    """A short parity check for ``samexport build`` to store in ``manifest.json``.
+
+    Runs the PyTorch reference (``sam``, eager) and the artifact's ``encoder.onnx`` /
+    ``decoder.onnx`` on ONNX Runtime CPU on one image with the prompts in
+    :data:`QUICK_PROMPTS`. Reads no manifest, so it works on a staging folder mid-build.
+
+    Args:
+        sam: the torch model the graphs were exported from.
+        artifact_dir: folder holding ``encoder.onnx`` and ``decoder.onnx``.
+        precision: the graphs' precision (selects the tolerances).
+        image: HxWx3 uint8 RGB; default scikit-image's ``astronaut`` when scikit-image is
+            installed, else a synthetic picture (the result's ``images`` says which).
+        memory_arena: ONNX Runtime's CPU memory arena; None: off for ``fp16`` only (the build
+            passes the manifest's ``onnxruntime_memory_arena``, off for any FP16 graph).
+
+    Returns:
+        ``ParityReport.to_dict(detail=False)``: passed, summary, checks, tolerances, images.
+    """
+    from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
+
+    folder = Path(artifact_dir)
+    candidate = OnnxRuntimeBackend(
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu",
+        memory_arena=precision != "fp16" if memory_arena is None else memory_arena,
+    )
+    if image is not None:
+        images = {"image": image}
+    else:
+        try:
+            images, _ = sample_images(("astronaut",))
+        except ImportError:
+            images = {}
+        images = images or {"synthetic": synthetic_image(512, 768)}
+    prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS]
+    report = run_parity(TorchBackend(sam), candidate, images, prompts, precision=precision)
+    return report.to_dict(detail=False)
+
+
+def parity_for_artifact(
+    artifact_dir: Path | str,
+    checkpoint: Path | str,
+    *,
+    images: Mapping[str, np.ndarray] | None = None,
+    prompts: Sequence[Prompt] = PROMPT_SUITE,
+    backend: str = "onnxruntime-cpu",
+) -> tuple[ParityReport, dict[str, str]]:
+    """Parity of an artifact directory against the torch model loaded from ``checkpoint``.
+
+    The variant and precision come from the artifact's manifest. ``images`` defaults to the
+    scikit-image sample photos.
+
+    Returns:
+        (report, images skipped -> reason).
+    """
+    from samexport.artifacts import read_manifest
+    from samexport.checkpoint import load_sam
+    from samexport.runtime.backends import TorchBackend
+    from samexport.runtime.predictor import open_backend
+
+    manifest = read_manifest(artifact_dir)
+    skipped: dict[str, str] = {}
+    if images is None:
+        images, skipped = sample_images()
+    candidate = open_backend(artifact_dir, backend)
+    reference = TorchBackend(load_sam(checkpoint, manifest.variant))
+    report = run_parity(reference, candidate, images, prompts, precision=manifest.precision)
+    return report, skipped

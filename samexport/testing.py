@@ -1,0 +1,90 @@
+"""Random SAM checkpoints in the official format, for tests, benchmarks and your own checks.
+
+No real checkpoint can be downloaded in CI, so samexport's tests (and its published CPU
+benchmarks: latency does not depend on the weights) save seeded random weights with
+``torch.save(state_dict)`` exactly as the official ``sam_vit_*.pth`` / ``mobile_sam.pt`` files
+are stored, and load them through the same code path a user's checkpoint takes. Every parameter
+is perturbed, so parity with these weights exercises every layer.
+
+    from samexport.testing import save_random_checkpoint
+    save_random_checkpoint("vit_b", "/tmp/sam_vit_b_random.pth")
+
+Needs torch (extra ``torch``); the official-model oracle :func:`official_sam` needs the official
+package (``segment-anything``, or ``mobilesam-mirror`` for MobileSAM).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SEED = 0
+
+
+def random_state_dict(variant_name: str, seed: int = SEED) -> dict:
+    """A state dict of the official layout with random weights of realistic scale.
+
+    Default torch initialisation leaves some parameters (and BatchNorm statistics) at constants;
+    the encoder's family perturbs its own (``EncoderFamily.randomize_``: position embeddings,
+    relative-position and bias tables, norms, BatchNorm running mean and variance), and the
+    prompt encoder's and decoder's embeddings and norms are perturbed here, so every parameter
+    influences the outputs. The same ``(variant_name, seed)`` gives the same weights.
+    """
+    import torch
+
+    from samexport.variants import get_variant
+
+    variant = get_variant(variant_name)
+    torch.manual_seed(seed)
+    model = variant.build()
+    variant.family.randomize_(model.image_encoder)
+    with torch.no_grad():
+        for part in ("prompt_encoder", "mask_decoder"):
+            for name, param in getattr(model, part).named_parameters():
+                if "embeddings" in name:
+                    param.normal_(0.0, 0.5)
+                elif "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.1)
+                elif name.endswith(("embed.weight", "token.weight", "tokens.weight")):
+                    param.normal_(0.0, 1.0)
+        # The LayerNorm2d of the mask downscaling and upscaling, last so the draws above stay
+        # those of earlier versions of this function.
+        for name, param in model.named_parameters():
+            if name.startswith(("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_downscaling.4.",
+                                "mask_decoder.output_upscaling.1.")):
+                param.add_(torch.randn_like(param) * 0.1)
+    return model.state_dict()
+
+
+def save_random_checkpoint(variant_name: str, path: Path | str, seed: int = SEED) -> Path:
+    """:func:`random_state_dict` saved at ``path`` as the official checkpoints are (parent folders
+    created); returns the path."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_state_dict(variant_name, seed=seed), path)
+    return path
+
+
+def official_sam(variant_name: str, state_dict: dict):
+    """The official model (``segment_anything``, or ``mobile_sam`` for MobileSAM) with the same
+    weights: the oracle samexport is compared against."""
+    from samexport.variants import get_variant
+
+    variant = get_variant(variant_name)
+    return variant.family.official_sam(variant.encoder, state_dict)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks of equal shape (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A deterministic HxWx3 uint8 picture: smooth gradients plus a few solid shapes."""
+    from samexport.image_sources import synthetic_image
+
+    return synthetic_image(height, width, seed)
