@@ -178,7 +178,7 @@ def test_manifest_records_size_and_sha256_of_every_graph(tiny_artifact):
 
 
 def test_a_decoder_swapped_in_from_another_build_is_refused(artifact, tmp_path):
-    from conftest import random_state_dict
+    from samexport.testing import random_state_dict
     from samexport.export.to_onnx import export_decoder
     from samexport.runtime.predictor import SamPredictor
     from samexport.variants import get_variant
@@ -302,7 +302,7 @@ def test_verify_artifact_names_a_missing_plan(artifact):
 def test_a_truncated_calibration_image_is_named_before_export(tiny_checkpoint, tmp_path, no_export):
     from PIL import Image
 
-    from conftest import make_image
+    from samexport.testing import make_image
 
     calib = tmp_path / "calib"
     calib.mkdir()

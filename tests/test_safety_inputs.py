@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from samexport.testing import make_image
 from PIL import Image
 
 from samexport import imageio
