@@ -153,7 +153,7 @@ def test_official_labels_mean_what_they_mean_upstream(predictor, tiny_official):
     assert np.abs(ours[1] - ref[1]).max() <= 1e-5 and np.abs(ours[2] - ref[2]).max() <= 5e-5
 
     corners = np.array([[10.0, 20.0], [80, 90]])
-    iou, low_res = predictor.decode_low_res(corners[None], np.array([[2, 3]]))
+    low_res, iou = predictor.decode_low_res(corners[None], np.array([[2, 3]]))
     onnx_model = SamOnnxModel(tiny_official, return_single_mask=False)
     frame = ResizeLongestSide(1024).apply_coords(np.concatenate([corners, [[0, 0]]]), (100, 120))
     frame[2] = 0  # the padding point the predictor appends, at (0, 0) in the 1024 frame
