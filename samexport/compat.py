@@ -302,7 +302,7 @@ def load(artifact: Path | str, *, backend: str = "auto", variant: str | None = N
     Args:
         artifact: the artifact directory (``manifest.json``, ``encoder.onnx``, ``decoder.onnx``).
         backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``onnxruntime-cpu`` or
-            ``onnxruntime-cuda`` (see :func:`samexport.runtime.predictor.open_backend`).
+            ``onnxruntime-cuda`` (see :func:`samexport.runtime.backends.open_backend`).
         variant: if given, the variant the artifact must have been built for.
 
     Raises:
@@ -316,7 +316,7 @@ def load(artifact: Path | str, *, backend: str = "auto", variant: str | None = N
             f"samexport.load takes an artifact directory from `samexport build`; got {type(artifact).__name__}"
         )
     from samexport.artifacts import read_manifest
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     path = Path(artifact)
     if path.is_file() and not _is_artifact(path):

@@ -79,7 +79,7 @@ def test_samgeo(builds, scene):
         official = samgeo(*builds["official"], scene)
     mine = samgeo(*builds["samexport"], scene)
     for key in ("points", "one box"):
-        (m, s, l), (om, os_, ol) = mine[key], official[key]
+        (m, s, _), (om, os_, _) = mine[key], official[key]
         assert m.shape == om.shape and min(mask_iou(a, b) for a, b in zip(m, om)) >= 0.999
         np.testing.assert_allclose(s, os_, atol=1e-5)
     assert np.mean(mine["overlay"] != official["overlay"]) < 1e-3

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from test_amg import SyntheticBackend, assert_same_masks, official_generate, synthetic_official
+from test_amg import SyntheticBackend, assert_same_masks, synthetic_official
 from test_compat import _assert_outputs_match
 
 import samexport

@@ -25,7 +25,7 @@ def test_precisions_are_one_literal():
 def test_every_artifact_backend_opens_or_says_why(tiny_artifact, name):
     """Each name in the table reaches its backend: it opens, or fails with a clear error of its
     own (no CUDA provider, no engines) — never "unknown backend"."""
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     try:
         backend = open_backend(tiny_artifact, name)
@@ -49,7 +49,7 @@ def test_bench_has_an_opener_for_every_bench_backend(tmp_path, name):
 
 def test_unknown_backend_lists_the_table(tiny_artifact, tmp_path):
     from samexport.bench.run import BenchConfig
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     with pytest.raises(SamExportError) as opened:
         open_backend(tiny_artifact, "cuda")

@@ -134,7 +134,7 @@ def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders
     assert listing(artifact.parent) == sorted([artifact.name, running.name, foreign.name])
     # The build hashed its files in the staging folder; the renamed artifact opens without hashing.
     import samexport.download
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     calls = []
     monkeypatch.setattr(samexport.download, "sha256_file", lambda path: calls.append(path))
@@ -194,7 +194,7 @@ def test_a_decoder_swapped_in_from_another_build_is_refused(artifact, tmp_path):
 
 
 def test_an_encoder_with_a_flipped_byte_is_refused_even_after_a_good_open(artifact):
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     open_backend(artifact, "onnxruntime-cpu")  # verified and cached
     path = artifact / C.ENCODER_ONNX
@@ -230,7 +230,7 @@ def test_an_edited_manifest_is_refused(artifact):
 def test_hashes_are_checked_once_then_cached_in_memory_and_on_disk(artifact, monkeypatch):
     import samexport.download
     import samexport.integrity as integrity
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     calls = []
     real = samexport.download.sha256_file

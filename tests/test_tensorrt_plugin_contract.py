@@ -149,7 +149,7 @@ def test_aot_build_of_one_node(trt, monkeypatch, tmp_path, block, target):
 
     creator = _register(trt, monkeypatch, target)
     node = _build_node(trt, creator, block)
-    (h, w), bh = BLOCKS[block]["grid"], BLOCKS[block]["batch_heads"]
+    h, w = BLOCKS[block]["grid"]
     n, d = h * w, VIT_B_HEAD_DIM
 
     assert node["out_types"] == [trt.DataType.HALF]

@@ -271,16 +271,16 @@ def test_bad_preprocess_shape_raises(args, match: str) -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: transform_coords(np.zeros((3, 3)), (10, 10)), r"coords must have shape \.\.\.x2"),
-        (lambda: transform_coords(np.zeros(()), (10, 10)), r"coords must have shape \.\.\.x2"),
-        (lambda: transform_coords(np.array([["a", "b"]]), (10, 10)), "coords must hold real"),
+        (lambda: transform_coords(np.zeros((3, 3)), (10, 10)), r"coords must be a real array of shape \.\.\.x2"),
+        (lambda: transform_coords(np.zeros(()), (10, 10)), r"coords must be a real array of shape \.\.\.x2"),
+        (lambda: transform_coords(np.array([["a", "b"]]), (10, 10)), "coords must be a real array"),
         (lambda: transform_coords([[1, 2], [3]], (10, 10)), "coords must be a rectangular"),
         (lambda: transform_coords(np.zeros((1, 2)), (10,)), "original_size must be a pair"),
         (lambda: transform_coords(np.zeros((1, 2)), (0, 10)), r"original_size\[0\] must be pos"),
         (lambda: transform_coords(np.zeros((1, 2)), (10, 2.5)), r"original_size\[1\] must be an"),
         (lambda: transform_coords(np.zeros((1, 2)), None), "original_size must be a pair"),
-        (lambda: transform_boxes(np.zeros((2, 2)), (10, 10)), r"boxes must have shape \.\.\.x4"),
-        (lambda: transform_boxes(np.zeros((1, 4), bool), (10, 10)), "boxes must hold real"),
+        (lambda: transform_boxes(np.zeros((2, 2)), (10, 10)), r"boxes must be a real array of shape \.\.\.x4"),
+        (lambda: transform_boxes(np.zeros((1, 4), bool), (10, 10)), "boxes must be a real array"),
     ],
 )
 def test_bad_prompts_raise(call, match: str) -> None:

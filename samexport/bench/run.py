@@ -106,7 +106,7 @@ def _open_torch(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[Ba
 def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
     def open_all(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
         from samexport.runtime.backends import onnxruntime_providers
-        from samexport.runtime.predictor import open_backend
+        from samexport.runtime.backends import open_backend
 
         kind = f"onnxruntime-{device}"
         try:
@@ -129,7 +129,7 @@ def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list
     available = tensorrt_availability()
     if not available:
         return [BackendUnderTest("tensorrt", "tensorrt", skipped=available.reason)]
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     out = []
     for folder, manifest in manifests.items():

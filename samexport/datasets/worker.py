@@ -88,7 +88,8 @@ class JobSpec:
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
     """``SamPredictor(artifact_dir, backend)`` with ``threads`` ONNX Runtime threads when set."""
-    from samexport.runtime.predictor import SamPredictor, open_backend
+    from samexport.runtime.backends import open_backend
+    from samexport.runtime.predictor import SamPredictor
 
     return SamPredictor(open_backend(artifact_dir, backend, threads=threads))
 

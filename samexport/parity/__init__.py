@@ -27,6 +27,7 @@ from samexport.parity.runner import Precision, parity_for_artifact, quick_parity
 
 __all__ = [
     "PROMPT_SUITE",
+    "Precision",
     "QUICK_PROMPTS",
     "SAMPLE_IMAGES",
     "TOLERANCES",

@@ -149,7 +149,7 @@ def parity_for_artifact(
     from samexport.artifacts import read_manifest
     from samexport.checkpoint import load_sam
     from samexport.runtime.backends import TorchBackend
-    from samexport.runtime.predictor import open_backend
+    from samexport.runtime.backends import open_backend
 
     manifest = read_manifest(artifact_dir)
     skipped: dict[str, str] = {}

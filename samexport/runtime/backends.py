@@ -7,6 +7,7 @@ image, ``decode`` a batch of prompts already in the 1024 frame. Pre- and postpro
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -17,6 +18,8 @@ from samexport.errors import SamExportError, require
 
 if TYPE_CHECKING:
     from samexport.models import Sam
+
+BackendName = str  # one of constants.ARTIFACT_BACKENDS
 
 
 class Backend(Protocol):
@@ -155,3 +158,44 @@ class TorchBackend:
         with torch.no_grad():
             masks, iou = self.decoder(*args)
         return masks.numpy(), iou.numpy()
+
+
+def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
+    """The backend for an artifact directory.
+
+    ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
+    (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
+    builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
+    intra-op threads (None: its default); TensorRT ignores it.
+
+    The files the backend loads are checked against the manifest's sizes and sha256s first
+    (``samexport.artifacts.verify_artifact``; hashed on first open only).
+    """
+    from samexport.artifacts import read_manifest, verify_artifact
+
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder)
+    C.check_backend(backend, C.ARTIFACT_BACKENDS)
+    if backend == "auto" and manifest.engines:
+        from samexport.runtime.tensorrt_backend import why_engines_cannot_run
+
+        reason = why_engines_cannot_run(manifest)
+        if reason is None:
+            backend = "tensorrt"
+        else:
+            logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
+    if backend == "tensorrt":
+        from samexport.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(folder, manifest)
+    if not manifest.runtime.onnxruntime_encoder:
+        raise SamExportError(
+            f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
+            "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
+        )
+    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
+    return OnnxRuntimeBackend(
+        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
+        memory_arena=manifest.runtime.onnxruntime_memory_arena,
+    )

@@ -15,11 +15,10 @@ or the new one, never a mixture. Backends that cannot be called from two threads
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -27,67 +26,14 @@ from samexport import constants as C
 from samexport import transforms
 from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, require_torch
 from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
-from samexport.runtime.backends import Backend, OnnxRuntimeBackend
+from samexport.runtime.backends import Backend, BackendName
+from samexport.runtime.prompts import NO_IMAGE, ImageState, PromptBatch, host_array, prompt_batch
+from samexport.validate import real_array, size_pair
 
 if TYPE_CHECKING:
     import torch
 
-BackendName = str  # one of constants.ARTIFACT_BACKENDS
-
-
-def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
-    """The backend for an artifact directory.
-
-    ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
-    (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
-    intra-op threads (None: its default); TensorRT ignores it.
-
-    The files the backend loads are checked against the manifest's sizes and sha256s first
-    (``samexport.artifacts.verify_artifact``; hashed on first open only).
-    """
-    from samexport.artifacts import read_manifest, verify_artifact
-    from samexport.errors import SamExportError
-
-    folder = Path(artifact_dir)
-    manifest = read_manifest(folder)
-    C.check_backend(backend, C.ARTIFACT_BACKENDS)
-    if backend == "auto" and manifest.engines:
-        from samexport.runtime.tensorrt_backend import why_engines_cannot_run
-
-        reason = why_engines_cannot_run(manifest)
-        if reason is None:
-            backend = "tensorrt"
-        else:
-            logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
-    if backend == "tensorrt":
-        from samexport.runtime.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(folder, manifest)
-    if not manifest.runtime.onnxruntime_encoder:
-        raise SamExportError(
-            f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
-            "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
-        )
-    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
-    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
-    return OnnxRuntimeBackend(
-        folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
-        memory_arena=manifest.runtime.onnxruntime_memory_arena,
-    )
-
-
-def _float_array(name: str, value, shape: tuple[int | None, ...]) -> np.ndarray:
-    """``value`` as float32 with the given shape (``None`` = any size), or a ValueError naming it."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "iuf" or array.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(array.shape, shape)
-    ):
-        pretty = "x".join("N" if s is None else str(s) for s in shape)
-        raise InvalidInputError(f"{name} must be a real array of shape {pretty}; got {array.dtype} {array.shape}")
-    if not np.isfinite(array).all():
-        raise InvalidInputError(f"{name} contains NaN or infinite values")
-    return array.astype(np.float32)
+__all__ = ["DECODER_BYTES_PER_PROMPT", "DEFAULT_DECODE_BUDGET", "ImageState", "SamPredictor"]
 
 
 # Peak decoder memory per prompt, measured: ~37 MiB with ONNX Runtime CPU fp32 (B = 8 and 32 boxes
@@ -98,56 +44,6 @@ DEFAULT_DECODE_BUDGET = 2 << 30  # 2 GiB: 51 prompts per decoder call at most
 
 _PIXEL_MEAN = np.asarray(C.PIXEL_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
 _PIXEL_STD = np.asarray(C.PIXEL_STD, dtype=np.float32).reshape(1, 3, 1, 1)
-
-
-@dataclass(frozen=True)
-class ImageState:
-    """Everything a prediction needs to know about the current image, replaced as a whole.
-
-    Attributes:
-        embedding: 1x256x64x64 float32 image embedding, or ``None``.
-        original_size: ``(H, W)`` of the image as given.
-        input_size: ``(h, w)`` of the resized image in the 1024 frame.
-        is_set: whether predictions may use this state (``set_image`` sets it; client code that
-            restores a cached embedding field by field sets it last, as with the official).
-    """
-
-    embedding: np.ndarray | None = None
-    original_size: tuple[int, int] | None = None
-    input_size: tuple[int, int] | None = None
-    is_set: bool = False
-
-
-_NO_IMAGE = ImageState()
-
-
-def _host_array(value: Any) -> np.ndarray | None:
-    """A torch tensor (any device) or array-like as a NumPy array; ``None`` stays ``None``."""
-    if value is None:
-        return None
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _check_labels(labels: np.ndarray) -> None:
-    """Raise unless every label is one of :data:`samexport.constants.LABEL_VALUES`."""
-    unknown = labels[~np.isin(labels, C.LABEL_VALUES)]
-    if unknown.size:
-        raise InvalidInputError(
-            f"point_labels must be 1 (foreground), 0 (background), -1 (padding, ignored) or 2 / 3 "
-            f"(box top-left / bottom-right corner); got {unknown[0]:g}"
-        )
-
-
-def _pair(name: str, value: Any) -> tuple[int, int]:
-    try:
-        pair = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        pair = ()
-    if len(pair) != 2 or min(pair) < 1:
-        raise InvalidInputError(f"{name} must be (H, W) positive ints; got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 class SamPredictor:
@@ -210,7 +106,7 @@ class SamPredictor:
         self.decode_budget_bytes = decode_budget_bytes
         self._lock = backend_lock(self.backend)
         self._zero_masks: tuple[np.ndarray, np.ndarray] | None = None
-        self._state = _NO_IMAGE
+        self._state = NO_IMAGE
 
     @property
     def device(self) -> torch.device:
@@ -238,7 +134,7 @@ class SamPredictor:
 
     @original_size.setter
     def original_size(self, value) -> None:
-        self._state = replace(self._state, original_size=None if value is None else _pair("original_size", value))
+        self._state = replace(self._state, original_size=None if value is None else size_pair("original_size", value))
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -246,7 +142,7 @@ class SamPredictor:
 
     @input_size.setter
     def input_size(self, value) -> None:
-        self._state = replace(self._state, input_size=None if value is None else _pair("input_size", value))
+        self._state = replace(self._state, input_size=None if value is None else size_pair("input_size", value))
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -267,9 +163,9 @@ class SamPredictor:
 
     @features.setter
     def features(self, value) -> None:
-        array = _host_array(value)
+        array = host_array(value)
         if array is not None:
-            array = _float_array("features", array, C.IMAGE_EMBEDDINGS.shape)
+            array = real_array("features", array, C.IMAGE_EMBEDDINGS.shape).astype(np.float32)
             array = np.ascontiguousarray(array)
         self._state = replace(self._state, embedding=array)
 
@@ -302,7 +198,7 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         """Forget the current image."""
-        self._state = _NO_IMAGE
+        self._state = NO_IMAGE
 
     def _current(self) -> ImageState:
         """The current state, read once; a RuntimeError if predictions cannot use it."""
@@ -319,7 +215,7 @@ class SamPredictor:
             with self._locked():
                 embedding = self.backend.encode(padded)
         except BaseException:
-            self._state = _NO_IMAGE  # as the official, a failed set_image leaves no image
+            self._state = NO_IMAGE  # as the official, a failed set_image leaves no image
             raise
         self._state = ImageState(embedding, tuple(original_size), tuple(input_size), True)
 
@@ -351,7 +247,7 @@ class SamPredictor:
                 zero-padded here.
             original_image_size: ``(H, W)`` of the image before resizing.
         """
-        array = _host_array(transformed_image)
+        array = host_array(transformed_image)
         size = self.model.image_encoder.img_size
         if (array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3
                 or max(array.shape[2:]) != size or min(array.shape[2:]) < 1):
@@ -360,7 +256,7 @@ class SamPredictor:
             )
         if array.dtype.kind not in "iuf":
             raise InvalidInputError(f"set_torch_image input must be numeric; got dtype {array.dtype}")
-        original_size = _pair("original_image_size", original_image_size)
+        original_size = size_pair("original_image_size", original_image_size)
         height, width = array.shape[2:]
         padded = np.zeros((1, 3, size, size), np.float32)
         padded[:, :, :height, :width] = (array.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
@@ -397,13 +293,13 @@ class SamPredictor:
             float32), with C = 3 if ``multimask_output`` else 1.
         """
         if point_coords is not None:
-            point_coords = _float_array("point_coords", point_coords, (None, 2))[None]
+            point_coords = real_array("point_coords", point_coords, (None, 2))[None]
         if point_labels is not None:
-            point_labels = _float_array("point_labels", point_labels, (None,))[None]
+            point_labels = real_array("point_labels", point_labels, (None,))[None]
         if box is not None:
-            box = _float_array("box", np.asarray(box).reshape(-1), (4,))[None]
+            box = real_array("box", np.asarray(box).reshape(-1), (4,))[None]
         if mask_input is not None:
-            mask_input = _float_array("mask_input", mask_input, (1, 256, 256))[None]
+            mask_input = real_array("mask_input", mask_input, (1, 256, 256))[None]
         masks, scores, low_res = self.predict_batch(
             point_coords, point_labels, box, mask_input, multimask_output, return_logits
         )
@@ -434,7 +330,7 @@ class SamPredictor:
             (masks BxCxHxW, scores BxC, low_res_logits BxCx256x256), NumPy.
         """
         state = self._current()
-        prompt = self._prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size)
+        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
         return self._run(state, prompt, multimask_output, return_logits)
 
     def predict_torch(
@@ -464,11 +360,11 @@ class SamPredictor:
         state = self._current()
         given = [v for v in (point_coords, point_labels, boxes, mask_input) if isinstance(v, torch.Tensor)]
         device = given[0].device if given else torch.device("cpu")
-        boxes = _host_array(boxes)
+        boxes = host_array(boxes)
         if boxes is not None and boxes.ndim > 2 and boxes.size % 4 == 0:
             boxes = boxes.reshape(-1, 4)  # the official prompt encoder reshapes boxes to (-1, 2, 2)
-        prompt = self._prompt_batch(
-            _host_array(point_coords), _host_array(point_labels), boxes, _host_array(mask_input), None
+        prompt = prompt_batch(
+            host_array(point_coords), host_array(point_labels), boxes, host_array(mask_input), None, self._no_mask_input
         )
         outputs = self._run(state, prompt, multimask_output, return_logits)
         return tuple(torch.from_numpy(np.ascontiguousarray(o)).to(device) for o in outputs)  # type: ignore[return-value]
@@ -483,7 +379,7 @@ class SamPredictor:
         """All four outputs at low resolution: (logits Bx4x256x256, iou Bx4), no upsampling;
         prompts in the original frame, chunked as :meth:`predict_batch`."""
         state = self._current()
-        prompt = self._prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size)
+        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
         return self._run(state, prompt, None, True)
 
     # -- decoding ----------------------------------------------------------------------------
@@ -500,7 +396,7 @@ class SamPredictor:
         bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _run(self, state: ImageState, prompt, multimask_output: bool | None, return_logits: bool):
+    def _run(self, state: ImageState, prompt: PromptBatch, multimask_output: bool | None, return_logits: bool):
         """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs
         (logits, iou); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
         coords, labels, masks, has_mask = prompt
@@ -538,62 +434,3 @@ class SamPredictor:
             self._zero_masks = zeros
         masks, flags = zeros
         return masks[:batch], flags[:batch]
-
-    def _prompt_batch(self, point_coords, point_labels, boxes, mask_input, original_size):
-        """Decoder inputs (coords BxNx2 in the 1024 frame, labels BxN, mask_input Bx1x256x256,
-        has_mask_input B) as the official prompt encoder orders them: points, then box corners
-        (labels 2, 3); points without a box get one padding point (label -1); no points and no
-        box: no sparse prompt at all (N = 0), B from ``mask_input`` or 1. ``original_size``:
-        the frame the points and boxes are in, ``None`` when already in the 1024 frame."""
-        if (point_coords is None) != (point_labels is None):
-            raise InvalidInputError("point_coords and point_labels must be given together")
-        parts_xy, parts_label = [], []
-        if point_coords is not None:
-            coords = _float_array("point_coords", point_coords, (None, None, 2))
-            labels = _float_array("point_labels", point_labels, (None, None))
-            if labels.shape != coords.shape[:2]:
-                raise InvalidInputError(
-                    f"point_labels shape {labels.shape} does not match point_coords {coords.shape}"
-                )
-            _check_labels(labels)
-            if original_size is not None:
-                coords = transforms.transform_coords(coords, original_size)
-            parts_xy.append(coords)
-            parts_label.append(labels)
-        if boxes is not None:
-            boxes = _float_array("boxes", boxes, (None, 4))
-            if original_size is not None:
-                boxes = transforms.transform_boxes(boxes, original_size)
-            parts_xy.append(boxes.reshape(-1, 2, 2))
-            parts_label.append(
-                np.broadcast_to(np.float32([C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT]), (len(boxes), 2))
-            )
-        elif parts_xy:
-            parts_xy.append(np.zeros((parts_xy[0].shape[0], 1, 2), np.float32))
-            parts_label.append(np.full((parts_xy[0].shape[0], 1), C.LABEL_PADDING, np.float32))
-        if mask_input is not None:
-            size = C.LOW_RES_MASK_SIZE
-            masks = _float_array("mask_input", mask_input, (None, 1, size, size))
-        if not parts_xy:  # no sparse prompt
-            batch = masks.shape[0] if mask_input is not None else 1
-            parts_xy.append(np.zeros((batch, 0, 2), np.float32))
-            parts_label.append(np.zeros((batch, 0), np.float32))
-        batches = {p.shape[0] for p in parts_xy}
-        if len(batches) != 1:
-            raise InvalidInputError(
-                f"point_coords has {parts_xy[0].shape[0]} prompts but boxes has {parts_xy[1].shape[0]}"
-            )
-        batch = parts_xy[0].shape[0]
-        if batch == 0:
-            raise InvalidInputError("the prompt batch is empty")
-        if mask_input is None:
-            masks, has_mask = self._no_mask_input(batch)
-        else:
-            if masks.shape[0] != batch:
-                raise InvalidInputError(
-                    f"mask_input has {masks.shape[0]} prompts but the points/boxes have {batch}"
-                )
-            has_mask = np.ones(batch, np.float32)
-        coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
-        labels = np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32)
-        return coords, labels, masks, has_mask

@@ -1,0 +1,123 @@
+"""What a prediction reads: the current image's state, and prompts turned into decoder inputs.
+
+:func:`prompt_batch` checks the prompts a user passes to ``SamPredictor`` and orders them as the
+official prompt encoder does; :class:`ImageState` is the image they are decoded against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from samexport import constants as C
+from samexport import transforms
+from samexport.errors import InvalidInputError
+from samexport.validate import check_labels, real_array
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """Everything a prediction needs to know about the current image, replaced as a whole.
+
+    Attributes:
+        embedding: 1x256x64x64 float32 image embedding, or ``None``.
+        original_size: ``(H, W)`` of the image as given.
+        input_size: ``(h, w)`` of the resized image in the 1024 frame.
+        is_set: whether predictions may use this state (``set_image`` sets it; client code that
+            restores a cached embedding field by field sets it last, as with the official).
+    """
+
+    embedding: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None
+    is_set: bool = False
+
+
+NO_IMAGE = ImageState()
+
+
+class PromptBatch(NamedTuple):
+    """Decoder inputs for B prompts, in the 1024 frame (shapes in ``constants.DECODER_INPUTS``)."""
+
+    coords: np.ndarray  # BxNx2 float32
+    labels: np.ndarray  # BxN float32
+    mask_input: np.ndarray  # Bx1x256x256 float32
+    has_mask_input: np.ndarray  # B float32
+
+
+def host_array(value: Any) -> np.ndarray | None:
+    """A torch tensor (any device) or array-like as a NumPy array; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _float32(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+    return real_array(name, value, shape).astype(np.float32)
+
+
+def prompt_batch(
+    point_coords: Any,
+    point_labels: Any,
+    boxes: Any,
+    mask_input: Any,
+    original_size: tuple[int, int] | None,
+    no_mask_input: Callable[[int], tuple[np.ndarray, np.ndarray]],
+) -> PromptBatch:
+    """Decoder inputs as the official prompt encoder orders them: points, then box corners
+    (labels 2, 3); points without a box get one padding point (label -1); no points and no box:
+    no sparse prompt at all (N = 0), B from ``mask_input`` or 1.
+
+    Args:
+        original_size: the frame the points and boxes are in, ``None`` when already in the 1024
+            frame.
+        no_mask_input: ``B -> (mask_input, has_mask_input)`` of zeros, for prompts without a mask.
+    """
+    if (point_coords is None) != (point_labels is None):
+        raise InvalidInputError("point_coords and point_labels must be given together")
+    parts_xy, parts_label = [], []
+    if point_coords is not None:
+        coords = _float32("point_coords", point_coords, (None, None, 2))
+        labels = _float32("point_labels", point_labels, (None, None))
+        if labels.shape != coords.shape[:2]:
+            raise InvalidInputError(f"point_labels shape {labels.shape} does not match point_coords {coords.shape}")
+        check_labels(labels)
+        if original_size is not None:
+            coords = transforms.transform_coords(coords, original_size)
+        parts_xy.append(coords)
+        parts_label.append(labels)
+    if boxes is not None:
+        boxes = _float32("boxes", boxes, (None, 4))
+        if original_size is not None:
+            boxes = transforms.transform_boxes(boxes, original_size)
+        parts_xy.append(boxes.reshape(-1, 2, 2))
+        corners = np.float32([C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT])
+        parts_label.append(np.broadcast_to(corners, (len(boxes), 2)))
+    elif parts_xy:
+        parts_xy.append(np.zeros((parts_xy[0].shape[0], 1, 2), np.float32))
+        parts_label.append(np.full((parts_xy[0].shape[0], 1), C.LABEL_PADDING, np.float32))
+    if mask_input is not None:
+        size = C.LOW_RES_MASK_SIZE
+        masks = _float32("mask_input", mask_input, (None, 1, size, size))
+    if not parts_xy:  # no sparse prompt
+        batch = masks.shape[0] if mask_input is not None else 1
+        parts_xy.append(np.zeros((batch, 0, 2), np.float32))
+        parts_label.append(np.zeros((batch, 0), np.float32))
+    if len({p.shape[0] for p in parts_xy}) != 1:
+        raise InvalidInputError(f"point_coords has {parts_xy[0].shape[0]} prompts but boxes has {parts_xy[1].shape[0]}")
+    batch = parts_xy[0].shape[0]
+    if batch == 0:
+        raise InvalidInputError("the prompt batch is empty")
+    if mask_input is None:
+        masks, has_mask = no_mask_input(batch)
+    else:
+        if masks.shape[0] != batch:
+            raise InvalidInputError(f"mask_input has {masks.shape[0]} prompts but the points/boxes have {batch}")
+        has_mask = np.ones(batch, np.float32)
+    coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
+    labels = np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32)
+    return PromptBatch(coords, labels, masks, has_mask)
