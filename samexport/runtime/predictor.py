@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -27,7 +26,8 @@ from samexport import transforms
 from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, require_torch
 from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
 from samexport.runtime.backends import Backend, BackendName
-from samexport.runtime.prompts import NO_IMAGE, ImageState, PromptBatch, host_array, prompt_batch
+from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes
+from samexport.runtime.prompts import PromptBatch, host_array, prompt_batch
 from samexport.validate import real_array, size_pair
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _PIXEL_MEAN = np.asarray(C.PIXEL_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
 _PIXEL_STD = np.asarray(C.PIXEL_STD, dtype=np.float32).reshape(1, 3, 1, 1)
 
 
-class SamPredictor:
+class SamPredictor(OfficialImageAttributes):
     """Predict masks for one image at a time, like ``segment_anything.SamPredictor``.
 
     Args:
@@ -113,61 +113,7 @@ class SamPredictor:
         """Where the torch tensors of the compatibility methods are made (``cpu``)."""
         return self.model.device
 
-    # -- image state -----------------------------------------------------------------------
-
-    @property
-    def image_state(self) -> ImageState:
-        """The current :class:`ImageState` (one consistent snapshot)."""
-        return self._state
-
-    @property
-    def is_image_set(self) -> bool:
-        return self._state.is_set
-
-    @is_image_set.setter
-    def is_image_set(self, value: bool) -> None:
-        self._state = replace(self._state, is_set=bool(value))
-
-    @property
-    def original_size(self) -> tuple[int, int] | None:
-        return self._state.original_size
-
-    @original_size.setter
-    def original_size(self, value) -> None:
-        self._state = replace(self._state, original_size=None if value is None else size_pair("original_size", value))
-
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return self._state.input_size
-
-    @input_size.setter
-    def input_size(self, value) -> None:
-        self._state = replace(self._state, input_size=None if value is None else size_pair("input_size", value))
-
-    @property
-    def embedding(self) -> np.ndarray | None:
-        """The current image's embedding as NumPy, 1x256x64x64 float32 (``None`` before
-        ``set_image``): the NumPy counterpart of ``get_image_embedding()``."""
-        return self._state.embedding
-
-    @property
-    def features(self) -> torch.Tensor | None:
-        """The official attribute: the embedding as a 1x256x64x64 float32 torch tensor sharing
-        memory with :attr:`embedding` (``None`` before ``set_image``); needs torch. Assigning a
-        tensor or array (e.g. a cached embedding) replaces the embedding, as with the official."""
-        embedding = self._state.embedding
-        if embedding is None:
-            return None
-        torch = require_torch("SamPredictor.features", numpy_name="SamPredictor.embedding")
-        return torch.from_numpy(embedding)
-
-    @features.setter
-    def features(self, value) -> None:
-        array = host_array(value)
-        if array is not None:
-            array = real_array("features", array, C.IMAGE_EMBEDDINGS.shape).astype(np.float32)
-            array = np.ascontiguousarray(array)
-        self._state = replace(self._state, embedding=array)
+    # -- image state (the official attributes are in OfficialImageAttributes) ------------
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding as the official returns it: a 1x256x64x64 float32 torch

@@ -1,12 +1,8 @@
-"""What a prediction reads: the current image's state, and prompts turned into decoder inputs.
-
-:func:`prompt_batch` checks the prompts a user passes to ``SamPredictor`` and orders them as the
-official prompt encoder does; :class:`ImageState` is the image they are decoded against.
-"""
+"""Prompts turned into decoder inputs: :func:`prompt_batch` checks what a user passes to
+``SamPredictor`` and orders it as the official prompt encoder does."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -15,27 +11,6 @@ from samexport import constants as C
 from samexport import transforms
 from samexport.errors import InvalidInputError
 from samexport.validate import check_labels, real_array
-
-
-@dataclass(frozen=True)
-class ImageState:
-    """Everything a prediction needs to know about the current image, replaced as a whole.
-
-    Attributes:
-        embedding: 1x256x64x64 float32 image embedding, or ``None``.
-        original_size: ``(H, W)`` of the image as given.
-        input_size: ``(h, w)`` of the resized image in the 1024 frame.
-        is_set: whether predictions may use this state (``set_image`` sets it; client code that
-            restores a cached embedding field by field sets it last, as with the official).
-    """
-
-    embedding: np.ndarray | None = None
-    original_size: tuple[int, int] | None = None
-    input_size: tuple[int, int] | None = None
-    is_set: bool = False
-
-
-NO_IMAGE = ImageState()
 
 
 class PromptBatch(NamedTuple):
