@@ -110,6 +110,7 @@ class BackendInfo:
             checkpoint itself and serves parity and bench as the reference).
         onnxruntime_device: for ONNX Runtime backends, the device asked for ("auto": CUDA when
             present, else CPU); None for the others.
+        needs_gpu: it runs only on an NVIDIA GPU (the dataset jobs give each Ray worker one).
     """
 
     name: str
@@ -119,6 +120,7 @@ class BackendInfo:
     precisions: tuple[Precision, ...] = PRECISIONS
     opens_artifact: bool = True
     onnxruntime_device: Literal["auto", "cpu", "cuda"] | None = None
+    needs_gpu: bool = False
 
 
 BACKENDS: dict[str, BackendInfo] = {
@@ -130,9 +132,9 @@ BACKENDS: dict[str, BackendInfo] = {
                     onnxruntime_device="auto"),
         BackendInfo("onnxruntime-cpu", "ONNX Runtime on the CPU", None, ("onnxruntime",), onnxruntime_device="cpu"),
         BackendInfo("onnxruntime-cuda", "ONNX Runtime's CUDA provider", "onnxruntime-gpu", ("onnxruntime",),
-                    onnxruntime_device="cuda"),
+                    onnxruntime_device="cuda", needs_gpu=True),
         BackendInfo("tensorrt", "the artifact's TensorRT engines, on an NVIDIA GPU", "tensorrt",
-                    ("tensorrt", "polygraphy")),
+                    ("tensorrt", "polygraphy"), needs_gpu=True),
     )
 }
 AUTO_BACKEND = "auto"  # not a backend: the TensorRT engines when usable here, else ONNX Runtime

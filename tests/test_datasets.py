@@ -330,6 +330,23 @@ def test_ray_segment_all_equals_local(local_ray, tiny_artifact, image_folder, tm
     assert read_rows(tmp_path / "ray").equals(read_rows(tmp_path / "local"))
 
 
+@pytest.mark.parametrize("backend, cluster_gpus, expected", [
+    ("tensorrt", 0, 1.0), ("onnxruntime-cuda", 0, 1.0), ("onnxruntime-cpu", 4, 0.0),
+    ("auto", 4, 1.0), ("auto", 0, 0.0),
+])
+def test_ray_workers_get_a_gpu_for_the_gpu_backends(backend, cluster_gpus, expected):
+    """The backends table says which backends need a GPU; "auto" takes one where the cluster has one."""
+    from types import SimpleNamespace
+
+    from samexport.datasets.ray_executor import _gpus_per_worker
+
+    ray = SimpleNamespace(cluster_resources=lambda: {"CPU": 2, "GPU": cluster_gpus})
+    assert _gpus_per_worker(ray, backend, None) == expected
+    assert _gpus_per_worker(ray, backend, 0.5) == 0.5
+    with pytest.raises(SamExportError, match="gpus_per_worker must be >= 0"):
+        _gpus_per_worker(ray, backend, -1)
+
+
 # -- command line ------------------------------------------------------------------------------
 
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from samexport import constants as C
 from samexport.datasets.images import ImageError, check_readable, image_key
 from samexport.datasets.schema import arrow_schema
 from samexport.datasets.store import write_part
 from samexport.datasets.worker import ImageWorker, JobSpec, image_row
 from samexport.errors import SamExportError, require
-
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
 
 
 class RayImageWorker:
@@ -46,7 +45,7 @@ def _gpus_per_worker(ray, backend: str, requested: float | None) -> float:
         if requested < 0:
             raise SamExportError(f"gpus_per_worker must be >= 0; got {requested}")
         return float(requested)
-    if backend in GPU_BACKENDS:
+    if backend in C.BACKENDS and C.BACKENDS[backend].needs_gpu:
         return 1.0
     if backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0:
         return 1.0
