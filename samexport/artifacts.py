@@ -42,6 +42,13 @@ def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT
     return root / f"{variant}-{precision}"
 
 
+def onnxruntime_memory_arena(precision: str, *, fp16_encoder: bool = False) -> bool:
+    """Whether ONNX Runtime sessions get the CPU memory arena: not for fp16 graphs, the int8
+    encoder on an FP16 graph (TensorRT recipe, ``fp16_encoder``) included. The arena grew past
+    18 GiB on the vit_b fp16 encoder, 4.4 GiB without it."""
+    return precision != "fp16" and not fp16_encoder
+
+
 @dataclass(frozen=True)
 class RuntimeNeeds:
     """What a runtime must know to open the artifact, recorded by the build so the runtime never
@@ -50,9 +57,8 @@ class RuntimeNeeds:
     Attributes:
         onnxruntime_encoder: ONNX Runtime can run ``encoder.onnx`` (False for plugin-node graphs,
             which only TensorRT runs).
-        onnxruntime_memory_arena: open ONNX Runtime sessions with the CPU memory arena (False for
-            fp16 graphs, the TensorRT-recipe int8 encoder included: the arena grew past 18 GiB
-            on the vit_b fp16 encoder, 4.4 GiB without it).
+        onnxruntime_memory_arena: open ONNX Runtime sessions with the CPU memory arena (see
+            :func:`onnxruntime_memory_arena`).
         gpu_specific_kernels: the engines hold kernels compiled for the building GPU (the
             attention plugin's PTX), so hardware compatibility does not apply to them.
     """
@@ -66,7 +72,7 @@ class RuntimeNeeds:
         """``fp16_encoder``: an int8 encoder whose Q/DQ sit on an FP16 graph (TensorRT recipe)."""
         return cls(
             onnxruntime_encoder=attention != "plugin",
-            onnxruntime_memory_arena=precision != "fp16" and not fp16_encoder,
+            onnxruntime_memory_arena=onnxruntime_memory_arena(precision, fp16_encoder=fp16_encoder),
             gpu_specific_kernels=attention == "plugin",
         )
 

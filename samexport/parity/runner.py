@@ -10,6 +10,7 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
+from samexport.artifacts import onnxruntime_memory_arena
 from samexport.errors import SamExportError
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
@@ -104,8 +105,9 @@ def quick_parity(
         precision: the graphs' precision (selects the tolerances).
         image: HxWx3 uint8 RGB; default scikit-image's ``astronaut`` when scikit-image is
             installed, else a synthetic picture (the result's ``images`` says which).
-        memory_arena: ONNX Runtime's CPU memory arena; None: off for ``fp16`` only (the build
-            passes the manifest's ``onnxruntime_memory_arena``, off for any FP16 graph).
+        memory_arena: ONNX Runtime's CPU memory arena; None: as
+            :func:`samexport.artifacts.onnxruntime_memory_arena` gives for ``precision`` (the
+            build passes the manifest's, which also knows an int8 encoder on an FP16 graph).
 
     Returns:
         ``ParityReport.to_dict(detail=False)``: passed, summary, checks, tolerances, images.
@@ -115,7 +117,7 @@ def quick_parity(
     folder = Path(artifact_dir)
     candidate = OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu",
-        memory_arena=precision != "fp16" if memory_arena is None else memory_arena,
+        memory_arena=onnxruntime_memory_arena(precision) if memory_arena is None else memory_arena,
     )
     if image is not None:
         images = {"image": image}
