@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -233,23 +233,39 @@ def write_mask(path: Path | str, mask: np.ndarray) -> None:
         raise
 
 
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of an HxW boolean ``mask`` with a 4-neighbour outside it (or on the image border)."""
+    padded = np.pad(mask, 1)
+    inside = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inside
+
+
 def overlay(
     image: np.ndarray,
-    masks: list[np.ndarray] | np.ndarray,
+    masks: Iterable[np.ndarray],
     *,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     boxes: np.ndarray | None = None,
     alpha: float = 0.5,
+    colours: np.ndarray | None = None,
+    outlined: bool = False,
 ) -> Image.Image:
     """The image with each HxW mask tinted in its own colour, outlined prompts drawn on top.
 
-    Foreground points are green, background points red, boxes yellow.
+    Masks are drawn in order (a later one over an earlier one); ``masks`` may be any iterable
+    of HxW bool arrays, read once, so a generator keeps one decoded mask in memory at a time.
+    ``colours`` (Kx3 uint8 RGB, repeated after K masks) defaults to :data:`PALETTE`;
+    ``outlined`` also paints each mask's outline in its full colour. Foreground points are
+    green, background points red, boxes yellow.
     """
     canvas = image.astype(np.float32)
+    palette = (PALETTE if colours is None else colours).astype(np.float32)
     for i, mask in enumerate(masks):
-        colour = PALETTE[i % len(PALETTE)].astype(np.float32)
+        colour = palette[i % len(palette)]
         canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
+        if outlined:
+            canvas[outline(mask)] = colour
     picture = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     radius = max(3, round(max(image.shape[:2]) / 150))

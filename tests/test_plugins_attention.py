@@ -81,6 +81,16 @@ def qkv_from_attention(attn: Attention, x: torch.Tensor):
     return qkv.reshape(3, b * heads, h * w, c // heads).unbind(0)
 
 
+def attention_output(attn: Attention, x: torch.Tensor, q, k, v, core) -> torch.Tensor:
+    """What ``attn(x)`` computes, with ``core`` (the reference or the kernel) as its attention on
+    the per-head q, k, v (B*heads x N x D): rel-pos projections, core, heads merged, projection."""
+    b, h, w, c = x.shape
+    rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, (h, w))
+    out = core(q, k, v, rel_h, rel_w, grid_hw=(h, w), scale=attn.scale)
+    out = out.view(b, attn.num_heads, h, w, c // attn.num_heads).permute(0, 2, 3, 1, 4).reshape(x.shape)
+    return attn.proj(out)
+
+
 def random_attention(dim, heads, grid_size, seed=0):
     torch.manual_seed(seed)
     attn = Attention(dim, num_heads=heads, grid_size=grid_size)
@@ -100,11 +110,7 @@ def test_reference_matches_attention_module(head_dim):
     x = torch.randn(3, grid, grid, heads * head_dim)
     with torch.no_grad():
         expected = attn(x)
-        q, k, v = qkv_from_attention(attn, x)
-        rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, (grid, grid))
-        out = reference_rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw=(grid, grid), scale=attn.scale)
-        out = out.view(3, heads, grid, grid, head_dim).permute(0, 2, 3, 1, 4).reshape(x.shape)
-        got = attn.proj(out)
+        got = attention_output(attn, x, *qkv_from_attention(attn, x), reference_rel_pos_attention)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -179,10 +185,7 @@ def test_kernel_matches_attention_module(head_dim):
         qkv = attn.qkv(x).view(grid * grid, 3, heads, head_dim).permute(1, 2, 0, 3)
         q, k, v = qkv.unbind(0)
         assert q.stride() == (head_dim, 3 * heads * head_dim, 1)
-        rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, (grid, grid))
-        out = fused_rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw=(grid, grid), scale=attn.scale)
-        out = out.view(1, heads, grid, grid, head_dim).permute(0, 2, 3, 1, 4).reshape(x.shape)
-        got = attn.proj(out)
+        got = attention_output(attn, x, q, k, v, fused_rel_pos_attention)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from samexport.amg import ops
+from samexport.imageio import overlay
 
 
 def mask_colours(count: int) -> np.ndarray:
@@ -32,24 +33,13 @@ def _segmentation_mask(segmentation: Any) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it (or on the image border)."""
-    padded = np.pad(mask, 1)
-    inside = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inside
-
-
 def draw_masks(image: np.ndarray, records: list[dict[str, Any]], alpha: float = 0.45) -> Image.Image:
     """``image`` (HxWx3 uint8 RGB) with each record's mask tinted and outlined in its own colour.
 
     Larger masks are drawn first so smaller ones stay visible on top. ``records`` are
-    :meth:`AutomaticMaskGenerator.generate` outputs in any output mode.
+    :meth:`AutomaticMaskGenerator.generate` outputs in any output mode. Drawn by
+    :func:`samexport.imageio.overlay`, one mask decoded at a time.
     """
-    canvas = image.astype(np.float32)
     order = sorted(range(len(records)), key=lambda i: -records[i]["area"])
-    colours = mask_colours(len(records)).astype(np.float32)
-    for rank, i in enumerate(order):
-        mask = _segmentation_mask(records[i]["segmentation"])
-        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colours[rank]
-        canvas[_outline(mask)] = colours[rank]
-    return Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    masks = (_segmentation_mask(records[i]["segmentation"]) for i in order)
+    return overlay(image, masks, alpha=alpha, colours=mask_colours(len(records)), outlined=True)

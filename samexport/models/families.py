@@ -13,8 +13,10 @@ An :class:`EncoderFamily` answers, for its encoders:
 - how tests perturb the parameters that default initialisation leaves constant
   (``randomize_``), so every parameter influences the outputs.
 
-This module imports no torch at import time (the registry, the CLI help and the benchmarks read
-it on machines without torch); building and oracles import it when called.
+The configs themselves (:class:`ViTConfig`, :class:`TinyViTConfig`) are in
+:mod:`samexport.models.encoder_configs`. This module imports no torch at import time (the
+registry, the CLI help and the benchmarks read it on machines without torch); building and
+oracles import it when called.
 """
 
 from __future__ import annotations
@@ -22,74 +24,19 @@ from __future__ import annotations
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+# The 64x64 image embedding with 256 channels every family produces, from a 1024x1024 input.
+from samexport.constants import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE
 from samexport.errors import SamExportError, require
+from samexport.models.encoder_configs import TinyViTConfig, ViTConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-IMAGE_SIZE = 1024
-EMBED_SIZE = 64  # the 64x64 image embedding every family produces
-EMBED_DIM = 256
 ENCODER_PREFIX = "image_encoder."
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    """Shape of a SAM ViT image encoder (16x16 patches, 14x14 windows).
-
-    Attributes:
-        embed_dim: token width.
-        depth: number of transformer blocks.
-        num_heads: attention heads per block.
-        global_attn_indexes: blocks that attend globally over the 64x64 grid.
-    """
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-
-@dataclass(frozen=True)
-class TinyViTConfig:
-    """Shape of a TinyViT image encoder (MobileSAM), four stages on a 1024x1024 input.
-
-    Attributes:
-        embed_dims: channels per stage; stage 0 is convolutional (MBConv blocks).
-        depths: blocks per stage.
-        num_heads: attention heads of each attention stage (stages 1, 2, 3).
-        window_sizes: attention window side of each attention stage.
-        merge_strides: stride of the patch merging after stages 0, 1, 2. MobileSAM keeps the
-            64x64 grid for the last stage (stride 1 into it), so the embedding is 64x64.
-        mlp_ratio: MLP hidden width over the stage width.
-        mbconv_expand_ratio: MBConv hidden width over its input width.
-        local_conv_size: kernel of the depthwise convolution between attention and MLP.
-    """
-
-    embed_dims: tuple[int, ...]
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_sizes: tuple[int, ...]
-    merge_strides: tuple[int, ...]
-    mlp_ratio: float = 4.0
-    mbconv_expand_ratio: float = 4.0
-    local_conv_size: int = 3
-
-    def resolutions(self, img_size: int = IMAGE_SIZE) -> tuple[int, ...]:
-        """Grid side of each stage: the stem divides by 4, each merge by its stride."""
-        sides = [img_size // 4]
-        for stride in self.merge_strides:
-            sides.append(math.ceil(sides[-1] / stride))
-        return tuple(sides)
 
 
 class EncoderFamily(ABC):
@@ -156,6 +103,30 @@ def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...]:
         return tuple(state[key].shape)
     except KeyError:
         raise SamExportError(f"checkpoint has no complete SAM image encoder (missing {key!r})") from None
+
+
+def _loaded_for_eval(model: nn.Module, state_dict: Mapping | None) -> nn.Module:
+    """``model`` with ``state_dict`` loaded if given, then in eval mode. ``eval()`` comes after
+    loading: MobileSAM's attention caches its bias table (``ab``) when switched to eval mode, so a
+    table cached before the weights were loaded would be stale."""
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def _perturb_parameters_(
+    encoder: nn.Module, tables: tuple[str, ...], table_std: float, shifted: Callable[[str], bool]
+) -> None:
+    """In place, from torch's global RNG: parameters whose names end with one of ``tables`` are
+    redrawn from N(0, ``table_std``); those ``shifted`` picks get N(0, 0.1) noise added."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if name.endswith(tables):
+                param.normal_(0.0, table_std)
+            elif shifted(name):
+                param.add_(torch.randn_like(param) * 0.1)
 
 
 def _indices(state: Mapping[str, Any], prefix: str) -> list[int]:
@@ -231,19 +202,11 @@ class ViTFamily(EncoderFamily):
             encoder_num_heads=config.num_heads,
             encoder_global_attn_indexes=list(config.global_attn_indexes),
         )
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
-        return model.eval()
+        return _loaded_for_eval(model, state_dict)
 
     def randomize_(self, encoder: nn.Module) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, param in encoder.named_parameters():
-                if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
-                    param.normal_(0.0, 0.5)
-                elif "norm" in name or "neck.1" in name or "neck.3" in name:
-                    param.add_(torch.randn_like(param) * 0.1)
+        _perturb_parameters_(encoder, ("pos_embed", "rel_pos_h", "rel_pos_w"), 0.5,
+                             lambda name: "norm" in name or "neck.1" in name or "neck.3" in name)
 
     @contextlib.contextmanager
     def attention_mode(self, encoder: nn.Module, mode: str) -> Iterator[dict]:
@@ -335,22 +298,14 @@ class TinyViTFamily(EncoderFamily):
 
         if config != VARIANTS["mobile_sam"].encoder:
             raise SamExportError("the official mobile_sam package builds MobileSAM's TinyViT-5M only")
-        model = mobile_sam.sam_model_registry["vit_t"]()
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
-        # ``eval()`` after loading: the official attention caches its bias table (``ab``) when
-        # switched to eval mode, so a table cached before the weights were loaded is stale.
-        return model.eval()
+        return _loaded_for_eval(mobile_sam.sam_model_registry["vit_t"](), state_dict)
 
     def randomize_(self, encoder: nn.Module) -> None:
         import torch
 
+        _perturb_parameters_(encoder, ("attention_biases",), 1.0,
+                             lambda name: ".bn." in name or "norm" in name or name.startswith(("neck.1", "neck.3")))
         with torch.no_grad():
-            for name, param in encoder.named_parameters():
-                if name.endswith("attention_biases"):
-                    param.normal_(0.0, 1.0)
-                elif ".bn." in name or "norm" in name or name.startswith("neck.1") or name.startswith("neck.3"):
-                    param.add_(torch.randn_like(param) * 0.1)
             for name, buffer in encoder.named_buffers():
                 if name.endswith("running_mean"):
                     buffer.normal_(0.0, 0.1)
@@ -396,7 +351,6 @@ def identify_family(state: Mapping[str, torch.Tensor]) -> tuple[EncoderFamily, A
         if config is not None:
             return family, config
     return None
-
 
 
 def family_of(encoder: nn.Module) -> EncoderFamily:

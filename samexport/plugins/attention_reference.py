@@ -17,7 +17,32 @@ import torch
 # The rel-pos projections and the bias they make are formed once, with the model.
 from samexport.models.image_encoder import decomposed_rel_pos, expand_rel_pos_bias
 
-__all__ = ["decomposed_rel_pos", "expand_rel_pos_bias", "reference_rel_pos_attention"]
+__all__ = ["check_rel_pos_inputs", "decomposed_rel_pos", "expand_rel_pos_bias", "reference_rel_pos_attention"]
+
+
+def check_rel_pos_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+    *, grid_hw: tuple[int, int],
+) -> None:
+    """Raise ``ValueError`` unless q, k, v are BHxNxD with N = H * W, rel_h BHxNxH and rel_w BHxNxW.
+
+    The one shape contract of this reference (the plugin node's eager implementation) and of the
+    fused kernel; dtypes are the caller's to check (the reference takes any, the kernel float16 or
+    float32).
+    """
+    h, w = grid_hw
+    if q.dim() != 3:
+        raise ValueError(f"q must be BHxNxD, got shape {tuple(q.shape)}")
+    bh, n, _ = q.shape
+    if n != h * w:
+        raise ValueError(f"q has {n} tokens but grid {h}x{w} has {h * w}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if rel_h.shape != (bh, n, h) or rel_w.shape != (bh, n, w):
+        raise ValueError(
+            f"rel_h must be {(bh, n, h)} and rel_w {(bh, n, w)}, "
+            f"got {tuple(rel_h.shape)} and {tuple(rel_w.shape)}"
+        )
 
 
 def reference_rel_pos_attention(
@@ -43,10 +68,11 @@ def reference_rel_pos_attention(
 
     Returns:
         BHxNxD attention output in q's dtype.
+
+    Raises:
+        ValueError: shapes outside the contract of :func:`check_rel_pos_inputs`.
     """
-    h, w = grid_hw
-    if q.shape[1] != h * w:
-        raise ValueError(f"q has {q.shape[1]} tokens, grid {h}x{w} needs {h * w}")
+    check_rel_pos_inputs(q, k, v, rel_h, rel_w, grid_hw=grid_hw)
     out_dtype = q.dtype
     if compute_dtype is not None:
         q, k, v, rel_h, rel_w = (t.to(compute_dtype) for t in (q, k, v, rel_h, rel_w))
