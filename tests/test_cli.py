@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -194,3 +195,26 @@ def test_help_and_import_stay_light():
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "cli.py", "build", "--help"], capture_output=True, text=True, check=True)
     assert "--checkpoint" in out.stdout and "--fp16" in out.stdout
+
+
+def test_engine_options_reach_the_command_as_one_build_config():
+    """`build` and `engines` declare the engine options once (cli.options.engine_options): typer
+    sees them after the command's own, the command gets one BuildConfig."""
+    import inspect
+
+    from samexport.cli.options import ENGINE_OPTIONS, engine_options
+
+    @engine_options
+    def command(name: str, engine_config=None):
+        return name, engine_config
+
+    names = [p.name for p in ENGINE_OPTIONS]
+    assert list(inspect.signature(command).parameters) == ["name", *names]
+    name, config = command("x", max_points=4, max_batch=8, workspace_gb=1.0, timing_cache=None,
+                           hardware_compatible=True, version_compatible=False)
+    assert name == "x"
+    assert (config.prompts, config.points, config.workspace_bytes) == ((1, 1, 8), (1, 2, 4), 1 << 30)
+    assert (config.hardware_compatibility, config.version_compatible) == ("ampere_plus", False)
+    commands = typer.main.get_command(app).commands
+    for cmd in ("build", "engines"):
+        assert set(names) <= {p.name for p in commands[cmd].params}, cmd

@@ -1,0 +1,31 @@
+"""The ``samexport`` command line: thin wrappers over the library, one clear line per error.
+
+Each command lives in the module of its job (:mod:`~samexport.cli.artifacts`,
+:mod:`~samexport.cli.segment`, :mod:`~samexport.cli.checks`) and imports the library only when
+it runs, so ``--help`` and ``import samexport.cli`` stay light (no torch, ONNX Runtime or
+TensorRT). The commands are registered here, in the order ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from samexport.cli.artifacts import build, engines, export_official_decoder, info
+from samexport.cli.checks import bench, doctor, parity
+from samexport.cli.errors import EX_SOFTWARE, clean_errors, is_user_error
+from samexport.cli.segment import embed, predict, segment_all
+
+__all__ = ["EX_SOFTWARE", "app", "clean_errors", "is_user_error"]
+
+app = typer.Typer(
+    help="Segment Anything (SAM) from PyTorch weights to verified ONNX / TensorRT deployments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for command in (build, predict, engines, info, doctor, bench, parity):
+    app.command()(command)
+app.command("segment-all")(segment_all)
+app.command()(embed)
+app.command("export-official-decoder")(export_official_decoder)

@@ -1,0 +1,5 @@
+"""``python -m samexport.cli``."""
+
+from samexport.cli import app
+
+app()
