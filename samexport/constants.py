@@ -17,6 +17,7 @@ EMBED_DIM = 256  # image embedding channels
 LOW_RES_MASK_SIZE = 256  # decoder mask logits side (EMBED_SIZE * 4)
 NUM_MASK_TOKENS = 4  # token 0: single-mask output, tokens 1..3: multimask output
 MASK_THRESHOLD = 0.0  # logits above this are foreground
+VIT_WINDOW_SIZE = 14  # SAM ViT's windowed blocks attend within 14x14 tokens (the 64x64 grid padded to 70x70)
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale
 PIXEL_STD = (58.395, 57.12, 57.375)

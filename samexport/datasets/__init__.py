@@ -11,7 +11,7 @@ Output: Parquet part files (one row per image, columns in ``schema.COLUMNS``) an
 executor the ``ray`` extra; ``segment_all`` the ``coco`` extra.
 """
 
-from samexport.datasets.images import IMAGE_EXTENSIONS, list_images
+from samexport.datasets.images import list_images
 from samexport.datasets.jobs import EXECUTORS, JobResult, embed, segment_all
 from samexport.datasets.restore import embedding_from_row, predictor_from_embedding, set_embedding
 from samexport.datasets.schema import COLUMNS, arrow_schema
@@ -20,7 +20,6 @@ from samexport.datasets.store import MANIFEST_NAME, read_rows
 __all__ = [
     "COLUMNS",
     "EXECUTORS",
-    "IMAGE_EXTENSIONS",
     "MANIFEST_NAME",
     "JobResult",
     "arrow_schema",

@@ -16,9 +16,6 @@ import numpy as np
 from samexport.errors import SamExportError
 from samexport.image_sources import IMAGE_SUFFIXES, is_image_file
 
-# Extensions picked up when walking a folder (case-insensitive). Files named explicitly are taken
-# whatever their extension: a bad one becomes an error row.
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 class ImageError(Exception):
     """This one image cannot be used; the message becomes the row's ``error``."""
@@ -33,8 +30,10 @@ def image_key(path: Path | str) -> str:
 def list_images(inputs: Iterable[Path | str], *, exclude: Path | None = None) -> list[str]:
     """Keys of the images named by ``inputs``: files as given, folders walked recursively.
 
-    In folders, files with an extension in :data:`IMAGE_EXTENSIONS` are taken; hidden files and
-    folders (name starting with ``.``) and ``exclude`` (the output folder) are skipped.
+    In folders, files with an extension in :data:`~samexport.image_sources.IMAGE_SUFFIXES`
+    (case-insensitive) are taken; hidden files and folders (name starting with ``.``) and
+    ``exclude`` (the output folder) are skipped. Files named explicitly are taken whatever their
+    extension: a bad one becomes an error row.
 
     Returns:
         Sorted, de-duplicated image keys (:func:`image_key`).
@@ -63,7 +62,7 @@ def list_images(inputs: Iterable[Path | str], *, exclude: Path | None = None) ->
     if not keys:
         shown = ", ".join(str(p) for p in names[:3]) + (" ..." if len(names) > 3 else "")
         raise SamExportError(
-            f"no images found in {shown} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"no images found in {shown} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     return sorted(keys)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 # The 64x64 image embedding with 256 channels every family produces, from a 1024x1024 input.
-from samexport.constants import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE
+from samexport.constants import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, VIT_WINDOW_SIZE
 from samexport.errors import SamExportError, require
 from samexport.models.encoder_configs import TinyViTConfig, ViTConfig
 
@@ -147,7 +147,7 @@ class ViTFamily(EncoderFamily):
     official_package = "segment_anything"
     encoder_class = "samexport.models.image_encoder:ImageEncoderViT"
     PATCH = 16
-    WINDOW = 14
+    WINDOW = VIT_WINDOW_SIZE
 
     def build_encoder(self, config: ViTConfig) -> nn.Module:
         from samexport.models.image_encoder import ImageEncoderViT

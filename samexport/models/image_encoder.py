@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samexport.constants import VIT_WINDOW_SIZE
 from samexport.models.common import LayerNorm2d, MLPBlock
 
 PATCH_SIZE = 16
-WINDOW_SIZE = 14
 
 
 def relative_position_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
@@ -208,7 +208,7 @@ class ImageEncoderViT(nn.Module):
             Block(
                 embed_dim,
                 num_heads=num_heads,
-                window=0 if i in global_attn_indexes else WINDOW_SIZE,
+                window=0 if i in global_attn_indexes else VIT_WINDOW_SIZE,
                 grid_size=grid,
             )
             for i in range(depth)

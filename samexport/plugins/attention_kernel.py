@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import triton
 
 from samexport.plugins.attention_ptx import CompiledKernel, compile_kernel
-from samexport.plugins.attention_triton import KernelConfig, _kernel, default_config, problem_arguments
+from samexport.plugins.attention_triton import KernelConfig, default_config, problem_arguments, triton_kernel
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ def fused_rel_pos_attention(
 
     out = torch.empty((bh, n, d), dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(n, config.block_m), bh)
-    _kernel(interpret)[grid](
+    triton_kernel(interpret)[grid](
         q, k, v, rel_h, rel_w, out,
         *q.stride(), *k.stride(), *v.stride(), *rel_h.stride(), *rel_w.stride(), *out.stride(),
         **problem_arguments(grid_hw, d, dtype, scale),

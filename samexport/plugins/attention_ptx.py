@@ -13,8 +13,9 @@ from typing import Literal
 
 import triton
 
+from samexport.constants import VIT_WINDOW_SIZE
 from samexport.errors import SamExportError
-from samexport.plugins.attention_triton import _DTYPES, KernelConfig, _kernel, default_config, problem_arguments
+from samexport.plugins.attention_triton import KERNEL_DTYPES, KernelConfig, default_config, problem_arguments, triton_kernel
 
 __all__ = ["CompiledKernel", "compile_kernel"]
 
@@ -44,7 +45,7 @@ _POINTERS = ("Q", "K", "V", "REL_H", "REL_W", "OUT")
 def compile_kernel(
     target: str = "sm_87",
     *,
-    grid_hw: tuple[int, int] = (14, 14),
+    grid_hw: tuple[int, int] = (VIT_WINDOW_SIZE, VIT_WINDOW_SIZE),
     head_dim: int = 64,
     dtype: Literal["fp16", "fp32"] = "fp16",
     scale: float | None = None,
@@ -98,11 +99,11 @@ def _compile_kernel(target, grid_hw, head_dim, dtype, scale, config, ptx_version
     if ptx_version is not None and capability >= 90 and ptx_version < 80:
         # LLVM aborts the process (not an exception) on this combination.
         raise SamExportError(f"{target} needs ptx_version >= 80, got {ptx_version}")
-    if dtype not in _DTYPES:
-        raise SamExportError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if dtype not in KERNEL_DTYPES:
+        raise SamExportError(f"dtype must be one of {KERNEL_DTYPES}, got {dtype!r}")
     h, w = grid_hw
     n = h * w
-    fn = _kernel(False)
+    fn = triton_kernel(False)
     constants: dict = problem_arguments(grid_hw, head_dim, dtype, scale)
     # Contiguous BHxNxD (q, k, v, out), BHxNxH (rel_h), BHxNxW (rel_w): strides are constants.
     for prefix, last in {"q": head_dim, "k": head_dim, "v": head_dim, "h": h, "w": w, "o": head_dim}.items():

@@ -34,12 +34,12 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-__all__ = ["KernelConfig", "default_config", "problem_arguments"]
+__all__ = ["KERNEL_DTYPES", "KernelConfig", "default_config", "problem_arguments", "triton_kernel"]
 
 LOG2E = 1.4426950408889634
-_DTYPES = ("fp16", "fp32")
+KERNEL_DTYPES = ("fp16", "fp32")
 
-# Reduction combiners the kernel calls; rebound per mode by :func:`_kernel`.
+# Reduction combiners the kernel calls; rebound per mode by :func:`triton_kernel`.
 _max_combine = tl.standard._elementwise_max
 _sum_combine = tl.standard._sum_combine
 
@@ -150,7 +150,7 @@ def _rel_pos_attention_fwd(
 
 
 @functools.cache
-def _kernel(interpret: bool):
+def triton_kernel(interpret: bool):
     """The kernel as a Triton JIT function, or as an interpreted one (CPU, numpy).
 
     Built here rather than with ``@triton.jit`` at import, so one process can both interpret the
