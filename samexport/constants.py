@@ -59,6 +59,9 @@ MANIFEST = "manifest.json"
 # Dynamic axis names.
 PROMPT_BATCH = "num_prompts"  # B: prompts decoded in one call
 NUM_POINTS = "num_points"  # N: points per prompt (box corners count as two points)
+# M: mask inputs, B (one per prompt) or 1 (shared by all B prompts: the runtime passes one zero mask
+# for a batch without mask prompts, so the image-side work is done once, not B times).
+NUM_MASKS = "num_masks"
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ IMAGE_EMBEDDINGS = TensorSpec("image_embeddings", "float32", (1, EMBED_DIM, EMBE
 # Decoder.
 POINT_COORDS = TensorSpec("point_coords", "float32", (PROMPT_BATCH, NUM_POINTS, 2))  # 1024 frame
 POINT_LABELS = TensorSpec("point_labels", "float32", (PROMPT_BATCH, NUM_POINTS))
-MASK_INPUT = TensorSpec("mask_input", "float32", (PROMPT_BATCH, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE))
-HAS_MASK_INPUT = TensorSpec("has_mask_input", "float32", (PROMPT_BATCH,))
+MASK_INPUT = TensorSpec("mask_input", "float32", (NUM_MASKS, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE))
+HAS_MASK_INPUT = TensorSpec("has_mask_input", "float32", (NUM_MASKS,))
 IOU_PREDICTIONS = TensorSpec("iou_predictions", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS))
 LOW_RES_MASKS = TensorSpec(
     "low_res_masks", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)

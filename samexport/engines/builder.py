@@ -78,8 +78,9 @@ class BuildConfig:
             raise SamExportError(f"unknown hardware_compatibility {self.hardware_compatibility!r}")
 
     def decoder_profile(self) -> dict[str, tuple[Shape, Shape, Shape]]:
-        """Shapes of every decoder input at min / opt / max B and N."""
-        axes = {C.PROMPT_BATCH: self.prompts, C.NUM_POINTS: self.points}
+        """Shapes of every decoder input at min / opt / max B and N; the mask count M takes B's
+        range, which holds both M = B and M = 1."""
+        axes = {C.PROMPT_BATCH: self.prompts, C.NUM_POINTS: self.points, C.NUM_MASKS: self.prompts}
         return {
             spec.name: tuple(  # type: ignore[misc]
                 tuple(axes[d][k] if isinstance(d, str) else d for d in spec.shape) for k in range(3)

@@ -96,7 +96,8 @@ def export_encoder(
 
 
 def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Export prompt encoder + mask decoder with dynamic prompt batch B and point count N.
+    """Export prompt encoder + mask decoder with dynamic prompt batch B, point count N and mask
+    count M (B, or 1 for one mask input shared by every prompt).
 
     Inputs and outputs are ``samexport.constants.DECODER_INPUTS`` / ``DECODER_OUTPUTS``.
     """
@@ -130,7 +131,26 @@ def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) ->
             dynamic_shapes=dynamic_shapes,
             external_data=False,
         )
-    return _save(
-        program, path,
-        expected_inputs=_names(C.DECODER_INPUTS), expected_outputs=_names(C.DECODER_OUTPUTS),
-    )
+    _save(program, path, expected_inputs=_names(C.DECODER_INPUTS), expected_outputs=_names(C.DECODER_OUTPUTS))
+    return _untie_mask_axis(path)
+
+
+def _untie_mask_axis(path: Path) -> Path:
+    """Give the mask inputs their own leading axis M (``C.NUM_MASKS``) in the saved decoder graph.
+
+    torch.export cannot trace an axis that broadcasts at run time: an example size of 1 fixes it
+    to 1, any other size must equal B. So the decoder is traced with M = B and the axis is
+    renamed afterwards; ONNX broadcasting is NumPy's, decided at run time, and every op between
+    the mask inputs and the first two-way block's image-to-token update broadcasts
+    (``DecoderGraph``). The traced intermediate shapes (``value_info``) name B where M may now
+    stand, so they are inferred again. ``tests/test_decoder_fast.py`` checks M = 1 against M = B.
+    """
+    model = onnx.load(str(path))
+    untied = {C.MASK_INPUT.name, C.HAS_MASK_INPUT.name}
+    for value in model.graph.input:
+        if value.name in untied:
+            value.type.tensor_type.shape.dim[0].dim_param = C.NUM_MASKS
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    onnx.save(model, str(path))
+    return path

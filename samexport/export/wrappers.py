@@ -46,7 +46,9 @@ class DecoderGraph(nn.Module):
       channel axis, kept in sub-pixel order; LayerNorm2d becomes a LayerNormalization over the
       last axis, and GELU is written in the form ONNX Runtime fuses; one transpose at the end puts
       the 256x256 pixels in raster order;
-    - the mask prompt's last 1x1 convolution is a matrix product straight into the token layout.
+    - the mask prompt's last 1x1 convolution is a matrix product straight into the token layout;
+    - one mask input (M = 1) serves a whole batch: everything computed from the image alone
+      broadcasts over the prompts instead of being repeated per prompt.
 
     Agrees with ``sam.prompt_encoder`` + ``sam.mask_decoder`` to ~1e-6 on logits (float rounding);
     ``tests/test_decoder_fast.py`` checks.
@@ -67,7 +69,12 @@ class DecoderGraph(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See ``samexport.constants.DECODER_INPUTS`` for shapes; returns (masks Bx4x256x256, iou Bx4)."""
+        """See ``samexport.constants.DECODER_INPUTS`` for shapes; returns (masks Bx4x256x256, iou Bx4).
+
+        ``mask_input`` / ``has_mask_input`` have M = B entries, or M = 1 for one shared by all B
+        prompts (no mask prompt at all, say): the image tokens then stay a batch of one up to the
+        first block's image-to-token update, and the mask embedding is computed once.
+        """
         decoder = self.mask_decoder
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         batch = sparse.shape[0]

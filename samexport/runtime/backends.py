@@ -24,6 +24,9 @@ BackendName = str  # one of constants.ARTIFACT_BACKENDS
 
 class Backend(Protocol):
     name: str
+    # ``decode`` takes one mask input (M = 1) for a batch of B prompts (graphs with the
+    # ``C.NUM_MASKS`` axis). Optional: a backend without the attribute gets M = B.
+    shares_mask_input: bool
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         """image 1x3x1024x1024 float32 (normalised, padded) -> embedding 1x256x64x64 float32."""
@@ -118,6 +121,9 @@ class OnnxRuntimeBackend:
             ort, decoder_path, _decoder_options(ort, options), providers=providers,
             disabled_optimizers=list(DECODER_DISABLED_OPTIMIZERS),
         )
+        # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
+        mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
+        self.shares_mask_input = mask_axis == C.NUM_MASKS
         active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.name = f"onnxruntime-{active}"
 
@@ -139,6 +145,7 @@ class TorchBackend:
     """The PyTorch reference: the same graph modules that are exported, run eagerly on CPU."""
 
     name = "torch"
+    shares_mask_input = True
 
     def __init__(self, sam: Sam) -> None:
         from samexport.export.wrappers import DecoderGraph, EncoderGraph

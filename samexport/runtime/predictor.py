@@ -106,6 +106,7 @@ class SamPredictor(OfficialImageAttributes):
         self.decode_budget_bytes = decode_budget_bytes
         self._lock = backend_lock(self.backend)
         self._zero_masks: tuple[np.ndarray, np.ndarray] | None = None
+        self._shares_mask_input = bool(getattr(self.backend, "shares_mask_input", False))
         self._state = NO_IMAGE
 
     @property
@@ -347,10 +348,12 @@ class SamPredictor(OfficialImageAttributes):
         (logits, iou); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
         coords, labels, masks, has_mask = prompt
         batch = coords.shape[0]
+        shared = len(has_mask) != batch  # one mask input for every prompt (M = 1): not sliced
         results: list[np.ndarray] | None = None
         for part in self._chunks(batch):
+            mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
             with self._locked():
-                low_res, iou = self.backend.decode(state.embedding, coords[part], labels[part], masks[part], has_mask[part])
+                low_res, iou = self.backend.decode(state.embedding, coords[part], labels[part], mask_part, has_mask_part)
             if multimask_output is None:
                 outputs = (low_res, iou)
             else:
@@ -370,9 +373,12 @@ class SamPredictor(OfficialImageAttributes):
         return tuple(results)
 
     def _no_mask_input(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Zero ``mask_input`` (Bx1x256x256) and ``has_mask_input`` (B) for prompts without a
-        mask: allocated once for the largest batch seen and sliced, instead of 256 KiB of zeros
-        per prompt and call. Backends only read their inputs."""
+        """Zero ``mask_input`` and ``has_mask_input`` for B prompts without a mask: one (M = 1)
+        where the backend shares it across the batch (the decoder then does the image-side work
+        once), else B (M = B). Allocated once for the largest batch seen and sliced, instead of
+        256 KiB of zeros per prompt and call. Backends only read their inputs."""
+        if self._shares_mask_input:
+            batch = 1
         zeros = self._zero_masks  # read once: another thread may replace it
         if zeros is None or len(zeros[1]) < batch:
             size = C.LOW_RES_MASK_SIZE

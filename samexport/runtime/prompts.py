@@ -18,8 +18,8 @@ class PromptBatch(NamedTuple):
 
     coords: np.ndarray  # BxNx2 float32
     labels: np.ndarray  # BxN float32
-    mask_input: np.ndarray  # Bx1x256x256 float32
-    has_mask_input: np.ndarray  # B float32
+    mask_input: np.ndarray  # Mx1x256x256 float32, M = B, or 1 shared by the B prompts
+    has_mask_input: np.ndarray  # M float32
 
 
 def host_array(value: Any) -> np.ndarray | None:
@@ -50,7 +50,8 @@ def prompt_batch(
     Args:
         original_size: the frame the points and boxes are in, ``None`` when already in the 1024
             frame.
-        no_mask_input: ``B -> (mask_input, has_mask_input)`` of zeros, for prompts without a mask.
+        no_mask_input: ``B -> (mask_input, has_mask_input)`` of zeros, for prompts without a
+            mask (M = B, or M = 1 where the backend shares one across the batch).
     """
     if (point_coords is None) != (point_labels is None):
         raise InvalidInputError("point_coords and point_labels must be given together")

@@ -133,6 +133,9 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    # M = B, as before the mask axis: TensorRT-RTX builds the decoder with M and B independent and
+    # the profile admits M = 1, but broadcasting at run time has not yet run on a GPU here.
+    shares_mask_input = False
 
     def __init__(self, artifact_dir: Path | str, manifest: Manifest, *, device: int = 0) -> None:
         engines = manifest.engines
