@@ -91,7 +91,7 @@ def _write_graphs(
         from samexport.precision.int8 import quantize_encoder_int8, recipe_for
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
-        recipe = recipe_for(int8_target)
+        recipe = recipe_for(int8_target, sam.family)
         quantize_encoder_int8(
             work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops,
@@ -208,7 +208,7 @@ def build(
             raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
         from samexport.precision.int8 import check_calibration_images, recipe_for
 
-        recipe = recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
+        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
         # Fail now, not after the export, if the folder has no images or one cannot be decoded.
         check_calibration_images(calib_dir, recipe.max_images)
     engine_config = engine_config or BuildConfig()

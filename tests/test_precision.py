@@ -373,6 +373,36 @@ def test_int8_onnxruntime_recipe_quantizes_outputs(tiny_int8_ort, tmp_path):
     assert fused["QLinearMatMul"] == sum(n.op_type == "MatMul" for n in quantized)
 
 
+def test_float_tail_leaves_the_last_quantizable_nodes_in_float(tiny_onnx, calib_dir, tmp_path):
+    """``Int8Recipe.float_tail``: the last N nodes the recipe would quantize get no Q/DQ, the
+    others still do; and only those N are left out."""
+    import dataclasses
+
+    from samexport.precision.int8 import quantize_encoder_int8, quantized_nodes, recipe_for
+
+    recipe = dataclasses.replace(recipe_for("onnxruntime"), float_tail=2)
+    candidates = [n.name for n in quantized_nodes(onnx.load(str(tiny_onnx[0])), recipe_for("onnxruntime"))]
+    assert [n.name for n in quantized_nodes(onnx.load(str(tiny_onnx[0])), recipe)] == candidates[:-2]
+    model = onnx.load(str(quantize_encoder_int8(tiny_onnx[0], tmp_path / "encoder.onnx", calib_dir, recipe=recipe)))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    fed_by_dq = {
+        n.name for n in model.graph.node
+        if n.op_type in recipe.op_types and producer.get(n.input[0]) is not None
+        and producer[n.input[0]].op_type == "DequantizeLinear"
+    }
+    assert fed_by_dq == set(candidates[:-2])
+
+
+def test_tinyvit_keeps_its_output_side_in_float_for_onnxruntime_only():
+    from samexport.precision.int8 import recipe_for
+    from samexport.variants import VARIANTS
+
+    tiny_vit, vit = VARIANTS["mobile_sam"].family, VARIANTS["vit_b"].family
+    assert recipe_for("onnxruntime", tiny_vit).float_tail == tiny_vit.ONNXRUNTIME_INT8_FLOAT_TAIL == 6
+    assert recipe_for("tensorrt", tiny_vit) == recipe_for("tensorrt")
+    assert recipe_for("onnxruntime", vit) == recipe_for("onnxruntime")
+
+
 def test_int8_onnxruntime_integer_kernels_match_qdq_reference(tiny_int8_ort):
     """ORT's fused integer kernels (QLinearConv/QLinearMatMul) compute what the Q/DQ graph says.
 

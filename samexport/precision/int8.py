@@ -82,6 +82,9 @@ class Int8Recipe:
             The ranges still come from the FP32 graph, so this is not part of the cache key.
             On for TensorRT; off for ONNX Runtime, whose CPU integer kernels want FP32 scales.
         max_images: use at most this many images of the folder (sorted by name).
+        float_tail: leave the last this many quantizable nodes (graph order) in floating point:
+            the encoder's output side, whose error reaches the embedding undamped. Set per
+            encoder family (:meth:`samexport.models.families.EncoderFamily.int8_recipe`).
     """
 
     op_types: tuple[str, ...] = ("MatMul", "Conv", "Gemm")
@@ -90,6 +93,7 @@ class Int8Recipe:
     reduce_range: bool = False
     fp16: bool = True
     max_images: int = 64
+    float_tail: int = 0
 
 
 Int8Target = Literal["tensorrt", "onnxruntime"]
@@ -103,11 +107,13 @@ RECIPES: dict[str, Int8Recipe] = {
 """The recipe for each runtime the Q/DQ placement is tuned for."""
 
 
-def recipe_for(target: Int8Target) -> Int8Recipe:
-    """The :data:`RECIPES` entry for ``target``; an unknown name lists the valid ones."""
+def recipe_for(target: Int8Target, family=None) -> Int8Recipe:
+    """The :data:`RECIPES` entry for ``target`` as the encoder ``family`` (an
+    :class:`~samexport.models.families.EncoderFamily`, None: as is) adjusts it; an unknown
+    target lists the valid ones."""
     if target not in RECIPES:
         raise SamExportError(f"unknown int8 target {target!r}; valid: {', '.join(RECIPES)}")
-    return RECIPES[target]
+    return RECIPES[target] if family is None else family.int8_recipe(RECIPES[target])
 
 
 def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
@@ -152,13 +158,14 @@ def encoder_feeds(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
 
 
 def quantized_nodes(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -> list[onnx.NodeProto]:
-    """Nodes that get Q/DQ inputs under ``recipe``."""
+    """Nodes that get Q/DQ inputs under ``recipe``, in graph (topological) order."""
     initializers = {t.name for t in model.graph.initializer}
-    return [
+    nodes = [
         n for n in model.graph.node
         if n.op_type in recipe.op_types
         and (recipe.quantize_activation_matmuls or n.op_type != "MatMul" or n.input[1] in initializers)
     ]
+    return nodes[: len(nodes) - recipe.float_tail]
 
 
 def calibrated_tensors(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -> list[str]:
@@ -264,8 +271,12 @@ def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
     os.replace(tmp, cache_path)
 
 
-def quantize_with_ranges(src: Path | str, dst: Path | str, ranges: dict[str, float], recipe: Int8Recipe) -> Path:
-    """Insert Q/DQ nodes into ``src`` with the given symmetric activation ranges; write ``dst``."""
+def quantize_with_ranges(
+    src: Path | str, dst: Path | str, ranges: dict[str, float], recipe: Int8Recipe, *, float_nodes: Collection[str] = ()
+) -> Path:
+    """Insert Q/DQ nodes into ``src`` with the given symmetric activation ranges; write ``dst``.
+    ``float_nodes``: names of nodes the recipe would quantize that stay in float (for
+    sensitivity studies, ``benchmarks/int8_float_tail.py``)."""
     from onnxruntime.quantization import CalibrationMethod, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
@@ -279,7 +290,7 @@ def quantize_with_ranges(src: Path | str, dst: Path | str, ranges: dict[str, flo
         onnx.save(onnx.load(str(src)), str(copy))  # shape inference writes next to its input
         model = load_model_with_shape_infer(copy)
     op_types = list(recipe.op_types)
-    nodes = [n.name for n in quantized_nodes(model, recipe)]
+    nodes = [n.name for n in quantized_nodes(model, recipe) if n.name not in float_nodes]
     if not all(nodes):
         raise SamExportError(f"{Path(src).name}: every node to quantize needs a name")
     quantizer = QDQQuantizer(
