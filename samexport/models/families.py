@@ -243,8 +243,9 @@ class TinyViTFamily(EncoderFamily):
     # and the neck's two convolutions. Quantized, they cost the worst mask IoU most: 0.798 with all
     # 69 nodes quantized, 0.822 with the neck in float, 0.876 with these 6, embedding cosine
     # 0.99936 -> 0.99975 (random weights, astronaut + portrait, the prompt suite against fp32).
-    # Single nodes gave 0.79-0.81 each, and groups of 9 elsewhere in the graph 0.79-0.83.
-    # The encoder was no slower (1.72 s -> 1.77 s, noise level; fp32 1.63 s, 2 cores).
+    # Single nodes gave 0.79-0.81 each, and runs of 9 elsewhere in the graph 0.79-0.83. No slower:
+    # 1.70 s against 1.74 s all quantized (fp32 1.56 s; 2 cores, same run). Measured by
+    # benchmarks/int8_float_tail.py (results/mobile_sam-int8-onnxruntime-float-tail.json).
     ONNXRUNTIME_INT8_FLOAT_TAIL = 6
 
     def int8_recipe(self, recipe: Int8Recipe) -> Int8Recipe:
