@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -44,6 +44,9 @@ from onnx import TensorProto, helper
 from samexport import constants as C
 from samexport.utils import sha256_file
 from samexport.errors import SamExportError
+
+if TYPE_CHECKING:
+    from samexport.models.families import EncoderFamily
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ RECIPES: dict[str, Int8Recipe] = {
 """The recipe for each runtime the Q/DQ placement is tuned for."""
 
 
-def recipe_for(target: Int8Target, family=None) -> Int8Recipe:
+def recipe_for(target: Int8Target, family: EncoderFamily | None = None) -> Int8Recipe:
     """The :data:`RECIPES` entry for ``target`` as the encoder ``family`` (an
     :class:`~samexport.models.families.EncoderFamily`, None: as is) adjusts it; an unknown
     target lists the valid ones."""
@@ -165,7 +168,7 @@ def quantized_nodes(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -
         if n.op_type in recipe.op_types
         and (recipe.quantize_activation_matmuls or n.op_type != "MatMul" or n.input[1] in initializers)
     ]
-    return nodes[: len(nodes) - recipe.float_tail]
+    return nodes[: max(0, len(nodes) - recipe.float_tail)]
 
 
 def calibrated_tensors(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -> list[str]:
