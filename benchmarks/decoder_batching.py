@@ -104,7 +104,8 @@ def main() -> None:
         for way in predictors:  # warm-up
             run(way)
         # Every way gives the outputs of single calls (float rounding between batch sizes aside).
-        reference = predictors["single"].decode_low_res(boxes=boxes[:3])
+        singles = [predictors["single"].decode_low_res(boxes=box[None]) for box in boxes[:3]]
+        reference = tuple(np.concatenate(parts) for parts in zip(*singles))
         batched = {way: predictors[way].decode_low_res(boxes=boxes) for way in predictors if way != "single"}
         max_diff = {
             way: float(max(np.abs(out[0][:3] - reference[0]).max(), np.abs(out[1][:3] - reference[1]).max()))
