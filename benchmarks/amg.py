@@ -7,10 +7,18 @@ same seeded random weights (``samexport.testing.random_state_dict``, the weights
 suite) and the same parameters (the official defaults unless overridden). The vit_b artifact is
 built with ``samexport.build`` on first use and reused from ``--workdir``.
 
+samexport runs twice: with its IoU prefilter (the decoder's second half, which makes the masks,
+only for prompts with a multimask IoU over ``pred_iou_thresh``) and without it (every prompt's
+masks made, as the official does), so ``prefilter_speedup`` is measured in the same run.
+
 Random weights predict IoUs around 0.0-0.1, so with the default thresholds no mask survives: the
-default run times the grid through encoder, decoder and the first filter (where the official
-generator has already upsampled every mask). ``--pred-iou-thresh 0 --stability-score-thresh 0``
-makes every mask go through stability scoring, boxes, NMS and RLE as well.
+default run times the grid through encoder, decoder and the first filter, and the prefilter drops
+every prompt (its best case; the official generator has already upsampled every mask).
+``--pred-iou-quantile 0.5`` sets ``pred_iou_thresh`` so that about half of the prompts pass (the
+quantile of the grid's best predicted IoUs, computed before timing), and
+``--stability-score-thresh 0`` keeps their masks, so that masks are made, filtered and compared
+with the official's. ``--pred-iou-thresh 0`` makes every mask go through stability scoring, boxes,
+NMS and RLE as well.
 
 Each side's time is split into encoder, decoder (the backend calls, or the official image encoder
 and prompt encoder + mask decoder modules) and the rest (pre/postprocessing, filtering, NMS, RLE).
@@ -33,9 +41,15 @@ class _Timer:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.calls = 0
+        self.prompts = 0
 
-    def wrap(self, function):
+    def wrap(self, function, prompts: int | None = None):
+        """``function`` timed; ``self.prompts`` adds up the length of its argument number
+        ``prompts`` (the point coordinates of ``decode``, the mask tokens of ``decode_masks``)."""
+
         def timed(*args, **kwargs):
+            if prompts is not None:
+                self.prompts += len(args[prompts])
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -58,6 +72,7 @@ class _Timer:
 
 
 def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
+    from samexport.artifacts import read_manifest
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint
 
@@ -65,9 +80,52 @@ def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
     if not checkpoint.is_file():
         save_random_checkpoint(variant, checkpoint)
     artifact = workdir / f"{variant}-fp32"
-    if not (artifact / "manifest.json").is_file():
-        build(variant, checkpoint=checkpoint, output=artifact)
+    if not (artifact / "manifest.json").is_file() or read_manifest(artifact).decoder_halves() is None:
+        build(variant, checkpoint=checkpoint, output=artifact)  # replaces a build without the halves
     return checkpoint, artifact
+
+
+def _time_samexport(artifact: Path, image: np.ndarray, params: dict, *, halves: bool) -> dict:
+    """One timed ``generate``; ``halves=False`` hides the decoder halves, so every prompt's masks
+    are computed (the generator without its IoU prefilter)."""
+    from samexport.amg import AutomaticMaskGenerator
+    from samexport.runtime.predictor import SamPredictor
+
+    predictor = SamPredictor(artifact, backend="onnxruntime-cpu")
+    backend = predictor.backend
+    backend.has_decoder_halves = halves and backend.has_decoder_halves
+    prompt_argument = {"encode": None, "decode": 1, "decode_scores": 1, "decode_masks": 0}
+    timers = {name: _Timer() for name in prompt_argument}
+    for name, timer in timers.items():
+        setattr(backend, name, timer.wrap(getattr(backend, name), prompt_argument[name]))
+    generator = AutomaticMaskGenerator(predictor, **params)
+    start = time.perf_counter()
+    records = generator.generate(image)
+    total = time.perf_counter() - start
+    decoder = sum(timers[name].seconds for name in ("decode", "decode_scores", "decode_masks"))
+    return {
+        "backend": backend.name, "decoder_halves": backend.has_decoder_halves, "seconds": total,
+        "masks": len(records), "encoder_seconds": timers["encode"].seconds, "decoder_seconds": decoder,
+        "decoder_calls": {name: timers[name].calls for name in ("decode", "decode_scores", "decode_masks")},
+        "prompts": timers["decode"].prompts + timers["decode_scores"].prompts,
+        "prompts_through_masks_half": timers["decode_masks"].prompts if halves else None,
+        "rest_seconds": total - timers["encode"].seconds - decoder,
+        "records": records,
+    }
+
+
+def _iou_quantile(artifact: Path, image: np.ndarray, params: dict, quantile: float) -> float:
+    """The ``quantile`` of the grid prompts' best multimask IoU prediction on ``image``: as
+    ``pred_iou_thresh``, about ``1 - quantile`` of the prompts can pass (random weights predict
+    IoUs of about 0.0-0.1, so the default 0.88 drops every prompt)."""
+    from samexport.amg import AutomaticMaskGenerator
+    from samexport.runtime.predictor import SamPredictor
+
+    predictor = SamPredictor(artifact, backend="onnxruntime-cpu")
+    grid = AutomaticMaskGenerator(predictor, **params).point_grids[0] * np.array(image.shape[1::-1])
+    predictor.set_image(image)
+    _, iou = predictor.decode_low_res(grid[:, None, :], np.ones((len(grid), 1)))
+    return float(np.quantile(iou[:, 1:].max(axis=1), quantile))
 
 
 def _match(ours: list[dict], theirs: list[dict]) -> dict:
@@ -100,6 +158,8 @@ def main() -> None:
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--pred-iou-quantile", type=float,
+                        help="set pred_iou_thresh to this quantile of the grid's best predicted IoUs")
     parser.add_argument("--skip-official", action="store_true", help="time samexport only")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -108,8 +168,6 @@ def main() -> None:
     from segment_anything import SamAutomaticMaskGenerator
     from skimage import data
 
-    from samexport.amg import AutomaticMaskGenerator
-    from samexport.runtime.predictor import SamPredictor
     from samexport.testing import official_sam
 
     image = data.astronaut()
@@ -118,6 +176,8 @@ def main() -> None:
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
     )
     checkpoint, artifact = _artifact(args.variant, args.workdir)
+    if args.pred_iou_quantile is not None:
+        params["pred_iou_thresh"] = _iou_quantile(artifact, image, params, args.pred_iou_quantile)
     results = {
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "variant": args.variant,
@@ -127,20 +187,12 @@ def main() -> None:
                     "load_average_at_start": os.getloadavg()},
     }
 
-    predictor = SamPredictor(artifact, backend="onnxruntime-cpu")
-    encoder, decoder = _Timer(), _Timer()
-    predictor.backend.encode = encoder.wrap(predictor.backend.encode)
-    predictor.backend.decode = decoder.wrap(predictor.backend.decode)
-    generator = AutomaticMaskGenerator(predictor, **params)
-    start = time.perf_counter()
-    ours = generator.generate(image)
-    total = time.perf_counter() - start
-    results["samexport"] = {
-        "backend": predictor.backend.name, "seconds": total, "masks": len(ours),
-        "encoder_seconds": encoder.seconds, "decoder_seconds": decoder.seconds,
-        "decoder_calls": decoder.calls, "rest_seconds": total - encoder.seconds - decoder.seconds,
-    }
-    print(f"samexport ({predictor.backend.name}): {total:.1f} s, {len(ours)} masks", flush=True)
+    for key, halves in (("samexport", True), ("samexport_without_prefilter", False)):
+        results[key] = _time_samexport(artifact, image, params, halves=halves)
+        print(f"{key}: {results[key]['seconds']:.1f} s, {results[key]['masks']} masks", flush=True)
+    ours = results["samexport"].pop("records")
+    results["samexport_without_prefilter"].pop("records")
+    results["prefilter_speedup"] = results["samexport_without_prefilter"]["seconds"] / results["samexport"]["seconds"]
 
     if not args.skip_official:
         model = official_sam(args.variant, torch.load(checkpoint, weights_only=True))

@@ -150,6 +150,13 @@ class Manifest:
                 and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64
             ) or Path(name).is_absolute() or ".." in Path(name).parts:
                 raise SamExportError(f"{source}: bad file record {name!r}: {record!r}")
+        halves = data["decoder"].get("halves")
+        if halves is not None and not (
+            isinstance(halves, dict)
+            and all(isinstance(halves.get(key), dict) and halves[key].get("onnx") == name
+                    for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
+        ):
+            raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
         from samexport.variants import get_variant
 
         try:
@@ -176,16 +183,20 @@ class Manifest:
     def replace(self, **changes) -> Manifest:
         return replace(self, **changes)
 
+    def decoder_halves(self) -> tuple[str, str] | None:
+        """(``decoder_scores.onnx``, ``decoder_masks.onnx``): the decoder in two halves, which the
+        mask generator uses to skip the masks of prompts its IoU threshold drops; None for
+        artifacts built before samexport wrote them (``decoder.halves`` in the manifest)."""
+        halves = self.decoder.get("halves")
+        return (halves["scores"]["onnx"], halves["masks"]["onnx"]) if halves else None
+
 
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
-    """The files the runtime loads, relative to ``folder``: the two ONNX graphs with their
-    external data (``encoder.onnx.data``: every top-level file whose name starts with a graph's
-    name) and the plans ``manifest.engines`` names."""
+    """The files the runtime loads, relative to ``folder``: the ONNX graphs (``C.GRAPH_FILES``)
+    with their external data (``encoder.onnx.data``: every top-level file whose name starts with
+    a graph's name) and the plans ``manifest.engines`` names."""
     folder = Path(folder)
-    names = {
-        entry.name for entry in folder.iterdir()
-        if entry.is_file() and entry.name.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))
-    }
+    names = {entry.name for entry in folder.iterdir() if entry.is_file() and entry.name.startswith(C.GRAPH_FILES)}
     names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
     return sorted(names)
 
@@ -284,7 +295,7 @@ def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
     foreign = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if name in ours or (entry.is_file() and name.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))):
+        if name in ours or (entry.is_file() and name.startswith(C.GRAPH_FILES)):
             continue
         if name.startswith((PLANS_PREFIX, PLANS_PARTIAL_PREFIX)) and marker_pid(entry, PLANS_MARKER) is not None:
             continue

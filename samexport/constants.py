@@ -54,6 +54,12 @@ PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"  # tensorrt.plugin's "{namespac
 
 ENCODER_ONNX = "encoder.onnx"
 DECODER_ONNX = "decoder.onnx"
+# The decoder again, cut after the two-way transformer (``samexport.export.wrappers``): the scores
+# half gives the IoU predictions and the tokens the masks half turns into mask logits, so the mask
+# generator computes masks only for prompts whose predicted IoU can pass its threshold.
+DECODER_SCORES_ONNX = "decoder_scores.onnx"
+DECODER_MASKS_ONNX = "decoder_masks.onnx"
+GRAPH_FILES = (ENCODER_ONNX, DECODER_ONNX, DECODER_SCORES_ONNX, DECODER_MASKS_ONNX)
 MANIFEST = "manifest.json"
 
 # Dynamic axis names.
@@ -89,11 +95,18 @@ IOU_PREDICTIONS = TensorSpec("iou_predictions", "float32", (PROMPT_BATCH, NUM_MA
 LOW_RES_MASKS = TensorSpec(
     "low_res_masks", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
 )
+# Between the two halves of the split decoder.
+MASK_TOKENS = TensorSpec("mask_tokens", "float32", (PROMPT_BATCH, NUM_MASK_TOKENS, EMBED_DIM))
+IMAGE_TOKENS = TensorSpec("image_tokens", "float32", (PROMPT_BATCH, EMBED_SIZE * EMBED_SIZE, EMBED_DIM))
 
 ENCODER_INPUTS = (IMAGE,)
 ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS,)
 DECODER_INPUTS = (IMAGE_EMBEDDINGS, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT)
 DECODER_OUTPUTS = (LOW_RES_MASKS, IOU_PREDICTIONS)  # (masks, iou), as the official mask decoder
+SCORES_INPUTS = DECODER_INPUTS
+SCORES_OUTPUTS = (IOU_PREDICTIONS, MASK_TOKENS, IMAGE_TOKENS)
+MASKS_INPUTS = (MASK_TOKENS, IMAGE_TOKENS)
+MASKS_OUTPUTS = (LOW_RES_MASKS,)
 
 
 # -- inference backends ---------------------------------------------------------------------------

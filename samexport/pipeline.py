@@ -64,7 +64,7 @@ def _write_graphs(
     ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
     same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
     """
-    from samexport.export.to_onnx import export_decoder, export_encoder
+    from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
 
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
     if precision == "fp32":
@@ -72,6 +72,8 @@ def _write_graphs(
         export_encoder(sam, encoder, opset=opset, attention=attention)
         on_step(f"exporting {decoder.name} (opset {opset})")
         export_decoder(sam, decoder, opset=opset)
+        on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
+        export_decoder_halves(sam, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
         return {"encoder": "fp32", "decoder": "fp32"}
 
     from samexport.precision.fp16 import convert_to_fp16
@@ -81,8 +83,10 @@ def _write_graphs(
     on_step(f"exporting fp32 graphs (opset {opset})")
     export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=attention)
     export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
+    export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
     on_step("converting the decoder to fp16 (fp32 islands kept)")
-    convert_to_fp16(work / C.DECODER_ONNX, decoder)
+    for name in (C.DECODER_ONNX, C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX):
+        convert_to_fp16(work / name, staging / name)
     if precision == "fp16":
         on_step("converting the encoder to fp16 (fp32 islands kept)")
         convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
@@ -103,6 +107,10 @@ def _write_graphs(
         }
     shutil.rmtree(work)
     return graphs
+
+
+def _graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
+    return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
 
 
 def _build_engines(
@@ -262,15 +270,13 @@ def build(
             opset=opset,
             graphs=graphs,
             checkpoint={"file": checkpoint.name, "sha256": checkpoint_sha},
-            encoder={
-                "onnx": C.ENCODER_ONNX,
-                "inputs": [s.to_dict() for s in C.ENCODER_INPUTS],
-                "outputs": [s.to_dict() for s in C.ENCODER_OUTPUTS],
-            },
+            encoder=_graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS),
             decoder={
-                "onnx": C.DECODER_ONNX,
-                "inputs": [s.to_dict() for s in C.DECODER_INPUTS],
-                "outputs": [s.to_dict() for s in C.DECODER_OUTPUTS],
+                **_graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
+                "halves": {
+                    "scores": _graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+                    "masks": _graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+                },
             },
             runtime=runtime,
             engine_config=engine_config.to_dict(),

@@ -177,9 +177,7 @@ def test_rebuild_replaces_our_plans_and_keeps_the_rest(tiny_artifact, tmp_path):
     second_folder = (artifact / second.engines["encoder"]["plan"]).parent
     assert second_folder != first_folder and not first_folder.exists() and second_folder.is_dir()
     assert (artifact / "notes.txt").read_text() == "the user's own file"
-    assert {p.name for p in artifact.iterdir()} == {
-        C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST, "notes.txt", second_folder.name
-    }
+    assert {p.name for p in artifact.iterdir()} == {*C.GRAPH_FILES, C.MANIFEST, "notes.txt", second_folder.name}
 
 
 @needs_rtx

@@ -22,6 +22,13 @@ def manifest_data(**changes) -> dict:
     return {**data, **changes}
 
 
+def test_decoder_halves_are_named_by_the_manifest_or_absent_in_older_ones():
+    assert Manifest.from_dict(manifest_data()).decoder_halves() is None
+    halves = {"scores": {"onnx": C.DECODER_SCORES_ONNX}, "masks": {"onnx": C.DECODER_MASKS_ONNX}}
+    manifest = Manifest.from_dict(manifest_data(decoder={"onnx": C.DECODER_ONNX, "halves": halves}))
+    assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
+
+
 def test_round_trip_keeps_every_key_including_unknown_ones():
     data = manifest_data(signatures={"encoder.onnx": {"bytes": 3}})  # a key a newer samexport may write
     manifest = Manifest.from_dict(data)
@@ -42,6 +49,9 @@ def test_round_trip_keeps_every_key_including_unknown_ones():
         (manifest_data(opset="18"), "'opset' must be a int"),
         (manifest_data(engines=[]), "'engines' must be a dict"),
         (manifest_data(runtime={"bogus": 1}), "bad 'runtime' section"),
+        (manifest_data(decoder={"onnx": C.DECODER_ONNX, "halves": {"scores": {"onnx": "../x.onnx"}}}),
+         "bad 'decoder.halves' section"),
+        (manifest_data(decoder={"onnx": C.DECODER_ONNX, "halves": []}), "bad 'decoder.halves' section"),
     ],
 )
 def test_bad_manifests_are_refused_with_the_reason(data, message):

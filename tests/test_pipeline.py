@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from samexport import constants as C
@@ -20,10 +21,12 @@ def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
     assert manifest.opset >= 17
     assert [t["name"] for t in manifest.decoder["inputs"]] == [s.name for s in C.DECODER_INPUTS]
     assert manifest.decoder["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
+    assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
+    assert [t["name"] for t in manifest.decoder["halves"]["masks"]["inputs"]] == [s.name for s in C.MASKS_INPUTS]
     assert manifest.versions["onnxruntime"][0].isdigit()
     assert set(manifest.skipped_engines) == {"encoder", "decoder"}
     assert manifest.runtime.onnxruntime_encoder and manifest.runtime.onnxruntime_memory_arena
-    assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+    assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted([*C.GRAPH_FILES, C.MANIFEST])
 
 
 def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
@@ -101,11 +104,18 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
     if precision == "int8":
         expected = {"tensorrt": "int8 (Q/DQ) on fp16", "onnxruntime": "int8 (Q/DQ)"}[int8_target]
         assert manifest.graphs["encoder"] == expected
-    assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST])
+    assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([*C.GRAPH_FILES, C.MANIFEST])
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())
     masks, scores, _ = predictor.predict(box=[100, 50, 400, 450])
     assert masks.shape == (3, 512, 512) and scores.shape == (3,)
+    # The fp16 decoder halves give the fp16 decoder's outputs.
+    boxes = np.array([[100, 50, 400, 450], [10, 10, 200, 200], [50, 60, 300, 310]])
+    logits, iou = predictor.decode_low_res(boxes=boxes)
+    index, kept, all_iou = predictor.decode_low_res_where(lambda s: np.arange(len(s)) != 1, boxes=boxes)
+    assert index.tolist() == [0, 2]
+    np.testing.assert_allclose(all_iou, iou, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(kept, logits[[0, 2]], rtol=0, atol=1e-2)
 
 
 def test_int8_without_images_fails_before_exporting(tiny_checkpoint, tmp_path):

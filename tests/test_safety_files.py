@@ -171,7 +171,7 @@ def test_staging_marker_is_not_left_in_the_artifact(tmp_path):
 
 def test_manifest_records_size_and_sha256_of_every_graph(tiny_artifact):
     manifest = read_manifest(tiny_artifact)
-    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX}
+    assert set(manifest.files) == set(C.GRAPH_FILES)
     for name, record in manifest.files.items():
         assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
     assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())
@@ -236,12 +236,12 @@ def test_hashes_are_checked_once_then_cached_in_memory_and_on_disk(artifact, mon
     real = samexport.download.sha256_file
     monkeypatch.setattr(samexport.download, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
     open_backend(artifact, "onnxruntime-cpu")
-    assert sorted(calls) == [C.DECODER_ONNX, C.ENCODER_ONNX]  # a copy: new inodes, hashed again
+    assert sorted(calls) == sorted(C.GRAPH_FILES)  # a copy: new inodes, hashed again
     open_backend(artifact, "onnxruntime-cpu")
-    assert len(calls) == 2
+    assert len(calls) == len(C.GRAPH_FILES)
     monkeypatch.setattr(integrity, "_verified", {})  # a new process: the cache file answers
     open_backend(artifact, "onnxruntime-cpu")
-    assert len(calls) == 2
+    assert len(calls) == len(C.GRAPH_FILES)
     assert (Path(os.environ["SAMEXPORT_CACHE"]) / integrity.CACHE_FILE).is_file()
 
 
@@ -323,7 +323,7 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     config = BuildConfig(workspace_bytes=1 << 30, prompts=(1, 1, 4), points=(1, 2, 4))
     manifest = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
     plans = sorted(record["plan"] for record in manifest.engines.values())
-    assert sorted(manifest.files) == sorted([C.DECODER_ONNX, C.ENCODER_ONNX, *plans])
+    assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, *plans])
     for name in plans:
         assert manifest.files[name]["sha256"] == sha256_file(artifact / name)
     verify_artifact(artifact, read_manifest(artifact))
@@ -333,7 +333,7 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
         verify_artifact(artifact, read_manifest(artifact))
     # An artifact with plans (our marker on their folder) is still ours to replace.
     build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False, engines="skip")
-    assert sorted(read_manifest(artifact).files) == [C.DECODER_ONNX, C.ENCODER_ONNX]
+    assert sorted(read_manifest(artifact).files) == sorted(C.GRAPH_FILES)
 
 
 def test_official_decoder_export_replaces_only_its_own_file(tiny_artifact, tmp_path):

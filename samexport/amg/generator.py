@@ -2,11 +2,13 @@
 
 Same algorithm and outputs as ``segment_anything.SamAutomaticMaskGenerator``, run differently:
 
-- a batch of grid points is one call to the batched decoder (``SamPredictor.decode_low_res``);
-- the predicted-IoU filter runs on the decoder's scores before any upsampling; the stability
-  score, box and mask of each survivor are computed at the crop's resolution but only in the
-  window its low-res logits can reach (:mod:`samexport.amg.measure`), and kept as a bit-packed
-  box patch instead of a full-size mask;
+- a batch of grid points is one call to the batched decoder (``SamPredictor.decode_low_res_where``);
+- the predicted-IoU filter runs on the decoder's scores before any mask is made: with the
+  decoder's two halves (artifacts that have ``decoder_scores.onnx``), only prompts with a
+  multimask output over ``pred_iou_thresh`` go through the second half, which makes the masks;
+- the stability score, box and mask of each survivor are computed at the crop's resolution but
+  only in the window its low-res logits can reach (:mod:`samexport.amg.measure`), and kept as a
+  bit-packed box patch instead of a full-size mask;
 - NMS is NumPy with ``torchvision.ops.batched_nms`` decisions; full-size masks (and RLEs) are
   made only for the masks that are returned.
 """
@@ -287,10 +289,15 @@ class AutomaticMaskGenerator:
         self, points: np.ndarray, measurer: MaskMeasurer, crop_box: list[int], image_size: tuple[int, int]
     ) -> _Masks:
         labels = np.full((len(points), 1), LABEL_FOREGROUND, np.float32)
-        logits, iou = self.predictor.decode_low_res(points[:, None, :], labels)
-        iou, logits = iou[:, 1:].reshape(-1), logits[:, 1:].reshape(-1, *logits.shape[2:])  # multimask
-        points = np.repeat(points, 3, axis=0)
-        keep = np.flatnonzero(iou > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou))
+        threshold = self.pred_iou_thresh
+
+        def can_pass(iou: np.ndarray) -> np.ndarray:  # a multimask output over the threshold
+            return (iou[:, 1:] > threshold).any(axis=1) if threshold > 0 else np.ones(len(iou), bool)
+
+        index, logits, iou = self.predictor.decode_low_res_where(can_pass, points[:, None, :], labels)
+        iou, logits = iou[index, 1:].reshape(-1), logits[:, 1:].reshape(-1, *logits.shape[2:])  # multimask
+        points = np.repeat(points[index], 3, axis=0)
+        keep = np.flatnonzero(iou > threshold) if threshold > 0 else np.arange(len(iou))
         measured = measurer.measure(logits[keep])
         masks = _Masks(
             iou[keep], measured.stability_scores(), measured.boxes, points[keep],

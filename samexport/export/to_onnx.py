@@ -18,7 +18,7 @@ import torch
 
 from samexport import constants as C
 from samexport.export.attention import AttentionMode, attention_mode, check_attention_mode
-from samexport.export.wrappers import DecoderGraph, EncoderGraph
+from samexport.export.wrappers import DecoderGraph, DecoderMasksGraph, DecoderScoresGraph, EncoderGraph
 from samexport.models import Sam
 
 DEFAULT_OPSET = 18
@@ -95,44 +95,78 @@ def export_encoder(
     )
 
 
+def _decoder_example(batch: int = EXAMPLE_PROMPTS) -> tuple[torch.Tensor, ...]:
+    """Example decoder inputs with M = B (see :func:`_untie_mask_axis`)."""
+    size = C.LOW_RES_MASK_SIZE
+    return (
+        torch.randn(C.IMAGE_EMBEDDINGS.shape),
+        torch.rand(batch, EXAMPLE_POINTS, 2) * C.IMAGE_SIZE,
+        torch.ones(batch, EXAMPLE_POINTS),
+        torch.zeros(batch, 1, size, size),
+        torch.zeros(batch),
+    )
+
+
+def _prompt_axes() -> tuple[torch.export.Dim, torch.export.Dim]:
+    return torch.export.Dim(C.PROMPT_BATCH, min=1, max=4096), torch.export.Dim(C.NUM_POINTS, min=1, max=1024)
+
+
+def _export(module: torch.nn.Module, args, path: Path, inputs, outputs, dynamic_shapes, opset: int) -> Path:
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            module.eval(),
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=_names(inputs),
+            output_names=_names(outputs),
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+        )
+    return _save(program, path, expected_inputs=_names(inputs), expected_outputs=_names(outputs))
+
+
 def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) -> Path:
     """Export prompt encoder + mask decoder with dynamic prompt batch B, point count N and mask
     count M (B, or 1 for one mask input shared by every prompt).
 
     Inputs and outputs are ``samexport.constants.DECODER_INPUTS`` / ``DECODER_OUTPUTS``.
     """
-    path = Path(path)
-    b, n = EXAMPLE_PROMPTS, EXAMPLE_POINTS
-    size = C.LOW_RES_MASK_SIZE
-    args = (
-        torch.randn(C.IMAGE_EMBEDDINGS.shape),
-        torch.rand(b, n, 2) * C.IMAGE_SIZE,
-        torch.ones(b, n),
-        torch.zeros(b, 1, size, size),
-        torch.zeros(b),
+    batch, points = _prompt_axes()
+    dynamic_shapes = (None, {0: batch, 1: points}, {0: batch, 1: points}, {0: batch}, {0: batch})
+    path = _export(
+        DecoderGraph(sam), _decoder_example(), Path(path), C.DECODER_INPUTS, C.DECODER_OUTPUTS,
+        dynamic_shapes, opset,
     )
-    batch = torch.export.Dim(C.PROMPT_BATCH, min=1, max=4096)
-    points = torch.export.Dim(C.NUM_POINTS, min=1, max=1024)
-    dynamic_shapes = (
-        None,
-        {0: batch, 1: points},
-        {0: batch, 1: points},
-        {0: batch},
-        {0: batch},
-    )
-    with torch.no_grad(), _quiet_exporter():
-        program = torch.onnx.export(
-            DecoderGraph(sam).eval(),
-            args,
-            dynamo=True,
-            opset_version=opset,
-            input_names=_names(C.DECODER_INPUTS),
-            output_names=_names(C.DECODER_OUTPUTS),
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-        )
-    _save(program, path, expected_inputs=_names(C.DECODER_INPUTS), expected_outputs=_names(C.DECODER_OUTPUTS))
     return _untie_mask_axis(path)
+
+
+def export_decoder_halves(
+    sam: Sam, scores_path: Path | str, masks_path: Path | str, *, opset: int = DEFAULT_OPSET
+) -> tuple[Path, Path]:
+    """Export the decoder again in two graphs, cut after the two-way transformer
+    (``DecoderGraph.scores`` / ``.masks``): ``decoder_scores.onnx`` (the decoder's inputs ->
+    ``C.SCORES_OUTPUTS``) and ``decoder_masks.onnx`` (``C.MASKS_INPUTS`` -> mask logits).
+
+    Run one after the other they compute what ``decoder.onnx`` does (the same modules, traced the
+    same way); the mask generator runs the second only for the prompts that can pass its IoU
+    threshold.
+    """
+    batch, points = _prompt_axes()
+    dynamic_shapes = (None, {0: batch, 1: points}, {0: batch, 1: points}, {0: batch}, {0: batch})
+    scores = _export(
+        DecoderScoresGraph(sam), _decoder_example(), Path(scores_path), C.SCORES_INPUTS, C.SCORES_OUTPUTS,
+        dynamic_shapes, opset,
+    )
+    tokens = (
+        torch.randn(EXAMPLE_PROMPTS, *C.MASK_TOKENS.shape[1:]),
+        torch.randn(EXAMPLE_PROMPTS, *C.IMAGE_TOKENS.shape[1:]),
+    )
+    masks = _export(
+        DecoderMasksGraph(sam), tokens, Path(masks_path), C.MASKS_INPUTS, C.MASKS_OUTPUTS,
+        ({0: batch}, {0: batch}), opset,
+    )
+    return _untie_mask_axis(scores), masks
 
 
 def _untie_mask_axis(path: Path) -> Path:

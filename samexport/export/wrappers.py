@@ -75,6 +75,23 @@ class DecoderGraph(nn.Module):
         prompts (no mask prompt at all, say): the image tokens then stay a batch of one up to the
         first block's image-to-token update, and the mask embedding is computed once.
         """
+        iou, mask_tokens, image_tokens = self.scores(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input
+        )
+        return self.masks(mask_tokens, image_tokens), iou
+
+    def scores(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything but the masks: (iou Bx4, mask tokens Bx4xC, image tokens BxHWxC), the
+        two-way transformer's outputs that :meth:`masks` needs. About half of the decoder's work
+        per prompt; the other half, :meth:`masks`, can be skipped for prompts whose IoU
+        predictions already rule them out (the mask generator's ``pred_iou_thresh``)."""
         decoder = self.mask_decoder
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         batch = sparse.shape[0]
@@ -84,12 +101,18 @@ class DecoderGraph(nn.Module):
         keys = _tokens(image_embeddings) + self._dense_tokens(mask_input, has_mask_input)
         queries, keys = decoder.transformer.forward_tokens(keys, _tokens(self.image_pe), tokens, reassociated=True)
         iou = decoder.iou_prediction_head(queries[:, 0])
+        return iou, queries[:, 1 : 1 + decoder.num_mask_tokens], keys
+
+    def masks(self, mask_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Mask logits Bx4x256x256 from :meth:`scores`' mask and image tokens: the hypernetwork
+        MLPs, the upscaling and their product."""
+        decoder = self.mask_decoder
         hyper_in = torch.stack(
-            [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )  # B x 4 x 32
-        features = _upscale(decoder.output_upscaling, keys)  # B x 65536 x 32, sub-pixel order
+        features = _upscale(decoder.output_upscaling, image_tokens)  # B x 65536 x 32, sub-pixel order
         masks = hyper_in @ features.transpose(1, 2)  # B x 4 x 65536
-        return _raster_order(masks, keys.shape[1]), iou
+        return _raster_order(masks, image_tokens.shape[1])
 
     def _dense_tokens(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """``embed_masks`` as BxHWxC tokens: the no-mask embedding plus, where a mask is given,
@@ -101,6 +124,30 @@ class DecoderGraph(nn.Module):
         weight = project.weight.reshape(project.out_channels, project.in_channels)
         delta = nn.functional.linear(hidden, weight, project.bias - no_mask[0])
         return no_mask + has_mask_input.reshape(-1, 1, 1) * delta
+
+
+class DecoderScoresGraph(nn.Module):
+    """:meth:`DecoderGraph.scores` as a graph of its own (``decoder_scores.onnx``): the decoder's
+    inputs -> (iou Bx4, mask tokens Bx4x256, image tokens Bx4096x256)."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.decoder = DecoderGraph(sam)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        return self.decoder.scores(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+
+
+class DecoderMasksGraph(nn.Module):
+    """:meth:`DecoderGraph.masks` as a graph of its own (``decoder_masks.onnx``): (mask tokens,
+    image tokens) -> mask logits Bx4x256x256."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.decoder = DecoderGraph(sam)
+
+    def forward(self, mask_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder.masks(mask_tokens, image_tokens)
 
 
 def _tokens(image: torch.Tensor) -> torch.Tensor:

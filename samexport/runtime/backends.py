@@ -8,6 +8,7 @@ image, ``decode`` a batch of prompts already in the 1024 frame. Pre- and postpro
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +42,24 @@ class Backend(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Prompts in the 1024 frame (shapes in ``constants.DECODER_INPUTS``) ->
         (low_res_masks Bx4x256x256, iou_predictions Bx4), float32 (the official order)."""
+
+
+class DecoderHalves(Protocol):
+    """Optional backend methods: the decoder in two calls, cut after the two-way transformer
+    (``constants.DECODER_SCORES_ONNX`` / ``DECODER_MASKS_ONNX``), so masks are computed only for
+    the prompts that need them. A backend has them when its ``has_decoder_halves`` is True."""
+
+    has_decoder_halves: bool
+
+    def decode_scores(
+        self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``decode``'s inputs -> (iou_predictions Bx4, mask_tokens Bx4x256, image_tokens
+        Bx4096x256), float32."""
+
+    def decode_masks(self, mask_tokens: np.ndarray, image_tokens: np.ndarray) -> np.ndarray:
+        """K rows of ``decode_scores``' tokens -> low_res_masks Kx4x256x256, float32: what
+        ``decode`` gives for those K prompts."""
 
 
 def onnxruntime_providers(device: str = "auto") -> list[str]:
@@ -97,14 +116,17 @@ def _open_session(ort, path: Path | str, options, **kwargs):
 
 
 class OnnxRuntimeBackend:
-    """Runs ``encoder.onnx`` and ``decoder.onnx`` with ONNX Runtime."""
+    """Runs ``encoder.onnx`` and ``decoder.onnx`` with ONNX Runtime, and the decoder's two halves
+    (:class:`DecoderHalves`) when given their graphs."""
 
     def __init__(
         self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = "auto",
         threads: int | None = None, memory_arena: bool = True,
+        decoder_halves: tuple[Path | str, Path | str] | None = None,
     ) -> None:
         """``memory_arena=False`` for FP16 graphs on CPU: ONNX Runtime runs them in fp32 behind
-        inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without)."""
+        inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without).
+        ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -113,32 +135,59 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         providers = onnxruntime_providers(device)
-        for path in (encoder_path, decoder_path):
+        halves = tuple(decoder_halves or ())
+        for path in (encoder_path, decoder_path, *halves):
             if not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
         self.encoder = _open_session(ort, encoder_path, options, providers=providers)
-        self.decoder = _open_session(
-            ort, decoder_path, _decoder_options(ort, options), providers=providers,
-            disabled_optimizers=list(DECODER_DISABLED_OPTIMIZERS),
-        )
+        self.decoder = self._open_decoder(ort, decoder_path, options, providers)
+        self._halves_paths, self._halves_lock = halves, threading.Lock()
+        self._halves = None
+        self._session_args = ort, options, providers
+        self.has_decoder_halves = bool(halves)
         # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
         mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
         self.shares_mask_input = mask_axis == C.NUM_MASKS
         active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.name = f"onnxruntime-{active}"
 
+    @staticmethod
+    def _open_decoder(ort, path, options, providers):
+        return _open_session(
+            ort, path, _decoder_options(ort, options), providers=providers,
+            disabled_optimizers=list(DECODER_DISABLED_OPTIMIZERS),
+        )
+
     def encode(self, image: np.ndarray) -> np.ndarray:
         return self.encoder.run([C.IMAGE_EMBEDDINGS.name], {C.IMAGE.name: image})[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        feed = dict(
-            zip(
-                (s.name for s in C.DECODER_INPUTS),
-                (image_embeddings, point_coords, point_labels, mask_input, has_mask_input),
-            )
-        )
-        masks, iou = self.decoder.run([s.name for s in C.DECODER_OUTPUTS], feed)
+        inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs)
         return masks, iou
+
+    def _decoder_halves(self):
+        if not self.has_decoder_halves:
+            raise SamExportError("this backend was opened without the decoder halves (decoder_halves=)")
+        with self._halves_lock:  # the sessions are opened once, by the first caller
+            if self._halves is None:
+                ort, options, providers = self._session_args
+                self._halves = tuple(self._open_decoder(ort, path, options, providers) for path in self._halves_paths)
+        return self._halves
+
+    def decode_scores(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        scores, _ = self._decoder_halves()
+        inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        iou, mask_tokens, image_tokens = _run(scores, C.SCORES_INPUTS, C.SCORES_OUTPUTS, inputs)
+        return iou, mask_tokens, image_tokens
+
+    def decode_masks(self, mask_tokens, image_tokens):
+        _, masks = self._decoder_halves()
+        return _run(masks, C.MASKS_INPUTS, C.MASKS_OUTPUTS, (mask_tokens, image_tokens))[0]
+
+
+def _run(session, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...], arrays) -> list[np.ndarray]:
+    return session.run([s.name for s in outputs], {s.name: a for s, a in zip(inputs, arrays)})
 
 
 class TorchBackend:
@@ -146,6 +195,7 @@ class TorchBackend:
 
     name = "torch"
     shares_mask_input = True
+    has_decoder_halves = True
 
     def __init__(self, sam: Sam) -> None:
         from samexport.export.wrappers import DecoderGraph, EncoderGraph
@@ -158,13 +208,20 @@ class TorchBackend:
         with self._torch.no_grad():
             return self.encoder(self._torch.from_numpy(image)).numpy()
 
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+    def _call(self, function, *arrays) -> tuple[np.ndarray, ...]:
         torch = self._torch
-        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in
-                (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)]
         with torch.no_grad():
-            masks, iou = self.decoder(*args)
-        return masks.numpy(), iou.numpy()
+            outputs = function(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+        return tuple(o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        return self._call(self.decoder, image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+
+    def decode_scores(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        return self._call(self.decoder.scores, image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+
+    def decode_masks(self, mask_tokens, image_tokens):
+        return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
 
 
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
@@ -201,8 +258,10 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
-    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith(C.GRAPH_FILES)])
+    halves = manifest.decoder_halves()
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None,
     )

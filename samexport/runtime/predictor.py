@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -329,6 +330,60 @@ class SamPredictor(OfficialImageAttributes):
         prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
         return self._run(state, prompt, None, True)
 
+    def decode_low_res_where(
+        self,
+        needed: Callable[[np.ndarray], np.ndarray],
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decode_low_res` for the prompts whose logits are needed, judged from the IoU
+        predictions: the mask generator's ``pred_iou_thresh`` filter before the masks are made.
+
+        Args:
+            needed: takes the IoU predictions of some of the prompts (Kx4, one chunk at a time)
+                and returns K bools: True for the prompts whose logits are needed.
+            point_coords, point_labels, boxes, mask_input: as in :meth:`predict_batch`.
+
+        Returns:
+            (index, logits Ix4x256x256, iou Bx4): the I prompts ``needed`` kept, ascending, their
+            logits, and the IoU predictions of all B prompts. Backends with the decoder's two
+            halves (artifacts that have ``decoder_scores.onnx``, the torch backend) compute the
+            masks of those prompts only, about half of the decoder's work for each prompt
+            dropped; others decode every prompt and select. The values are :meth:`decode_low_res`'s
+            for those prompts, to float rounding.
+        """
+        state = self._current()
+        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
+        halves = bool(getattr(self.backend, "has_decoder_halves", False))
+        batch = prompt.coords.shape[0]
+        index, logits, iou = [], [], np.empty((batch, C.NUM_MASK_TOKENS), np.float32)
+        for part, inputs in self._chunk_inputs(prompt):
+            with self._locked():
+                if halves:
+                    scores, mask_tokens, image_tokens = self.backend.decode_scores(state.embedding, *inputs)
+                else:
+                    low_res, scores = self.backend.decode(state.embedding, *inputs)
+            wanted = np.asarray(needed(scores))
+            if wanted.dtype != bool or wanted.shape != (len(scores),):
+                raise InvalidInputError(
+                    f"needed must return one bool per prompt ({len(scores)}); got {wanted.dtype} {wanted.shape}"
+                )
+            iou[part] = scores
+            rows = np.flatnonzero(wanted)
+            if halves and len(rows):
+                if len(rows) < len(scores):
+                    mask_tokens, image_tokens = mask_tokens[rows], image_tokens[rows]
+                with self._locked():
+                    logits.append(self.backend.decode_masks(mask_tokens, image_tokens))
+            elif not halves:
+                logits.append(low_res[rows])
+            index.append(rows + part.start)
+        size = C.LOW_RES_MASK_SIZE
+        empty = np.zeros((0, C.NUM_MASK_TOKENS, size, size), np.float32)
+        return np.concatenate(index), np.concatenate(logits) if logits else empty, iou
+
     # -- decoding ----------------------------------------------------------------------------
 
     def _chunks(self, batch: int) -> list[slice]:
@@ -343,17 +398,22 @@ class SamPredictor(OfficialImageAttributes):
         bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
         return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
+    def _chunk_inputs(self, prompt: PromptBatch) -> Iterator[tuple[slice, tuple[np.ndarray, ...]]]:
+        """(slice, decoder inputs after the embedding) for each chunk of ``prompt``."""
+        coords, labels, masks, has_mask = prompt
+        shared = len(has_mask) != coords.shape[0]  # one mask input for every prompt (M = 1): not sliced
+        for part in self._chunks(coords.shape[0]):
+            mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
+            yield part, (coords[part], labels[part], mask_part, has_mask_part)
+
     def _run(self, state: ImageState, prompt: PromptBatch, multimask_output: bool | None, return_logits: bool):
         """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs
         (logits, iou); else (masks, iou, low_res) for the chosen tokens, upsampled per chunk."""
-        coords, labels, masks, has_mask = prompt
-        batch = coords.shape[0]
-        shared = len(has_mask) != batch  # one mask input for every prompt (M = 1): not sliced
+        batch = prompt.coords.shape[0]
         results: list[np.ndarray] | None = None
-        for part in self._chunks(batch):
-            mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
+        for part, inputs in self._chunk_inputs(prompt):
             with self._locked():
-                low_res, iou = self.backend.decode(state.embedding, coords[part], labels[part], mask_part, has_mask_part)
+                low_res, iou = self.backend.decode(state.embedding, *inputs)
             if multimask_output is None:
                 outputs = (low_res, iou)
             else:
