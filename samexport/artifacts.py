@@ -184,9 +184,8 @@ class Manifest:
         return replace(self, **changes)
 
     def decoder_halves(self) -> tuple[str, str] | None:
-        """(``decoder_scores.onnx``, ``decoder_masks.onnx``): the decoder in two halves, which the
-        mask generator uses to skip the masks of prompts its IoU threshold drops; None for
-        artifacts built before samexport wrote them (``decoder.halves`` in the manifest)."""
+        """(``decoder_scores.onnx``, ``decoder_masks.onnx``), or None for artifacts built before
+        samexport wrote the decoder's halves (``decoder.halves`` in the manifest)."""
         halves = self.decoder.get("halves")
         return (halves["scores"]["onnx"], halves["masks"]["onnx"]) if halves else None
 

@@ -120,6 +120,10 @@ def artifact_backend(tiny_artifact):
     return predictor.backend
 
 
+def first_of_each_chunk(scores: np.ndarray) -> np.ndarray:
+    return np.arange(len(scores)) == 0
+
+
 def test_decode_low_res_where_makes_masks_only_for_the_needed_prompts(artifact_backend):
     image = make_image(200, 300, seed=5)
     points = np.random.default_rng(1).random((7, 1, 2)) * [300, 200]
@@ -128,34 +132,35 @@ def test_decode_low_res_where_makes_masks_only_for_the_needed_prompts(artifact_b
     predictor = SamPredictor(spy, decode_budget_bytes=3 * DECODER_BYTES_PER_PROMPT)  # chunks of 3, 2, 2
     predictor.set_image(image)
     logits, iou = predictor.decode_low_res(points, labels)
-    best = iou[:, 1:].max(axis=1)
-    threshold = float(np.median(best))
-
-    def needed(scores):
-        return scores[:, 1:].max(axis=1) > threshold
 
     spy.calls = {name: [] for name in spy.calls}
-    index, kept_logits, all_iou = predictor.decode_low_res_where(needed, points, labels)
-    expected = np.flatnonzero(best > threshold)
-    assert 0 < len(expected) < len(points)
-    np.testing.assert_array_equal(index, expected)
+    index, kept_logits, all_iou = predictor.decode_low_res_where(first_of_each_chunk, points, labels)
+    np.testing.assert_array_equal(index, [0, 3, 5])
     np.testing.assert_allclose(all_iou, iou, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(kept_logits, logits[expected], rtol=0, atol=1e-5)
-    assert spy.calls["decode"] == [] and spy.calls["decode_scores"] == [3, 2, 2]
-    assert sum(spy.calls["decode_masks"]) == len(expected)  # no mask made for a dropped prompt
+    np.testing.assert_allclose(kept_logits, logits[[0, 3, 5]], rtol=0, atol=1e-5)
+    assert spy.calls == {"decode": [], "decode_scores": [3, 2, 2], "decode_masks": [1, 1, 1]}
 
     # Without the halves: every prompt is decoded whole, and the same ones are returned.
     plain = SamPredictor(_Spy(artifact_backend, halves=False), decode_budget_bytes=3 * DECODER_BYTES_PER_PROMPT)
     plain.set_image(image)
-    plain_index, plain_logits, plain_iou = plain.decode_low_res_where(needed, points, labels)
-    np.testing.assert_array_equal(plain_index, expected)
+    plain_index, plain_logits, plain_iou = plain.decode_low_res_where(first_of_each_chunk, points, labels)
+    np.testing.assert_array_equal(plain_index, [0, 3, 5])
     np.testing.assert_allclose(plain_logits, kept_logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(plain_iou, all_iou, rtol=0, atol=1e-6)
 
-    # None needed: no masks at all.
-    spy.calls["decode_masks"] = []
+    # Every prompt needed: after the first chunk the decoder runs whole (one call is cheaper then).
+    spy.calls = {name: [] for name in spy.calls}
+    index, kept_logits, all_iou = predictor.decode_low_res_where(lambda s: np.ones(len(s), bool), points, labels)
+    assert spy.calls == {"decode": [2, 2], "decode_scores": [3], "decode_masks": [3]}
+    np.testing.assert_array_equal(index, np.arange(7))
+    np.testing.assert_allclose(kept_logits, logits, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(all_iou, iou, rtol=0, atol=1e-6)
+
+    # None needed: no masks at all (the halves are back after the first chunk).
+    spy.calls = {name: [] for name in spy.calls}
     index, kept_logits, _ = predictor.decode_low_res_where(lambda s: np.zeros(len(s), bool), points, labels)
-    assert index.shape == (0,) and kept_logits.shape == (0, 4, 256, 256) and spy.calls["decode_masks"] == []
+    assert index.shape == (0,) and kept_logits.shape == (0, 4, 256, 256)
+    assert spy.calls == {"decode": [3], "decode_scores": [2, 2], "decode_masks": []}
 
     with pytest.raises(InvalidInputError, match="one bool per prompt"):
         predictor.decode_low_res_where(lambda s: s[:, 0], points, labels)  # floats, not bools

@@ -15,9 +15,8 @@ or the new one, never a mixture. Backends that cannot be called from two threads
 from __future__ import annotations
 
 import contextlib
-import math
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -28,7 +27,7 @@ from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, requir
 from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
 from samexport.runtime.backends import Backend, BackendName
 from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes
-from samexport.runtime.prompts import PromptBatch, host_array, prompt_batch
+from samexport.runtime.prompts import PromptBatch, even_chunks, host_array, prompt_batch
 from samexport.validate import real_array, size_pair
 
 if TYPE_CHECKING:
@@ -108,6 +107,7 @@ class SamPredictor(OfficialImageAttributes):
         self._lock = backend_lock(self.backend)
         self._zero_masks: tuple[np.ndarray, np.ndarray] | None = None
         self._shares_mask_input = bool(getattr(self.backend, "shares_mask_input", False))
+        self._needed_share = 0.0  # of the last decode_low_res_where chunk (prefilter.decode_where)
         self._state = NO_IMAGE
 
     @property
@@ -338,71 +338,38 @@ class SamPredictor(OfficialImageAttributes):
         boxes: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`decode_low_res` for the prompts whose logits are needed, judged from the IoU
-        predictions: the mask generator's ``pred_iou_thresh`` filter before the masks are made.
+        """:meth:`decode_low_res` for the prompts whose logits are needed, judged from their IoU
+        predictions (the mask generator's ``pred_iou_thresh``); see :mod:`samexport.runtime.prefilter`.
 
         Args:
-            needed: takes the IoU predictions of some of the prompts (Kx4, one chunk at a time)
-                and returns K bools: True for the prompts whose logits are needed.
+            needed: maps the Kx4 IoU predictions of a chunk of prompts to K bools, True for the
+                prompts whose logits are needed.
             point_coords, point_labels, boxes, mask_input: as in :meth:`predict_batch`.
 
         Returns:
-            (index, logits Ix4x256x256, iou Bx4): the I prompts ``needed`` kept, ascending, their
-            logits, and the IoU predictions of all B prompts. Backends with the decoder's two
-            halves (artifacts that have ``decoder_scores.onnx``, the torch backend) compute the
-            masks of those prompts only, about half of the decoder's work for each prompt
-            dropped; others decode every prompt and select. The values are :meth:`decode_low_res`'s
-            for those prompts, to float rounding.
+            (index I, logits Ix4x256x256, iou Bx4): the prompts kept (ascending), their logits
+            (:meth:`decode_low_res`'s, to float rounding) and every prompt's IoU predictions.
         """
+        from samexport.runtime.prefilter import decode_where
+
         state = self._current()
         prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
-        halves = bool(getattr(self.backend, "has_decoder_halves", False))
-        batch = prompt.coords.shape[0]
-        index, logits, iou = [], [], np.empty((batch, C.NUM_MASK_TOKENS), np.float32)
-        for part, inputs in self._chunk_inputs(prompt):
-            with self._locked():
-                if halves:
-                    scores, mask_tokens, image_tokens = self.backend.decode_scores(state.embedding, *inputs)
-                else:
-                    low_res, scores = self.backend.decode(state.embedding, *inputs)
-            wanted = np.asarray(needed(scores))
-            if wanted.dtype != bool or wanted.shape != (len(scores),):
-                raise InvalidInputError(
-                    f"needed must return one bool per prompt ({len(scores)}); got {wanted.dtype} {wanted.shape}"
-                )
-            iou[part] = scores
-            rows = np.flatnonzero(wanted)
-            if halves and len(rows):
-                if len(rows) < len(scores):
-                    mask_tokens, image_tokens = mask_tokens[rows], image_tokens[rows]
-                with self._locked():
-                    logits.append(self.backend.decode_masks(mask_tokens, image_tokens))
-            elif not halves:
-                logits.append(low_res[rows])
-            index.append(rows + part.start)
-        size = C.LOW_RES_MASK_SIZE
-        empty = np.zeros((0, C.NUM_MASK_TOKENS, size, size), np.float32)
-        return np.concatenate(index), np.concatenate(logits) if logits else empty, iou
+        chunks = self._chunk_inputs(prompt)
+        index, logits, iou, self._needed_share = decode_where(
+            self.backend, state.embedding, len(prompt.coords), chunks, needed, self._locked, self._needed_share
+        )
+        return index, logits, iou
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def _chunks(self, batch: int) -> list[slice]:
-        """Slices of ``range(batch)``, sizes within one of each other, none over the budget's (or
-        the backend's) limit."""
-        limit = max(1, self.decode_budget_bytes // DECODER_BYTES_PER_PROMPT)
-        backend_limit = getattr(self.backend, "max_prompts", None)
-        if backend_limit:
-            limit = min(limit, int(backend_limit))
-        count = math.ceil(batch / limit)
-        base, extra = divmod(batch, count)  # sizes differ by at most one
-        bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
-        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
     def _chunk_inputs(self, prompt: PromptBatch) -> Iterator[tuple[slice, tuple[np.ndarray, ...]]]:
-        """(slice, decoder inputs after the embedding) for each chunk of ``prompt``."""
+        """(slice, decoder inputs after the embedding) for each chunk of ``prompt``: sizes within
+        one of each other, none over the budget's (or the backend's) limit."""
         coords, labels, masks, has_mask = prompt
         shared = len(has_mask) != coords.shape[0]  # one mask input for every prompt (M = 1): not sliced
-        for part in self._chunks(coords.shape[0]):
+        limit = max(1, self.decode_budget_bytes // DECODER_BYTES_PER_PROMPT)
+        backend_limit = getattr(self.backend, "max_prompts", None)
+        for part in even_chunks(coords.shape[0], min(limit, int(backend_limit)) if backend_limit else limit):
             mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
             yield part, (coords[part], labels[part], mask_part, has_mask_part)
 

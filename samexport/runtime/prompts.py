@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -97,3 +98,11 @@ def prompt_batch(
     coords = np.ascontiguousarray(np.concatenate(parts_xy, axis=1), dtype=np.float32)
     labels = np.ascontiguousarray(np.concatenate(parts_label, axis=1), dtype=np.float32)
     return PromptBatch(coords, labels, masks, has_mask)
+
+
+def even_chunks(batch: int, limit: int) -> list[slice]:
+    """Slices of ``range(batch)`` of at most ``limit`` each, sizes within one of each other."""
+    count = math.ceil(batch / limit)
+    base, extra = divmod(batch, count)
+    bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
