@@ -27,6 +27,7 @@ and prompt encoder + mask decoder modules) and the rest (pre/postprocessing, fil
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -188,6 +189,7 @@ def main() -> None:
     }
 
     for key, halves in (("samexport", True), ("samexport_without_prefilter", False)):
+        gc.collect()  # the previous predictor's sessions (the timers make a reference cycle)
         results[key] = _time_samexport(artifact, image, params, halves=halves)
         print(f"{key}: {results[key]['seconds']:.1f} s, {results[key]['masks']} masks", flush=True)
     ours = results["samexport"].pop("records")
