@@ -22,6 +22,12 @@ NMS and RLE as well.
 
 Each side's time is split into encoder, decoder (the backend calls, or the official image encoder
 and prompt encoder + mask decoder modules) and the rest (pre/postprocessing, filtering, NMS, RLE).
+
+The three generators run in ``--rounds`` rounds (default 3), each round running each of them
+once, in an order that rotates from round to round, so that a shared machine that slows down for
+a while slows every side alike. ``speedup`` and ``prefilter_speedup`` are the medians of the
+per-round ratios; each side's record is its median round, with every round's total in
+``seconds_per_round``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,6 +66,9 @@ class _Timer:
                 self.calls += 1
 
         return timed
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.prompts = 0.0, 0, 0
 
     def hook(self, module) -> None:
         """Time ``module``'s forward calls with torch hooks."""
@@ -115,6 +125,38 @@ def _time_samexport(artifact: Path, image: np.ndarray, params: dict, *, halves: 
     }
 
 
+def _official_side(variant: str, checkpoint: Path, image: np.ndarray, params: dict):
+    """A function that runs the official generator once on ``image`` and returns its record
+    (the model is built once; its modules' hooks time the encoder and the decoder)."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from samexport.testing import official_sam
+
+    model = official_sam(variant, torch.load(checkpoint, weights_only=True))
+    encoder, decoder = _Timer(), _Timer()
+    encoder.hook(model.image_encoder)
+    decoder.hook(model.prompt_encoder)
+    decoder.hook(model.mask_decoder)
+    official = SamAutomaticMaskGenerator(model, **params)
+
+    def run() -> dict:
+        encoder.reset()
+        decoder.reset()
+        start = time.perf_counter()
+        with torch.no_grad():
+            records = official.generate(image)
+        total = time.perf_counter() - start
+        return {
+            "backend": f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads",
+            "seconds": total, "masks": len(records), "encoder_seconds": encoder.seconds,
+            "decoder_seconds": decoder.seconds, "rest_seconds": total - encoder.seconds - decoder.seconds,
+            "records": records,
+        }
+
+    return run
+
+
 def _iou_quantile(artifact: Path, image: np.ndarray, params: dict, quantile: float) -> float:
     """The ``quantile`` of the grid prompts' best multimask IoU prediction on ``image``: as
     ``pred_iou_thresh``, about ``1 - quantile`` of the prompts can pass (random weights predict
@@ -162,14 +204,11 @@ def main() -> None:
     parser.add_argument("--pred-iou-quantile", type=float,
                         help="set pred_iou_thresh to this quantile of the grid's best predicted IoUs")
     parser.add_argument("--skip-official", action="store_true", help="time samexport only")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every generator once each")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
 
-    import torch
-    from segment_anything import SamAutomaticMaskGenerator
     from skimage import data
-
-    from samexport.testing import official_sam
 
     image = data.astronaut()
     params = dict(
@@ -188,34 +227,34 @@ def main() -> None:
                     "load_average_at_start": os.getloadavg()},
     }
 
-    for key, halves in (("samexport", True), ("samexport_without_prefilter", False)):
-        gc.collect()  # the previous predictor's sessions (the timers make a reference cycle)
-        results[key] = _time_samexport(artifact, image, params, halves=halves)
-        print(f"{key}: {results[key]['seconds']:.1f} s, {results[key]['masks']} masks", flush=True)
-    ours = results["samexport"].pop("records")
-    results["samexport_without_prefilter"].pop("records")
-    results["prefilter_speedup"] = results["samexport_without_prefilter"]["seconds"] / results["samexport"]["seconds"]
-
+    sides = {
+        "samexport": lambda: _time_samexport(artifact, image, params, halves=True),
+        "samexport_without_prefilter": lambda: _time_samexport(artifact, image, params, halves=False),
+    }
     if not args.skip_official:
-        model = official_sam(args.variant, torch.load(checkpoint, weights_only=True))
-        encoder, decoder = _Timer(), _Timer()
-        encoder.hook(model.image_encoder)
-        decoder.hook(model.prompt_encoder)
-        decoder.hook(model.mask_decoder)
-        official = SamAutomaticMaskGenerator(model, **params)
-        start = time.perf_counter()
-        with torch.no_grad():
-            theirs = official.generate(image)
-        total = time.perf_counter() - start
-        results["official"] = {
-            "backend": f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads",
-            "seconds": total, "masks": len(theirs), "encoder_seconds": encoder.seconds,
-            "decoder_seconds": decoder.seconds,
-            "rest_seconds": total - encoder.seconds - decoder.seconds,
-        }
-        results["speedup"] = results["official"]["seconds"] / results["samexport"]["seconds"]
-        results["parity"] = _match(ours, theirs)
-        print(f"official (torch): {total:.1f} s, {len(theirs)} masks; speedup {results['speedup']:.2f}x")
+        sides["official"] = _official_side(args.variant, checkpoint, image, params)
+    runs: dict[str, list[dict]] = {key: [] for key in sides}
+    keys = list(sides)
+    for round_ in range(args.rounds):
+        for key in keys[round_ % len(keys):] + keys[:round_ % len(keys)]:
+            gc.collect()  # the previous predictor's sessions (the timers make a reference cycle)
+            runs[key].append(sides[key]())
+            print(f"round {round_ + 1} {key}: {runs[key][-1]['seconds']:.1f} s, {runs[key][-1]['masks']} masks",
+                  flush=True)
+    records = {key: [run.pop("records") for run in side] for key, side in runs.items()}
+    for key, side in runs.items():
+        results[key] = sorted(side, key=lambda run: run["seconds"])[len(side) // 2]  # the median round
+        results[key]["seconds_per_round"] = [run["seconds"] for run in side]
+
+    def ratio(slow: str, fast: str) -> float:
+        return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs[slow], runs[fast]))
+
+    results["prefilter_speedup"] = ratio("samexport_without_prefilter", "samexport")
+    if "official" in runs:
+        results["speedup"] = ratio("official", "samexport")
+        results["parity"] = _match(records["samexport"][0], records["official"][0])
+        print(f"speedup against the official generator: {results['speedup']:.2f}x (median of "
+              f"{args.rounds} per-round ratios)")
     results["load_average_at_end"] = os.getloadavg()
 
     print(json.dumps(results, indent=2))
