@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     unknown = set(args.forms) - {*TORCH_FORMS, *MHA_FORMS}
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1; got {args.rounds}")
     if unknown or args.forms[0] != "plain":
         parser.error(f"forms are {', '.join((*TORCH_FORMS, *MHA_FORMS))}, plain first; got {args.forms}")
 
