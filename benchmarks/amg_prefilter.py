@@ -66,7 +66,7 @@ def main() -> None:
     from samexport import constants as C
     from samexport.bench.inputs import DEFAULT_IMAGE_SIZE
     from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
-    from samexport.models.builders import build_sam
+    from samexport.variants import build_sam
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.runtime.predictor import SamPredictor
     from samexport.testing import random_state_dict

@@ -35,7 +35,7 @@ def export_graphs(modes: list[str], folder: Path, variant: str) -> dict[str, Pat
     """One ``encoder.onnx`` per attention mode, from the same random weights."""
     from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
-    from samexport.models.builders import build_sam
+    from samexport.variants import build_sam
     from samexport.testing import random_state_dict
 
     sam = build_sam(variant).eval()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AutomaticMaskGenerator",
     "SamAutomaticMaskGenerator",
@@ -27,6 +25,7 @@ __all__ = [
     "sam_model_registry",
 ]
 
+from samexport._version import __version__
 from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
 

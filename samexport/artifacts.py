@@ -23,7 +23,8 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
-from samexport.staging import remove_stale_folders, write_marker
+from samexport.staging import marker_pid, remove_stale_folders, write_marker
+from samexport.variants import get_variant
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,6 @@ class Manifest:
                     for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
         ):
             raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
-        from samexport.variants import get_variant
-
         try:
             get_variant(data["variant"])
         except SamExportError as exc:
@@ -287,8 +286,6 @@ def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] 
 
 def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
     """Entries of an artifact folder that samexport did not write (a user's notes, data)."""
-    from samexport.staging import marker_pid
-
     ours = {C.MANIFEST, *PLAN_FILES, *(name.split("/")[0] for name in manifest.files)}
     ours |= {str(r["plan"]).split("/")[0] for r in manifest.engines.values() if isinstance(r, dict) and "plan" in r}
     foreign = []

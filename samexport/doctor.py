@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import platform
 
-from samexport import __version__
+from samexport._version import __version__
 from samexport import constants as C
 
 def _version(module: str) -> str:

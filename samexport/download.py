@@ -20,23 +20,12 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from samexport.errors import SamExportError
-from samexport.utils import sha256_file
+from samexport.utils import default_cache_dir, sha256_file
 from samexport.variants import Variant, get_variant
 
-CACHE_ENV = "SAMEXPORT_CACHE"
 CHECKPOINT_URL_ENV = "SAMEXPORT_CHECKPOINT_URL"
 _CHUNK_BYTES = 1 << 20
 _MANUAL_HINT = "download it yourself and pass --checkpoint PATH"
-
-
-def default_cache_dir() -> Path:
-    """Folder for downloaded checkpoints: ``$SAMEXPORT_CACHE``, else ``$XDG_CACHE_HOME/samexport``,
-    else ``~/.cache/samexport``. The folder is not created here."""
-    if explicit := os.environ.get(CACHE_ENV):
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "samexport"
 
 
 def download(

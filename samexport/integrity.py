@@ -9,7 +9,7 @@ written by ``write_manifest`` on every rewrite). Opening an artifact checks them
   flipped byte, a decoder of another build of the same size. Hashing costs about a second per GB,
   so a match is remembered under the file's device and inode with its size and modification and
   change times (nanoseconds): in memory for this process, and in ``verified-files.json`` in
-  samexport's cache folder (``samexport.download.default_cache_dir``) for the next one. Writing,
+  samexport's cache folder (``samexport.utils.default_cache_dir``) for the next one. Writing,
   copying or replacing a file changes its change time or inode, so the next open hashes it again;
   renaming the folder does not (the build hashes its files in the staging folder, and the first
   open of the finished artifact finds them remembered). The cache lives outside
@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 from samexport.errors import SamExportError
+from samexport.utils import default_cache_dir, sha256_file
 
 CACHE_FILE = "verified-files.json"
 CACHE_ENTRIES = 512  # most recent files kept in the cache file
@@ -34,8 +35,6 @@ _verified: dict[str, tuple[list[int], str]] = {}  # "device:inode" -> (stat key,
 
 def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
     """``{name: {"bytes": size, "sha256": hex}}`` for the files ``names`` (relative to ``folder``)."""
-    from samexport.download import sha256_file
-
     records = {}
     for name in sorted(names):
         path = Path(folder) / name
@@ -70,8 +69,6 @@ def verify_files(folder: Path, records: dict[str, dict], *, source: str, names: 
     Raises:
         SamExportError: a file differs from its record; the message names it.
     """
-    from samexport.download import sha256_file
-
     selected = {n: r for n, r in records.items() if names is None or n in names}
     check_sizes(folder, selected, source=source)
     for name, record in selected.items():
@@ -96,8 +93,6 @@ def _stat_key(path: Path) -> tuple[str, list[int]]:
 
 
 def _cache_path() -> Path:
-    from samexport.download import default_cache_dir
-
     return default_cache_dir() / CACHE_FILE
 
 

@@ -18,7 +18,8 @@ from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, staged_directory, write_manifest,
 )
 from samexport.errors import SamExportError
-from samexport.utils import package_versions, sha256_file
+from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
+from samexport.utils import default_cache_dir, package_versions, sha256_file
 from samexport.variants import Variant, get_variant
 
 if TYPE_CHECKING:
@@ -128,7 +129,10 @@ def _build_engines(
         availability = tensorrt_availability()
         if not availability:
             return {}, {name: availability.reason for name in ENGINE_NAMES}
-    engines = build_plans(staging, staging, config, attention=attention, flavour=BUILDERS[builder], on_step=on_step)
+    engines = build_plans(
+        staging, staging, config, attention=attention, flavour=BUILDERS[builder],
+        plugins=tensorrt_plugins_for(attention), on_step=on_step,
+    )
     return engines, {}
 
 
@@ -196,7 +200,7 @@ def build(
     (``samexport.artifacts.check_output_destination``).
     """
     from samexport.checkpoint import load_sam
-    from samexport.download import default_cache_dir, resolve_checkpoint
+    from samexport.download import resolve_checkpoint
     from samexport.engines.builder import BuildConfig
     from samexport.export.attention import MIN_OPSET, check_attention_mode
     from samexport.export.to_onnx import DEFAULT_OPSET

@@ -69,6 +69,25 @@ def check_image(image: Any) -> np.ndarray:
     return image
 
 
+def as_uint8_image(image: Any) -> Any:
+    """``image`` with a floating dtype turned into uint8 the way the official ``set_image`` does.
+
+    The official ``ResizeLongestSide.apply_image`` hands the array to torchvision's
+    ``to_pil_image``, which computes ``(image * 255).astype(np.uint8)`` (in the image's own float
+    dtype, truncating). That is only meaningful for values in [0, 1] (larger values wrap around
+    silently there); here they are refused with a ValueError. Anything that is not a floating
+    NumPy array is returned as it is, for :func:`check_image` to judge.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype.kind != "f":
+        return image
+    if image.size and not (np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1):
+        raise InvalidInputError(
+            "a float image must hold values in [0, 1] (segment_anything scales floats by 255); "
+            f"got values in [{np.nanmin(image):g}, {np.nanmax(image):g}]: pass uint8 0..255 instead"
+        )
+    return (image * 255).astype(np.uint8)
+
+
 def preprocess_shape(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
     """Size ``(h, w)`` of a ``height x width`` image resized so its longest side is ``long_side``.
 

@@ -1,12 +1,14 @@
-"""Small helpers that several pipeline stages share: file hashes and installed versions."""
+"""Small helpers that several pipeline stages share: file hashes, the cache folder, installed versions."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
+CACHE_ENV = "SAMEXPORT_CACHE"
 _CHUNK_BYTES = 1 << 20
 
 
@@ -29,3 +31,13 @@ def package_versions(*names: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def default_cache_dir() -> Path:
+    """Folder for downloaded checkpoints: ``$SAMEXPORT_CACHE``, else ``$XDG_CACHE_HOME/samexport``,
+    else ``~/.cache/samexport``. The folder is not created here."""
+    if explicit := os.environ.get(CACHE_ENV):
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "samexport"

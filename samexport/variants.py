@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from samexport.errors import SamExportError
-from samexport.models.families import TINY_VIT, VIT, EncoderFamily, TinyViTConfig, ViTConfig
+from samexport.models.encoder_configs import MOBILE_SAM_TINY_VIT, ViTConfig
+from samexport.models.families import TINY_VIT, VIT, EncoderFamily
+from samexport.precision import DEFAULT_FP32_OPS
 
 if TYPE_CHECKING:
     from samexport.models.sam import Sam
@@ -79,15 +81,13 @@ class Variant:
     def build(self) -> Sam:
         """This variant's builder: ``Sam(image_encoder, prompt_encoder, mask_decoder)`` with
         default-initialised weights, in train mode (see ``samexport.models.builders``)."""
-        from samexport.models.builders import build_sam
+        from samexport.models.builders import assemble_sam  # imports torch
 
-        return build_sam(self)
+        return assemble_sam(self.family, self.encoder, variant=self)
 
     @property
     def fp32_ops(self) -> frozenset[str]:
         """Op types the FP16 encoder graph keeps in FP32: the defaults plus the family's own."""
-        from samexport.precision.fp16 import DEFAULT_FP32_OPS
-
         return DEFAULT_FP32_OPS | self.family.extra_fp32_ops
 
 
@@ -128,13 +128,7 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             name="mobile_sam",
             family=TINY_VIT,
-            encoder=TinyViTConfig(
-                embed_dims=(64, 128, 160, 320),
-                depths=(2, 2, 6, 2),
-                num_heads=(4, 5, 10),
-                window_sizes=(7, 14, 7),
-                merge_strides=(2, 2, 1),
-            ),
+            encoder=MOBILE_SAM_TINY_VIT,
             checkpoint=CheckpointRecord(
                 filename="mobile_sam.pt",
                 url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
@@ -172,6 +166,12 @@ def get_variant(name: str | Variant) -> Variant:
         valid = ", ".join(VARIANTS)
         known = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
         raise SamExportError(f"unknown variant {name!r}; valid variants: {valid} (aliases: {known})") from None
+
+
+def build_sam(variant: str | Variant) -> Sam:
+    """``Sam(image_encoder, prompt_encoder, mask_decoder)`` for ``variant`` (a registry name or
+    alias, or a :class:`Variant`), default-initialised, in train mode: ``get_variant(variant).build()``."""
+    return get_variant(variant).build()
 
 
 def variants_help() -> str:

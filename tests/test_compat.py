@@ -13,7 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide as OfficialTrans
 
 from samexport.testing import make_image, mask_iou
 import samexport
-from samexport.compat import ResizeLongestSide
+from samexport.resize import ResizeLongestSide
 from samexport.errors import MissingExtraError, SamExportError
 
 SIZES = [(480, 713), (1500, 2250), (640, 480), (37, 1000), (900, 30), (1, 1)]

@@ -31,7 +31,6 @@ from samexport.datasets import (
     predictor_from_embedding,
     read_rows,
     segment_all,
-    set_embedding,
 )
 from samexport.datasets.store import FolderLock, artifact_fingerprint
 from samexport.datasets.worker import open_predictor
@@ -190,12 +189,12 @@ def test_restored_embedding_gives_the_masks_of_set_image(tiny_artifact, image_fo
 def test_set_embedding_checks_its_input(tiny_artifact):
     predictor = open_predictor(tiny_artifact, threads=1)
     with pytest.raises(ValueError, match="shape 1x256x64x64"):
-        set_embedding(predictor, np.zeros((1, 256, 32, 32), np.float16), (100, 200))
+        predictor.set_embedding(np.zeros((1, 256, 32, 32), np.float16), (100, 200))
     with pytest.raises(ValueError, match="does not fit"):
-        set_embedding(predictor, np.zeros((256, 64, 64), np.float16), (100, 200), (500, 1024))
+        predictor.set_embedding(np.zeros((256, 64, 64), np.float16), (100, 200), (500, 1024))
     with pytest.raises(SamExportError, match="has no embedding"):
         embedding_from_row({"path": "x.png", "error": "empty file (0 bytes)", "embedding": None})
-    set_embedding(predictor, np.zeros((256, 64, 64), np.float16), (100, 200), (512, 1024))
+    predictor.set_embedding(np.zeros((256, 64, 64), np.float16), (100, 200), (512, 1024))
     assert predictor.is_image_set and predictor.input_size == (512, 1024)
 
 

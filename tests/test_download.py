@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import samexport.download as dl
-from samexport.download import default_cache_dir, download, resolve_checkpoint
+from samexport.download import download, resolve_checkpoint
+from samexport.utils import CACHE_ENV, default_cache_dir
 from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
@@ -71,7 +72,7 @@ def dead_url() -> str:
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(dl.CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.delenv(dl.CHECKPOINT_URL_ENV, raising=False)
 
 
@@ -188,7 +189,7 @@ def test_tiny_without_checkpoint_requires_one(tmp_path: Path):
 def test_cache_dir_and_url_from_environment(
     server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv(dl.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(dl.CHECKPOINT_URL_ENV, f"{server}/files/")
     assert default_cache_dir() == tmp_path / "cache"
     path = resolve_checkpoint(VIT_B, progress=False)

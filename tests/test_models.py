@@ -7,10 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from samexport.models import Sam, build_sam
+from samexport.models import Sam
 from samexport.models.families import FAMILIES
 from samexport.testing import official_sam, random_state_dict
-from samexport.variants import ALIASES, VARIANTS, get_variant
+from samexport.variants import ALIASES, VARIANTS, build_sam, get_variant
 
 
 def _official_available(variant) -> bool:

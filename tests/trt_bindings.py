@@ -70,7 +70,7 @@ _unavailable: list[str] = []  # the first reason, so later downloads skip at onc
 
 
 def cache_dir() -> Path:
-    from samexport.download import default_cache_dir
+    from samexport.utils import default_cache_dir
 
     return default_cache_dir() / "trt-bindings"
 

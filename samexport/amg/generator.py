@@ -17,20 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
+from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
 from samexport.errors import InvalidInputError
+from samexport.runtime.backends import Backend
 from samexport.runtime.predictor import SamPredictor
 from samexport.transforms import check_image
-
-if TYPE_CHECKING:
-    from samexport.compat import SamModel
-    from samexport.runtime.backends import Backend
 
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")

@@ -11,7 +11,9 @@ import typer
 
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
+from samexport.artifacts import read_manifest
 from samexport.errors import SamExportError
+from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.variants import variants_help
 
 
@@ -121,8 +123,10 @@ def engines(
     """
     from samexport.engines.artifact import build_artifact_engines
 
+    attention = read_manifest(artifact_dir).attention
     manifest = build_artifact_engines(
-        artifact_dir, engine_config, builder=builder, on_step=lambda message: typer.echo(f"- {message}", err=True)
+        artifact_dir, engine_config, builder=builder, plugins=tensorrt_plugins_for(attention),
+        on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     for name, record in manifest.engines.items():
         where = record["gpu"] or "no GPU"
@@ -136,8 +140,6 @@ def engines(
 @clean_errors
 def info(artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")]) -> None:
     """Print an artifact directory's manifest."""
-    from samexport.artifacts import read_manifest
-
     typer.echo(json.dumps(read_manifest(artifact_dir).to_dict(), indent=2))
 
 

@@ -13,7 +13,7 @@ executor the ``ray`` extra; ``segment_all`` the ``coco`` extra.
 
 from samexport.datasets.images import list_images
 from samexport.datasets.jobs import EXECUTORS, JobResult, embed, segment_all
-from samexport.datasets.restore import embedding_from_row, predictor_from_embedding, set_embedding
+from samexport.datasets.restore import embedding_from_row, predictor_from_embedding
 from samexport.datasets.schema import COLUMNS, arrow_schema
 from samexport.datasets.store import MANIFEST_NAME, read_rows
 
@@ -29,5 +29,4 @@ __all__ = [
     "predictor_from_embedding",
     "read_rows",
     "segment_all",
-    "set_embedding",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE
-from samexport.errors import InvalidInputError, SamExportError
+from samexport.errors import SamExportError
 
 
 def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
@@ -31,48 +31,6 @@ def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(EMBEDDING_SHAPE)
 
 
-def set_embedding(
-    predictor,
-    embedding: np.ndarray,
-    original_size: tuple[int, int],
-    input_size: tuple[int, int] | None = None,
-) -> None:
-    """Make ``predictor``'s current image the one ``embedding`` was computed from: the same as
-    ``predictor.set_embedding(...)`` (see :meth:`samexport.SamPredictor.set_embedding`)."""
-    predictor.set_embedding(embedding, original_size, input_size)
-
-
-def checked_embedding(
-    embedding: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
-) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-    """``(features 1x256x64x64 float32, (H, W), (h, w))`` for a stored embedding and its sizes.
-
-    Raises:
-        ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
-    """
-    from samexport import transforms
-
-    array = np.asarray(embedding)
-    if array.shape == EMBEDDING_SHAPE[1:]:
-        array = array[None]
-    if array.shape != EMBEDDING_SHAPE or array.dtype.kind != "f":
-        raise InvalidInputError(
-            f"embedding must be a float array of shape {'x'.join(map(str, EMBEDDING_SHAPE))}; "
-            f"got {array.dtype} {array.shape}"
-        )
-    features = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(features).all():
-        raise InvalidInputError("embedding contains NaN or infinite values")
-    height, width = (int(v) for v in original_size)
-    expected = transforms.preprocess_shape(height, width)
-    if input_size is not None and tuple(int(v) for v in input_size) != expected:
-        raise InvalidInputError(
-            f"input_size {tuple(input_size)} does not fit original_size {(height, width)}: "
-            f"resizing to 1024 gives {expected}"
-        )
-    return features, (height, width), tuple(expected)
-
-
 def predictor_from_embedding(predictor, row: dict[str, Any]):
     """Set ``predictor``'s image from one ``embed`` row and return the predictor.
 
@@ -83,8 +41,7 @@ def predictor_from_embedding(predictor, row: dict[str, Any]):
         predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
         masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
     """
-    set_embedding(
-        predictor, embedding_from_row(row), (row["height"], row["width"]),
-        (row["input_height"], row["input_width"]),
+    predictor.set_embedding(
+        embedding_from_row(row), (row["height"], row["width"]), (row["input_height"], row["input_width"])
     )
     return predictor

@@ -137,7 +137,7 @@ def open_output(folder: Path | str, *, job: str, artifact: dict, parameters: dic
         SamExportError: the folder is a file, is not empty and has no manifest (not ours), or its
             manifest is for another job, artifact or parameters.
     """
-    from samexport import __version__
+    from samexport._version import __version__
 
     path = Path(folder)
     if path.exists() and not path.is_dir():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from samexport import constants as C
@@ -68,9 +68,14 @@ def build_plans(
     *,
     attention: str = "plain",
     flavour: TensorRTFlavour = "tensorrt",
+    plugins: Sequence[Callable[[], object]] = (),
     on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, dict]:
     """Build ``encoder.plan`` and ``decoder.plan`` from the graphs in ``graphs_dir``.
+
+    ``plugins`` are called before the graphs are parsed, to register the TensorRT plugins their
+    nodes need (as Polygraphy's ``LoadPlugins`` loads them): for ``--attention plugin`` graphs,
+    :func:`samexport.plugins.tensorrt_plugin.tensorrt_plugins_for` gives them.
 
     Writes a new folder ``plans-<id>/`` inside ``target_dir`` (assembled under a hidden name with
     our marker, renamed when both plans are built) and returns the engine records for the
@@ -85,10 +90,13 @@ def build_plans(
         availability = tensorrt_availability("tensorrt")
         if not availability:
             raise SamExportError(f"TensorRT engines cannot be built here: {availability.reason}")
-    if attention == "plugin":
-        from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
-
-        register_tensorrt_plugin()  # the parser turns the plugin nodes into plugin layers
+    if attention == "plugin" and not plugins:
+        raise SamExportError(
+            "--attention plugin graphs need the samexport::SamRelPosAttention TensorRT plugin: pass "
+            "plugins=samexport.plugins.tensorrt_plugin.tensorrt_plugins_for('plugin')"
+        )
+    for load_plugin in plugins:
+        load_plugin()  # the parser turns the plugin nodes into plugin layers
     remove_stale_partial_folders(target_dir)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     partial = target_dir / f"{PARTIAL_PREFIX}{stamp}-{os.getpid()}"
@@ -117,6 +125,7 @@ def build_artifact_engines(
     config: BuildConfig = BuildConfig(),
     *,
     builder: str = "tensorrt",
+    plugins: Sequence[Callable[[], object]] = (),
     on_step: Callable[[str], None] = lambda message: None,
 ) -> Manifest:
     """Build this machine's engine plans for an artifact made anywhere, and record them.
@@ -126,6 +135,7 @@ def build_artifact_engines(
         config: engine settings (profiles, workspace, timing cache, compatibility).
         builder: ``"tensorrt"`` (needs a GPU), or ``"tensorrt-rtx"``: TensorRT-RTX builds without a
             GPU; its plans are recorded as test builds, which the runtime refuses.
+        plugins: TensorRT plugin loaders for the graphs' nodes (see :func:`build_plans`).
         on_step: called with a one-line description before each stage.
 
     Returns:
@@ -145,7 +155,9 @@ def build_artifact_engines(
     manifest = read_manifest(folder)
     # The plans are built from these graphs and the new manifest hashes them again: check first.
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
-    records = build_plans(folder, folder, config, attention=manifest.attention, flavour=flavour, on_step=on_step)
+    records = build_plans(
+        folder, folder, config, attention=manifest.attention, flavour=flavour, plugins=plugins, on_step=on_step
+    )
     previous = [record.get("plan") for record in manifest.engines.values()]
     write_manifest(folder, manifest.replace(engine_config=config.to_dict(), engines=records, skipped_engines={}))
     _remove_previous_plans(folder, [p for p in previous if p])

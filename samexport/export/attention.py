@@ -25,22 +25,25 @@ Every mode keeps the encoder's inputs, outputs and weights; only the attention c
 
 Which modes apply depends on the encoder family (``EncoderFamily.attention_modes``): the four
 above are SAM-ViT's; TinyViT (MobileSAM) has ``plain``, ``fused-pattern`` and ``onnx-attention``
-(its bias is a learned table, see ``samexport.models.tiny_vit.Attention``). A mode that does not
-apply to the family is a :class:`SamExportError`, never a silent no-op.
+(its bias is a learned table, see ``samexport.models.tiny_vit.Attention``). How each family's
+encoder is switched is :data:`FAMILY_MODES`, keyed by family name. A mode that does not apply to
+the family is a :class:`SamExportError`, never a silent no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from samexport.errors import SamExportError
+from samexport.models import tiny_vit
 from samexport.models.families import EncoderFamily, family_of
 from samexport.models.image_encoder import Attention, decomposed_rel_pos, expand_rel_pos_bias
+from samexport.plugins import onnx_node  # registers the plugin's torch op
 
 AttentionMode = Literal["plain", "fused-pattern", "onnx-attention", "plugin"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
@@ -95,8 +98,6 @@ def plugin_core(
     attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid_hw: tuple[int, int]
 ) -> torch.Tensor:
     """The two small projections in-graph, then one plugin node (``samexport::rel_pos_attention``)."""
-    from samexport.plugins import onnx_node  # registers the torch op
-
     rel_h, rel_w = decomposed_rel_pos(q, attn.rel_pos_h, attn.rel_pos_w, grid_hw)
     return onnx_node.rel_pos_attention(q, k, v, rel_h, rel_w, grid_hw[0], grid_hw[1], attn.scale)
 
@@ -125,7 +126,8 @@ def attention_mode(
     if mode not in ATTENTION_MODES:
         raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
     family = family or family_of(encoder)
-    with family.attention_mode(encoder, mode) as extra:
+    family.check_attention_mode(mode)
+    with FAMILY_MODES[family.name](encoder, mode) as extra:
         yield extra
 
 
@@ -136,9 +138,7 @@ def vit_attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict
     translation table for the exporter."""
     export_kwargs: dict = {}
     if mode == "plugin":
-        from samexport.plugins.onnx_node import onnx_translation_table
-
-        export_kwargs["custom_translation_table"] = onnx_translation_table()
+        export_kwargs["custom_translation_table"] = onnx_node.onnx_translation_table()
     modules = [m for m in encoder.modules() if isinstance(m, Attention)]
     previous = [m.core for m in modules]
     for module in modules:
@@ -148,3 +148,27 @@ def vit_attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict
     finally:
         for module, core in zip(modules, previous):
             module.core = core
+
+
+@contextlib.contextmanager
+def tiny_vit_attention_mode(encoder: nn.Module, mode: AttentionMode) -> Iterator[dict]:
+    """:func:`attention_mode` for TinyViT encoders: every ``tiny_vit.Attention`` in ``encoder``
+    computes in ``mode`` (see :class:`samexport.models.tiny_vit.Attention`); nothing extra for
+    the exporter."""
+    modules = [m for m in encoder.modules() if isinstance(m, tiny_vit.Attention)]
+    previous = [m.mode for m in modules]
+    for module in modules:
+        module.mode = mode
+    try:
+        yield {}
+    finally:
+        for module, before in zip(modules, previous):
+            module.mode = before
+
+
+FAMILY_MODES: dict[str, Callable[[nn.Module, AttentionMode], contextlib.AbstractContextManager[dict]]] = {
+    "vit": vit_attention_mode,
+    "tiny_vit": tiny_vit_attention_mode,
+}
+"""How an encoder family (by name) switches its encoder's attention to a mode (after
+``EncoderFamily.check_attention_mode`` accepted the mode)."""

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport import constants as C
+from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError
 
 ORIG_IM_SIZE = "orig_im_size"
@@ -189,8 +190,6 @@ def export_official_decoder(
         ``output``.
     """
     import onnx
-
-    from samexport.artifacts import read_manifest, verify_artifact
 
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)

@@ -64,3 +64,13 @@ class TinyViTConfig:
         for stride in self.merge_strides:
             sides.append(math.ceil(sides[-1] / stride))
         return tuple(sides)
+
+
+# MobileSAM's TinyViT-5M: the one shape the official ``mobile_sam`` package builds.
+MOBILE_SAM_TINY_VIT = TinyViTConfig(
+    embed_dims=(64, 128, 160, 320),
+    depths=(2, 2, 6, 2),
+    num_heads=(4, 5, 10),
+    window_sizes=(7, 14, 7),
+    merge_strides=(2, 2, 1),
+)

@@ -10,34 +10,33 @@ An :class:`EncoderFamily` answers, for its encoders:
 - its compute (``encoder_macs``), which ``--attention`` modes apply (``attention_modes``; another
   mode is an error), and which op types FP16 graphs must keep in FP32 beyond the defaults
   (``extra_fp32_ops``);
+- the module to export for an encoder (``export_encoder_module``: TinyViT folds its BatchNorms);
 - how tests perturb the parameters that default initialisation leaves constant
   (``randomize_``), so every parameter influences the outputs.
 
-The configs themselves (:class:`ViTConfig`, :class:`TinyViTConfig`) are in
-:mod:`samexport.models.encoder_configs`. This module imports no torch at import time (the
+What a higher layer does differently per family lives in that layer, in a small table keyed by
+the family's name: how export rewrites the attention (:mod:`samexport.export.attention`), how the
+int8 recipe changes (:data:`samexport.precision.int8.FAMILY_RECIPES`). The configs themselves
+(:class:`ViTConfig`, :class:`TinyViTConfig`) are in :mod:`samexport.models.encoder_configs`. This module imports no torch at import time (the
 registry, the CLI help and the benchmarks read it on machines without torch); building and
 oracles import it when called.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 # The 64x64 image embedding with 256 channels every family produces, from a 1024x1024 input.
 from samexport.constants import EMBED_DIM, EMBED_SIZE, IMAGE_SIZE, VIT_WINDOW_SIZE
 from samexport.errors import SamExportError, require
-from samexport.models.encoder_configs import TinyViTConfig, ViTConfig
+from samexport.models.encoder_configs import MOBILE_SAM_TINY_VIT, TinyViTConfig, ViTConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from samexport.precision.int8 import Int8Recipe
 
 ENCODER_PREFIX = "image_encoder."
 
@@ -87,23 +86,10 @@ class EncoderFamily(ABC):
                 f"modes for {self.name}: {', '.join(self.attention_modes)}"
             )
 
-    @contextlib.contextmanager
-    def attention_mode(self, encoder: nn.Module, mode: str) -> Iterator[dict]:
-        """Within the block ``encoder`` computes its attention in ``mode``'s formulation; yields
-        the extra keyword arguments ``torch.onnx.export`` needs. Families with only ``plain``
-        need not override this."""
-        self.check_attention_mode(mode)
-        yield {}
-
     def export_encoder_module(self, encoder: nn.Module) -> nn.Module:
         """The module to export for ``encoder`` (default: itself). Families may return an
         equivalent rewritten copy (TinyViT folds its BatchNorms into the convolutions)."""
         return encoder
-
-    def int8_recipe(self, recipe: Int8Recipe) -> Int8Recipe:
-        """``recipe`` (:mod:`samexport.precision.int8`) as this family's encoder needs it
-        (default: unchanged)."""
-        return recipe
 
 
 def _shape(state: Mapping[str, Any], key: str) -> tuple[int, ...]:
@@ -216,14 +202,6 @@ class ViTFamily(EncoderFamily):
         _perturb_parameters_(encoder, ("pos_embed", "rel_pos_h", "rel_pos_w"), 0.5,
                              lambda name: "norm" in name or "neck.1" in name or "neck.3" in name)
 
-    @contextlib.contextmanager
-    def attention_mode(self, encoder: nn.Module, mode: str) -> Iterator[dict]:
-        from samexport.export.attention import vit_attention_mode
-
-        self.check_attention_mode(mode)
-        with vit_attention_mode(encoder, mode) as extra:
-            yield extra
-
 
 # -- TinyViT (MobileSAM) ------------------------------------------------------------------------
 
@@ -237,21 +215,6 @@ class TinyViTFamily(EncoderFamily):
     attention_modes = ("plain", "fused-pattern", "onnx-attention")
     official_package = "mobile_sam"
     encoder_class = "samexport.models.tiny_vit:TinyViT"
-
-    # The ONNX Runtime int8 recipe (integer kernels, outputs quantized too) keeps the last 6
-    # quantizable nodes in float: the last block's attention projection, local convolution and MLP,
-    # and the neck's two convolutions. Quantized, they cost the worst mask IoU most: 0.798 with all
-    # 69 nodes quantized, 0.822 with the neck in float, 0.876 with these 6, embedding cosine
-    # 0.99936 -> 0.99975 (random weights, astronaut + portrait, the prompt suite against fp32).
-    # Single nodes gave 0.79-0.81 each, and runs of 9 elsewhere in the graph 0.79-0.83. No slower:
-    # 1.70 s against 1.74 s all quantized (fp32 1.56 s; 2 cores, same run). Measured by
-    # benchmarks/int8_float_tail.py (results/mobile_sam-int8-onnxruntime-float-tail.json).
-    ONNXRUNTIME_INT8_FLOAT_TAIL = 6
-
-    def int8_recipe(self, recipe: Int8Recipe) -> Int8Recipe:
-        if not recipe.quantize_outputs:  # TensorRT's recipe: embedding cosine 0.9997 as it is
-            return recipe
-        return dataclasses.replace(recipe, float_tail=self.ONNXRUNTIME_INT8_FLOAT_TAIL)
 
     def build_encoder(self, config: TinyViTConfig) -> nn.Module:
         from samexport.models.tiny_vit import TinyViT
@@ -317,9 +280,7 @@ class TinyViTFamily(EncoderFamily):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # timm registry and deprecation warnings on import
             import mobile_sam
-        from samexport.variants import VARIANTS
-
-        if config != VARIANTS["mobile_sam"].encoder:
+        if config != MOBILE_SAM_TINY_VIT:
             raise SamExportError("the official mobile_sam package builds MobileSAM's TinyViT-5M only")
         return _loaded_for_eval(mobile_sam.sam_model_registry["vit_t"](), state_dict)
 
@@ -334,21 +295,6 @@ class TinyViTFamily(EncoderFamily):
                     buffer.normal_(0.0, 0.1)
                 elif name.endswith("running_var"):
                     buffer.uniform_(0.5, 1.5)
-
-    @contextlib.contextmanager
-    def attention_mode(self, encoder: nn.Module, mode: str) -> Iterator[dict]:
-        from samexport.models.tiny_vit import Attention
-
-        self.check_attention_mode(mode)
-        modules = [m for m in encoder.modules() if isinstance(m, Attention)]
-        previous = [m.mode for m in modules]
-        for module in modules:
-            module.mode = mode
-        try:
-            yield {}
-        finally:
-            for module, before in zip(modules, previous):
-                module.mode = before
 
     def export_encoder_module(self, encoder: nn.Module) -> nn.Module:
         from samexport.models.tiny_vit import fold_batchnorms

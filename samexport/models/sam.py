@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from samexport.models.families import EncoderFamily
-    from samexport.variants import Variant
+from samexport.models.families import EncoderFamily, family_of
 
 
 class Sam(nn.Module):
     """Container whose ``state_dict`` keys equal those of the official checkpoints.
 
     Takes its parts, as the official ``Sam`` does; ``samexport.models.builders`` assembles them
-    per variant. ``variant`` records which registry entry built the model (``None`` for a model
-    assembled by hand); exporters read the encoder family from it.
+    per family. ``variant`` records which registry entry (a :class:`samexport.variants.Variant`,
+    with ``family``) built the model (``None`` for a model assembled by hand); exporters read the
+    encoder family from it.
     """
 
     def __init__(
@@ -25,7 +24,7 @@ class Sam(nn.Module):
         prompt_encoder: nn.Module,
         mask_decoder: nn.Module,
         *,
-        variant: Variant | None = None,
+        variant: Any = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -38,6 +37,4 @@ class Sam(nn.Module):
         """The image encoder's family: the variant's, else the one whose encoder class this is."""
         if self.variant is not None:
             return self.variant.family
-        from samexport.models.families import family_of
-
         return family_of(self.image_encoder)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from samexport.models.common import LayerNorm2d
-from samexport.models.families import EMBED_DIM, TinyViTConfig
+from samexport.constants import EMBED_DIM
+from samexport.models.encoder_configs import TinyViTConfig
 
 NUM_CLASSES = 1000  # the unused ImageNet head of the official checkpoints
 
@@ -138,7 +139,7 @@ class Attention(nn.Module):
     v at ``[h, 0:D]``, ``[h, D:2D]``, ``[h, 2D:3D]``. The bias of query i and key j in head h is
     ``attention_biases[h, attention_bias_idxs[i, j]]``.
 
-    ``mode`` (an export-time switch, see ``TinyViTFamily.attention_mode``) picks how the attention
+    ``mode`` (an export-time switch, see ``samexport.export.attention.attention_mode``) picks how the attention
     core is written; all agree to float rounding and hold no parameters:
 
     - ``plain``: as the official model: ``softmax((q @ k^T) * scale + bias) @ v``;

@@ -54,13 +54,15 @@ pointer-only calling convention (Triton's unused scratch pointers removed from t
 # functions' annotations at runtime and needs real types, not strings.
 
 import ctypes
+import importlib
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
-from samexport.engines import trt_api
-from samexport.errors import MissingExtraError, SamExportError
 from samexport.constants import PLUGIN_ID
+from samexport.engines import NoGpuError, cuda_devices, load_tensorrt, trt_api
+from samexport.errors import MissingExtraError, SamExportError
 
 _registered = False
 
@@ -105,8 +107,6 @@ def _cuda_driver_version() -> int:
 
 def _building_target() -> tuple[str, int | None]:
     """``("sm_XY", ptx_version)`` for the first CUDA device and its driver."""
-    from samexport.engines import NoGpuError, cuda_devices
-
     try:
         gpu = cuda_devices()[0]
     except NoGpuError as exc:
@@ -116,10 +116,6 @@ def _building_target() -> tuple[str, int | None]:
 
 def _load_plugin_api():
     """``(tensorrt, tensorrt.plugin)``; MissingExtraError / SamExportError when unusable."""
-    import importlib
-
-    from samexport.engines import load_tensorrt
-
     trt = load_tensorrt("tensorrt")
     version = getattr(trt, "__version__", "0")
     hint = "export the encoder with --attention fused-pattern instead"
@@ -134,6 +130,12 @@ def _load_plugin_api():
     if not hasattr(trtp, "aot_impl"):
         raise SamExportError(f"TensorRT {version}'s tensorrt.plugin has no aot_impl; {hint}")
     return trt, trtp
+
+
+def tensorrt_plugins_for(attention: str) -> tuple[Callable[[], None], ...]:
+    """The plugin loaders ``samexport.engines.artifact.build_plans`` needs for graphs exported
+    with ``--attention attention``: :func:`register_tensorrt_plugin` for ``plugin``, else none."""
+    return (register_tensorrt_plugin,) if attention == "plugin" else ()
 
 
 def register_tensorrt_plugin() -> None:

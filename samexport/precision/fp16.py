@@ -28,21 +28,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from samexport.precision import DEFAULT_FP32_OPS
+
 log = logging.getLogger(__name__)
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
-
-DEFAULT_FP32_OPS: frozenset[str] = frozenset({
-    # Normalisations: the variance overflows FP16 (SAM's neck, EfficientViT-SAM, MobileSAM).
-    "LayerNormalization", "GroupNormalization", "InstanceNormalization",
-    # Attention probabilities and anything exponential.
-    "Softmax", "LogSoftmax", "Exp", "Log",
-    # Reductions accumulate; powers and roots leave the FP16 range quickly.
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "ReduceProd",
-    "Pow", "Sqrt", "Reciprocal",
-    # Prompt encoder positional encoding (with its input-fed argument, see above).
-    "Sin", "Cos",
-})
 
 # Inputs that keep their type whatever precision the node runs in (index by op type).
 _FIXED_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from samexport import constants as C
+from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError, require
+from samexport.runtime.tensorrt_backend import TensorRTBackend, why_engines_cannot_run
 
 if TYPE_CHECKING:
     from samexport.models import Sam
@@ -224,6 +227,27 @@ class TorchBackend:
         return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
 
 
+_BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def backend_lock(backend: object) -> threading.Lock | None:
+    """The lock that serialises calls into ``backend``, or ``None`` if it may be called from
+    several threads at once (ONNX Runtime sessions and eager torch modules may; a TensorRT
+    execution context, with its fixed device buffers, may not; unknown backends get a lock).
+    One lock per backend object, shared by every predictor that uses it."""
+    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend)) or getattr(backend, "thread_safe", False):
+        return None
+    with _LOCKS_GUARD:
+        try:
+            lock = _BACKEND_LOCKS.get(backend)
+            if lock is None:
+                lock = _BACKEND_LOCKS[backend] = threading.Lock()
+        except TypeError:  # not weak-referenceable: a lock of its own
+            return threading.Lock()
+    return lock
+
+
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
     """The backend for an artifact directory.
 
@@ -235,22 +259,16 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
     The files the backend loads are checked against the manifest's sizes and sha256s first
     (``samexport.artifacts.verify_artifact``; hashed on first open only).
     """
-    from samexport.artifacts import read_manifest, verify_artifact
-
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     C.check_backend(backend, C.ARTIFACT_BACKENDS)
     if backend == "auto" and manifest.engines:
-        from samexport.runtime.tensorrt_backend import why_engines_cannot_run
-
         reason = why_engines_cannot_run(manifest)
         if reason is None:
             backend = "tensorrt"
         else:
             logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
     if backend == "tensorrt":
-        from samexport.runtime.tensorrt_backend import TensorRTBackend
-
         return TensorRTBackend(folder, manifest)
     if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from samexport import constants as C
-from samexport.compat import require_torch
+from samexport import transforms
+from samexport.errors import InvalidInputError, require_torch
 from samexport.runtime.prompts import host_array
 from samexport.validate import real_array, size_pair
 
@@ -101,3 +102,32 @@ class OfficialImageAttributes:
             array = real_array("features", array, C.IMAGE_EMBEDDINGS.shape).astype(np.float32)
             array = np.ascontiguousarray(array)
         self._state = replace(self._state, embedding=array)
+
+
+def checked_embedding(
+    embedding: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    """``(features 1x256x64x64 float32, (H, W), (h, w))`` for a stored embedding and its sizes.
+
+    Raises:
+        ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
+    """
+    shape = C.IMAGE_EMBEDDINGS.shape
+    array = np.asarray(embedding)
+    if array.shape == shape[1:]:
+        array = array[None]
+    if array.shape != shape or array.dtype.kind != "f":
+        raise InvalidInputError(
+            f"embedding must be a float array of shape {'x'.join(map(str, shape))}; got {array.dtype} {array.shape}"
+        )
+    features = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise InvalidInputError("embedding contains NaN or infinite values")
+    height, width = (int(v) for v in original_size)
+    expected = transforms.preprocess_shape(height, width)
+    if input_size is not None and tuple(int(v) for v in input_size) != expected:
+        raise InvalidInputError(
+            f"input_size {tuple(input_size)} does not fit original_size {(height, width)}: "
+            f"resizing to 1024 gives {expected}"
+        )
+    return features, (height, width), tuple(expected)

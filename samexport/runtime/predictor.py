@@ -23,10 +23,14 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
-from samexport.compat import ResizeLongestSide, SamModel, as_uint8_image, require_torch
-from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
-from samexport.runtime.backends import Backend, BackendName
-from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes
+from samexport.errors import (
+    InvalidInputError, NoImageSetError, SamExportError, is_torch_module, require_torch, torch_model_error,
+)
+from samexport.resize import ResizeLongestSide
+from samexport.runtime.backends import Backend, BackendName, backend_lock
+from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes, checked_embedding
+from samexport.runtime.model import ArtifactModel, open_model
+from samexport.runtime.prefilter import decode_where
 from samexport.runtime.prompts import PromptBatch, even_chunks, host_array, prompt_batch
 from samexport.validate import real_array, size_pair
 
@@ -63,8 +67,10 @@ class SamPredictor(OfficialImageAttributes):
             ``B x 3 x H x W`` masks) are not part of the budget.
 
     Attributes:
-        model: the :class:`~samexport.SamModel` (``mask_threshold``, ``image_encoder.img_size``).
-        transform: :class:`~samexport.compat.ResizeLongestSide` for the 1024 frame.
+        model: the :class:`~samexport.SamModel` passed in, else an
+            :class:`~samexport.runtime.model.ArtifactModel` (``mask_threshold``,
+            ``image_encoder.img_size``).
+        transform: :class:`~samexport.resize.ResizeLongestSide` for the 1024 frame.
         backend: the runtime.
 
     Example::
@@ -77,21 +83,19 @@ class SamPredictor(OfficialImageAttributes):
 
     def __init__(
         self,
-        sam_model: SamModel | Path | str | Backend,
+        sam_model: ArtifactModel | Path | str | Backend,
         backend: BackendName = "auto",
         *,
         decode_budget_bytes: int = DEFAULT_DECODE_BUDGET,
     ) -> None:
-        from samexport.compat import backend_lock, is_torch_module, load, torch_model_error
-
         if is_torch_module(sam_model):
             raise torch_model_error(sam_model, "SamPredictor")
-        if isinstance(sam_model, SamModel):
+        if isinstance(sam_model, ArtifactModel):
             model = sam_model
         elif isinstance(sam_model, (str, Path)):
-            model = load(sam_model, backend=backend)
+            model = open_model(sam_model, backend=backend)
         elif callable(getattr(sam_model, "encode", None)) and callable(getattr(sam_model, "decode", None)):
-            model = SamModel(sam_model)
+            model = ArtifactModel(sam_model)
         else:
             raise SamExportError(
                 "SamPredictor takes an artifact directory from `samexport build`, a samexport "
@@ -139,8 +143,6 @@ class SamPredictor(OfficialImageAttributes):
         Raises:
             ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
         """
-        from samexport.datasets.restore import checked_embedding
-
         features, size, resized = checked_embedding(embedding, original_size, input_size)
         self._state = ImageState(features, size, resized, True)  # one assignment: thread safe
 
@@ -179,7 +181,7 @@ class SamPredictor(OfficialImageAttributes):
         """
         if image_format not in ("RGB", "BGR"):
             raise InvalidInputError(f"image_format must be 'RGB' or 'BGR'; got {image_format!r}")
-        image = transforms.check_image(as_uint8_image(image))
+        image = transforms.check_image(transforms.as_uint8_image(image))
         if image_format == "BGR":
             image = image[..., ::-1]
         original_size = image.shape[:2]
@@ -350,8 +352,6 @@ class SamPredictor(OfficialImageAttributes):
             (index I, logits Ix4x256x256, iou Bx4): the prompts kept (ascending), their logits
             (:meth:`decode_low_res`'s, to float rounding) and every prompt's IoU predictions.
         """
-        from samexport.runtime.prefilter import decode_where
-
         state = self._current()
         prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
         chunks = self._chunk_inputs(prompt)

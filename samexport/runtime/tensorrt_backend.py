@@ -27,7 +27,7 @@ import numpy as np
 
 from samexport import constants as C
 from samexport.artifacts import Manifest, verify_artifact
-from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt
+from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt, tensorrt_availability
 from samexport.errors import InvalidInputError, SamExportError
 
 ENGINE_NAMES = ("encoder", "decoder")
@@ -105,8 +105,6 @@ def check_engine_compatibility(
 def why_engines_cannot_run(manifest: Manifest, *, device: int = 0) -> str | None:
     """None when this machine can run the artifact's plans; else the reason, in one line
     (no engines, no TensorRT or GPU, a test build, another TensorRT version or GPU)."""
-    from samexport.engines import tensorrt_availability
-
     engines = manifest.engines
     if any(name not in engines for name in ENGINE_NAMES):
         return "the artifact has no TensorRT engines"
