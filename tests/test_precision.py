@@ -394,13 +394,36 @@ def test_float_tail_leaves_the_last_quantizable_nodes_in_float(tiny_onnx, calib_
 
 
 def test_tinyvit_keeps_its_output_side_in_float_for_onnxruntime_only():
-    from samexport.precision.int8 import recipe_for
+    from samexport.precision.int8 import TINY_VIT_ONNXRUNTIME_FLOAT_TAIL, recipe_for
     from samexport.variants import VARIANTS
 
     tiny_vit, vit = VARIANTS["mobile_sam"].family, VARIANTS["vit_b"].family
-    assert recipe_for("onnxruntime", tiny_vit).float_tail == tiny_vit.ONNXRUNTIME_INT8_FLOAT_TAIL == 6
+    assert recipe_for("onnxruntime", tiny_vit).float_tail == TINY_VIT_ONNXRUNTIME_FLOAT_TAIL == 6
     assert recipe_for("tensorrt", tiny_vit) == recipe_for("tensorrt")
     assert recipe_for("onnxruntime", vit) == recipe_for("onnxruntime")
+
+
+def test_quantizer_keywords_bind_to_the_installed_qdq_quantizer():
+    """The keywords samexport passes to ONNX Runtime's ``QDQQuantizer`` are the installed
+    signature's parameter names, every required one given; onnxruntime 1.17's signature (``mode,
+    static`` after ``reduce_range``, which a positional call would shift into) does not take them."""
+    import inspect
+
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    from samexport.precision.int8 import RECIPES, quantizer_arguments
+
+    for recipe in RECIPES.values():
+        arguments = quantizer_arguments(object(), {"x": 1.0}, recipe, ["node"])
+        bound = inspect.signature(QDQQuantizer.__init__).bind(None, **arguments)
+        assert set(bound.arguments) == {"self", *arguments}
+
+    def init_1_17_3(self, model, per_channel, reduce_range, mode, static, weight_qType, activation_qType,
+                    tensors_range, nodes_to_quantize, nodes_to_exclude, op_types_to_quantize, extra_options=None):
+        """``QDQQuantizer.__init__`` of onnxruntime 1.17.3 (onnxruntime/quantization/qdq_quantizer.py)."""
+
+    with pytest.raises(TypeError, match="mode"):
+        inspect.signature(init_1_17_3).bind(None, **arguments)
 
 
 def test_int8_onnxruntime_integer_kernels_match_qdq_reference(tiny_int8_ort):

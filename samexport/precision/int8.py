@@ -296,45 +296,56 @@ def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
     os.replace(tmp, cache_path)
 
 
+def quantizer_arguments(model: onnx.ModelProto, ranges: dict[str, float], recipe: Int8Recipe, nodes: list[str]) -> dict:
+    """The keyword arguments of ONNX Runtime's ``QDQQuantizer`` for ``recipe``: per-channel
+    symmetric INT8 weights, symmetric INT8 activations with the ``ranges`` (absolute peaks) as
+    MinMax calibration data, on the named ``nodes``.
+
+    By keyword: onnxruntime 1.17 still took ``mode, static`` after ``reduce_range``, 1.18 removed
+    them, so positional arguments would shift between versions; pyproject.toml requires >= 1.18
+    (``tests/test_precision.py`` binds these names to the installed signature).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    data = {name: TensorData(lowest=np.float32(-peak), highest=np.float32(peak)) for name, peak in ranges.items()}
+    op_types = list(recipe.op_types)
+    return {
+        "model": model,
+        "per_channel": True,
+        "reduce_range": recipe.reduce_range,  # 7-bit weights
+        "weight_qType": QuantType.QInt8,
+        "activation_qType": QuantType.QInt8,
+        "tensors_range": TensorsData(CalibrationMethod.MinMax, data),
+        "nodes_to_quantize": nodes,
+        "nodes_to_exclude": [],
+        "op_types_to_quantize": op_types,
+        "extra_options": {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,  # TensorRT reads float biases; int32 DQ does not parse
+            "OpTypesToExcludeOutputQuantization": [] if recipe.quantize_outputs else op_types,
+        },
+    }
+
+
 def quantize_with_ranges(
     src: Path | str, dst: Path | str, ranges: dict[str, float], recipe: Int8Recipe, *, float_nodes: Collection[str] = ()
 ) -> Path:
     """Insert Q/DQ nodes into ``src`` with the given symmetric activation ranges; write ``dst``.
     ``float_nodes``: names of nodes the recipe would quantize that stay in float (for
     sensitivity studies, ``benchmarks/int8_float_tail.py``)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantType
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    data = {
-        name: TensorData(lowest=np.float32(-peak), highest=np.float32(peak)) for name, peak in ranges.items()
-    }
     with tempfile.TemporaryDirectory(prefix="samexport-int8-") as tmp:
         copy = Path(tmp) / "model.onnx"
         onnx.save(onnx.load(str(src)), str(copy))  # shape inference writes next to its input
         model = load_model_with_shape_infer(copy)
-    op_types = list(recipe.op_types)
     nodes = [n.name for n in quantized_nodes(model, recipe) if n.name not in float_nodes]
     if not all(nodes):
         raise SamExportError(f"{Path(src).name}: every node to quantize needs a name")
-    quantizer = QDQQuantizer(
-        model,
-        True,  # per_channel
-        recipe.reduce_range,  # 7-bit weights
-        QuantType.QInt8,  # weights
-        QuantType.QInt8,  # activations
-        TensorsData(CalibrationMethod.MinMax, data),
-        nodes,  # nodes_to_quantize
-        [],  # nodes_to_exclude
-        op_types,
-        {
-            "ActivationSymmetric": True,
-            "WeightSymmetric": True,
-            "QuantizeBias": False,  # TensorRT reads float biases; int32 DQ does not parse
-            "OpTypesToExcludeOutputQuantization": [] if recipe.quantize_outputs else op_types,
-        },
-    )
+    quantizer = QDQQuantizer(**quantizer_arguments(model, ranges, recipe, nodes))
     quantizer.quantize_model()
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
