@@ -6,8 +6,11 @@ import importlib
 import importlib.util
 import platform
 
-from samexport._version import __version__
 from samexport import constants as C
+from samexport._version import __version__
+from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability, trt_api
+from samexport.engines.builder import is_jetson
+
 
 def _version(module: str) -> str:
     try:
@@ -20,7 +23,6 @@ def _version(module: str) -> str:
 
 def tensorrt_features(version: str, *, jetson: bool) -> dict[str, str]:
     """For TensorRT ``version``: each feature of ``trt_api.FEATURES``, ``yes`` or why not."""
-    from samexport.engines import trt_api
 
     report = {}
     for feature, minimum in trt_api.FEATURES.items():
@@ -47,8 +49,6 @@ def backend_status(backend: C.BackendInfo, onnxruntime_providers: str) -> str:
 
 def diagnose() -> dict[str, str]:
     """One line per fact, in the order `samexport doctor` prints them."""
-    from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability
-    from samexport.engines.builder import is_jetson
 
     report = {
         "samexport": __version__,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport.errors import SamExportError, require
+from samexport.imageio import read_image
 
 # File suffixes (case-insensitive) taken as images when a folder is listed; Pillow reads them all.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -80,7 +81,6 @@ def _in_skimage_cache(filename: str) -> bool:
 
 def read_images(folder: Path | str) -> dict[str, np.ndarray]:
     """Every image in ``folder`` that Pillow reads, by file name, as HxWx3 uint8 RGB."""
-    from samexport.imageio import read_image
 
     return {p.name: read_image(p) for p in image_files(folder)}
 

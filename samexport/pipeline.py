@@ -17,13 +17,18 @@ from samexport import constants as C
 from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, staged_directory, write_manifest,
 )
+from samexport.checkpoint import load_sam
+from samexport.download import resolve_checkpoint
+from samexport.engines import load_tensorrt, tensorrt_availability
+from samexport.engines.artifact import BUILDERS, build_plans, check_engine_request
+from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
+from samexport.parity import quick_parity
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.utils import default_cache_dir, package_versions, sha256_file
 from samexport.variants import Variant, get_variant
 
 if TYPE_CHECKING:
-    from samexport.engines.builder import BuildConfig
     from samexport.models import Sam
     from samexport.precision.int8 import Int8Target
 
@@ -122,8 +127,6 @@ def _build_engines(
     why not for each engine."""
     if request == "skip":
         return {}, {name: "skipped (--no-engines)" for name in ENGINE_NAMES}
-    from samexport.engines import tensorrt_availability
-    from samexport.engines.artifact import BUILDERS, build_plans
 
     if BUILDERS[builder] == "tensorrt":
         availability = tensorrt_availability()
@@ -199,9 +202,6 @@ def build(
     folder of the user's, the current folder, a mount point) is refused before any work
     (``samexport.artifacts.check_output_destination``).
     """
-    from samexport.checkpoint import load_sam
-    from samexport.download import resolve_checkpoint
-    from samexport.engines.builder import BuildConfig
     from samexport.export.attention import MIN_OPSET, check_attention_mode
     from samexport.export.to_onnx import DEFAULT_OPSET
 
@@ -225,9 +225,6 @@ def build(
         check_calibration_images(calib_dir, recipe.max_images)
     engine_config = engine_config or BuildConfig()
     if engines != "skip":
-        from samexport.engines import load_tensorrt, tensorrt_availability
-        from samexport.engines.artifact import BUILDERS, check_engine_request
-
         if engine_builder not in BUILDERS:
             raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
         check_engine_request(attention, engine_config, BUILDERS[engine_builder])
@@ -260,8 +257,6 @@ def build(
         )
         parity_report = None
         if parity:
-            from samexport.parity import quick_parity
-
             on_step("parity check against the PyTorch weights")
             parity_report = quick_parity(
                 sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena

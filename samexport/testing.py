@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from samexport.image_sources import synthetic_image
+from samexport.variants import get_variant
+
 SEED = 0
 
 
@@ -32,8 +35,6 @@ def random_state_dict(variant_name: str, seed: int = SEED) -> dict:
     influences the outputs. The same ``(variant_name, seed)`` gives the same weights.
     """
     import torch
-
-    from samexport.variants import get_variant
 
     variant = get_variant(variant_name)
     torch.manual_seed(seed)
@@ -71,7 +72,6 @@ def save_random_checkpoint(variant_name: str, path: Path | str, seed: int = SEED
 def official_sam(variant_name: str, state_dict: dict):
     """The official model (``segment_anything``, or ``mobile_sam`` for MobileSAM) with the same
     weights: the oracle samexport is compared against."""
-    from samexport.variants import get_variant
 
     variant = get_variant(variant_name)
     return variant.family.official_sam(variant.encoder, state_dict)
@@ -85,6 +85,5 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def make_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A deterministic HxWx3 uint8 picture: smooth gradients plus a few solid shapes."""
-    from samexport.image_sources import synthetic_image
 
     return synthetic_image(height, width, seed)

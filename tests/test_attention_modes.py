@@ -315,7 +315,7 @@ def test_register_refuses_old_tensorrt(monkeypatch):
     from samexport.plugins import tensorrt_plugin
 
     old_tensorrt = types.SimpleNamespace(__version__="10.3.0.30")
-    monkeypatch.setattr("samexport.engines.load_tensorrt", lambda flavour="tensorrt": old_tensorrt)
+    monkeypatch.setattr(tensorrt_plugin, "load_tensorrt", lambda flavour="tensorrt": old_tensorrt)
     monkeypatch.setattr(tensorrt_plugin, "_registered", False)
     with pytest.raises(SamExportError, match="needs TensorRT >= 10.9; this is TensorRT 10.3.0.30; .*fused-pattern"):
         tensorrt_plugin.register_tensorrt_plugin()

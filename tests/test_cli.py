@@ -153,12 +153,12 @@ def test_directory_huge_image_and_too_many_crop_layers(tiny_artifact, tmp_path):
                                    AssertionError("broken"), ValueError("broken"), OSError(5, "I/O error")])
 def test_internal_errors_print_a_traceback_and_exit_70(error, tiny_artifact, monkeypatch):
     """Only user errors are one line with status 1; a bug shows its traceback and asks for a report."""
-    import samexport.artifacts
+    import samexport.cli.artifacts
 
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(samexport.artifacts, "read_manifest", broken)
+    monkeypatch.setattr(samexport.cli.artifacts, "read_manifest", broken)
     result = invoke("info", tiny_artifact)
     assert result.exit_code == 70, result.output
     assert "Traceback" in result.output and "This is a bug in samexport: please report it" in result.output
@@ -168,12 +168,12 @@ def test_internal_errors_print_a_traceback_and_exit_70(error, tiny_artifact, mon
 @pytest.mark.parametrize("error", [SamExportError("bad input"), FileNotFoundError(2, "No such file", "x.pth"),
                                    PermissionError(13, "Permission denied", "out"), OSError(28, "No space left on device")])
 def test_user_errors_are_one_line_with_status_1(error, tiny_artifact, monkeypatch):
-    import samexport.artifacts
+    import samexport.cli.artifacts
 
     def failing(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(samexport.artifacts, "read_manifest", failing)
+    monkeypatch.setattr(samexport.cli.artifacts, "read_manifest", failing)
     result = invoke("info", tiny_artifact)
     assert result.exit_code == 1 and result.output.strip() == f"error: {error}", result.output
 

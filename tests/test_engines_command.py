@@ -310,7 +310,6 @@ def test_doctor_lists_tensorrt_features_per_release(version, jetson, expected):
 def test_auto_backend_skips_test_build_engines(tiny_artifact, tmp_path, monkeypatch):
     """An artifact whose plans are TensorRT-RTX test builds opens on ONNX Runtime under ``auto``
     even where TensorRT is importable, and the refusal reason names the test build."""
-    import samexport.engines as engines
     from samexport.engines import Availability, GpuInfo
     from samexport.engines.artifact import build_artifact_engines
     from samexport.engines.builder import BuildConfig
@@ -320,7 +319,8 @@ def test_auto_backend_skips_test_build_engines(tiny_artifact, tmp_path, monkeypa
     artifact = copy_artifact(tiny_artifact, tmp_path / "tiny")
     manifest = build_artifact_engines(artifact, BuildConfig(workspace_bytes=1 << 30, prompts=(1, 1, 4)), builder="tensorrt-rtx")
     orin = GpuInfo(0, "Orin", "8.7")
-    monkeypatch.setattr(engines, "tensorrt_availability", lambda flavour="tensorrt": Availability(True, "", "10.3.0.30", orin))
+    monkeypatch.setattr("samexport.runtime.tensorrt_backend.tensorrt_availability",
+                        lambda flavour="tensorrt": Availability(True, "", "10.3.0.30", orin))
     monkeypatch.setattr("samexport.runtime.tensorrt_backend.cuda_devices", lambda: [orin])
     assert "test build" in why_engines_cannot_run(manifest)
     assert SamPredictor(artifact).backend.name.startswith("onnxruntime")

@@ -19,7 +19,7 @@ from samexport.artifacts import (
     DIGEST_KEY, STAGING_MARKER, check_output_destination, read_manifest, staged_directory, verify_artifact,
 )
 from samexport.pipeline import build
-from samexport.download import sha256_file
+from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 
 
@@ -27,12 +27,12 @@ from samexport.errors import SamExportError
 def no_export(monkeypatch):
     """Make any attempt to load the weights (the first step of the export) fail loudly, to show
     that a refusal came before it."""
-    import samexport.checkpoint
+    import samexport.pipeline
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the export started")
 
-    monkeypatch.setattr(samexport.checkpoint, "load_sam", must_not_run)
+    monkeypatch.setattr(samexport.pipeline, "load_sam", must_not_run)
 
 
 @pytest.fixture
@@ -133,11 +133,11 @@ def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders
     assert not stale.exists() and running.is_dir() and (foreign / "data.bin").read_bytes() == b"keep"
     assert listing(artifact.parent) == sorted([artifact.name, running.name, foreign.name])
     # The build hashed its files in the staging folder; the renamed artifact opens without hashing.
-    import samexport.download
+    import samexport.integrity
     from samexport.runtime.backends import open_backend
 
     calls = []
-    monkeypatch.setattr(samexport.download, "sha256_file", lambda path: calls.append(path))
+    monkeypatch.setattr(samexport.integrity, "sha256_file", lambda path: calls.append(path))
     open_backend(artifact, "onnxruntime-cpu")
     assert calls == []
 
@@ -228,13 +228,12 @@ def test_an_edited_manifest_is_refused(artifact):
 
 
 def test_hashes_are_checked_once_then_cached_in_memory_and_on_disk(artifact, monkeypatch):
-    import samexport.download
     import samexport.integrity as integrity
     from samexport.runtime.backends import open_backend
 
     calls = []
-    real = samexport.download.sha256_file
-    monkeypatch.setattr(samexport.download, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: calls.append(Path(path).name) or real(path))
     open_backend(artifact, "onnxruntime-cpu")
     assert sorted(calls) == sorted(C.GRAPH_FILES)  # a copy: new inodes, hashed again
     open_backend(artifact, "onnxruntime-cpu")

@@ -25,7 +25,7 @@ from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
-from samexport.errors import InvalidInputError
+from samexport.errors import InvalidInputError, require
 from samexport.runtime.backends import Backend
 from samexport.runtime.predictor import SamPredictor
 from samexport.transforms import check_image
@@ -164,8 +164,6 @@ class AutomaticMaskGenerator:
             points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor
         )
         if output_mode == "coco_rle":
-            from samexport.errors import require
-
             require("pycocotools.mask", "coco")
 
         self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from samexport.amg import ops
+from samexport.errors import require
 from samexport.imageio import overlay
 
 
@@ -26,7 +27,6 @@ def _segmentation_mask(segmentation: Any) -> np.ndarray:
         return segmentation.astype(bool, copy=False)
     if isinstance(segmentation.get("counts"), list):
         return ops.rle_to_mask(segmentation)
-    from samexport.errors import require
 
     mask_utils = require("pycocotools.mask", "coco")
     rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("utf-8")}

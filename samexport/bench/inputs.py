@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from samexport.image_sources import sample_images, synthetic_image
+
 DEFAULT_IMAGE_SIZE = (1500, 2250)  # the official export script's example orig_im_size
 
 
 def default_bench_image(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> tuple[str, np.ndarray]:
     """scikit-image's ``coffee`` (400x600) resized to ``size`` (H, W), or a synthetic picture."""
     from PIL import Image
-
-    from samexport.image_sources import sample_images, synthetic_image
 
     try:
         photos, _ = sample_images(("coffee",))

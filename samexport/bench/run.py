@@ -28,10 +28,20 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
-from samexport.artifacts import Manifest
+from samexport.artifacts import Manifest, read_manifest
+from samexport.bench.flops import encoder_gflop, measure_peak_matmul
 from samexport.bench.inputs import decoder_prompts, default_bench_image
+from samexport.bench.peer import OfficialDecoder, export_official_decoder, official_sam
+from samexport.bench.report import evaluate_targets, peer_ratios
 from samexport.bench.timing import Timing, measure
+from samexport.checkpoint import load_sam, read_state_dict
+from samexport.engines import tensorrt_availability
 from samexport.errors import SamExportError
+from samexport.image_sources import read_images
+from samexport.runtime.backends import TorchBackend, onnxruntime_providers, open_backend
+from samexport.runtime.predictor import SamPredictor
+from samexport.utils import package_versions
+from samexport.variants import get_variant
 
 BackendKind = str  # one of constants.BENCH_BACKENDS
 BACKEND_KINDS: tuple[str, ...] = C.BENCH_BACKENDS
@@ -95,8 +105,6 @@ class BackendUnderTest:
 def _open_torch(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
     if config.checkpoint is None:
         return [BackendUnderTest("torch", "torch", skipped="needs --checkpoint (the PyTorch weights)")]
-    from samexport.checkpoint import load_sam
-    from samexport.runtime.backends import TorchBackend
 
     variant = manifests[config.artifact_dirs[0]].variant
     sam = load_sam(config.checkpoint, variant)
@@ -105,9 +113,6 @@ def _open_torch(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[Ba
 
 def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
     def open_all(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
-        from samexport.runtime.backends import onnxruntime_providers
-        from samexport.runtime.backends import open_backend
-
         kind = f"onnxruntime-{device}"
         try:
             onnxruntime_providers(device)
@@ -124,12 +129,9 @@ def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], 
 
 
 def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[BackendUnderTest]:
-    from samexport.engines import tensorrt_availability
-
     available = tensorrt_availability()
     if not available:
         return [BackendUnderTest("tensorrt", "tensorrt", skipped=available.reason)]
-    from samexport.runtime.backends import open_backend
 
     out = []
     for folder, manifest in manifests.items():
@@ -155,8 +157,6 @@ BACKEND_OPENERS: dict[str, Callable[[BenchConfig, dict[Path, dict]], list[Backen
 
 def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inputs: list[np.ndarray],
                   config: BenchConfig, on_step: Callable[[str], None]) -> None:
-    from samexport.runtime.predictor import SamPredictor
-
     backend = entry.backend
     cycle = iter(range(10**9))
     on_step(f"{entry.label}: encoder x{config.runs}")
@@ -208,13 +208,8 @@ def _time_shared(images: list[np.ndarray], config: BenchConfig) -> dict[str, Tim
 
 def _time_peer(config: BenchConfig, variant_name: str, embedding: np.ndarray, size: tuple[int, int],
                on_step: Callable[[str], None]) -> dict:
-    from samexport.bench.peer import OfficialDecoder, export_official_decoder, official_sam
-    from samexport.variants import get_variant
-
     state = None
     if config.checkpoint is not None:
-        from samexport.checkpoint import read_state_dict
-
         state = read_state_dict(config.checkpoint)
     sam = official_sam(get_variant(variant_name), state)
     point = transforms.transform_coords(np.array([[size[1] / 2, size[0] / 2]]), size)
@@ -244,12 +239,6 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     versions, peak matmul GFLOP/s, per-backend stage timings with encoder GFLOP/s and fraction
     of peak, the peer baseline and ratios, and the issue's targets with whether each is met.
     """
-    from samexport.artifacts import read_manifest
-    from samexport.bench.flops import encoder_gflop, measure_peak_matmul
-    from samexport.bench.report import evaluate_targets, peer_ratios
-    from samexport.utils import package_versions
-    from samexport.image_sources import read_images
-    from samexport.variants import get_variant
 
     started = time.time()
     load_before = _load_average()

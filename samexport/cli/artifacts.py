@@ -9,10 +9,13 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
-from samexport.artifacts import read_manifest
+from samexport.engines.artifact import build_artifact_engines
 from samexport.errors import SamExportError
+from samexport.export.official_onnx import export_official_decoder as export
+from samexport.pipeline import build as run_build
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.variants import variants_help
 
@@ -71,7 +74,6 @@ def build(
     engine_config=None,
 ) -> None:
     """Export SAM to ONNX (and TensorRT engines where possible) into an artifact directory."""
-    from samexport.pipeline import build as run_build
 
     if fp16 and int8:
         raise SamExportError("choose one of --fp16 and --int8")
@@ -121,7 +123,6 @@ def engines(
     The manifest is updated atomically once both plans are built: an interrupted run leaves the
     artifact as it was.
     """
-    from samexport.engines.artifact import build_artifact_engines
 
     attention = read_manifest(artifact_dir).attention
     manifest = build_artifact_engines(
@@ -155,7 +156,6 @@ def export_official_decoder(
     """Write the decoder in segment_anything's ONNX interface (orig_im_size input, masks at the
     image size) for ONNX Runtime tools built on it. Not for TensorRT: build engines from the
     artifact's decoder.onnx."""
-    from samexport.export.official_onnx import export_official_decoder as export
 
     path = export(artifact_dir, output, return_single_mask=return_single_mask,
                   use_stability_score=use_stability_score)

@@ -10,13 +10,17 @@ from typing import Annotated, Optional
 import typer
 
 from samexport import constants as C
+from samexport.bench import BACKEND_KINDS, BenchConfig, run_benchmark
+from samexport.bench.report import plot as write_plot, to_markdown
 from samexport.cli.errors import clean_errors
+from samexport.doctor import diagnose
 from samexport.errors import SamExportError
+from samexport.image_sources import read_images
+from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact
 
 
 def doctor() -> None:
     """Report versions, ONNX Runtime providers, and TensorRT / GPU availability."""
-    from samexport.doctor import diagnose
 
     for key, value in diagnose().items():
         typer.echo(f"{key:<30} {value}")
@@ -52,10 +56,6 @@ def bench(
 ) -> None:
     """Time every stage (preprocess, encoder, decoder per prompt type and batch, postprocess) per backend."""
     import shlex
-
-    from samexport.bench import BACKEND_KINDS, BenchConfig, run_benchmark
-    from samexport.bench.report import plot as write_plot
-    from samexport.bench.report import to_markdown
 
     try:
         sizes = tuple(int(v) for v in batch_sizes.split(","))
@@ -104,8 +104,6 @@ def parity(
 
     Exits with status 1 when a figure is outside the tolerance for the artifact's precision.
     """
-    from samexport.image_sources import read_images
-    from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact
 
     chosen = read_images(images) if images else None
     prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS] if quick else PROMPT_SUITE

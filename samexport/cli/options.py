@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 
 
@@ -64,7 +65,6 @@ ENGINE_OPTIONS = (
 def engine_config(max_points: int, max_batch: int, workspace_gb: float, timing_cache: Path | None,
                   hardware_compatible: bool, version_compatible: bool):
     """The engine options as the builder's :class:`~samexport.engines.builder.BuildConfig`."""
-    from samexport.engines.builder import BuildConfig
 
     return BuildConfig(
         workspace_bytes=int(workspace_gb * (1 << 30)),

@@ -10,10 +10,15 @@ from typing import Annotated, Optional
 import typer
 
 from samexport import constants as C
+from samexport import imageio
+from samexport.amg import AutomaticMaskGenerator
+from samexport.amg.overlay import draw_masks
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import parse_numbers, parse_point
 from samexport.constants import MAX_CROP_N_LAYERS
+from samexport.datasets import embed as run_embed, segment_all as run_segment_all
 from samexport.errors import SamExportError
+from samexport.runtime.predictor import SamPredictor
 
 
 @clean_errors
@@ -38,9 +43,6 @@ def predict(
 ) -> None:
     """Segment the object at the given points and/or box and write the mask."""
     import numpy as np
-
-    from samexport import imageio
-    from samexport.runtime.predictor import SamPredictor
 
     if not point and box is None:
         raise SamExportError("give at least one --point X,Y[,LABEL] or a --box X1,Y1,X2,Y2")
@@ -136,11 +138,6 @@ def segment_all(
     output = output or Path("masks.json")
     rle = rle or "uncompressed"
 
-    from samexport import imageio
-    from samexport.amg import AutomaticMaskGenerator
-    from samexport.amg.overlay import draw_masks
-    from samexport.runtime.predictor import SamPredictor
-
     modes = {"uncompressed": "uncompressed_rle", "coco": "coco_rle"}
     if rle not in modes:
         raise SamExportError(f"--rle must be one of {', '.join(modes)}; got {rle!r}")
@@ -168,7 +165,6 @@ def segment_all(
 def _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, progress, generator_options,
                          dataset_options) -> None:
     """``segment-all`` over several images or folders: the resumable dataset job."""
-    from samexport.datasets import segment_all as run_segment_all
 
     if output is None:
         raise SamExportError("several images or a folder need --output DIR (the folder for the Parquet rows)")
@@ -212,7 +208,6 @@ def embed(
     A stored row restores a predictor without the encoder:
     samexport.datasets.predictor_from_embedding(SamPredictor(ARTIFACT_DIR), row).
     """
-    from samexport.datasets import embed as run_embed
 
     result = run_embed(
         artifact_dir, images, output, executor=executor, workers=workers, batch_size=batch_size,

@@ -15,6 +15,7 @@ import numpy as np
 
 from samexport.errors import SamExportError
 from samexport.image_sources import IMAGE_SUFFIXES, is_image_file
+from samexport.imageio import UnreadableImageError, decode
 
 
 class ImageError(Exception):
@@ -108,7 +109,6 @@ def decode_image(data: bytes) -> np.ndarray:
         ImageError: empty file, not an image Pillow can decode, a bit depth or mode that cannot
             be converted (e.g. float values outside 0..1), too large, or a zero-sized image.
     """
-    from samexport.imageio import UnreadableImageError, decode
 
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from samexport import constants as C
 from samexport.datasets.images import list_images
+from samexport.datasets.ray_executor import run_ray
 from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
 from samexport.datasets.store import FolderLock, artifact_fingerprint, open_output
 from samexport.datasets.worker import ImageWorker, JobSpec, resolve_generator_options
 from samexport.errors import SamExportError, require
+from samexport.utils import sha256_file
 
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[Executor, ...] = ("local", "ray")
@@ -112,9 +115,6 @@ def _run(
     batch_size: int, backend: str, threads: int | None, ray_address: str | None,
     gpus_per_worker: float | None, progress: bool,
 ) -> JobResult:
-    from samexport import constants as C
-    from samexport.utils import sha256_file
-
     require("pyarrow", "datasets")
     if executor not in EXECUTORS:
         raise SamExportError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
@@ -161,8 +161,6 @@ def _run(
             if executor == "local":
                 run_local(spec, output, todo, workers=workers, batch_size=batch_size, on_batch=on_batch)
             else:
-                from samexport.datasets.ray_executor import run_ray
-
                 run_ray(spec, output, todo, workers=workers, batch_size=batch_size, ray_address=ray_address,
                         gpus_per_worker=gpus_per_worker, on_batch=on_batch)
     return JobResult(output, len(keys), len(keys) - len(todo), counts["written"], counts["errors"],

@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from samexport._version import __version__
+from samexport.artifacts import read_manifest
+from samexport.datasets.schema import arrow_schema
 from samexport.errors import SamExportError, require
+from samexport.utils import sha256_file
 
 MANIFEST_NAME = "samexport-dataset.json"
 LOCK_NAME = ".samexport-dataset.lock"
@@ -36,8 +40,6 @@ TEMP_PATTERN = re.compile(r"^\.part-[0-9a-f]{16}\.parquet\.[0-9a-f]{32}\.tmp$")
 
 
 def _sha256(path: Path) -> str:
-    from samexport.utils import sha256_file
-
     return sha256_file(path)
 
 
@@ -46,7 +48,6 @@ def artifact_fingerprint(artifact_dir: Path | str) -> dict[str, Any]:
 
     Hidden entries (``.fp32``, ``.parity``) and sub-folders are not part of a build's output.
     """
-    from samexport.artifacts import read_manifest
 
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
@@ -137,7 +138,6 @@ def open_output(folder: Path | str, *, job: str, artifact: dict, parameters: dic
         SamExportError: the folder is a file, is not empty and has no manifest (not ours), or its
             manifest is for another job, artifact or parameters.
     """
-    from samexport._version import __version__
 
     path = Path(folder)
     if path.exists() and not path.is_dir():
@@ -230,7 +230,6 @@ def read_rows(folder: Path | str, columns: list[str] | None = None):
     Raises:
         SamExportError: the folder has no dataset manifest, or a part file cannot be read.
     """
-    from samexport.datasets.schema import arrow_schema
 
     pa = require("pyarrow", "datasets")
     pq = require("pyarrow.parquet", "datasets")

@@ -14,9 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from samexport import constants as C
+from samexport.amg import AutomaticMaskGenerator
 from samexport.datasets.images import ImageError, decode_image, read_file
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
+from samexport.datasets.store import write_part
 from samexport.errors import SamExportError
+from samexport.runtime.backends import open_backend
+from samexport.runtime.predictor import SamPredictor
+from samexport.utils import sha256_file
 
 # AutomaticMaskGenerator options a segment_all job accepts (JSON-friendly; they go in the manifest).
 _NOT_JOB_OPTIONS = {"self", "model", "predictor", "point_grids", "output_mode", "progress"}
@@ -24,7 +30,6 @@ _NOT_JOB_OPTIONS = {"self", "model", "predictor", "point_grids", "output_mode", 
 
 def generator_defaults() -> dict[str, Any]:
     """``AutomaticMaskGenerator``'s keyword options and their defaults, as a segment_all job uses them."""
-    from samexport.amg import AutomaticMaskGenerator
 
     signature = inspect.signature(AutomaticMaskGenerator.__init__)
     return {
@@ -51,7 +56,6 @@ def resolve_generator_options(options: dict[str, Any]) -> dict[str, Any]:
         SamExportError: an option the job does not take (e.g. ``point_grids``, ``output_mode``).
         ValueError: an option's value is invalid (the generator's message).
     """
-    from samexport.amg import AutomaticMaskGenerator
 
     defaults = generator_defaults()
     unknown = sorted(set(options) - set(defaults))
@@ -88,8 +92,6 @@ class JobSpec:
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
     """``SamPredictor(artifact_dir, backend)`` with ``threads`` ONNX Runtime threads when set."""
-    from samexport.runtime.backends import open_backend
-    from samexport.runtime.predictor import SamPredictor
 
     return SamPredictor(open_backend(artifact_dir, backend, threads=threads))
 
@@ -132,9 +134,6 @@ class ImageWorker:
     """
 
     def __init__(self, spec: JobSpec) -> None:
-        from samexport import constants as C
-        from samexport.utils import sha256_file
-
         found = sha256_file(Path(spec.artifact_dir) / C.MANIFEST)
         if found != spec.manifest_sha256:
             raise SamExportError(
@@ -145,8 +144,6 @@ class ImageWorker:
         self.predictor = open_predictor(spec.artifact_dir, spec.backend, spec.threads)
         self.generator = None
         if spec.job == "segment_all":
-            from samexport.amg import AutomaticMaskGenerator
-
             self.generator = AutomaticMaskGenerator(self.predictor, **spec.generator_options, output_mode="coco_rle")
         self.schema = arrow_schema(spec.job)
 
@@ -170,8 +167,6 @@ class ImageWorker:
     def write_batch(self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None) -> list[str | None]:
         """Process a batch and write it as one part file; returns each image's error (or None)."""
         import pyarrow as pa
-
-        from samexport.datasets.store import write_part
 
         rows = [self.row(key, data) for key, data in zip(keys, datas or [None] * len(keys))]
         write_part(folder, pa.Table.from_pylist(rows, schema=self.schema))

@@ -10,12 +10,15 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
-from samexport.artifacts import onnxruntime_memory_arena
+from samexport.artifacts import onnxruntime_memory_arena, read_manifest
+from samexport.checkpoint import load_sam
 from samexport.errors import SamExportError
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
+from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend, open_backend
+from samexport.runtime.predictor import SamPredictor
 
 if TYPE_CHECKING:
     from samexport.models import Sam
@@ -43,7 +46,6 @@ def run_parity(
         precision: the candidate's precision; selects :data:`TOLERANCES` unless ``tolerances``.
         tolerances: explicit limits.
     """
-    from samexport.runtime.predictor import SamPredictor
 
     if not images:
         raise SamExportError("parity needs at least one image")
@@ -112,7 +114,6 @@ def quick_parity(
     Returns:
         ``ParityReport.to_dict(detail=False)``: passed, summary, checks, tolerances, images.
     """
-    from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
 
     folder = Path(artifact_dir)
     candidate = OnnxRuntimeBackend(
@@ -148,10 +149,6 @@ def parity_for_artifact(
     Returns:
         (report, images skipped -> reason).
     """
-    from samexport.artifacts import read_manifest
-    from samexport.checkpoint import load_sam
-    from samexport.runtime.backends import TorchBackend
-    from samexport.runtime.backends import open_backend
 
     manifest = read_manifest(artifact_dir)
     skipped: dict[str, str] = {}
