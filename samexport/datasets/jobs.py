@@ -1,24 +1,27 @@
-"""The two dataset jobs, ``embed`` and ``segment_all``, and the local executor.
+"""The two dataset jobs, ``embed`` and ``segment_all``.
 
-A job lists its images, opens (or resumes) its output folder, skips the images that already have
-a row, and hands the rest in batches to an executor: ``local`` (this process, or ``workers``
-processes) or ``ray`` (:mod:`samexport.datasets.ray_executor`). Each batch becomes one part file
-written by the worker that processed it.
+A job lists its images, takes its output folder's lock, opens (or resumes) the folder, skips the
+images that already have a row, and hands the rest in batches to an executor: ``local``
+(:mod:`samexport.datasets.local_executor`: this process, or ``workers`` processes) or ``ray``
+(:mod:`samexport.datasets.ray_executor`). Each batch becomes one part file, staged by the worker
+that processed it and committed by the driver under the lock: rows are read as done and added
+only while the lock is held, so a kill at any moment neither loses nor duplicates a row.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from samexport.datasets.images import list_images
+from samexport.datasets.local_executor import run_local, sigterm_as_interrupt
 from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
-from samexport.datasets.store import FolderLock, artifact_fingerprint, open_output
-from samexport.datasets.worker import ImageWorker, JobSpec, resolve_generator_options
+from samexport.datasets.store import FolderLock, artifact_fingerprint, check_output, open_output
+from samexport.datasets.worker import JobSpec, resolve_generator_options
 from samexport.errors import SamExportError, require
 
 Executor = Literal["local", "ray"]
@@ -53,56 +56,6 @@ def _positive(name: str, value: Any) -> int:
     return value
 
 
-def _batches(keys: Sequence[str], size: int) -> list[list[str]]:
-    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
-
-
-# -- local executor ----------------------------------------------------------------------------
-
-_PROCESS_WORKER: ImageWorker | None = None
-
-
-def _init_process(spec: JobSpec) -> None:
-    global _PROCESS_WORKER
-    _PROCESS_WORKER = ImageWorker(spec)
-
-
-def _process_batch(folder: str, keys: list[str]) -> list[str | None]:
-    return _PROCESS_WORKER.write_batch(folder, keys)
-
-
-def run_local(
-    spec: JobSpec, folder: Path, todo: Sequence[str], *, workers: int, batch_size: int,
-    on_batch: Callable[[list[str | None]], None],
-) -> None:
-    """Process ``todo`` in batches here (``workers=1``) or in ``workers`` spawned processes."""
-    batches = _batches(todo, batch_size)
-    if not batches:
-        return
-    if workers == 1:
-        worker = ImageWorker(spec)
-        for keys in batches:
-            on_batch(worker.write_batch(folder, keys))
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    context = multiprocessing.get_context("spawn")  # no fork of ONNX Runtime's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process, initargs=(spec,)) as pool:
-        queue, pending = list(reversed(batches)), set()
-        try:
-            while queue or pending:
-                # two batches per worker in flight: a stop loses little and memory stays flat
-                while queue and len(pending) < 2 * workers:
-                    pending.add(pool.submit(_process_batch, str(folder), queue.pop()))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    on_batch(future.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
 # -- the jobs ----------------------------------------------------------------------------------
 
 
@@ -133,10 +86,11 @@ def _run(
     keys = list_images(images, exclude=output)
     artifact = artifact_fingerprint(artifact_dir)
     extra = {"columns": COLUMNS[job], **({"embedding": EMBEDDING_LAYOUT} if job == "embed" else {})}
-    open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+    check_output(output)  # reads only: nothing is created in a folder that is not ours
+    output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with FolderLock(output):
-        folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+    with sigterm_as_interrupt(), FolderLock(output) as lock:
+        folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra, lock=lock)
         folder.remove_temporaries()
         done = folder.done_keys()
         todo = [k for k in keys if k not in done]
@@ -153,18 +107,20 @@ def _run(
         with tqdm(total=len(keys), initial=len(keys) - len(todo), disable=not progress,
                   desc=job.replace("_", "-"), unit="image") as bar:
 
-            def on_batch(errors: list[str | None]) -> None:
+            def commit(staged: str | None, errors: list[str | None]) -> None:
+                if staged is not None:  # None: more rows of a part already committed (Ray)
+                    folder.commit(staged)
                 counts["written"] += len(errors)
                 counts["errors"] += sum(e is not None for e in errors)
                 bar.update(len(errors))
 
             if executor == "local":
-                run_local(spec, output, todo, workers=workers, batch_size=batch_size, on_batch=on_batch)
+                run_local(spec, output, todo, workers=workers, batch_size=batch_size, commit=commit)
             else:
                 from samexport.datasets.ray_executor import run_ray
 
                 run_ray(spec, output, todo, workers=workers, batch_size=batch_size, ray_address=ray_address,
-                        gpus_per_worker=gpus_per_worker, on_batch=on_batch)
+                        gpus_per_worker=gpus_per_worker, commit=commit)
     return JobResult(output, len(keys), len(keys) - len(todo), counts["written"], counts["errors"],
                      time.perf_counter() - start, executor)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,24 @@ class ImageWorker:
             row["masks"] = [_coco_record(r) for r in self.generator.generate(image)]
         return row
 
-    def write_batch(self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None) -> list[str | None]:
-        """Process a batch and write it as one part file; returns each image's error (or None)."""
+    def write_batch(
+        self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None, *,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[str, list[str | None]]:
+        """Process a batch and stage it as one part file (:func:`~samexport.datasets.store.stage_part`),
+        which the job's driver commits; returns the staged file's path and each image's error (or
+        None). ``check`` is called before each image and before writing (it may stop the process,
+        e.g. when the driver is gone)."""
         import pyarrow as pa
 
-        from samexport.datasets.store import write_part
+        from samexport.datasets.store import stage_part
 
-        rows = [self.row(key, data) for key, data in zip(keys, datas or [None] * len(keys))]
-        write_part(folder, pa.Table.from_pylist(rows, schema=self.schema))
-        return [row["error"] for row in rows]
+        rows = []
+        for key, data in zip(keys, datas or [None] * len(keys)):
+            if check is not None:
+                check()
+            rows.append(self.row(key, data))
+        if check is not None:
+            check()
+        temp = stage_part(folder, pa.Table.from_pylist(rows, schema=self.schema))
+        return str(temp), [row["error"] for row in rows]
