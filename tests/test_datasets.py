@@ -304,17 +304,18 @@ def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
     output = tmp_path / "emb"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
-    def start(batch_size: int) -> subprocess.Popen:
+    def start(batch_size: int, log: Path) -> subprocess.Popen:
         command = [sys.executable, "-m", "samexport.cli", "embed", str(tiny_artifact), str(image_folder),
                    "--output", str(output), "--workers", "2", "--threads", "1", "--batch-size", str(batch_size),
                    "--no-progress"]
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(log, "wb") as stderr:  # a file, not a pipe: workers that outlive the driver hold it open
+            return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
     orphans: set[int] = set()
     signals = [signal.SIGTERM, signal.SIGKILL] * kills
     rng.shuffle(signals)
     for round_ in range(kills):
-        driver = start(batch_size=rng.randint(1, 6))
+        driver = start(rng.randint(1, 6), tmp_path / f"stderr-{round_}.txt")
         deadline = time.monotonic() + 60
         workers: set[int] = set()
         while driver.poll() is None and time.monotonic() < deadline and len(workers) < 2:
@@ -329,12 +330,12 @@ def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
         except subprocess.TimeoutExpired:
             driver.kill()
             pytest.fail(f"round {round_}: the driver did not stop within 60 s of {sig.name}")
-        stderr = driver.stderr.read().decode()
+        stderr = (tmp_path / f"stderr-{round_}.txt").read_text()
         assert code in (0, -sig), f"round {round_}: exit {code} after {sig.name}: {stderr}"
         assert "Traceback" not in stderr, stderr
         orphans |= workers
-    final = start(batch_size=rng.randint(1, 6))
-    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    final = start(rng.randint(1, 6), tmp_path / "stderr-final.txt")
+    assert final.wait(timeout=300) == 0, (tmp_path / "stderr-final.txt").read_text()
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from samexport.datasets.images import list_images
+from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, file_changed, scan_images
 from samexport.datasets.local_executor import run_local, sigterm_as_interrupt
 from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
 from samexport.datasets.store import FolderLock, artifact_fingerprint, check_output, open_output
@@ -32,7 +32,9 @@ DEFAULT_BATCH_SIZE = 8
 @dataclass(frozen=True)
 class JobResult:
     """What a run did. ``skipped`` images already had a row; ``written`` rows were added by this
-    run, ``errors`` of them error rows."""
+    run, ``errors`` of them error rows; ``redone`` of them replaced a row of a file that changed
+    since, or an error row (``retry_errors``). ``passed_over``: ``(path, reason)`` of each
+    unreadable folder, symlinked folder or special file the listing did not take."""
 
     output_dir: Path
     images: int
@@ -41,12 +43,16 @@ class JobResult:
     errors: int
     seconds: float
     executor: str
+    redone: int = 0
+    passed_over: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else float("nan")
+        redone = f", {self.redone} of them redone" if self.redone else ""
+        passed = f", {len(self.passed_over)} files or folders passed over" if self.passed_over else ""
         return (
-            f"{self.written} rows written ({self.errors} errors), {self.skipped} already done, "
-            f"{self.images} images, {self.seconds:.1f} s ({rate:.2f} images/s, {self.executor})"
+            f"{self.written} rows written ({self.errors} errors{redone}), {self.skipped} already done, "
+            f"{self.images} images{passed}, {self.seconds:.1f} s ({rate:.2f} images/s, {self.executor})"
         )
 
 
@@ -63,7 +69,7 @@ def _run(
     job: Job, artifact_dir: Path | str, images: Iterable[Path | str] | Path | str, output_dir: Path | str, *,
     parameters: dict[str, Any], generator_options: dict[str, Any], executor: Executor, workers: int,
     batch_size: int, backend: str, threads: int | None, ray_address: str | None,
-    gpus_per_worker: float | None, progress: bool,
+    gpus_per_worker: float | None, progress: bool, retry_errors: bool, max_file_bytes: int,
 ) -> JobResult:
     from samexport import constants as C
     from samexport.utils import sha256_file
@@ -73,6 +79,7 @@ def _run(
         raise SamExportError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     workers = _positive("workers", workers)
     batch_size = _positive("batch_size", batch_size)
+    max_file_bytes = _positive("max_file_bytes", max_file_bytes)
     if threads is not None:
         threads = _positive("threads", threads)
     if ray_address is not None and executor != "ray":
@@ -83,7 +90,8 @@ def _run(
     if isinstance(images, (str, Path)):
         images = [images]
     output = Path(output_dir)
-    keys = list_images(images, exclude=output)
+    listing = scan_images(images, exclude=output)
+    keys = listing.keys
     artifact = artifact_fingerprint(artifact_dir)
     extra = {"columns": COLUMNS[job], **({"embedding": EMBEDDING_LAYOUT} if job == "embed" else {})}
     check_output(output)  # reads only: nothing is created in a folder that is not ours
@@ -92,14 +100,21 @@ def _run(
     with sigterm_as_interrupt(), FolderLock(output) as lock:
         folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra, lock=lock)
         folder.remove_temporaries()
-        done = folder.done_keys()
-        todo = [k for k in keys if k not in done]
+        wanted = set(keys)
+        done = {k: r for k, r in folder.done_rows().items() if k in wanted}
+        redo = {
+            k for k, r in done.items()
+            if (retry_errors and r["error"] is not None)
+            or file_changed(k, r["file_size"], r["file_mtime_ns"], r["file_sha256"], max_file_bytes)
+        }
+        folder.drop_rows(redo)
+        todo = [k for k in keys if k not in done or k in redo]
         if threads is None and executor == "local" and workers > 1:
             threads = max(1, (os.cpu_count() or 1) // workers)
         spec = JobSpec(
             job=job, artifact_dir=str(Path(artifact_dir).resolve()),
             manifest_sha256=sha256_file(Path(artifact_dir) / C.MANIFEST), backend=backend,
-            threads=threads, generator_options=generator_options,
+            threads=threads, generator_options=generator_options, max_file_bytes=max_file_bytes,
         )
         from tqdm.auto import tqdm
 
@@ -122,7 +137,7 @@ def _run(
                 run_ray(spec, output, todo, workers=workers, batch_size=batch_size, ray_address=ray_address,
                         gpus_per_worker=gpus_per_worker, commit=commit)
     return JobResult(output, len(keys), len(keys) - len(todo), counts["written"], counts["errors"],
-                     time.perf_counter() - start, executor)
+                     time.perf_counter() - start, executor, len(redo), tuple(listing.passed_over))
 
 
 def embed(
@@ -138,6 +153,8 @@ def embed(
     ray_address: str | None = None,
     gpus_per_worker: float | None = None,
     progress: bool = True,
+    retry_errors: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> JobResult:
     """Embed every image once: one Parquet row per image with its 1x256x64x64 float16 embedding.
 
@@ -146,7 +163,8 @@ def embed(
         images: image files and/or folders (walked recursively for image extensions).
         output_dir: the output folder: new, empty, or the output of an earlier run of the same
             job with the same artifact and parameters (that run is resumed: images with a row
-            are skipped).
+            are skipped, unless their file changed since: another size, or another modification
+            time and other bytes; then their row is made again).
         executor: ``"local"`` (this machine) or ``"ray"`` (Ray Data: a local Ray instance, the
             one already initialised, or the cluster at ``ray_address``; extra ``ray``).
         workers: parallel workers, each opening the artifact once (local: processes; Ray: actors).
@@ -158,6 +176,10 @@ def embed(
         gpus_per_worker: GPUs each Ray actor reserves. Default: 1 when the backend uses a GPU
             (``tensorrt``, ``onnxruntime-cuda``, or ``auto`` on a cluster with GPUs), else 0.
         progress: show a progress bar.
+        retry_errors: on a resume, make the error rows again too (files that were unreadable or
+            undecodable then; a changed file is redone without it).
+        max_file_bytes: files larger than this become error rows without being read (default
+            512 MiB), so one huge file cannot exhaust a worker's memory.
 
     Returns:
         a :class:`JobResult`. Rows are read back with :func:`samexport.datasets.read_rows`.
@@ -169,6 +191,7 @@ def embed(
         "embed", artifact_dir, images, output_dir, parameters={"backend": backend}, generator_options={},
         executor=executor, workers=workers, batch_size=batch_size, backend=backend, threads=threads,
         ray_address=ray_address, gpus_per_worker=gpus_per_worker, progress=progress,
+        retry_errors=retry_errors, max_file_bytes=max_file_bytes,
     )
 
 
@@ -185,6 +208,8 @@ def segment_all(
     ray_address: str | None = None,
     gpus_per_worker: float | None = None,
     progress: bool = True,
+    retry_errors: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     **generator_options: Any,
 ) -> JobResult:
     """Automatic mask generation on every image: one Parquet row per image with its masks.
@@ -204,5 +229,5 @@ def segment_all(
         "segment_all", artifact_dir, images, output_dir, parameters={"backend": backend, **options},
         generator_options=options, executor=executor, workers=workers, batch_size=batch_size,
         backend=backend, threads=threads, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-        progress=progress,
+        progress=progress, retry_errors=retry_errors, max_file_bytes=max_file_bytes,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from samexport import constants as C
-from samexport.datasets.images import ImageError, check_readable, image_key
+from samexport.datasets.images import ImageError, check_readable, image_key, is_utf8
 from samexport.datasets.schema import arrow_schema
 from samexport.datasets.store import stage_part
 from samexport.datasets.worker import ImageWorker, JobSpec, image_row
@@ -75,15 +75,23 @@ def run_ray(
     readable, unreadable = [], []
     for key in todo:
         try:
-            check_readable(key)
+            if not is_utf8(key):
+                raise ImageError("Ray Data cannot read a file whose name is not UTF-8: rename it, or use "
+                                 "the local executor (then rerun with --retry-errors)")
+            check_readable(key, spec.max_file_bytes)
             readable.append(key)
-        except ImageError:
-            unreadable.append(key)
+        except ImageError as exc:
+            unreadable.append((key, str(exc)))
     schema = arrow_schema(spec.job)
     import pyarrow as pa
 
     for start in range(0, len(unreadable), batch_size):
-        rows = [image_row(schema, key)[0] for key in unreadable[start : start + batch_size]]
+        rows = []
+        for key, reason in unreadable[start : start + batch_size]:
+            row = image_row(schema, key, artifact_sha256=spec.manifest_sha256, max_file_bytes=spec.max_file_bytes)[0]
+            if row["error"] is None:  # readable by now, or a name Ray cannot take: keep the reason
+                row.update(error=reason, height=None, width=None)
+            rows.append(row)
         commit(str(stage_part(folder, pa.Table.from_pylist(rows, schema=schema))), [row["error"] for row in rows])
     if not readable:
         return

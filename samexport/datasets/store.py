@@ -33,8 +33,9 @@ from samexport.errors import SamExportError, require
 
 MANIFEST_NAME = "samexport-dataset.json"
 LOCK_NAME = ".samexport-dataset.lock"
-FORMAT = 1
-READABLE_FORMATS = (1,)  # what read_rows reads; a job resumes only FORMAT
+FORMAT = 2  # 2: rows record their artifact, the file's size and time, and non-UTF-8 names' bytes
+READABLE_FORMATS = (1, 2)  # what read_rows reads; a job resumes only FORMAT
+_KEY_COLUMNS = ["path", "path_bytes"]
 KIND = "samexport-dataset"
 PART_PATTERN = re.compile(r"^part-[0-9a-f]{16}\.parquet$")
 TEMP_PATTERN = re.compile(r"^\.part-[0-9a-f]{16}\.parquet\.[0-9a-f]{32}\.tmp$")
@@ -122,6 +123,8 @@ class OutputFolder:
         final = self.path / _final_name(temp)
         if self.lock is not None:
             self.lock.check()
+        if final.exists():  # only if the hashes of two different batches' keys collided
+            raise SamExportError(f"{final} exists already; not replaced (its rows would be lost)")
         try:
             os.replace(temp, final)
         except FileNotFoundError:
@@ -132,12 +135,48 @@ class OutputFolder:
         """The complete part files, sorted by name."""
         return sorted(p for p in self.path.iterdir() if PART_PATTERN.match(p.name) and p.is_file())
 
+    def done_rows(self) -> dict[str, dict[str, Any]]:
+        """Every stored row's ``error``, ``file_size``, ``file_mtime_ns`` and ``file_sha256``, by
+        image key (:func:`~samexport.datasets.images.row_key`)."""
+        from samexport.datasets.images import row_key
+
+        columns = [*_KEY_COLUMNS, "error", "file_size", "file_mtime_ns", "file_sha256"]
+        return {row_key(r["path"], r["path_bytes"]): r for r in read_rows(self.path, columns=columns).to_pylist()}
+
     def done_keys(self) -> set[str]:
-        """Keys (``path`` column) of every image that already has a row, error rows included."""
-        parts = self.parts()
-        if not parts:
-            return set()
-        return set(read_rows(self.path, columns=["path"]).column("path").to_pylist())
+        """Keys of every image that already has a row, error rows included."""
+        return set(self.done_rows())
+
+    def drop_rows(self, keys: set[str]) -> int:
+        """Remove the rows of ``keys`` (to be made again): each part holding one is rewritten
+        without them under its own name (``os.replace``), or deleted when no row stays. A kill
+        in between loses only rows that are made again. Returns the number of rows removed."""
+        from samexport.datasets.images import row_key
+        from samexport.datasets.schema import arrow_schema
+
+        if not keys:
+            return 0
+        pq = require("pyarrow.parquet", "datasets")
+        schema = arrow_schema(self.manifest["job"])
+        removed = 0
+        for part in self.parts():
+            held = pq.read_table(part, columns=_KEY_COLUMNS, schema=pa_schema(schema, _KEY_COLUMNS)).to_pylist()
+            keep = [i for i, r in enumerate(held) if row_key(r["path"], r["path_bytes"]) not in keys]
+            if len(keep) == len(held):
+                continue
+            if self.lock is not None:
+                self.lock.check()
+            if keep:
+                temp = self.path / f".{part.name}.{uuid.uuid4().hex}.tmp"
+                with open(temp, "wb") as f:
+                    pq.write_table(pq.read_table(part, schema=schema).take(keep), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temp, part)
+            else:
+                part.unlink()
+            removed += len(held) - len(keep)
+        return removed
 
     def remove_temporaries(self) -> int:
         """Delete part files a killed run left half-written (only names samexport makes)."""
@@ -193,12 +232,15 @@ def read_dataset_manifest(folder: Path | str, *, formats: tuple[int, ...] = READ
 
 
 def check_output(folder: Path | str) -> Path:
-    """Refuse an output that samexport must not write into, reading only: a file, or a folder that
-    is not empty and has no dataset manifest (a folder with one is checked by :func:`open_output`)."""
+    """Refuse an output that samexport must not write into, reading only: a file, a folder that is
+    not empty and has no dataset manifest, or one with a malformed manifest or of another format
+    (the rest of a manifest is checked by :func:`open_output`)."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise SamExportError(f"output {path} exists and is not a folder")
-    if path.is_dir() and not (path / MANIFEST_NAME).is_file() and any(e.name != LOCK_NAME for e in path.iterdir()):
+    if (path / MANIFEST_NAME).is_file():
+        read_dataset_manifest(path, formats=(FORMAT,))  # a malformed one is refused before any lock file
+    elif path.is_dir() and any(e.name != LOCK_NAME for e in path.iterdir()):
         raise SamExportError(
             f"output folder {path} is not empty and has no {MANIFEST_NAME}: it was not made by "
             "samexport, and samexport does not write into it; choose a new or empty folder"
@@ -303,6 +345,12 @@ class FolderLock:
             self._fd = None
 
 
+def pa_schema(schema, columns: list[str]):
+    """The fields ``columns`` of a ``pyarrow.Schema``, with its metadata."""
+    pa = require("pyarrow", "datasets")
+    return pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+
+
 def read_rows(folder: Path | str, columns: list[str] | None = None):
     """Every row of a dataset output folder as one ``pyarrow.Table``, sorted by ``path``.
 
@@ -323,7 +371,7 @@ def read_rows(folder: Path | str, columns: list[str] | None = None):
         unknown = [c for c in columns if c not in schema.names]
         if unknown:
             raise SamExportError(f"no column {', '.join(unknown)}; columns: {', '.join(schema.names)}")
-        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+        schema = pa_schema(schema, columns)
     tables = []
     for part in sorted(p for p in path.iterdir() if PART_PATTERN.match(p.name) and p.is_file()):
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from samexport.datasets.images import ImageError, decode_image, read_file
+from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, display_path, is_utf8, read_file
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
 from samexport.errors import SamExportError
 
@@ -77,6 +78,7 @@ class JobSpec:
         backend: as ``SamPredictor(backend=...)``.
         threads: ONNX Runtime intra-op threads per worker; ``None``: ONNX Runtime's default.
         generator_options: ``AutomaticMaskGenerator`` options (segment_all only).
+        max_file_bytes: larger files become error rows without being read.
     """
 
     job: Job
@@ -85,6 +87,7 @@ class JobSpec:
     backend: str = "auto"
     threads: int | None = None
     generator_options: dict[str, Any] = field(default_factory=dict)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
@@ -108,17 +111,41 @@ def _coco_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def image_row(schema, key: str, data: bytes | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
-    """A row of ``schema`` with the image's key, file hash and size filled in, and the image
-    (HxWx3 uint8 RGB); or the error row and ``None`` when the image cannot be used."""
-    row: dict[str, Any] = dict.fromkeys(schema.names)
-    row["path"] = key
+def _file_status(key: str) -> os.stat_result | None:
     try:
-        data = read_file(key) if data is None else data
+        return os.stat(key)
+    except (OSError, ValueError):
+        return None
+
+
+def image_row(
+    schema, key: str, data: bytes | None = None, *, artifact_sha256: str | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """A row of ``schema`` with the image's key, the artifact and the file's hash, size and time
+    filled in, and the image (HxWx3 uint8 RGB); or the error row and ``None`` when the image
+    cannot be used. ``data``: the file's bytes when already read (Ray), else read here."""
+    row: dict[str, Any] = dict.fromkeys(schema.names)
+    row["path"] = display_path(key)
+    row["path_bytes"] = None if is_utf8(key) else os.fsencode(key)
+    row["artifact_sha256"] = artifact_sha256
+    status = None
+    try:
+        if data is None:
+            data, status = read_file(key, max_file_bytes)
+        else:
+            status = _file_status(key)
+            if status is not None and status.st_size != len(data):
+                status = None  # changed since it was read: record no size and time, so a resume redoes it
         row["file_sha256"] = hashlib.sha256(data).hexdigest()
         image = decode_image(data)
     except ImageError as exc:
         row["error"] = str(exc)
+        image = None
+    status = status or _file_status(key)
+    if status is not None:
+        row["file_size"], row["file_mtime_ns"] = status.st_size, status.st_mtime_ns
+    if image is None:
         return row, None
     row["height"], row["width"] = image.shape[:2]
     return row, image
@@ -153,7 +180,8 @@ class ImageWorker:
 
     def row(self, key: str, data: bytes | None = None) -> dict[str, Any]:
         """The output row of one image; ``data`` is the file's bytes (read here when ``None``)."""
-        row, image = image_row(self.schema, key, data)
+        row, image = image_row(self.schema, key, data, artifact_sha256=self.spec.manifest_sha256,
+                               max_file_bytes=self.spec.max_file_bytes)
         if image is None:
             return row
         if self.spec.job == "embed":
