@@ -26,6 +26,7 @@ from samexport.datasets.worker import open_predictor
 from samexport.testing import make_image
 
 pytest.importorskip("pyarrow", reason="needs the datasets extra: pip install 'samexport[datasets]'")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
 ROOT = Path(__file__).resolve().parents[1]
 LATIN1_NAME = b"caf\xe9.jpg"  # an old zip or SMB share: Latin-1 bytes, not UTF-8
@@ -103,6 +104,34 @@ def test_a_huge_file_is_an_error_row_without_being_read(tiny_artifact, tmp_path)
     assert (again.redone, again.written, again.errors) == (2, 2, 1)
     rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "out").to_pylist()}
     assert rows["big.png"]["error"] is None and "over the 536870912-byte limit" in rows["huge.jpg"]["error"]
+
+
+@pytest.mark.ray
+def test_ray_never_blocks_on_a_fifo_nor_reads_a_huge_file(tiny_artifact, tmp_path):
+    """On Ray the driver sorts out what its readers must not open: a FIFO, a file over the cap, a
+    name Ray cannot take; the good image is embedded by an actor as locally."""
+    ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'samexport[ray]'")
+    pytest.importorskip("ray.data", reason="needs the ray extra: pip install 'samexport[ray]'")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = _save(folder / "good.png", seed=30)
+    os.mkfifo(folder / "pipe.jpg")
+    with open(folder / "huge.jpg", "wb") as f:
+        f.truncate(DEFAULT_MAX_FILE_BYTES + 1)
+    odd = os.fsdecode(os.path.join(os.fsencode(folder), LATIN1_NAME))
+    _save(Path(odd), seed=31)
+    files = [folder / "good.png", folder / "pipe.jpg", folder / "huge.jpg", odd]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = embed(tiny_artifact, files, tmp_path / "out", executor="ray", workers=1, threads=1, progress=False)
+    finally:
+        ray.shutdown()
+    assert (result.written, result.errors) == (4, 3)
+    rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "out").to_pylist()}
+    assert rows["pipe.jpg"]["error"] == "not a regular file (a FIFO)"
+    assert "over the 536870912-byte limit" in rows["huge.jpg"]["error"]
+    assert rows["caf\\xe9.jpg"]["error"].startswith("Ray Data cannot read a file whose name is not UTF-8")
+    np.testing.assert_array_equal(embedding_from_row(rows["good.png"]), _embedding(tiny_artifact, image))
 
 
 def test_unreadable_and_symlinked_folders_are_reported(tmp_path, monkeypatch):
