@@ -78,6 +78,8 @@ def diagnose() -> dict[str, str]:
     availability = tensorrt_availability()
     report["tensorrt engines"] = "can build" if availability else f"cannot build here: {availability.reason}"
     if report["tensorrt"][0].isdigit():
+        advice = trt_api.recommended_attention(report["tensorrt"])
+        report["recommended --attention"] = f"{advice.mode} ({advice.reason}); see docs/jetson.md"
         for feature, status in tensorrt_features(report["tensorrt"], jetson=is_jetson()).items():
             report[f"  {feature}"] = status
     return report
