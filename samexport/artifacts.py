@@ -23,7 +23,7 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
-from samexport.staging import marker_pid, remove_stale_folders, write_marker
+from samexport.staging import marker_pid, remove_stale_folders, write_atomically, write_marker
 from samexport.variants import get_variant
 
 log = logging.getLogger(__name__)
@@ -215,17 +215,8 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     manifest written (with its file records)."""
     folder = Path(folder)
     manifest = manifest.replace(files=file_records(folder, artifact_files(folder, manifest)))
-    path = folder / C.MANIFEST
-    partial = path.with_name(f".{C.MANIFEST}.partial-{os.getpid()}")
-    try:
-        with open(partial, "w") as stream:
-            data = manifest.to_dict()
-            stream.write(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    data = manifest.to_dict()
+    write_atomically(folder / C.MANIFEST, json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
     return manifest
 
 
@@ -295,7 +286,7 @@ def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
             continue
         if name.startswith((PLANS_PREFIX, PLANS_PARTIAL_PREFIX)) and marker_pid(entry, PLANS_MARKER) is not None:
             continue
-        if name.startswith(f".{C.MANIFEST}.partial-"):
+        if name.startswith(f".{C.MANIFEST}.") and name.endswith(".partial"):  # a killed write_manifest
             continue
         foreign.append(name)
     return foreign

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +19,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from samexport.errors import SamExportError
+from samexport.staging import atomic_file
 from samexport.utils import default_cache_dir, sha256_file
 from samexport.variants import Variant, get_variant
 
@@ -53,13 +53,8 @@ def download(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.part-", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            received, expected_size, actual = _stream(url, out, progress=progress, timeout=timeout)
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_file(dest) as out:  # checked before it is renamed into place
+        received, expected_size, actual = _stream(url, out, progress=progress, timeout=timeout)
         if expected_size is not None and received != expected_size:
             raise SamExportError(
                 f"download of {url} was cut short: received {received} of {expected_size} bytes; "
@@ -70,10 +65,6 @@ def download(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
                 "the file was discarded"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -8,7 +8,6 @@ EXIF orientation as image viewers show it, high bit depths scaled (not clipped) 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from samexport.errors import SamExportError
+from samexport.staging import atomic_file
 
 PALETTE = np.array(
     [[30, 144, 255], [255, 99, 71], [50, 205, 50], [255, 215, 0], [186, 85, 211], [0, 206, 209],
@@ -218,19 +218,10 @@ def write_mask(path: Path | str, mask: np.ndarray) -> None:
     The format follows the suffix (PNG, TIFF or BMP, see :func:`check_mask_path`); the file is
     written next to ``path`` and renamed into place, so a failure leaves nothing half-written.
     """
-    import secrets
-
     path = check_mask_path(path)
     picture = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8))
-    staging = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    try:
-        with open(staging, "xb") as file:  # "x": never an existing file; mode from the umask
-            picture.save(file, format=Image.registered_extensions()[path.suffix.lower()])
-        os.replace(staging, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(staging)
-        raise
+    with atomic_file(path) as file:
+        picture.save(file, format=Image.registered_extensions()[path.suffix.lower()])
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

@@ -20,11 +20,11 @@ written by ``write_manifest`` on every rewrite). Opening an artifact checks them
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 from samexport.errors import SamExportError
+from samexport.staging import write_atomically
 from samexport.utils import default_cache_dir, sha256_file
 
 CACHE_FILE = "verified-files.json"
@@ -128,13 +128,8 @@ def _remember(path: Path, digest: str) -> None:
     cache[identity] = {"key": key, "sha256": digest}
     cache = dict(list(cache.items())[-CACHE_ENTRIES:])
     target = _cache_path()
-    partial = target.with_name(f".{CACHE_FILE}.partial-{os.getpid()}-{threading.get_ident()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(cache))
-        os.replace(partial, target)
+        write_atomically(target, json.dumps(cache))
     except OSError:  # a read-only cache folder: the in-memory entry remains
-        try:
-            partial.unlink(missing_ok=True)
-        except OSError:
-            pass
+        pass

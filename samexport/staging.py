@@ -1,5 +1,6 @@
-"""Folders samexport assembles under a hidden name: our marker in them, and removing the ones
-killed runs left behind.
+"""Writing files and folders so that a reader never sees half of one: a file written beside its
+target and renamed over it (:func:`atomic_path`, :func:`atomic_file`), and folders assembled
+under a hidden name with our marker in them, removing the ones killed runs left behind.
 
 A run that writes a folder in stages (a build's ``.NAME.partial-*``, the engine step's
 ``.plans-partial-*``) first writes a marker file into it holding its process id. A later run
@@ -9,10 +10,14 @@ that is gone (so no run is still writing it); anything else with a matching name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 def write_marker(folder: Path, marker: str) -> Path:
@@ -60,3 +65,72 @@ def remove_stale_folders(parent: Path, pattern: str, marker: str) -> list[Path]:
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)
     return removed
+
+
+# -- writing one file atomically ----------------------------------------------------------------
+
+
+def temporary_name(target: str, suffix: str = ".partial") -> str:
+    """A hidden name beside ``target`` for its next content: ``.TARGET.<32 hex>SUFFIX``."""
+    return f".{target}.{uuid.uuid4().hex}{suffix}"
+
+
+def _temporary_beside(path: Path, suffix: str) -> Path:
+    """A new empty file next to ``path`` (same folder, so the rename stays on one file system),
+    hidden, unique to this call, created with the umask's permissions as ``open(path, "w")`` would."""
+    while True:
+        temp = path.with_name(temporary_name(path.name, suffix))
+        try:
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return temp
+
+
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, suffix: str = ".partial") -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to, renamed over ``path`` after the block.
+
+    The temporary is a new hidden file in ``path``'s folder (:func:`temporary_name`; ``suffix``
+    lets a caller that cleans up after killed runs recognise its own).
+    After the block its data is flushed to disk (``fsync``), it replaces ``path`` in one rename
+    (``os.replace``: a reader sees the old file or the new one, never half of one) and the folder
+    entry is flushed too. If the block raises (Ctrl-C included), the temporary is removed and
+    ``path`` is left as it was. For writers that take a path (``onnx.save``, Pillow, a plan's
+    bytes); :func:`atomic_file` gives an open file instead.
+    """
+    path = Path(path)
+    temp = _temporary_beside(path, suffix)
+    try:
+        yield temp
+        _fsync(temp)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # not every file system can sync a folder
+        _fsync(path.parent, directory=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str, mode: str = "wb", *, suffix: str = ".partial", **open_kwargs) -> Iterator[IO]:
+    """``open(temporary, mode)`` for :func:`atomic_path`: what the block writes replaces ``path``
+    in one rename once the file is closed and synced; nothing changes if the block raises."""
+    with atomic_path(path, suffix=suffix) as temp, open(temp, mode, **open_kwargs) as stream:
+        yield stream
+
+
+def write_atomically(path: Path | str, data: bytes | str | memoryview, *, suffix: str = ".partial") -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path, "wb", suffix=suffix) as stream:
+        stream.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)

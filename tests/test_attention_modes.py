@@ -288,11 +288,12 @@ def test_plugin_kernel_entry_takes_six_pointers(target, grid_hw, head_dim, dtype
 
 
 def test_plugin_version_rules():
-    from samexport.plugins.tensorrt_plugin import ptx_version_for_driver, supports_plugin
+    from samexport.engines.trt_api import supports
+    from samexport.plugins.tensorrt_plugin import ptx_version_for_driver
 
-    assert not supports_plugin("10.3.0.30")  # JetPack 6
-    assert not supports_plugin("10.8.0.43")  # tensorrt.plugin without aot_impl
-    assert supports_plugin("10.9.0.34") and supports_plugin("10.13.3.9") and supports_plugin("11.0.0")
+    assert not supports("10.3.0.30", "attention plugin")  # JetPack 6
+    assert not supports("10.8.0.43", "attention plugin")  # tensorrt.plugin without aot_impl
+    assert all(supports(v, "attention plugin") for v in ("10.9.0.34", "10.13.3.9", "11.0.0"))
     assert ptx_version_for_driver(12020) == 82  # JetPack 6.0
     assert ptx_version_for_driver(12060) == 85
     assert ptx_version_for_driver(13000) is None
@@ -330,9 +331,9 @@ def gpu_skip_reason() -> str | None:
     availability = tensorrt_availability("tensorrt")
     if not availability:
         return availability.reason
-    from samexport.plugins.tensorrt_plugin import supports_plugin
+    from samexport.engines.trt_api import supports
 
-    if not supports_plugin(availability.tensorrt_version):
+    if not supports(availability.tensorrt_version, "attention plugin"):
         return f"TensorRT {availability.tensorrt_version} has no Python plugin API (needs >= 10.9)"
     return None
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import trt_bindings
 
-from samexport.plugins.onnx_node import PLUGIN_ATTRIBUTES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from samexport.constants import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from samexport.plugins.onnx_node import PLUGIN_ATTRIBUTES
 
 pytest.importorskip("triton")
 

@@ -1,9 +1,9 @@
 """The ``samexport`` command line: thin wrappers over the library, one clear line per error.
 
 Each command lives in the module of its job (:mod:`~samexport.cli.artifacts`,
-:mod:`~samexport.cli.segment`, :mod:`~samexport.cli.checks`, :mod:`~samexport.cli.serve`) and imports the library only when
-it runs, so ``--help`` and ``import samexport.cli`` stay light (no torch, ONNX Runtime or
-TensorRT). The commands are registered here, in the order ``--help`` lists them.
+:mod:`~samexport.cli.segment`, :mod:`~samexport.cli.checks`, :mod:`~samexport.cli.serve`) and imports
+the library's modules at its top; those import torch, ONNX Runtime, TensorRT and FastAPI only when
+a command uses them, so ``--help`` and ``import samexport.cli`` stay light. The commands are registered here, in the order ``--help`` lists them.
 """
 
 from __future__ import annotations

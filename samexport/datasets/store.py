@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from samexport.artifacts import read_manifest
 from samexport.datasets.images import row_key
 from samexport.datasets.schema import JOBS, arrow_schema
 from samexport.errors import SamExportError, require
+from samexport.staging import atomic_file, temporary_name, write_atomically
 from samexport.utils import sha256_file
 
 MANIFEST_NAME = "samexport-dataset.json"
@@ -87,7 +87,7 @@ def stage_part(folder: Path | str, table) -> Path:
     folder = Path(folder)
     keys = table.column("path").to_pylist()
     table = table.take(sorted(range(len(keys)), key=keys.__getitem__))
-    temp = folder / f".{part_name(keys)}.{uuid.uuid4().hex}.tmp"
+    temp = folder / temporary_name(part_name(keys), ".tmp")  # renamed by OutputFolder.commit
     try:
         with open(temp, "wb") as f:
             pq.write_table(table, f)
@@ -166,12 +166,8 @@ class OutputFolder:
             if self.lock is not None:
                 self.lock.check()
             if keep:
-                temp = self.path / f".{part.name}.{uuid.uuid4().hex}.tmp"
-                with open(temp, "wb") as f:
+                with atomic_file(part, suffix=".tmp") as f:  # a temporary remove_temporaries knows
                     pq.write_table(pq.read_table(part, schema=schema).take(keep), f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(temp, part)
             else:
                 part.unlink()
             removed += len(held) - len(keep)
@@ -289,9 +285,7 @@ def open_output(
         "samexport_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    temp = path / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
-    temp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temp, path / MANIFEST_NAME)
+    write_atomically(path / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n", suffix=".tmp")
     return OutputFolder(path, manifest, lock)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from typing import Literal
 from samexport import constants as C
 from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
+from samexport.staging import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,7 @@ def build_engine(
         seconds = time.perf_counter() - start
     data = memoryview(plan)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = plan_path.with_name(f".{plan_path.name}.partial-{os.getpid()}")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, plan_path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(plan_path, data)
 
     gpu = None
     try:

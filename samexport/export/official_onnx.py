@@ -48,7 +48,6 @@ from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError
 
 ORIG_IM_SIZE = "orig_im_size"
-OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
 NOT_FOR_TENSORRT = (
     "segment_anything ONNX interface (orig_im_size input, in-graph upsampling): for ONNX Runtime; "
     "not for TensorRT, which cannot parse it (build engines from decoder.onnx)"

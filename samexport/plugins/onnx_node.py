@@ -33,7 +33,7 @@ import torch
 from onnx import helper
 
 # The names live in the torch-free constants module so the TensorRT plugin registers without torch.
-from samexport.constants import PLUGIN_DOMAIN, PLUGIN_ID, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION  # noqa: F401
+from samexport.constants import PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from samexport.plugins.attention_reference import reference_rel_pos_attention
 
 # The plugin's own attributes (TensorRT plugin fields), in the order the node carries them.

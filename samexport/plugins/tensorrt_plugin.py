@@ -67,11 +67,6 @@ from samexport.errors import MissingExtraError, SamExportError
 _registered = False
 
 
-def supports_plugin(tensorrt_version: str) -> bool:
-    """True when TensorRT ``tensorrt_version`` (e.g. "10.13.3.9") can run the plugin."""
-    return trt_api.supports(tensorrt_version, "attention plugin")
-
-
 # CUDA driver version (cuDriverGetVersion: 1000 * major + 10 * minor) -> newest PTX ISA it JIT-compiles.
 _PTX_ISA_BY_DRIVER = [
     (12090, None),  # 12.9+: Triton's default (8.8 for Triton 3.8)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +46,7 @@ from samexport.image_sources import image_files
 from samexport.imageio import read_image
 from samexport.models.families import EncoderFamily
 from samexport.precision.fp16 import DEFAULT_FP32_OPS, convert_to_fp16
+from samexport.staging import write_atomically
 from samexport.transforms import preprocess
 from samexport.utils import sha256_file
 
@@ -291,9 +291,7 @@ def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
 
 def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(cache_path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "ranges": ranges}, indent=1))
-    os.replace(tmp, cache_path)
+    write_atomically(cache_path, json.dumps({"key": key, "ranges": ranges}, indent=1))
 
 
 def quantizer_arguments(model: onnx.ModelProto, ranges: dict[str, float], recipe: Int8Recipe, nodes: list[str]) -> dict:
