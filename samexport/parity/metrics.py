@@ -51,6 +51,15 @@ TOLERANCES: dict[str, Tolerances] = {
 }
 
 
+def tolerance_key(artifact_precision: str, inference_precision: str | None = None) -> str:
+    """The :data:`TOLERANCES` row for an artifact run by a backend that may compute in a narrower
+    type than the graph's (``inference_precision``: OpenVINO's ``bf16`` / ``f16``; None: as the
+    graph). An int8 graph keeps its own, looser row."""
+    if artifact_precision == "int8" or inference_precision in (None, "f32"):
+        return artifact_precision
+    return {"bf16": "bf16", "f16": "fp16"}.get(inference_precision, artifact_precision)
+
+
 def get_tolerances(precision: str) -> Tolerances:
     """The tolerances for ``precision``; an unknown name lists the valid ones."""
     try:
