@@ -125,6 +125,84 @@ def test_no_bf16_on_the_device(tiny_artifact, monkeypatch):
         open_backend(tiny_artifact, "openvino:precision=bf16")
 
 
+# -- parity against the PyTorch weights, per artifact precision and inference precision ---------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_checkpoint, request):
+    """(variant, precision) -> (artifact dir, checkpoint), built on first use."""
+    from samexport.pipeline import build
+    from samexport.testing import save_random_checkpoint
+
+    from test_precision import write_calibration_folder
+
+    folder = tmp_path_factory.mktemp("openvino-artifacts")
+    found: dict[tuple[str, str], tuple] = {}
+
+    def get(variant: str, precision: str):
+        if (variant, precision) not in found:
+            if variant == "tiny":
+                checkpoint = tiny_checkpoint
+            elif variant == "vit_b":
+                checkpoint = request.getfixturevalue("vit_b_checkpoint")
+            else:
+                checkpoint = folder / f"{variant}.pth"
+                if not checkpoint.exists():
+                    save_random_checkpoint(variant, checkpoint)
+            extra = {}
+            if precision == "int8":
+                extra = dict(calib_dir=write_calibration_folder(folder / "calib"), int8_target="onnxruntime")
+            out = build(variant, checkpoint=checkpoint, output=folder / f"{variant}-{precision}", precision=precision,
+                        engines="skip", **extra).artifact_dir
+            found[(variant, precision)] = out, checkpoint
+        return found[(variant, precision)]
+
+    return get
+
+
+PARITY_CASES = [
+    *(pytest.param(variant, precision, inference, id=f"{variant}-{precision}-{inference}",
+                   marks=[needs_bf16] if inference == "bf16" else [])
+      for variant in ("tiny", "mobile_sam")
+      for precision, inference in (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8", "f32"))),
+    pytest.param("tiny", "int8", "bf16", id="tiny-int8-bf16", marks=[needs_bf16]),
+    pytest.param("vit_b", "fp32", "f32", id="vit_b-fp32-f32", marks=[pytest.mark.slow]),
+    pytest.param("vit_b", "fp32", "bf16", id="vit_b-fp32-bf16", marks=[pytest.mark.slow, needs_bf16]),
+]
+
+
+@pytest.mark.parametrize(("variant", "precision", "inference"), PARITY_CASES)
+def test_parity_against_torch(built, photo, variant, precision, inference):
+    """OpenVINO on each artifact precision, in f32 and bf16, passes the parity row that applies
+    (the artifact's, or bf16's for an fp32 / fp16 graph run in bf16) on the full prompt suite."""
+    from samexport.parity import tolerance_key
+
+    artifact, checkpoint = built(variant, precision)
+    report = parity(artifact, checkpoint, f"openvino:precision={inference}", photo)
+    assert report.candidate == f"openvino-cpu-{inference}"
+    assert report.precision == tolerance_key(precision, inference)
+    assert report, (report.summary, report.failures)
+
+
+def test_mask_generator_on_openvino_equals_onnxruntime(tiny_artifact):
+    """Both decoder halves on OpenVINO (f32): the same masks as on ONNX Runtime."""
+    from test_amg import assert_same_masks
+
+    from samexport.amg import AutomaticMaskGenerator
+    from samexport.testing import make_image
+    from samexport.runtime.predictor import SamPredictor
+
+    scene = make_image(240, 360, seed=3)
+    params = dict(points_per_side=4, pred_iou_thresh=0.02, stability_score_offset=0.05,
+                  stability_score_thresh=0.09, box_nms_thresh=1.0)
+    theirs = AutomaticMaskGenerator(SamPredictor(tiny_artifact, backend="onnxruntime-cpu"), **params).generate(scene)
+    ov = SamPredictor(tiny_artifact, backend="openvino")
+    ours = AutomaticMaskGenerator(ov, **params).generate(scene)
+    assert ov.backend.name == "openvino-cpu-f32" and ov.backend._halves is not None  # the halves ran
+    assert 10 <= len(theirs)
+    assert_same_masks(ours, theirs)
+
+
 # -- the compile cache --------------------------------------------------------------------------
 
 

@@ -108,7 +108,7 @@ def segment_all(
     executor: Annotated[Optional[str], typer.Option(help="Dataset jobs: local (default) or ray.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Dataset jobs: parallel workers, each opening the artifact once (default 1).", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime threads per worker.", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime (or OpenVINO CPU) threads per worker.", min=1)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
 ) -> None:
     """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON.
@@ -203,7 +203,7 @@ def embed(
     workers: Annotated[int, typer.Option(help="Parallel workers, each opening the artifact once (processes, or Ray actors).", min=1)] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per Parquet part file; a killed run loses at most the batches in flight.", min=1)] = 8,
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per worker (default: the cores divided among the workers).", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime (or OpenVINO CPU) threads per worker (default: the cores divided among the workers).", min=1)] = None,
     backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar over images.")] = True,
 ) -> None:
