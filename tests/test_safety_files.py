@@ -222,7 +222,11 @@ def test_an_edited_manifest_is_refused(artifact):
     with pytest.raises(SamExportError, match="was changed after samexport wrote it"):
         read_manifest(artifact)
     del edited["files"]
-    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # an old manifest: the schema refuses
+    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # records removed too (issue 25 item 9)
+    with pytest.raises(SamExportError, match="has manifest format 2 but no 'files'"):
+        read_manifest(artifact)
+    del edited["runtime"]
+    path.write_text(json.dumps({**edited, "format": 1, "precision": "fp4"}))  # an old manifest: the schema refuses
     with pytest.raises(SamExportError, match="unknown precision 'fp4'"):
         read_manifest(artifact)
 
@@ -250,8 +254,8 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
 
     path = artifact / C.MANIFEST
     data = json.loads(path.read_text())
-    del data["files"], data[DIGEST_KEY]
-    path.write_text(json.dumps(data))
+    del data["files"], data[DIGEST_KEY], data["runtime"]
+    path.write_text(json.dumps({**data, "format": 1}))  # format 1 was written before file records
     with caplog.at_level(logging.WARNING, logger="samexport.artifacts"):
         predictor = SamPredictor(artifact)
     assert predictor.backend.name.startswith("onnxruntime")
