@@ -20,8 +20,11 @@ import numpy as np
 import pytest
 
 from samexport.amg import AutomaticMaskGenerator
+from samexport.amg.generator import GENERATOR_BYTES_PER_POINT
 from samexport.runtime.backends import OnnxRuntimeBackend
-from samexport.runtime.predictor import DEFAULT_DECODE_BUDGET, SamPredictor, budget_for_prompts, prompts_per_call
+from samexport.runtime.predictor import (
+    DECODER_FIXED_BYTES, DEFAULT_DECODE_BUDGET, SamPredictor, budget_for_prompts, prompts_per_call,
+)
 from samexport.testing import make_image
 
 
@@ -112,7 +115,8 @@ def test_mask_generator_uses_the_same_path(ort_backend):
     whole, chunked = Counting(ort_backend), Counting(ort_backend)
     expected = AutomaticMaskGenerator(SamPredictor(whole), **params).generate(image)
     got = AutomaticMaskGenerator(
-        SamPredictor(chunked, decode_budget_bytes=budget_for_prompts(5)), **params
+        # pieces of at most 5 points: the generator's own share of the budget (60 MiB a point)
+        SamPredictor(chunked, decode_budget_bytes=DECODER_FIXED_BYTES + 5 * GENERATOR_BYTES_PER_POINT), **params
     ).generate(image)
     assert whole.batches == [16] and chunked.batches == [4, 4, 4, 4]
     assert len(got) == len(expected) > 0
