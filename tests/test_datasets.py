@@ -456,14 +456,14 @@ def test_cli_embed_and_segment_all_over_several_images(tiny_artifact, image_fold
 
     files = [str(image_folder / n) for n in ("img01.jpg", "img02.png", "junk.jpg")]
     result = CliRunner().invoke(app, ["embed", str(tiny_artifact), *files, "--output", str(tmp_path / "e"),
-                                      "--threads", "1", "--batch-size", "2", "--no-progress"])
+                                      "--threads", "1", "--batch-size", "2", "--no-progress", "--max-file-mb", "64"])
     assert result.exit_code == 0, result.output
     assert "3 rows written (1 errors)" in result.output and "`error` column" in result.output
     assert read_rows(tmp_path / "e").num_rows == 3
 
     options = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--no-progress"]
     result = CliRunner().invoke(app, ["segment-all", str(tiny_artifact), *files[:2], "--output", str(tmp_path / "s"),
-                                      "--threads", "1", *options])
+                                      "--threads", "1", "--retry-errors", "--max-file-mb", "64", *options])
     assert result.exit_code == 0, result.output
     rows = read_rows(tmp_path / "s").to_pylist()
     assert len(rows) == 2 and all(r["masks"] for r in rows)
