@@ -60,7 +60,17 @@ DECODER_ONNX = "decoder.onnx"
 DECODER_SCORES_ONNX = "decoder_scores.onnx"
 DECODER_MASKS_ONNX = "decoder_masks.onnx"
 GRAPH_FILES = (ENCODER_ONNX, DECODER_ONNX, DECODER_SCORES_ONNX, DECODER_MASKS_ONNX)
+# A graph's weights, when they go to ONNX external data, are written to "<graph>.data" (the name the
+# torch exporter and samexport.precision give it). A build writes these names and no others.
+GRAPH_DATA_FILES = tuple(f"{name}.data" for name in GRAPH_FILES)
 MANIFEST = "manifest.json"
+
+MAX_IMAGE_PIXELS = 1 << 28
+"""Largest image samexport reads or predicts for: 268 MP (16384 x 16384). Pillow refuses images over
+179 MP as possible decompression bombs; real photos reach that (stitched panoramas, scans), so
+samexport allows up to 2**28 pixels, where the RGB array alone is 768 MiB and each full-size mask
+the predictor returns another 256 MiB, and refuses larger ones with a clear message (image files in
+``samexport.imageio``, sizes given with an embedding in ``samexport.validate.image_size``)."""
 
 # Dynamic axis names.
 PROMPT_BATCH = "num_prompts"  # B: prompts decoded in one call
@@ -107,6 +117,19 @@ SCORES_INPUTS = DECODER_INPUTS
 SCORES_OUTPUTS = (IOU_PREDICTIONS, MASK_TOKENS, IMAGE_TOKENS)
 MASKS_INPUTS = (MASK_TOKENS, IMAGE_TOKENS)
 MASKS_OUTPUTS = (LOW_RES_MASKS,)
+
+# SAM 2.1's graphs (``samexport.export.sam2_onnx``): the encoder also gives the two
+# high-resolution maps after the decoder's conv_s0 / conv_s1 (once per image), the decoder takes
+# them and also scores the object. Image embedding: ``no_mem_embed`` added.
+HIGH_RES_FEATS_0 = TensorSpec("high_res_feats_0", "float32", (1, EMBED_DIM // 8, 4 * EMBED_SIZE, 4 * EMBED_SIZE))
+HIGH_RES_FEATS_1 = TensorSpec("high_res_feats_1", "float32", (1, EMBED_DIM // 4, 2 * EMBED_SIZE, 2 * EMBED_SIZE))
+OBJECT_SCORE_LOGITS = TensorSpec("object_score_logits", "float32", (PROMPT_BATCH, 1))
+SAM2_ENCODER_INPUTS = (IMAGE,)
+SAM2_ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS, HIGH_RES_FEATS_0, HIGH_RES_FEATS_1)
+SAM2_DECODER_INPUTS = (
+    IMAGE_EMBEDDINGS, HIGH_RES_FEATS_0, HIGH_RES_FEATS_1, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT,
+)
+SAM2_DECODER_OUTPUTS = (LOW_RES_MASKS, IOU_PREDICTIONS, OBJECT_SCORE_LOGITS)
 
 
 # -- inference backends ---------------------------------------------------------------------------
