@@ -116,7 +116,7 @@ def segment_all(
     batch_size: Annotated[Optional[int], typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
     threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime (or OpenVINO CPU) threads per worker.", min=1)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
-    retry_errors: Annotated[Optional[bool], typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = None,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = False,
     max_file_mb: Annotated[Optional[float], typer.Option(help=MAX_FILE_HELP, min=0.001)] = None,
 ) -> None:
     """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON.
@@ -133,7 +133,7 @@ def segment_all(
         crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area,
     )
     dataset_options = dict(executor=executor, workers=workers, batch_size=batch_size, threads=threads,
-                           ray_address=ray_address, retry_errors=retry_errors, max_file_mb=max_file_mb)
+                           ray_address=ray_address, retry_errors=retry_errors or None, max_file_mb=max_file_mb)
     if len(images) > 1 or images[0].is_dir():
         _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, progress, generator_options,
                              dataset_options)
