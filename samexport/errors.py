@@ -72,3 +72,10 @@ def torch_model_error(value: object, where: str) -> SamExportError:
         "--checkpoint sam_vit_b_01ec64.pth --output engines/vit_b-fp32) and pass its directory, "
         "e.g. samexport.sam_model_registry['vit_b'](checkpoint='engines/vit_b-fp32')"
     )
+
+
+class PromptWarning(UserWarning):
+    """A prompt samexport runs as given, as ``segment_anything`` does, though it is likely a
+    mistake (a box with its corners swapped, a point outside the image). Shown once per place in
+    the calling code (Python's default warning filter); ``warnings.simplefilter("error",
+    PromptWarning)`` turns it into an error."""

@@ -75,11 +75,13 @@ def temporary_name(target: str, suffix: str = ".partial") -> str:
     return f".{target}.{uuid.uuid4().hex}{suffix}"
 
 
-def _temporary_beside(path: Path, suffix: str) -> Path:
+def _temporary_beside(path: Path, suffix: str, prefix: str | None) -> Path:
     """A new empty file next to ``path`` (same folder, so the rename stays on one file system),
-    hidden, unique to this call, created with the umask's permissions as ``open(path, "w")`` would."""
+    unique to this call (:func:`temporary_name`, or ``prefix`` + 8 random characters + ``suffix``),
+    created with the umask's permissions as ``open(path, "w")`` would."""
     while True:
-        temp = path.with_name(temporary_name(path.name, suffix))
+        name = temporary_name(path.name, suffix) if prefix is None else f"{prefix}{uuid.uuid4().hex[:8]}{suffix}"
+        temp = path.with_name(name)
         try:
             os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
@@ -96,11 +98,11 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, suffix: str = ".partial") -> Iterator[Path]:
+def atomic_path(path: Path | str, *, suffix: str = ".partial", prefix: str | None = None) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to, renamed over ``path`` after the block.
 
     The temporary is a new hidden file in ``path``'s folder (:func:`temporary_name`; ``suffix``
-    lets a caller that cleans up after killed runs recognise its own).
+    and ``prefix`` let a caller that cleans up after killed runs recognise its own).
     After the block its data is flushed to disk (``fsync``), it replaces ``path`` in one rename
     (``os.replace``: a reader sees the old file or the new one, never half of one) and the folder
     entry is flushed too. If the block raises (Ctrl-C included), the temporary is removed and
@@ -108,7 +110,7 @@ def atomic_path(path: Path | str, *, suffix: str = ".partial") -> Iterator[Path]
     bytes); :func:`atomic_file` gives an open file instead.
     """
     path = Path(path)
-    temp = _temporary_beside(path, suffix)
+    temp = _temporary_beside(path, suffix, prefix)
     try:
         yield temp
         _fsync(temp)
@@ -122,10 +124,12 @@ def atomic_path(path: Path | str, *, suffix: str = ".partial") -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path | str, mode: str = "wb", *, suffix: str = ".partial", **open_kwargs) -> Iterator[IO]:
+def atomic_file(
+    path: Path | str, mode: str = "wb", *, suffix: str = ".partial", prefix: str | None = None, **open_kwargs
+) -> Iterator[IO]:
     """``open(temporary, mode)`` for :func:`atomic_path`: what the block writes replaces ``path``
     in one rename once the file is closed and synced; nothing changes if the block raises."""
-    with atomic_path(path, suffix=suffix) as temp, open(temp, mode, **open_kwargs) as stream:
+    with atomic_path(path, suffix=suffix, prefix=prefix) as temp, open(temp, mode, **open_kwargs) as stream:
         yield stream
 
 

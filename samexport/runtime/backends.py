@@ -18,6 +18,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError, require
+from samexport.runtime.openvino_backend import OpenVINOBackend
 from samexport.runtime.tensorrt_backend import TensorRTBackend, why_engines_cannot_run
 from samexport.utils import sha256_file
 
@@ -149,6 +150,7 @@ class OnnxRuntimeBackend:
         self._halves = None
         self._session_args = ort, options, providers
         self.has_decoder_halves = bool(halves)
+        self._run_options = _decoder_run_options() if memory_arena else None
         # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
         mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
         self.shares_mask_input = mask_axis == C.NUM_MASKS
@@ -167,7 +169,7 @@ class OnnxRuntimeBackend:
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs)
+        masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs, self._run_options)
         return masks, iou
 
     def _decoder_halves(self):
@@ -182,16 +184,31 @@ class OnnxRuntimeBackend:
     def decode_scores(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         scores, _ = self._decoder_halves()
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        iou, mask_tokens, image_tokens = _run(scores, C.SCORES_INPUTS, C.SCORES_OUTPUTS, inputs)
+        iou, mask_tokens, image_tokens = _run(scores, C.SCORES_INPUTS, C.SCORES_OUTPUTS, inputs, self._run_options)
         return iou, mask_tokens, image_tokens
 
     def decode_masks(self, mask_tokens, image_tokens):
         _, masks = self._decoder_halves()
-        return _run(masks, C.MASKS_INPUTS, C.MASKS_OUTPUTS, (mask_tokens, image_tokens))[0]
+        return _run(masks, C.MASKS_INPUTS, C.MASKS_OUTPUTS, (mask_tokens, image_tokens), self._run_options)[0]
 
 
-def _run(session, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...], arrays) -> list[np.ndarray]:
-    return session.run([s.name for s in outputs], {s.name: a for s, a in zip(inputs, arrays)})
+def _run(session, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...], arrays, run_options=None) -> list[np.ndarray]:
+    return session.run([s.name for s in outputs], {s.name: a for s, a in zip(inputs, arrays)}, run_options)
+
+
+def _decoder_run_options():
+    """Run options for decoder calls: the CPU arena hands back what a call freed when it ends.
+
+    The whole decoder and its two halves are three sessions with an arena each, and an arena keeps
+    its high-water mark: the mask generator, which uses all three, held three calls' worth (over
+    2.5 GB at 40 prompts a call) past ``SamPredictor.decode_budget_bytes``. With each arena
+    shrunk after its call, decoding holds one call's worth at a time.
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 class TorchBackend:
@@ -254,8 +271,10 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
-    intra-op threads (None: its default); TensorRT ignores it.
+    builds), else ONNX Runtime (its CUDA provider when present). ``openvino`` takes options after a
+    colon: ``openvino:device=GPU,precision=bf16`` (:mod:`samexport.runtime.openvino_backend`).
+    ``threads`` sets ONNX Runtime's intra-op threads and OpenVINO's CPU threads (None: their
+    default); TensorRT ignores it.
 
     The files the backend loads are checked against the manifest's sizes and sha256s first
     (``samexport.artifacts.verify_artifact``; hashed on first open only). The backend's
@@ -271,6 +290,7 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     C.check_backend(backend, C.ARTIFACT_BACKENDS)
+    backend, options = C.split_backend(backend)
     if backend == "auto" and manifest.engines:
         reason = why_engines_cannot_run(manifest)
         if reason is None:
@@ -284,9 +304,18 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
-    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
-    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith(C.GRAPH_FILES)])
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES)])
     halves = manifest.decoder_halves()
+    if backend == "openvino":
+        mask_axis = next((i["shape"][0] for i in manifest.decoder.get("inputs", ()) if i.get("name") == C.MASK_INPUT.name), None)
+        return OpenVINOBackend(
+            folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, threads=threads,
+            device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),
+            precision=options.get("precision", C.OPENVINO_DEFAULT_PRECISION),
+            decoder_halves=tuple(folder / name for name in halves) if halves else None,
+            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files,
+        )
+    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
