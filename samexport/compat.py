@@ -39,21 +39,10 @@ class SamModel(ArtifactModel):
     """An artifact's graphs behind the attributes client code reads off the official ``Sam``.
 
     Pass it wherever the official package takes a ``Sam``: ``SamPredictor(sam)``,
-    ``SamAutomaticMaskGenerator(sam)`` or ``SamAutomaticMaskGenerator(model=sam)``.
-
-    Attributes:
-        backend: the runtime that runs the encoder and decoder graphs.
-        artifact_dir: where the graphs came from (``None`` for a backend passed directly).
-        variant: the manifest's variant name (e.g. ``"vit_b"``), ``None`` if unknown.
-        mask_threshold: logit threshold of the masks, 0.0 as the official.
-        image_format: ``"RGB"``, the channel order the encoder expects.
-        image_encoder: ``image_encoder.img_size`` (1024).
-
-    ``to(...)`` and ``eval()`` return the model unchanged (the backend picked its device when the
-    artifact was opened: ``backend="onnxruntime-cuda"`` or ``"tensorrt"`` for a GPU); ``device``
-    is where the torch tensors of the compatibility methods are made (``cpu``, the backend's
-    outputs arrive in host memory). The torch submodules (``prompt_encoder``, ``mask_decoder``,
-    parameters) do not exist: the network is two exported graphs.
+    ``SamAutomaticMaskGenerator(sam)`` or ``SamAutomaticMaskGenerator(model=sam)``. The attributes
+    (``backend``, ``artifact_dir``, ``variant``, ``mask_threshold``, ``image_format``,
+    ``image_encoder.img_size``, ``device``, ``to``/``eval``) are
+    :class:`~samexport.runtime.model.ArtifactModel`'s; this class adds the official batched call.
     """
 
     def __call__(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, Any]]:
