@@ -34,6 +34,9 @@ PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
 PLAN_FILES = ("encoder.plan", "decoder.plan")
+# The stored PyTorch references: ``references-<sha256 prefix>.npz`` (samexport.parity.references),
+# named by content so that replacing them never overwrites the file the current manifest names.
+REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
 
 
@@ -85,7 +88,12 @@ class Manifest:
     upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
     ``files`` maps each file the runtime loads (path relative to the artifact) to
     ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it, and manifests written before
-    it existed have none (their files are not verified).
+    it existed have none (their files are not verified). ``references`` describes the stored
+    PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
+    samexport stored them), whose file is listed in ``files`` like the graphs.
+    ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
+    ``samexport engines`` (``samexport.parity.engines``): passed / failed / unverified / not run,
+    with the GPU, TensorRT version, attention mode and figures; None when no plans were checked.
     """
 
     variant: str
@@ -100,7 +108,9 @@ class Manifest:
     engine_config: dict = field(default_factory=dict)
     engines: dict = field(default_factory=dict)
     skipped_engines: dict = field(default_factory=dict)
+    engines_verification: dict | None = None
     parity: dict | None = None
+    references: dict | None = None
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
@@ -157,6 +167,15 @@ class Manifest:
                     for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
         ):
             raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
+        references = data.get("references")
+        if references is not None and not (
+            isinstance(references, dict) and isinstance(references.get("file"), str)
+            and references["file"].startswith(REFERENCES_PREFIX) and "/" not in references["file"]
+        ):
+            raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
+        verdict = data.get("engines_verification")
+        if verdict is not None and not (isinstance(verdict, dict) and isinstance(verdict.get("status"), str)):
+            raise SamExportError(f"{source}: bad 'engines_verification' section: {str(verdict)[:200]}")
         from samexport.variants import get_variant
 
         try:
@@ -193,10 +212,13 @@ class Manifest:
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     """The files the runtime loads, relative to ``folder``: the ONNX graphs (``C.GRAPH_FILES``)
     with their external data (``encoder.onnx.data``: every top-level file whose name starts with
-    a graph's name) and the plans ``manifest.engines`` names."""
+    a graph's name), the plans ``manifest.engines`` names and the references file
+    ``manifest.references`` names."""
     folder = Path(folder)
     names = {entry.name for entry in folder.iterdir() if entry.is_file() and entry.name.startswith(C.GRAPH_FILES)}
     names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
+    if manifest.references:
+        names.add(manifest.references["file"])
     return sorted(names)
 
 
@@ -300,6 +322,8 @@ def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
             continue
         if name.startswith(f".{C.MANIFEST}.partial-"):
             continue
+        if entry.is_file() and (name.startswith(REFERENCES_PREFIX) or name.startswith(f".{REFERENCES_PREFIX}")) and ".npz" in name:
+            continue  # references written by `samexport references` that a crash left unlisted
         foreign.append(name)
     return foreign
 

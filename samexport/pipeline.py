@@ -163,6 +163,7 @@ def build(
     opset: int | None = None,
     download: bool = True,
     parity: bool = True,
+    references: bool = True,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
@@ -188,6 +189,9 @@ def build(
         opset: ONNX opset (default: 18, or 23 for ``onnx-attention``).
         parity: run a short parity check against the torch model (one image, a few prompts;
             ~25 s on vit_b) and record it in the manifest.
+        references: store the PyTorch FP32 outputs on the reference set in the artifact
+            (``samexport.parity.references``; two images, ~40 s on vit_b on 2 CPU cores), which
+            ``samexport verify`` and ``samexport engines`` check any backend against, without torch.
         on_step: called with a one-line description before each stage.
 
     The directory is assembled in a staging folder and renamed into place when complete. An
@@ -262,6 +266,13 @@ def build(
             parity_report = quick_parity(
                 sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
             )
+        reference_record = None
+        if references:
+            from samexport.parity.references import record_references
+            from samexport.runtime.backends import TorchBackend
+
+            on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
+            reference_record = record_references(TorchBackend(sam), staging)
         built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
         manifest = Manifest(
             variant=variant.name,
@@ -283,6 +294,7 @@ def build(
             engines=built,
             skipped_engines=skipped,
             parity=parity_report,
+            references=reference_record,
             versions=package_versions("samexport", "torch", "onnx", "onnxruntime", "tensorrt", "polygraphy"),
             build_seconds=round(time.perf_counter() - started, 1),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -290,3 +302,46 @@ def build(
         shutil.rmtree(staging / ".parity", ignore_errors=True)
         manifest = write_manifest(staging, manifest)
     return BuildResult(destination, manifest, skipped)
+
+
+def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step: Callable[[str], None] = lambda m: None) -> Manifest:
+    """Store the PyTorch references in an existing artifact (one built before samexport stored
+    them, or to record them again), from the checkpoint it was built from.
+
+    The new ``references-<sha>.npz`` is written beside the old files, the manifest (with its file
+    records) replaced atomically, and only then the references the old manifest named removed:
+    an interrupted run leaves the artifact as it was.
+
+    Raises:
+        SamExportError: not an artifact, a damaged one, or ``checkpoint`` is not the one the
+            artifact was built from (its sha256 differs from the manifest's).
+    """
+    from samexport.artifacts import read_manifest, verify_artifact
+    from samexport.checkpoint import load_sam
+    from samexport.parity.references import record_references
+    from samexport.runtime.backends import TorchBackend
+
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder)
+    verify_artifact(folder, manifest)
+    on_step(f"hashing {checkpoint}")
+    digest = sha256_file(checkpoint)
+    if manifest.checkpoint.get("sha256") not in (None, digest):
+        raise SamExportError(
+            f"{checkpoint} is not the checkpoint {folder} was built from (sha256 {digest[:12]}..., the "
+            f"manifest records {manifest.checkpoint['sha256'][:12]}... for {manifest.checkpoint.get('file')})"
+        )
+    on_step(f"loading {manifest.variant} weights")
+    sam = load_sam(checkpoint, manifest.variant)
+    on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
+    old = manifest.references["file"] if manifest.references else None
+    record = record_references(TorchBackend(sam), folder)
+    try:
+        written = write_manifest(folder, manifest.replace(references=record))
+    except BaseException:
+        if record["file"] != old:
+            (folder / record["file"]).unlink(missing_ok=True)
+        raise
+    if old and old != record["file"]:
+        (folder / old).unlink(missing_ok=True)
+    return written
