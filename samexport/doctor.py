@@ -47,7 +47,7 @@ def backend_status(backend: C.BackendInfo, onnxruntime_providers: str) -> str:
 
 def diagnose() -> dict[str, str]:
     """One line per fact, in the order `samexport doctor` prints them."""
-    from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability
+    from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability, trt_api
     from samexport.engines.builder import is_jetson
 
     report = {
@@ -78,6 +78,8 @@ def diagnose() -> dict[str, str]:
     availability = tensorrt_availability()
     report["tensorrt engines"] = "can build" if availability else f"cannot build here: {availability.reason}"
     if report["tensorrt"][0].isdigit():
+        advice = trt_api.recommended_attention(report["tensorrt"])
+        report["recommended --attention"] = f"{advice.mode} ({advice.reason}); see docs/jetson.md"
         for feature, status in tensorrt_features(report["tensorrt"], jetson=is_jetson()).items():
             report[f"  {feature}"] = status
     return report

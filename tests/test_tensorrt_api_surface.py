@@ -183,3 +183,43 @@ def test_every_tensorrt_use_is_in_the_table(path):
     )
     missing = sorted(name for name in scan(code) if name not in trt_api.API)
     assert not missing, f"{path.name} uses TensorRT names missing from samexport/engines/trt_api.py API: {missing}"
+
+
+# --- The attention mode per release (samexport doctor, docs/jetson.md) ---------------------------
+
+# Release of the real bindings -> the mode doctor recommends. 10.3: JetPack 6.x; 10.16: JetPack 7.2;
+# 11.4: TensorRT 11.4.1 supports JetPack >= 7.2.2.
+ADVICE = {"10.3": "fused-pattern", "10.9": "fused-pattern", "10.16": "onnx-attention", "11.4": "onnx-attention"}
+
+
+@pytest.mark.parametrize("release", tuple(trt_bindings.RELEASES))
+def test_recommended_attention_matches_the_bindings(release):
+    """The advice for each real release, and the API it relies on is in that release's bindings:
+    IAttention (what the ONNX parser builds from Attention, 10.14 on) for onnx-attention; for
+    fused-pattern before 10.14, that IAttention is indeed absent (and the plugin API too on 10.3)."""
+    version = trt_bindings.RELEASES[release]
+    advice = trt_api.recommended_attention(version)
+    assert advice.mode == ADVICE[release]
+    found = names(release)
+    has_attention_layer = "IAttention" in found and "add_attention" in found
+    assert has_attention_layer == (advice.mode == "onnx-attention")
+    assert ("aot_impl" in plugin_names(release)) == trt_api.supports(version, "attention plugin")
+    if advice.mode == "fused-pattern":
+        assert "10.14" in advice.reason
+    else:
+        assert "#4738" in advice.reason and "#4739" in advice.reason
+
+
+def test_recommended_attention_mentions_fp32_accumulation_from_11_3():
+    assert "11.3" in trt_api.recommended_attention("11.4.1.2").reason
+    assert "#4837" in trt_api.recommended_attention("10.16.1.11").reason
+
+
+def test_doctor_prints_the_advice(monkeypatch):
+    from samexport import doctor
+
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda module: "10.16.1.11" if module == "tensorrt" else real(module))
+    report = doctor.diagnose()
+    assert report["recommended --attention"].startswith("onnx-attention (imported as IAttention")
+    assert report["recommended --attention"].endswith("see docs/jetson.md")

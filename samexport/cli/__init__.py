@@ -1,7 +1,7 @@
 """The ``samexport`` command line: thin wrappers over the library, one clear line per error.
 
 Each command lives in the module of its job (:mod:`~samexport.cli.artifacts`,
-:mod:`~samexport.cli.segment`, :mod:`~samexport.cli.checks`) and imports the library only when
+:mod:`~samexport.cli.segment`, :mod:`~samexport.cli.checks`, :mod:`~samexport.cli.serve`) and imports the library only when
 it runs, so ``--help`` and ``import samexport.cli`` stay light (no torch, ONNX Runtime or
 TensorRT). The commands are registered here, in the order ``--help`` lists them.
 """
@@ -14,6 +14,7 @@ from samexport.cli.artifacts import build, engines, export_official_decoder, inf
 from samexport.cli.checks import bench, doctor, parity, references, verify
 from samexport.cli.errors import EX_SOFTWARE, clean_errors, is_user_error
 from samexport.cli.segment import embed, predict, segment_all
+from samexport.cli.serve import serve
 
 __all__ = ["EX_SOFTWARE", "app", "clean_errors", "is_user_error"]
 
@@ -29,3 +30,4 @@ for command in (build, predict, engines, info, doctor, bench, parity, verify, re
 app.command("segment-all")(segment_all)
 app.command()(embed)
 app.command("export-official-decoder")(export_official_decoder)
+app.command()(serve)

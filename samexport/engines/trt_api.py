@@ -35,6 +35,7 @@ Facts checked in those wheels (and in 10.4.0 to 10.8.0.43, 11.0.0.114 for first 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from types import ModuleType
 
 from samexport.errors import SamExportError
@@ -192,3 +193,50 @@ def require(trt_or_version: ModuleType | str, name: str, what: str) -> None:
     first = _first_release(name) or OLDEST_SUPPORTED
     version = trt_or_version if isinstance(trt_or_version, str) else getattr(trt_or_version, "__version__", "?")
     raise SamExportError(f"{what} needs TensorRT >= {first[0]}.{first[1]}; this is TensorRT {version}")
+
+
+@dataclass(frozen=True)
+class AttentionAdvice:
+    """The ``--attention`` mode to export with for a TensorRT release, and why (one line)."""
+
+    mode: str
+    reason: str
+
+
+def recommended_attention(version: str) -> AttentionAdvice:
+    """The encoder attention mode for TensorRT ``version`` (``samexport doctor``, docs/jetson.md).
+
+    - before 10.9 (JetPack 6.x ships 10.3): ``fused-pattern``, TensorRT's documented MHA-fusion
+      form; there is neither the plugin API (10.9) nor an ONNX ``Attention`` importer (10.14).
+    - 10.9 to 10.13: ``fused-pattern`` still; the attention plugin loads from 10.9 but has not yet
+      been run on a GPU by samexport, so it is the alternative, not the advice.
+    - from 10.14 (JetPack 7.2 ships 10.16; TensorRT 11.4.1 supports JetPack >= 7.2.2):
+      ``onnx-attention``, imported as ``IAttention``, TensorRT's recommended way to fused
+      attention. TensorRT accepts the node only with one output and never inside an ``If``
+      (NVIDIA/TensorRT#4738, #4739); samexport's export writes exactly that.
+
+    Whatever the mode, FP16 fused attention has known silent failures (#4837 in 10.16.1, #4723
+    on 10.3): ``samexport engines`` verifies plans, and ``--fallback`` builds the FP32 attention
+    form (``samexport.precision.attention_fp32``), which 11.3 and later document as FP32
+    accumulation for FP16 fused attention.
+    """
+    found = release(version)
+    if found < FEATURES["attention plugin"]:
+        return AttentionAdvice(
+            "fused-pattern",
+            "no tensorrt.plugin (needs 10.9) and no ONNX Attention import (needs 10.14) in this release",
+        )
+    if found < FEATURES["onnx attention"]:
+        return AttentionAdvice(
+            "fused-pattern",
+            "no ONNX Attention import before 10.14; the attention plugin loads from 10.9 but is not yet GPU-verified",
+        )
+    accumulation = (
+        "; FP16 engines fall back to the FP32 attention form, documented as FP32 accumulation from 11.3"
+        if found >= (11, 3)
+        else "; FP16 fused attention has known failures (NVIDIA/TensorRT#4837): verify, --fallback if needed"
+    )
+    return AttentionAdvice(
+        "onnx-attention",
+        "imported as IAttention (from 10.14; one output, never inside If: NVIDIA/TensorRT#4738, #4739)" + accumulation,
+    )

@@ -1,0 +1,52 @@
+"""``samexport serve``: the HTTP service (FastAPI + uvicorn, extra ``serve``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from samexport import constants as C
+from samexport.cli.errors import clean_errors
+from samexport.errors import SamExportError
+
+
+@clean_errors
+def serve(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
+    backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
+    cache_mb: Annotated[int, typer.Option(help="Embedding cache budget in MiB (4 MiB per image; 0 keeps none).", min=0)] = 512,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a prompt waits for others on the same image to share its decoder call.", min=0)] = 5.0,
+    max_batch: Annotated[int, typer.Option(help="Most prompts per decoder call (1: one by one).", min=1)] = 32,
+    max_queue: Annotated[int, typer.Option(help="Most prompt requests waiting; more are answered 503 with Retry-After.", min=1)] = 256,
+    max_image_jobs: Annotated[int, typer.Option(help="Most image encodes / automatic runs waiting; more get 503.", min=1)] = 8,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 above).", min=0.01)] = 32.0,
+    max_image_mp: Annotated[float, typer.Option(help="Largest image in megapixels (413 above).", min=0.01)] = 50.0,
+    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Serve (not available yet: see docs/serve.md).")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help="With --ray: the cluster to join.")] = None,
+    replicas: Annotated[Optional[int], typer.Option(help="With --ray: replicas of the service.", min=1)] = None,
+) -> None:
+    """Serve an artifact over HTTP: embed images once, answer prompts fast, a page at /.
+
+    API at /v1 (see /docs); stop with Ctrl-C (queued requests are finished first).
+    """
+    from samexport.errors import require
+
+    if ray or ray_address or replicas:
+        raise SamExportError("--ray, --ray-address and --replicas are not implemented yet; run without them")
+    require("fastapi", "serve")
+    uvicorn = require("uvicorn", "serve")
+    from samexport.serve.app import create_app
+    from samexport.serve.service import ServeConfig
+
+    config = ServeConfig(
+        cache_bytes=cache_mb << 20, batch_window_ms=batch_window_ms, max_batch=max_batch, max_queue=max_queue,
+        max_image_jobs=max_image_jobs, max_request_bytes=int(max_request_mb * (1 << 20)),
+        max_image_pixels=int(max_image_mp * 1e6),
+    )
+    app = create_app(artifact_dir, config, backend=backend)
+    typer.echo(f"serving {artifact_dir} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
