@@ -132,6 +132,25 @@ def _build_engines(
     return engines, {}
 
 
+def _verify_built_engines(staging: Path, manifest: Manifest, builder: str, on_step: Callable[[str], None]) -> Manifest:
+    """Run the plans the build made on the references it stored, as ``samexport engines`` does:
+    plans that fail are not kept (the artifact keeps its graphs; ``skipped_engines`` says why)."""
+    from samexport.engines.artifact import BUILDERS, discard_plans
+    from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runner, verdict_record
+    from samexport.parity.verify import VerificationError
+
+    if manifest.references is None:
+        return manifest.replace(engines_verification=verdict_record(manifest, UNVERIFIED, reason="built without references"))
+    if runs(BUILDERS[builder], tensorrt_runner):
+        on_step("running the new plans on the stored PyTorch references")
+    try:
+        verdict = plan_check(flavour=BUILDERS[builder])(staging, manifest)
+    except VerificationError as exc:
+        discard_plans(staging, manifest.engines)
+        return manifest.replace(engines={}, skipped_engines={name: f"not kept: {exc}" for name in ENGINE_NAMES})
+    return manifest.replace(engines_verification=verdict)
+
+
 def _runnable_graphs(staging: Path, attention: str) -> Path:
     """A folder whose graphs ONNX Runtime can run: ``staging`` itself, or for plugin graphs a
     copy of it with every plugin node replaced by its reference math in plain ONNX ops."""
@@ -301,6 +320,8 @@ def build(
         )
         shutil.rmtree(staging / ".parity", ignore_errors=True)
         manifest = write_manifest(staging, manifest)
+        if built:  # checked against the file records just written, as `samexport engines` does
+            manifest = write_manifest(staging, _verify_built_engines(staging, manifest, engine_builder, on_step))
     return BuildResult(destination, manifest, skipped)
 
 

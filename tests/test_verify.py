@@ -135,7 +135,8 @@ def assert_figures_match_parity(folder: Path, sam, report: dict) -> None:
         for ours, theirs in zip(image["prompts"], torch_figures.prompts, strict=True):
             assert ours["prompt"] == theirs.prompt
             assert abs(ours["logits"]["rel_max_abs"] - theirs.logits.rel_max_abs) <= storage["logits_rel_max_abs"] * 1.01
-            assert ours["iou_score_max_abs"] == pytest.approx(theirs.iou_score_max_abs, abs=1e-6)
+            # 1e-5: the refinement's mask input is the stored (float16-rounded) logits here
+            assert ours["iou_score_max_abs"] == pytest.approx(theirs.iou_score_max_abs, abs=1e-5)
             assert ours["mask_iou_min"] == pytest.approx(theirs.mask_iou_min, abs=2e-3)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from samexport.artifacts import Manifest, read_manifest
 from samexport.errors import SamExportError
 from samexport.parity.metrics import Check, Tolerances
-from samexport.parity.references import load_references
+from samexport.parity.references import References, load_references
 from samexport.parity.report import ParityReport
 from samexport.parity.runner import run_parity
 from samexport.runtime.backends import Backend
@@ -34,15 +34,17 @@ class VerificationError(SamExportError):
 
 
 def verify_with_references(
-    folder: Path | str, manifest: Manifest, candidate: Backend, *, tolerances: Tolerances | None = None
+    folder: Path | str, manifest: Manifest, candidate: Backend, *, tolerances: Tolerances | None = None,
+    references: References | None = None,
 ) -> ParityReport:
-    """Run ``candidate`` on the references ``manifest`` names and compare (``run_parity``).
+    """Run ``candidate`` on the references ``manifest`` names (``references``: already loaded)
+    and compare (``run_parity``).
 
     Raises:
         SamExportError: the artifact has no references (built before samexport stored them), or
             they are damaged or were recorded by an incompatible samexport.
     """
-    references = load_references(folder, manifest)
+    references = references or load_references(folder, manifest)
     images = []
     report = None
     for group, prompts in references.groups():
@@ -65,10 +67,10 @@ def verify_artifact_backend(artifact_dir: Path | str, backend: str = "auto") -> 
 
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
-    load_references(folder, manifest)  # no references: say so before opening a backend
+    references = load_references(folder, manifest)  # none: said before a backend is opened
     candidate = open_backend(folder, backend)
     try:
-        return verify_with_references(folder, manifest, candidate)
+        return verify_with_references(folder, manifest, candidate, references=references)
     finally:
         close = getattr(candidate, "close", None)
         if callable(close):
