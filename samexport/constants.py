@@ -108,6 +108,19 @@ SCORES_OUTPUTS = (IOU_PREDICTIONS, MASK_TOKENS, IMAGE_TOKENS)
 MASKS_INPUTS = (MASK_TOKENS, IMAGE_TOKENS)
 MASKS_OUTPUTS = (LOW_RES_MASKS,)
 
+# SAM 2.1's graphs (``samexport.export.sam2_onnx``): the encoder also gives the two
+# high-resolution maps after the decoder's conv_s0 / conv_s1 (once per image), the decoder takes
+# them and also scores the object. Image embedding: ``no_mem_embed`` added.
+HIGH_RES_FEATS_0 = TensorSpec("high_res_feats_0", "float32", (1, EMBED_DIM // 8, 4 * EMBED_SIZE, 4 * EMBED_SIZE))
+HIGH_RES_FEATS_1 = TensorSpec("high_res_feats_1", "float32", (1, EMBED_DIM // 4, 2 * EMBED_SIZE, 2 * EMBED_SIZE))
+OBJECT_SCORE_LOGITS = TensorSpec("object_score_logits", "float32", (PROMPT_BATCH, 1))
+SAM2_ENCODER_INPUTS = (IMAGE,)
+SAM2_ENCODER_OUTPUTS = (IMAGE_EMBEDDINGS, HIGH_RES_FEATS_0, HIGH_RES_FEATS_1)
+SAM2_DECODER_INPUTS = (
+    IMAGE_EMBEDDINGS, HIGH_RES_FEATS_0, HIGH_RES_FEATS_1, POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT,
+)
+SAM2_DECODER_OUTPUTS = (LOW_RES_MASKS, IOU_PREDICTIONS, OBJECT_SCORE_LOGITS)
+
 
 # -- inference backends ---------------------------------------------------------------------------
 

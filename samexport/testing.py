@@ -57,14 +57,51 @@ def random_state_dict(variant_name: str, seed: int = SEED) -> dict:
     return model.state_dict()
 
 
+def random_sam2_state_dict(variant_name: str, seed: int = SEED) -> dict:
+    """A SAM 2.1 state dict of the official layout (``checkpoint["model"]``) with random weights:
+    the image path from samexport's model with every parameter perturbed (position embeddings,
+    norms, embeddings and tokens, ``no_mem_embed``), and the video parts the official loader
+    requires (:mod:`samexport.models.sam2_video`), random too. Same ``(name, seed)``, same weights.
+    """
+    import torch
+
+    from samexport.models.sam2_video import video_tensor_shapes
+    from samexport.sam2_variants import get_sam2_variant
+
+    variant = get_sam2_variant(variant_name)
+    torch.manual_seed(seed)
+    model = variant.build()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("pos_embed", "pos_embed_window", "no_mem_embed")) or "embeddings" in name:
+                param.normal_(0.0, 0.5)
+            elif name.endswith(("embed.weight", "token.weight", "tokens.weight")):
+                param.normal_(0.0, 1.0)
+            elif "norm" in name or name.startswith(("sam_prompt_encoder.mask_downscaling.1.",
+                                                    "sam_prompt_encoder.mask_downscaling.4.",
+                                                    "sam_mask_decoder.output_upscaling.1.")):
+                param.add_(torch.randn_like(param) * 0.1)
+    state = model.state_dict()
+    for name, shape in video_tensor_shapes().items():
+        state[name] = torch.randn(shape) * 0.02
+    return state
+
+
 def save_random_checkpoint(variant_name: str, path: Path | str, seed: int = SEED) -> Path:
     """:func:`random_state_dict` saved at ``path`` as the official checkpoints are (parent folders
-    created); returns the path."""
+    created); returns the path. SAM 2.1 names (``sam2.1_hiera_tiny`` ...) save
+    :func:`random_sam2_state_dict` as ``{"model": state_dict}``, the layout of
+    ``sam2.1_hiera_*.pt``, which the official ``build_sam2`` loads too."""
     import torch
+
+    from samexport.sam2_variants import SAM2_VARIANTS
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(random_state_dict(variant_name, seed=seed), path)
+    if variant_name in SAM2_VARIANTS:
+        torch.save({"model": random_sam2_state_dict(variant_name, seed=seed)}, path)
+    else:
+        torch.save(random_state_dict(variant_name, seed=seed), path)
     return path
 
 

@@ -265,6 +265,88 @@ def test_resume_after_a_killed_run_loses_and_duplicates_nothing(tiny_artifact, i
     assert not list(output.glob(".*.tmp")) and (output / "notes.txt").read_text() == "mine"
 
 
+def _children(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (Linux /proc)."""
+    found, frontier = set(), {pid}
+    while frontier:
+        parents, frontier = frontier, set()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[0] != "Z" and int(fields[1]) in parents:
+                    frontier.add(int(entry.name))
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
+def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
+    tiny_artifact, image_folder, local_embeddings, tmp_path,
+):
+    """``samexport embed --workers 2`` killed at random moments (SIGTERM and SIGKILL), each kill
+    followed by a resume with another batch size started at once: at the end every image has
+    exactly one row, equal to an uninterrupted run's, and no worker outlived its driver.
+    SAMEXPORT_KILL_LOOPS sets the number of kills (default 3; the issue-25 note reports 20)."""
+    import random
+
+    kills = int(os.environ.get("SAMEXPORT_KILL_LOOPS", "3"))
+    rng = random.Random(int(os.environ.get("SAMEXPORT_KILL_SEED", "25")))
+    output = tmp_path / "emb"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def start(batch_size: int, log: Path) -> subprocess.Popen:
+        command = [sys.executable, "-m", "samexport.cli", "embed", str(tiny_artifact), str(image_folder),
+                   "--output", str(output), "--workers", "2", "--threads", "1", "--batch-size", str(batch_size),
+                   "--no-progress"]
+        with open(log, "wb") as stderr:  # a file, not a pipe: workers that outlive the driver hold it open
+            return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+    orphans: set[int] = set()
+    signals = [signal.SIGTERM, signal.SIGKILL] * kills
+    rng.shuffle(signals)
+    for round_ in range(kills):
+        driver = start(rng.randint(1, 6), tmp_path / f"stderr-{round_}.txt")
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while driver.poll() is None and time.monotonic() < deadline and len(workers) < 2:
+            workers |= _children(driver.pid)
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.5))  # during the workers' start-up, their batches, or the commits
+        workers |= _children(driver.pid)
+        sig = signals[round_]
+        driver.send_signal(sig)
+        try:
+            code = driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            pytest.fail(f"round {round_}: the driver did not stop within 60 s of {sig.name}")
+        stderr = (tmp_path / f"stderr-{round_}.txt").read_text()
+        assert code in (0, -sig), f"round {round_}: exit {code} after {sig.name}: {stderr}"
+        assert "Traceback" not in stderr, stderr
+        orphans |= workers
+    final = start(rng.randint(1, 6), tmp_path / "stderr-final.txt")
+    assert final.wait(timeout=300) == 0, (tmp_path / "stderr-final.txt").read_text()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in orphans if _alive(pid)], "worker processes outlived their driver"
+    rows = read_rows(output)
+    paths = rows.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 21
+    assert rows.equals(local_embeddings[1])
+    assert not list(output.glob(".*.tmp"))
+
+
 def test_refuses_folders_that_are_not_its_own(tiny_artifact, image_folder, local_embeddings, tmp_path):
     image = [image_folder / "img01.jpg"]
     foreign = tmp_path / "foreign"

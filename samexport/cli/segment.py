@@ -15,6 +15,12 @@ from samexport.cli.options import parse_numbers, parse_point
 from samexport.constants import MAX_CROP_N_LAYERS
 from samexport.errors import SamExportError
 
+# Kept in step with samexport.datasets.images.DEFAULT_MAX_FILE_BYTES (not imported: --help stays light).
+DEFAULT_MAX_FILE_BYTES = 512 << 20
+RETRY_HELP = ("Dataset jobs, resuming: make the error rows again too (files changed since are redone "
+              "without it).")
+MAX_FILE_HELP = "Dataset jobs: files larger than this many MiB become error rows without being read (default 512)."
+
 
 @clean_errors
 def predict(
@@ -110,6 +116,8 @@ def segment_all(
     batch_size: Annotated[Optional[int], typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
     threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime threads per worker.", min=1)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
+    retry_errors: Annotated[Optional[bool], typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = None,
+    max_file_mb: Annotated[Optional[float], typer.Option(help=MAX_FILE_HELP, min=0.001)] = None,
 ) -> None:
     """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON.
 
@@ -124,7 +132,8 @@ def segment_all(
         box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
         crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area,
     )
-    dataset_options = dict(executor=executor, workers=workers, batch_size=batch_size, threads=threads, ray_address=ray_address)
+    dataset_options = dict(executor=executor, workers=workers, batch_size=batch_size, threads=threads,
+                           ray_address=ray_address, retry_errors=retry_errors, max_file_mb=max_file_mb)
     if len(images) > 1 or images[0].is_dir():
         _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, progress, generator_options,
                              dataset_options)
@@ -177,15 +186,26 @@ def _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, pr
     if rle not in (None, "coco"):
         raise SamExportError("dataset jobs always store COCO RLE; drop --rle or use --rle coco")
     chosen = {k: v for k, v in dataset_options.items() if v is not None}
+    if "max_file_mb" in chosen:
+        chosen["max_file_bytes"] = _megabytes(chosen.pop("max_file_mb"))
     result = run_segment_all(artifact_dir, images, output, backend=backend, progress=progress,
                              **chosen, **generator_options)
     _report_dataset(result)
 
 
-def _report_dataset(result) -> None:
+def _megabytes(value: float) -> int:
+    return max(1, int(value * (1 << 20)))
+
+
+def _report_dataset(result, shown: int = 20) -> None:
+    for path, reason in result.passed_over[:shown]:
+        typer.echo(f"passed over {path}: {reason}", err=True)
+    if len(result.passed_over) > shown:
+        typer.echo(f"... and {len(result.passed_over) - shown} more passed over (JobResult.passed_over)", err=True)
     typer.echo(f"wrote {result.output_dir}: {result.summary()}")
     if result.errors:
-        typer.echo(f"{result.errors} images could not be used; their rows hold the reason in the `error` column")
+        typer.echo(f"{result.errors} images could not be used; their rows hold the reason in the `error` column "
+                   "(--retry-errors makes them again)")
 
 
 @clean_errors
@@ -206,6 +226,8 @@ def embed(
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per worker (default: the cores divided among the workers).", min=1)] = None,
     backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar over images.")] = True,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP)] = False,
+    max_file_mb: Annotated[float, typer.Option(help=MAX_FILE_HELP, min=0.001)] = DEFAULT_MAX_FILE_BYTES / (1 << 20),
 ) -> None:
     """Embed every image once into Parquet rows (1x256x64x64 float16 + sizes), resumably.
 
@@ -217,5 +239,6 @@ def embed(
     result = run_embed(
         artifact_dir, images, output, executor=executor, workers=workers, batch_size=batch_size,
         ray_address=ray_address, threads=threads, backend=backend, progress=progress,
+        retry_errors=retry_errors, max_file_bytes=_megabytes(max_file_mb),
     )
     _report_dataset(result)

@@ -25,9 +25,9 @@ def serve(
     max_image_jobs: Annotated[int, typer.Option(help="Most image encodes / automatic runs waiting; more get 503.", min=1)] = 8,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 above).", min=0.01)] = 32.0,
     max_image_mp: Annotated[float, typer.Option(help="Largest image in megapixels (413 above).", min=0.01)] = 50.0,
-    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Serve (not available yet: see docs/serve.md).")] = False,
-    ray_address: Annotated[Optional[str], typer.Option(help="With --ray: the cluster to join.")] = None,
-    replicas: Annotated[Optional[int], typer.Option(help="With --ray: replicas of the service.", min=1)] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Serve (extra ray-serve): --replicas copies sharing one embedding store.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(help="With --ray: the cluster to join, e.g. auto (default: a local Ray).")] = None,
+    replicas: Annotated[Optional[int], typer.Option(help="With --ray: replicas of the service (default 1).", min=1)] = None,
 ) -> None:
     """Serve an artifact over HTTP: embed images once, answer prompts fast, a page at /.
 
@@ -35,8 +35,8 @@ def serve(
     """
     from samexport.errors import require
 
-    if ray or ray_address or replicas:
-        raise SamExportError("--ray, --ray-address and --replicas are not implemented yet; run without them")
+    if not ray and (ray_address or replicas):
+        raise SamExportError("--ray-address and --replicas need --ray")
     require("fastapi", "serve")
     uvicorn = require("uvicorn", "serve")
     from samexport.serve.app import create_app
@@ -47,6 +47,15 @@ def serve(
         max_image_jobs=max_image_jobs, max_request_bytes=int(max_request_mb * (1 << 20)),
         max_image_pixels=int(max_image_mp * 1e6),
     )
+    if ray:
+        from samexport.serve import ray_app
+
+        typer.echo(f"serving {artifact_dir} on Ray Serve at http://{host}:{port}/ ({replicas or 1} replicas)")
+        ray_app.run(str(artifact_dir), config, backend=backend, host=host, port=port, replicas=replicas or 1,
+                    ray_address=ray_address)
+        return
+    if not (Path(artifact_dir) / C.MANIFEST).is_file():
+        raise SamExportError(f"{artifact_dir} is not an artifact directory (no {C.MANIFEST}); build one with `samexport build`")
     app = create_app(artifact_dir, config, backend=backend)
     typer.echo(f"serving {artifact_dir} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

@@ -11,7 +11,7 @@ Output: Parquet part files (one row per image, columns in ``schema.COLUMNS``) an
 executor the ``ray`` extra; ``segment_all`` the ``coco`` extra.
 """
 
-from samexport.datasets.images import list_images
+from samexport.datasets.images import list_images, scan_images
 from samexport.datasets.jobs import EXECUTORS, JobResult, embed, segment_all
 from samexport.datasets.restore import embedding_from_row, predictor_from_embedding, set_embedding
 from samexport.datasets.schema import COLUMNS, arrow_schema
@@ -28,6 +28,7 @@ __all__ = [
     "list_images",
     "predictor_from_embedding",
     "read_rows",
+    "scan_images",
     "segment_all",
     "set_embedding",
 ]

@@ -1,24 +1,27 @@
-"""The two dataset jobs, ``embed`` and ``segment_all``, and the local executor.
+"""The two dataset jobs, ``embed`` and ``segment_all``.
 
-A job lists its images, opens (or resumes) its output folder, skips the images that already have
-a row, and hands the rest in batches to an executor: ``local`` (this process, or ``workers``
-processes) or ``ray`` (:mod:`samexport.datasets.ray_executor`). Each batch becomes one part file
-written by the worker that processed it.
+A job lists its images, takes its output folder's lock, opens (or resumes) the folder, skips the
+images that already have a row, and hands the rest in batches to an executor: ``local``
+(:mod:`samexport.datasets.local_executor`: this process, or ``workers`` processes) or ``ray``
+(:mod:`samexport.datasets.ray_executor`). Each batch becomes one part file, staged by the worker
+that processed it and committed by the driver under the lock: rows are read as done and added
+only while the lock is held, so a kill at any moment neither loses nor duplicates a row.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from samexport.datasets.images import list_images
+from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, file_changed, scan_images
+from samexport.datasets.local_executor import run_local, sigterm_as_interrupt
 from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
-from samexport.datasets.store import FolderLock, artifact_fingerprint, open_output
-from samexport.datasets.worker import ImageWorker, JobSpec, resolve_generator_options
+from samexport.datasets.store import FolderLock, artifact_fingerprint, check_output, open_output
+from samexport.datasets.worker import JobSpec, resolve_generator_options
 from samexport.errors import SamExportError, require
 
 Executor = Literal["local", "ray"]
@@ -29,7 +32,9 @@ DEFAULT_BATCH_SIZE = 8
 @dataclass(frozen=True)
 class JobResult:
     """What a run did. ``skipped`` images already had a row; ``written`` rows were added by this
-    run, ``errors`` of them error rows."""
+    run, ``errors`` of them error rows; ``redone`` of them replaced a row of a file that changed
+    since, or an error row (``retry_errors``). ``passed_over``: ``(path, reason)`` of each
+    unreadable folder, symlinked folder or special file the listing did not take."""
 
     output_dir: Path
     images: int
@@ -38,12 +43,16 @@ class JobResult:
     errors: int
     seconds: float
     executor: str
+    redone: int = 0
+    passed_over: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else float("nan")
+        redone = f", {self.redone} of them redone" if self.redone else ""
+        passed = f", {len(self.passed_over)} files or folders passed over" if self.passed_over else ""
         return (
-            f"{self.written} rows written ({self.errors} errors), {self.skipped} already done, "
-            f"{self.images} images, {self.seconds:.1f} s ({rate:.2f} images/s, {self.executor})"
+            f"{self.written} rows written ({self.errors} errors{redone}), {self.skipped} already done, "
+            f"{self.images} images{passed}, {self.seconds:.1f} s ({rate:.2f} images/s, {self.executor})"
         )
 
 
@@ -53,56 +62,6 @@ def _positive(name: str, value: Any) -> int:
     return value
 
 
-def _batches(keys: Sequence[str], size: int) -> list[list[str]]:
-    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
-
-
-# -- local executor ----------------------------------------------------------------------------
-
-_PROCESS_WORKER: ImageWorker | None = None
-
-
-def _init_process(spec: JobSpec) -> None:
-    global _PROCESS_WORKER
-    _PROCESS_WORKER = ImageWorker(spec)
-
-
-def _process_batch(folder: str, keys: list[str]) -> list[str | None]:
-    return _PROCESS_WORKER.write_batch(folder, keys)
-
-
-def run_local(
-    spec: JobSpec, folder: Path, todo: Sequence[str], *, workers: int, batch_size: int,
-    on_batch: Callable[[list[str | None]], None],
-) -> None:
-    """Process ``todo`` in batches here (``workers=1``) or in ``workers`` spawned processes."""
-    batches = _batches(todo, batch_size)
-    if not batches:
-        return
-    if workers == 1:
-        worker = ImageWorker(spec)
-        for keys in batches:
-            on_batch(worker.write_batch(folder, keys))
-        return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    context = multiprocessing.get_context("spawn")  # no fork of ONNX Runtime's threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process, initargs=(spec,)) as pool:
-        queue, pending = list(reversed(batches)), set()
-        try:
-            while queue or pending:
-                # two batches per worker in flight: a stop loses little and memory stays flat
-                while queue and len(pending) < 2 * workers:
-                    pending.add(pool.submit(_process_batch, str(folder), queue.pop()))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    on_batch(future.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
 # -- the jobs ----------------------------------------------------------------------------------
 
 
@@ -110,7 +69,7 @@ def _run(
     job: Job, artifact_dir: Path | str, images: Iterable[Path | str] | Path | str, output_dir: Path | str, *,
     parameters: dict[str, Any], generator_options: dict[str, Any], executor: Executor, workers: int,
     batch_size: int, backend: str, threads: int | None, ray_address: str | None,
-    gpus_per_worker: float | None, progress: bool,
+    gpus_per_worker: float | None, progress: bool, retry_errors: bool, max_file_bytes: int,
 ) -> JobResult:
     from samexport import constants as C
     from samexport.utils import sha256_file
@@ -120,6 +79,7 @@ def _run(
         raise SamExportError(f"executor must be one of {', '.join(EXECUTORS)}; got {executor!r}")
     workers = _positive("workers", workers)
     batch_size = _positive("batch_size", batch_size)
+    max_file_bytes = _positive("max_file_bytes", max_file_bytes)
     if threads is not None:
         threads = _positive("threads", threads)
     if ray_address is not None and executor != "ray":
@@ -130,22 +90,31 @@ def _run(
     if isinstance(images, (str, Path)):
         images = [images]
     output = Path(output_dir)
-    keys = list_images(images, exclude=output)
+    listing = scan_images(images, exclude=output)
+    keys = listing.keys
     artifact = artifact_fingerprint(artifact_dir)
     extra = {"columns": COLUMNS[job], **({"embedding": EMBEDDING_LAYOUT} if job == "embed" else {})}
-    open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+    check_output(output)  # reads only: nothing is created in a folder that is not ours
+    output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with FolderLock(output):
-        folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra)
+    with sigterm_as_interrupt(), FolderLock(output) as lock:
+        folder = open_output(output, job=job, artifact=artifact, parameters=parameters, extra=extra, lock=lock)
         folder.remove_temporaries()
-        done = folder.done_keys()
-        todo = [k for k in keys if k not in done]
+        wanted = set(keys)
+        done = {k: r for k, r in folder.done_rows().items() if k in wanted}
+        redo = {
+            k for k, r in done.items()
+            if (retry_errors and r["error"] is not None)
+            or file_changed(k, r["file_size"], r["file_mtime_ns"], r["file_sha256"], max_file_bytes)
+        }
+        folder.drop_rows(redo)
+        todo = [k for k in keys if k not in done or k in redo]
         if threads is None and executor == "local" and workers > 1:
             threads = max(1, (os.cpu_count() or 1) // workers)
         spec = JobSpec(
             job=job, artifact_dir=str(Path(artifact_dir).resolve()),
             manifest_sha256=sha256_file(Path(artifact_dir) / C.MANIFEST), backend=backend,
-            threads=threads, generator_options=generator_options,
+            threads=threads, generator_options=generator_options, max_file_bytes=max_file_bytes,
         )
         from tqdm.auto import tqdm
 
@@ -153,20 +122,22 @@ def _run(
         with tqdm(total=len(keys), initial=len(keys) - len(todo), disable=not progress,
                   desc=job.replace("_", "-"), unit="image") as bar:
 
-            def on_batch(errors: list[str | None]) -> None:
+            def commit(staged: str | None, errors: list[str | None]) -> None:
+                if staged is not None:  # None: more rows of a part already committed (Ray)
+                    folder.commit(staged)
                 counts["written"] += len(errors)
                 counts["errors"] += sum(e is not None for e in errors)
                 bar.update(len(errors))
 
             if executor == "local":
-                run_local(spec, output, todo, workers=workers, batch_size=batch_size, on_batch=on_batch)
+                run_local(spec, output, todo, workers=workers, batch_size=batch_size, commit=commit)
             else:
                 from samexport.datasets.ray_executor import run_ray
 
                 run_ray(spec, output, todo, workers=workers, batch_size=batch_size, ray_address=ray_address,
-                        gpus_per_worker=gpus_per_worker, on_batch=on_batch)
+                        gpus_per_worker=gpus_per_worker, commit=commit)
     return JobResult(output, len(keys), len(keys) - len(todo), counts["written"], counts["errors"],
-                     time.perf_counter() - start, executor)
+                     time.perf_counter() - start, executor, len(redo), tuple(listing.passed_over))
 
 
 def embed(
@@ -182,6 +153,8 @@ def embed(
     ray_address: str | None = None,
     gpus_per_worker: float | None = None,
     progress: bool = True,
+    retry_errors: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> JobResult:
     """Embed every image once: one Parquet row per image with its 1x256x64x64 float16 embedding.
 
@@ -190,7 +163,8 @@ def embed(
         images: image files and/or folders (walked recursively for image extensions).
         output_dir: the output folder: new, empty, or the output of an earlier run of the same
             job with the same artifact and parameters (that run is resumed: images with a row
-            are skipped).
+            are skipped, unless their file changed since: another size, or another modification
+            time and other bytes; then their row is made again).
         executor: ``"local"`` (this machine) or ``"ray"`` (Ray Data: a local Ray instance, the
             one already initialised, or the cluster at ``ray_address``; extra ``ray``).
         workers: parallel workers, each opening the artifact once (local: processes; Ray: actors).
@@ -202,6 +176,10 @@ def embed(
         gpus_per_worker: GPUs each Ray actor reserves. Default: 1 when the backend uses a GPU
             (``tensorrt``, ``onnxruntime-cuda``, or ``auto`` on a cluster with GPUs), else 0.
         progress: show a progress bar.
+        retry_errors: on a resume, make the error rows again too (files that were unreadable or
+            undecodable then; a changed file is redone without it).
+        max_file_bytes: files larger than this become error rows without being read (default
+            512 MiB), so one huge file cannot exhaust a worker's memory.
 
     Returns:
         a :class:`JobResult`. Rows are read back with :func:`samexport.datasets.read_rows`.
@@ -213,6 +191,7 @@ def embed(
         "embed", artifact_dir, images, output_dir, parameters={"backend": backend}, generator_options={},
         executor=executor, workers=workers, batch_size=batch_size, backend=backend, threads=threads,
         ray_address=ray_address, gpus_per_worker=gpus_per_worker, progress=progress,
+        retry_errors=retry_errors, max_file_bytes=max_file_bytes,
     )
 
 
@@ -229,6 +208,8 @@ def segment_all(
     ray_address: str | None = None,
     gpus_per_worker: float | None = None,
     progress: bool = True,
+    retry_errors: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     **generator_options: Any,
 ) -> JobResult:
     """Automatic mask generation on every image: one Parquet row per image with its masks.
@@ -248,5 +229,5 @@ def segment_all(
         "segment_all", artifact_dir, images, output_dir, parameters={"backend": backend, **options},
         generator_options=options, executor=executor, workers=workers, batch_size=batch_size,
         backend=backend, threads=threads, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-        progress=progress,
+        progress=progress, retry_errors=retry_errors, max_file_bytes=max_file_bytes,
     )

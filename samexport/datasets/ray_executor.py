@@ -1,9 +1,10 @@
 """The Ray Data executor: ``read_binary_files`` -> ``map_batches`` over a pool of actors.
 
 Each actor (:class:`RayImageWorker`) opens the artifact once and writes every batch it processes
-as a part file into the output folder, so on a cluster the images, the artifact and the output
-folder must be at the same paths on every node (a shared filesystem), and samexport installed
-there. Only each batch's keys and errors travel back to the driver, which draws the progress bar.
+as a staged part file into the output folder, so on a cluster the images, the artifact and the
+output folder must be at the same paths on every node (a shared filesystem), and samexport
+installed there. Only each batch's keys, errors and staged file name travel back to the driver,
+which commits the part under the folder lock and draws the progress bar.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from samexport import constants as C
-from samexport.datasets.images import ImageError, check_readable, image_key
+from samexport.datasets.images import ImageError, check_readable, image_key, is_utf8
 from samexport.datasets.schema import arrow_schema
-from samexport.datasets.store import write_part
+from samexport.datasets.store import stage_part
 from samexport.datasets.worker import ImageWorker, JobSpec, image_row
 from samexport.errors import SamExportError, require
 
 
 class RayImageWorker:
-    """A Ray Data actor: ``{"path", "bytes"}`` batches in, ``{"path", "error"}`` batches out."""
+    """A Ray Data actor: ``{"path", "bytes"}`` batches in, ``{"path", "error", "part"}`` batches out
+    (``part``: the staged file holding the row)."""
 
     def __init__(self, spec: JobSpec, folder: str) -> None:
         self.worker = ImageWorker(spec)
@@ -33,10 +35,11 @@ class RayImageWorker:
         for key in keys:
             if image_key(key) != key:  # Ray returns the paths it was given; guard the resume key
                 raise SamExportError(f"Ray returned path {key!r}, which is not the canonical {image_key(key)!r}")
-        errors = self.worker.write_batch(self.folder, keys, [bytes(b) for b in batch["bytes"]])
+        staged, errors = self.worker.write_batch(self.folder, keys, [bytes(b) for b in batch["bytes"]])
         return {
             "path": np.array(keys, dtype=object),
             "error": np.array(["" if e is None else e for e in errors], dtype=object),
+            "part": np.array([staged] * len(keys), dtype=object),
         }
 
 
@@ -55,7 +58,7 @@ def _gpus_per_worker(ray, backend: str, requested: float | None) -> float:
 def run_ray(
     spec: JobSpec, folder: Path, todo: Sequence[str], *, workers: int, batch_size: int,
     ray_address: str | None, gpus_per_worker: float | None,
-    on_batch: Callable[[list[str | None]], None],
+    commit: Callable[[str | None, list[str | None]], None],
 ) -> None:
     """Process ``todo`` on Ray Data with ``workers`` actors, ``batch_size`` images per call.
 
@@ -72,17 +75,24 @@ def run_ray(
     readable, unreadable = [], []
     for key in todo:
         try:
-            check_readable(key)
+            if not is_utf8(key):
+                raise ImageError("Ray Data cannot read a file whose name is not UTF-8: rename it, or use "
+                                 "the local executor (then rerun with --retry-errors)")
+            check_readable(key, spec.max_file_bytes)
             readable.append(key)
-        except ImageError:
-            unreadable.append(key)
+        except ImageError as exc:
+            unreadable.append((key, str(exc)))
     schema = arrow_schema(spec.job)
     import pyarrow as pa
 
     for start in range(0, len(unreadable), batch_size):
-        rows = [image_row(schema, key)[0] for key in unreadable[start : start + batch_size]]
-        write_part(folder, pa.Table.from_pylist(rows, schema=schema))
-        on_batch([row["error"] for row in rows])
+        rows = []
+        for key, reason in unreadable[start : start + batch_size]:
+            row = image_row(schema, key, artifact_sha256=spec.manifest_sha256, max_file_bytes=spec.max_file_bytes)[0]
+            if row["error"] is None:  # readable by now, or a name Ray cannot take: keep the reason
+                row.update(error=reason, height=None, width=None)
+            rows.append(row)
+        commit(str(stage_part(folder, pa.Table.from_pylist(rows, schema=schema))), [row["error"] for row in rows])
     if not readable:
         return
 
@@ -108,13 +118,19 @@ def run_ray(
             num_gpus=gpus,
             batch_format="numpy",
         )
-        expected = set(readable)
+        expected, committed = set(readable), set()
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             keys = [str(k) for k in batch["path"]]
             unknown = [k for k in keys if k not in expected]
             if unknown:
                 raise SamExportError(f"Ray processed {unknown[0]!r}, which is not one of this job's images")
-            on_batch([str(e) or None for e in batch["error"]])
+            # Ray may split or merge the actors' outputs: commit each staged file once, on its first row.
+            errors: dict[str, list[str | None]] = {}
+            for part, error in zip(batch["part"], batch["error"]):
+                errors.setdefault(str(part), []).append(str(error) or None)
+            for part, part_errors in errors.items():
+                commit(None if part in committed else part, part_errors)  # None: rows counted only
+                committed.add(part)
     finally:
         if started:
             ray.shutdown()

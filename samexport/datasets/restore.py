@@ -73,8 +73,43 @@ def checked_embedding(
     return features, (height, width), tuple(expected)
 
 
-def predictor_from_embedding(predictor, row: dict[str, Any]):
+def check_row_artifact(predictor, row: dict[str, Any]) -> None:
+    """Refuse a row made with another artifact than ``predictor``'s: its embedding would give
+    other masks without any error.
+
+    Raises:
+        SamExportError: the row's ``artifact_sha256`` differs from the sha256 of the predictor's
+            artifact ``manifest.json``, the row records no artifact (an older samexport), or the
+            predictor was not opened from an artifact directory (so it cannot be checked).
+    """
+    row_artifact = row.get("artifact_sha256")
+    found = getattr(getattr(predictor, "backend", None), "artifact_manifest_sha256", None)
+    if row_artifact is None:
+        raise SamExportError(
+            f"{row.get('path')}: the row does not record the artifact that made it (an older samexport); "
+            "pass check_artifact=False if you know it is this predictor's"
+        )
+    if found is None:
+        raise SamExportError(
+            "the predictor was not opened from an artifact directory, so the row's artifact cannot be "
+            "checked; open SamPredictor(ARTIFACT_DIR), or pass check_artifact=False"
+        )
+    if found != row_artifact:
+        raise SamExportError(
+            f"{row.get('path')}: the row was made with another artifact (manifest sha256 "
+            f"{row_artifact[:12]}..., this predictor's {found[:12]}...): its embedding would give wrong "
+            "masks; restore it into a predictor of the artifact that made it (see the dataset's "
+            "samexport-dataset.json)"
+        )
+
+
+def predictor_from_embedding(predictor, row: dict[str, Any], *, check_artifact: bool = True):
     """Set ``predictor``'s image from one ``embed`` row and return the predictor.
+
+    Args:
+        predictor: a ``SamPredictor`` opened from the artifact directory the row was made with.
+        row: one row of :func:`samexport.datasets.read_rows`.
+        check_artifact: refuse a row made with another artifact (:func:`check_row_artifact`).
 
     Example::
 
@@ -83,8 +118,8 @@ def predictor_from_embedding(predictor, row: dict[str, Any]):
         predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
         masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
     """
-    set_embedding(
-        predictor, embedding_from_row(row), (row["height"], row["width"]),
-        (row["input_height"], row["input_width"]),
-    )
+    embedding = embedding_from_row(row)
+    if check_artifact:
+        check_row_artifact(predictor, row)
+    set_embedding(predictor, embedding, (row["height"], row["width"]), (row["input_height"], row["input_width"]))
     return predictor

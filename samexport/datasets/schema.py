@@ -1,7 +1,7 @@
 """The columns of a dataset job's Parquet rows (one row per image), for each job.
 
-Both jobs share ``path``, ``error``, ``file_sha256``, ``height`` and ``width``; a row whose
-``error`` is not null holds nothing else (the image could not be used).
+Both jobs share the ``COMMON_COLUMNS``; a row whose ``error`` is not null holds nothing about the
+image itself (it could not be used), only what identifies the file and the artifact.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ EMBEDDING_SHAPE = (1, C.EMBED_DIM, C.EMBED_SIZE, C.EMBED_SIZE)
 EMBEDDING_LAYOUT = {"dtype": EMBEDDING_DTYPE, "shape": list(EMBEDDING_SHAPE), "byte_order": "little", "order": "C"}
 
 COMMON_COLUMNS = {
-    "path": "absolute path of the image file (the row's key)",
+    "path": "absolute path of the image file (the row's key); bytes of a name that is not UTF-8 are written \\xNN",
+    "path_bytes": "the path's exact bytes (os.fsencode) when the name is not UTF-8, else null",
     "error": "why the image could not be used, or null",
+    "artifact_sha256": "sha256 of the manifest.json of the artifact that made the row",
     "file_sha256": "sha256 of the file's bytes (null when unreadable)",
+    "file_size": "the file's size in bytes when it was read (null when it could not be examined)",
+    "file_mtime_ns": "the file's modification time (ns since the epoch) when it was read, or null",
     "height": "original image height H, pixels",
     "width": "original image width W, pixels",
 }
@@ -47,8 +51,12 @@ def arrow_schema(job: Job):
     pa = require("pyarrow", "datasets")
     common = [
         pa.field("path", pa.string(), nullable=False),
+        pa.field("path_bytes", pa.binary()),
         pa.field("error", pa.string()),
+        pa.field("artifact_sha256", pa.string()),
         pa.field("file_sha256", pa.string()),
+        pa.field("file_size", pa.int64()),
+        pa.field("file_mtime_ns", pa.int64()),
         pa.field("height", pa.int32()),
         pa.field("width", pa.int32()),
     ]

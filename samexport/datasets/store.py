@@ -6,11 +6,15 @@ Layout of an output folder::
     part-<16 hex>.parquet      one file per batch of images, one row per image
     .samexport-dataset.lock    held (flock) by the running job, so two jobs never share a folder
 
-A part file is written under a hidden temporary name and renamed into place when complete
-(``os.replace``), so a killed run leaves only whole parts plus temporaries that the next run
-deletes. Its name is a hash of the image keys it holds: a batch that Ray retries after a worker
-died rewrites the same file instead of adding a second copy. samexport refuses a folder that is
-not empty and has no manifest, and only ever creates, replaces or deletes files of these names.
+A worker writes each batch under a hidden temporary name (:func:`stage_part`); only the job's
+driver, holding the folder lock, renames it into place (:meth:`OutputFolder.commit`,
+``os.replace``). So a killed driver leaves whole parts plus temporaries that the next run
+deletes, and a worker that outlives its driver can never add a row behind the back of the run
+that resumes: what the next run reads as done (under the lock) is exactly what it will not redo.
+A part's name is a hash of the image keys it was written with: a batch that Ray retries after a
+worker died rewrites the same file instead of adding a second copy. samexport refuses a folder
+that is not empty and has no manifest, and only ever creates, replaces or deletes files of these
+names.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from samexport.errors import SamExportError, require
 
 MANIFEST_NAME = "samexport-dataset.json"
 LOCK_NAME = ".samexport-dataset.lock"
-FORMAT = 1
+FORMAT = 2  # 2: rows record their artifact, the file's size and time, and non-UTF-8 names' bytes
+READABLE_FORMATS = (1, 2)  # what read_rows reads; a job resumes only FORMAT
+_KEY_COLUMNS = ["path", "path_bytes"]
 KIND = "samexport-dataset"
 PART_PATTERN = re.compile(r"^part-[0-9a-f]{16}\.parquet$")
 TEMP_PATTERN = re.compile(r"^\.part-[0-9a-f]{16}\.parquet\.[0-9a-f]{32}\.tmp$")
@@ -69,28 +75,32 @@ def part_name(keys: list[str]) -> str:
     return f"part-{digest[:16]}.parquet"
 
 
-def write_part(folder: Path | str, table) -> Path:
-    """Write a ``pyarrow.Table`` of rows as one part file, atomically; returns its path.
+def stage_part(folder: Path | str, table) -> Path:
+    """Write a ``pyarrow.Table`` of rows as a hidden temporary part file; returns its path.
 
-    The rows are sorted by ``path``; the file appears under its final name only when complete
-    (written to a hidden temporary, fsynced, then ``os.replace``).
+    The rows are sorted by ``path``; the file is complete and fsynced when this returns, and
+    becomes a part only when the driver commits it (:meth:`OutputFolder.commit`).
     """
     pq = require("pyarrow.parquet", "datasets")
     folder = Path(folder)
     keys = table.column("path").to_pylist()
     table = table.take(sorted(range(len(keys)), key=keys.__getitem__))
-    final = folder / part_name(keys)
-    temp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    temp = folder / f".{part_name(keys)}.{uuid.uuid4().hex}.tmp"
     try:
         with open(temp, "wb") as f:
             pq.write_table(table, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return final
+    return temp
+
+
+def _final_name(temp: Path) -> str:
+    if not TEMP_PATTERN.match(temp.name):
+        raise SamExportError(f"{temp} is not a staged part file of samexport")
+    return temp.name[1:].split(".parquet.", 1)[0] + ".parquet"
 
 
 @dataclass(frozen=True)
@@ -99,17 +109,74 @@ class OutputFolder:
 
     path: Path
     manifest: dict[str, Any]
+    lock: FolderLock | None = None
+
+    def commit(self, temp: Path | str) -> Path:
+        """Rename a staged part (:func:`stage_part`) into place, after checking that this job
+        still holds the folder's lock; returns the part's path.
+
+        Raises:
+            SamExportError: the lock is no longer ours (its file was removed or replaced), or the
+                staged file is missing (deleted by someone else).
+        """
+        temp = Path(temp)
+        final = self.path / _final_name(temp)
+        if self.lock is not None:
+            self.lock.check()
+        if final.exists():  # only if the hashes of two different batches' keys collided
+            raise SamExportError(f"{final} exists already; not replaced (its rows would be lost)")
+        try:
+            os.replace(temp, final)
+        except FileNotFoundError:
+            raise SamExportError(f"the staged part {temp} disappeared before it was committed") from None
+        return final
 
     def parts(self) -> list[Path]:
         """The complete part files, sorted by name."""
         return sorted(p for p in self.path.iterdir() if PART_PATTERN.match(p.name) and p.is_file())
 
+    def done_rows(self) -> dict[str, dict[str, Any]]:
+        """Every stored row's ``error``, ``file_size``, ``file_mtime_ns`` and ``file_sha256``, by
+        image key (:func:`~samexport.datasets.images.row_key`)."""
+        from samexport.datasets.images import row_key
+
+        columns = [*_KEY_COLUMNS, "error", "file_size", "file_mtime_ns", "file_sha256"]
+        return {row_key(r["path"], r["path_bytes"]): r for r in read_rows(self.path, columns=columns).to_pylist()}
+
     def done_keys(self) -> set[str]:
-        """Keys (``path`` column) of every image that already has a row, error rows included."""
-        parts = self.parts()
-        if not parts:
-            return set()
-        return set(read_rows(self.path, columns=["path"]).column("path").to_pylist())
+        """Keys of every image that already has a row, error rows included."""
+        return set(self.done_rows())
+
+    def drop_rows(self, keys: set[str]) -> int:
+        """Remove the rows of ``keys`` (to be made again): each part holding one is rewritten
+        without them under its own name (``os.replace``), or deleted when no row stays. A kill
+        in between loses only rows that are made again. Returns the number of rows removed."""
+        from samexport.datasets.images import row_key
+        from samexport.datasets.schema import arrow_schema
+
+        if not keys:
+            return 0
+        pq = require("pyarrow.parquet", "datasets")
+        schema = arrow_schema(self.manifest["job"])
+        removed = 0
+        for part in self.parts():
+            held = pq.read_table(part, columns=_KEY_COLUMNS, schema=pa_schema(schema, _KEY_COLUMNS)).to_pylist()
+            keep = [i for i, r in enumerate(held) if row_key(r["path"], r["path_bytes"]) not in keys]
+            if len(keep) == len(held):
+                continue
+            if self.lock is not None:
+                self.lock.check()
+            if keep:
+                temp = self.path / f".{part.name}.{uuid.uuid4().hex}.tmp"
+                with open(temp, "wb") as f:
+                    pq.write_table(pq.read_table(part, schema=schema).take(keep), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temp, part)
+            else:
+                part.unlink()
+            removed += len(held) - len(keep)
+        return removed
 
     def remove_temporaries(self) -> int:
         """Delete part files a killed run left half-written (only names samexport makes)."""
@@ -127,34 +194,80 @@ def _describe_difference(old: dict, new: dict) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
 
 
-def open_output(folder: Path | str, *, job: str, artifact: dict, parameters: dict, extra: dict) -> OutputFolder:
-    """Create or reopen the output folder of a job.
+def read_dataset_manifest(folder: Path | str, *, formats: tuple[int, ...] = READABLE_FORMATS) -> dict[str, Any]:
+    """The manifest of a dataset output folder, checked for the fields samexport reads.
+
+    Raises:
+        SamExportError: no manifest, not valid JSON, not a JSON object of the expected shape
+            (``kind``, ``format``, ``job``, ``artifact.files``, ``parameters``), or a format
+            other than ``formats``.
+    """
+    from samexport.datasets.schema import JOBS
+
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise SamExportError(f"{path.parent} is not a samexport dataset folder (no {MANIFEST_NAME})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SamExportError(f"{path} is not valid JSON: {exc}") from None
+    artifact = manifest.get("artifact") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict) or manifest.get("kind") != KIND
+        or not isinstance(artifact, dict) or not isinstance(artifact.get("files"), dict)
+        or not isinstance(manifest.get("parameters"), dict) or manifest.get("job") not in JOBS
+    ):
+        raise SamExportError(
+            f"{path} is not a samexport dataset manifest (a JSON object with kind {KIND!r}, job, artifact "
+            "files and parameters); the folder was not made by samexport or was edited: choose another --output"
+        )
+    if manifest.get("format") not in formats:
+        older = manifest.get("format") in READABLE_FORMATS
+        raise SamExportError(
+            f"{path} is dataset format {manifest.get('format')!r}, made by "
+            + ("an older samexport: read its rows with read_rows, and write new rows into a new --output"
+               if older else f"another samexport; this one reads format {', '.join(map(str, formats))}")
+        )
+    return manifest
+
+
+def check_output(folder: Path | str) -> Path:
+    """Refuse an output that samexport must not write into, reading only: a file, a folder that is
+    not empty and has no dataset manifest, or one with a malformed manifest or of another format
+    (the rest of a manifest is checked by :func:`open_output`)."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise SamExportError(f"output {path} exists and is not a folder")
+    if (path / MANIFEST_NAME).is_file():
+        read_dataset_manifest(path, formats=(FORMAT,))  # a malformed one is refused before any lock file
+    elif path.is_dir() and any(e.name != LOCK_NAME for e in path.iterdir()):
+        raise SamExportError(
+            f"output folder {path} is not empty and has no {MANIFEST_NAME}: it was not made by "
+            "samexport, and samexport does not write into it; choose a new or empty folder"
+        )
+    return path
+
+
+def open_output(
+    folder: Path | str, *, job: str, artifact: dict, parameters: dict, extra: dict, lock: FolderLock | None = None,
+) -> OutputFolder:
+    """Create or reopen the output folder of a job (call it holding the folder's ``lock``).
 
     A missing or empty folder gets a new manifest. A folder with a manifest is resumed when it is
     for the same job, the same artifact files (sha256) and the same parameters.
 
     Raises:
         SamExportError: the folder is a file, is not empty and has no manifest (not ours), or its
-            manifest is for another job, artifact or parameters.
+            manifest is malformed or for another format, job, artifact or parameters.
     """
     from samexport import __version__
 
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise SamExportError(f"output {path} exists and is not a folder")
-    manifest_path = path / MANIFEST_NAME
-    if manifest_path.is_file():
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SamExportError(f"{manifest_path} is not valid JSON: {exc}") from exc
-        if manifest.get("kind") != KIND or manifest.get("format") != FORMAT:
+    path = check_output(folder)
+    if (path / MANIFEST_NAME).is_file():
+        manifest = read_dataset_manifest(path, formats=(FORMAT,))
+        if manifest["job"] != job:
             raise SamExportError(
-                f"{manifest_path} is not a samexport dataset manifest of format {FORMAT}; choose another --output"
-            )
-        if manifest.get("job") != job:
-            raise SamExportError(
-                f"{path} holds the output of `{manifest.get('job')}`, not `{job}`; choose another --output"
+                f"{path} holds the output of `{manifest['job']}`, not `{job}`; choose another --output"
             )
         if manifest["artifact"]["files"] != artifact["files"]:
             raise SamExportError(
@@ -162,17 +275,12 @@ def open_output(folder: Path | str, *, job: str, artifact: dict, parameters: dic
                 "choose another --output, or use the artifact it was made with "
                 f"({manifest['artifact'].get('dir')})"
             )
-        if manifest.get("parameters") != parameters:
+        if manifest["parameters"] != parameters:
             raise SamExportError(
-                f"{path} was made with other parameters ({_describe_difference(manifest.get('parameters', {}), parameters)}); "
+                f"{path} was made with other parameters ({_describe_difference(manifest['parameters'], parameters)}); "
                 "choose another --output or rerun with the same parameters"
             )
-        return OutputFolder(path, manifest)
-    if path.is_dir() and any(path.iterdir()):
-        raise SamExportError(
-            f"output folder {path} is not empty and has no {MANIFEST_NAME}: it was not made by "
-            "samexport, and samexport does not write into it; choose a new or empty folder"
-        )
+        return OutputFolder(path, manifest, lock)
     path.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT,
@@ -186,13 +294,14 @@ def open_output(folder: Path | str, *, job: str, artifact: dict, parameters: dic
     }
     temp = path / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
     temp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(temp, manifest_path)
-    return OutputFolder(path, manifest)
+    os.replace(temp, path / MANIFEST_NAME)
+    return OutputFolder(path, manifest, lock)
 
 
 class FolderLock:
     """An exclusive ``flock`` on the folder's lock file for the lifetime of a job (POSIX only;
-    elsewhere it does nothing). The kernel releases it when the process dies."""
+    elsewhere it does nothing). The kernel releases it when the process dies; the file descriptor
+    is not inherited by worker processes, so a worker never holds it."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK_NAME
@@ -214,10 +323,32 @@ class FolderLock:
             ) from None
         return self
 
+    def check(self) -> None:
+        """Raise :class:`SamExportError` unless the lock file is still the one this job locked
+        (someone who deletes it lets a second job lock a new file of the same name)."""
+        if self._fd is None:
+            return
+        held = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise SamExportError(
+                f"{self.path} was removed or replaced while this job held it: another job may be writing "
+                f"into {self.path.parent}; stopped before writing more (rerun to resume)"
+            )
+
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock; the (empty) lock file stays, it is ours
             self._fd = None
+
+
+def pa_schema(schema, columns: list[str]):
+    """The fields ``columns`` of a ``pyarrow.Schema``, with its metadata."""
+    pa = require("pyarrow", "datasets")
+    return pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
 
 
 def read_rows(folder: Path | str, columns: list[str] | None = None):
@@ -235,15 +366,12 @@ def read_rows(folder: Path | str, columns: list[str] | None = None):
     pa = require("pyarrow", "datasets")
     pq = require("pyarrow.parquet", "datasets")
     path = Path(folder)
-    manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise SamExportError(f"{path} is not a samexport dataset folder (no {MANIFEST_NAME})")
-    schema = arrow_schema(json.loads(manifest_path.read_text())["job"])
+    schema = arrow_schema(read_dataset_manifest(path)["job"])
     if columns is not None:
         unknown = [c for c in columns if c not in schema.names]
         if unknown:
             raise SamExportError(f"no column {', '.join(unknown)}; columns: {', '.join(schema.names)}")
-        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+        schema = pa_schema(schema, columns)
     tables = []
     for part in sorted(p for p in path.iterdir() if PART_PATTERN.match(p.name) and p.is_file()):
         try:

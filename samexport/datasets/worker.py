@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from samexport.datasets.images import ImageError, decode_image, read_file
+from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, display_path, is_utf8, read_file
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
 from samexport.errors import SamExportError
 
@@ -76,6 +78,7 @@ class JobSpec:
         backend: as ``SamPredictor(backend=...)``.
         threads: ONNX Runtime intra-op threads per worker; ``None``: ONNX Runtime's default.
         generator_options: ``AutomaticMaskGenerator`` options (segment_all only).
+        max_file_bytes: larger files become error rows without being read.
     """
 
     job: Job
@@ -84,6 +87,7 @@ class JobSpec:
     backend: str = "auto"
     threads: int | None = None
     generator_options: dict[str, Any] = field(default_factory=dict)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
@@ -107,17 +111,41 @@ def _coco_record(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def image_row(schema, key: str, data: bytes | None = None) -> tuple[dict[str, Any], np.ndarray | None]:
-    """A row of ``schema`` with the image's key, file hash and size filled in, and the image
-    (HxWx3 uint8 RGB); or the error row and ``None`` when the image cannot be used."""
-    row: dict[str, Any] = dict.fromkeys(schema.names)
-    row["path"] = key
+def _file_status(key: str) -> os.stat_result | None:
     try:
-        data = read_file(key) if data is None else data
+        return os.stat(key)
+    except (OSError, ValueError):
+        return None
+
+
+def image_row(
+    schema, key: str, data: bytes | None = None, *, artifact_sha256: str | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """A row of ``schema`` with the image's key, the artifact and the file's hash, size and time
+    filled in, and the image (HxWx3 uint8 RGB); or the error row and ``None`` when the image
+    cannot be used. ``data``: the file's bytes when already read (Ray), else read here."""
+    row: dict[str, Any] = dict.fromkeys(schema.names)
+    row["path"] = display_path(key)
+    row["path_bytes"] = None if is_utf8(key) else os.fsencode(key)
+    row["artifact_sha256"] = artifact_sha256
+    status = None
+    try:
+        if data is None:
+            data, status = read_file(key, max_file_bytes)
+        else:
+            status = _file_status(key)
+            if status is not None and status.st_size != len(data):
+                status = None  # changed since it was read: record no size and time, so a resume redoes it
         row["file_sha256"] = hashlib.sha256(data).hexdigest()
         image = decode_image(data)
     except ImageError as exc:
         row["error"] = str(exc)
+        image = None
+    status = status or _file_status(key)
+    if status is not None:
+        row["file_size"], row["file_mtime_ns"] = status.st_size, status.st_mtime_ns
+    if image is None:
         return row, None
     row["height"], row["width"] = image.shape[:2]
     return row, image
@@ -152,7 +180,8 @@ class ImageWorker:
 
     def row(self, key: str, data: bytes | None = None) -> dict[str, Any]:
         """The output row of one image; ``data`` is the file's bytes (read here when ``None``)."""
-        row, image = image_row(self.schema, key, data)
+        row, image = image_row(self.schema, key, data, artifact_sha256=self.spec.manifest_sha256,
+                               max_file_bytes=self.spec.max_file_bytes)
         if image is None:
             return row
         if self.spec.job == "embed":
@@ -167,12 +196,24 @@ class ImageWorker:
             row["masks"] = [_coco_record(r) for r in self.generator.generate(image)]
         return row
 
-    def write_batch(self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None) -> list[str | None]:
-        """Process a batch and write it as one part file; returns each image's error (or None)."""
+    def write_batch(
+        self, folder: Path | str, keys: list[str], datas: list[bytes | None] | None = None, *,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[str, list[str | None]]:
+        """Process a batch and stage it as one part file (:func:`~samexport.datasets.store.stage_part`),
+        which the job's driver commits; returns the staged file's path and each image's error (or
+        None). ``check`` is called before each image and before writing (it may stop the process,
+        e.g. when the driver is gone)."""
         import pyarrow as pa
 
-        from samexport.datasets.store import write_part
+        from samexport.datasets.store import stage_part
 
-        rows = [self.row(key, data) for key, data in zip(keys, datas or [None] * len(keys))]
-        write_part(folder, pa.Table.from_pylist(rows, schema=self.schema))
-        return [row["error"] for row in rows]
+        rows = []
+        for key, data in zip(keys, datas or [None] * len(keys)):
+            if check is not None:
+                check()
+            rows.append(self.row(key, data))
+        if check is not None:
+            check()
+        temp = stage_part(folder, pa.Table.from_pylist(rows, schema=self.schema))
+        return str(temp), [row["error"] for row in rows]

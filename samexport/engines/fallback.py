@@ -5,8 +5,8 @@ verification, ``--fallback`` builds them again from the safe form of that graph
 (:mod:`samexport.precision.attention_fp32`: every attention core in FP32 between the FP16
 projections), derived on the device from the artifact's own encoder with the ``onnx`` package
 alone (no torch). Why derive rather than carry: for vit_b the safe graph is as large as the FP16
-encoder (about 179 MB, a second copy in every artifact), while deriving it takes seconds, small
-beside the TensorRT build that follows (figures in docs/jetson.md and the note on issue 24).
+encoder (about 185 MB, a second copy in every artifact), while deriving it took 9.7 s on a
+loaded 2-core VM, small beside the TensorRT build that follows (figures in docs/jetson.md and the note on issue 24).
 
 The derived graph lives in a temporary folder outside the artifact, with the decoder graph beside
 it (a symbolic link, or a copy where links are not allowed), and is removed when the build is

@@ -233,8 +233,18 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
     intra-op threads (None: its default); TensorRT ignores it.
 
     The files the backend loads are checked against the manifest's sizes and sha256s first
-    (``samexport.artifacts.verify_artifact``; hashed on first open only).
+    (``samexport.artifacts.verify_artifact``; hashed on first open only). The backend's
+    ``artifact_manifest_sha256`` attribute is the sha256 of the artifact's ``manifest.json``
+    (what a stored dataset row records, so a row is never restored into another artifact).
     """
+    backend = _open_backend(artifact_dir, backend, threads=threads)
+    from samexport.utils import sha256_file
+
+    backend.artifact_manifest_sha256 = sha256_file(Path(artifact_dir) / C.MANIFEST)
+    return backend
+
+
+def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: int | None) -> Backend:
     from samexport.artifacts import read_manifest, verify_artifact
 
     folder = Path(artifact_dir)

@@ -144,7 +144,7 @@ def create_app(
         return _error(400, str(exc))
 
     async def _embed(data: bytes):
-        future, hit = service.embed(data)
+        future, hit = await run_in_threadpool(service.embed, data)  # may ask a shared store
         return await asyncio.wrap_future(future), hit
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -196,7 +196,7 @@ def create_app(
             entry, hit = await _embed(_b64("image", request.image))
             encode_ms = 0.0 if hit else entry.encode_ms
         else:
-            entry = service.lookup(request.image_id)
+            entry = await run_in_threadpool(service.lookup, request.image_id)
         result = await asyncio.wrap_future(service.predict(entry, prompt))
         answer = await run_in_threadpool(_mask_answer, result, request)
         height, width = entry.original_size

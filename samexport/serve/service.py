@@ -153,10 +153,14 @@ class SegmentService:
             :class:`~samexport.SamPredictor` takes).
         config: limits and batching (:class:`ServeConfig`).
         backend: which runtime opens an artifact directory.
+        shared: a second-level store beside this service's own cache, with ``get(image_id) ->
+            CachedImage | None`` and ``put(CachedImage)``, shared by several services (the Ray
+            Serve replicas share one): an image encoded by one is found by the others.
     """
 
-    def __init__(self, model: Any, config: ServeConfig | None = None, *, backend: str = "auto") -> None:
+    def __init__(self, model: Any, config: ServeConfig | None = None, *, backend: str = "auto", shared: Any = None) -> None:
         self.config = config or ServeConfig()
+        self.shared = shared
         self._encoder = SamPredictor(model, backend=backend)  # used on the image worker only
         self.model = self._encoder.model
         self._decoder = SamPredictor(self.model)  # used on the batcher's worker only
@@ -214,7 +218,7 @@ class SegmentService:
         """``(future of CachedImage, cache hit)`` for an uploaded image's bytes. An image being
         encoded for another request is waited for, not encoded twice."""
         key = image_id(data)
-        entry = self.cache.get(key)
+        entry = self._cached(key)
         if entry is not None:
             done: Future = Future()
             done.set_result(entry)
@@ -245,12 +249,25 @@ class SegmentService:
         entry = CachedImage(key, embedding, tuple(state.original_size), tuple(state.input_size), encode_ms)
         self._encoder.reset_image()
         self.cache.put(entry)
+        if self.shared is not None:
+            self.shared.put(entry)
         self.encodes += 1
+        return entry
+
+    def _cached(self, key: str) -> CachedImage | None:
+        """``key`` from this service's cache, else from the shared store (then kept here too)."""
+        entry = self.cache.get(key)
+        if entry is None and self.shared is not None:
+            entry = self.shared.get(key)
+            if entry is not None:
+                if entry.image_id != key:  # a store answering for another key would mix images up
+                    raise RuntimeError(f"the shared embedding store answered {entry.image_id} for {key}")
+                self.cache.put(entry)
         return entry
 
     def lookup(self, key: str) -> CachedImage:
         """The cached image ``key``, or :class:`UnknownImageError`."""
-        entry = self.cache.get(key)
+        entry = self._cached(key)
         if entry is None:
             raise UnknownImageError(f"unknown image id {key[:16]}...: upload the image again (it may have been evicted)")
         return entry
