@@ -59,7 +59,7 @@ def main() -> None:
     from samexport.export.to_onnx import export_decoder, export_encoder
     from samexport.models.builders import build_sam
     from samexport.runtime.backends import OnnxRuntimeBackend
-    from samexport.runtime.predictor import DECODER_BYTES_PER_PROMPT, SamPredictor
+    from samexport.runtime.predictor import SamPredictor, budget_for_prompts
     from samexport.testing import random_state_dict
     from samexport.variants import get_variant
 
@@ -81,7 +81,7 @@ def main() -> None:
         encoder = export_encoder(tiny, Path(tmp) / C.ENCODER_ONNX)
         shared_backend = OnnxRuntimeBackend(encoder, decoder, device="cpu", threads=args.threads)
         assert shared_backend.shares_mask_input, "the exported decoder has no num_masks axis"
-        one_call = (args.boxes + 1) * DECODER_BYTES_PER_PROMPT
+        one_call = budget_for_prompts(args.boxes + 1)
         predictors = {
             "single": SamPredictor(shared_backend),
             "batch_shared": SamPredictor(shared_backend, decode_budget_bytes=one_call),

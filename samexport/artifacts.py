@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ PLAN_FILES = ("encoder.plan", "decoder.plan")
 # named by content so that replacing them never overwrites the file the current manifest names.
 REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
+# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<pid>)
+_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9]+)?")
+_PARTIAL_MANIFEST = re.compile(rf"\.{re.escape(C.MANIFEST)}\.partial-[0-9]+")  # write_manifest's temporary file
 
 
 def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -87,8 +91,9 @@ class Manifest:
     ``to_dict`` / ``from_dict`` are the JSON form; ``from_dict`` validates types and values and
     upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
     ``files`` maps each file the runtime loads (path relative to the artifact) to
-    ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it, and manifests written before
-    it existed have none (their files are not verified). ``references`` describes the stored
+    ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it; only format 1 manifests,
+    written before it existed, may have none (their files are not verified; ``read_manifest``).
+    ``references`` describes the stored
     PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
     samexport stored them), whose file is listed in ``files`` like the graphs.
     ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
@@ -170,7 +175,7 @@ class Manifest:
         references = data.get("references")
         if references is not None and not (
             isinstance(references, dict) and isinstance(references.get("file"), str)
-            and references["file"].startswith(REFERENCES_PREFIX) and "/" not in references["file"]
+            and re.fullmatch(rf"{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz", references["file"])
         ):
             raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
         verdict = data.get("engines_verification")
@@ -211,11 +216,10 @@ class Manifest:
 
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     """The files the runtime loads, relative to ``folder``: the ONNX graphs (``C.GRAPH_FILES``)
-    with their external data (``encoder.onnx.data``: every top-level file whose name starts with
-    a graph's name), the plans ``manifest.engines`` names and the references file
-    ``manifest.references`` names."""
+    and their external data (``C.GRAPH_DATA_FILES``) that exist, by exact name, the plans
+    ``manifest.engines`` names and the references file ``manifest.references`` names."""
     folder = Path(folder)
-    names = {entry.name for entry in folder.iterdir() if entry.is_file() and entry.name.startswith(C.GRAPH_FILES)}
+    names = {name for name in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES) if (folder / name).is_file()}
     names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
     if manifest.references:
         names.add(manifest.references["file"])
@@ -255,8 +259,9 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
 def read_manifest(folder: Path | str) -> Manifest:
     """Read and validate ``manifest.json`` and check the recorded file sizes (fast: no hashing;
     :func:`verify_artifact` checks contents); a missing or foreign file is a clear error, and so
-    is a manifest edited since it was written (its :data:`DIGEST_KEY` does not match; manifests
-    of older samexport versions have none and no file records, and are read as before)."""
+    is a manifest edited since it was written (its :data:`DIGEST_KEY` does not match, or a
+    current-format manifest lacks it or its file records; only format 1 manifests, written before
+    records existed, are read without them, and :func:`verify_artifact` warns)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SamExportError(f"artifact directory not found: {folder}")
@@ -270,6 +275,8 @@ def read_manifest(folder: Path | str) -> Manifest:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SamExportError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict):
+        _check_records_present(data, path)
     if isinstance(data, dict) and (DIGEST_KEY in data or data.get("files")):
         data = dict(data)
         if data.pop(DIGEST_KEY, None) != _digest(data):
@@ -282,8 +289,38 @@ def read_manifest(folder: Path | str) -> Manifest:
         if not (folder / name).is_file():
             raise SamExportError(f"{folder} is incomplete: {name} is missing; rebuild it")
     if manifest.files:
+        unrecorded = sorted(set(artifact_files(folder, manifest)) - set(manifest.files))
+        if unrecorded:
+            raise SamExportError(
+                f"{path} records no size or hash for {', '.join(unrecorded)}: the manifest was edited "
+                "or comes from another build; rebuild the artifact, or copy it again"
+            )
         check_sizes(folder, manifest.files, source=str(path))
     return manifest
+
+
+def _check_records_present(data: dict, path: Path) -> None:
+    """A manifest of the current format carries its file records and digest: every samexport that
+    writes this format writes both, so one without them was edited, and reading it as an older
+    build's would turn every hash check off. Only a genuinely older format (1: no ``runtime``
+    section, written before records existed) may lack them.
+
+    Raises:
+        SamExportError: the records or the digest are missing from a current-format manifest, or a
+            manifest claiming format 1 has the ``runtime`` section format 1 never had.
+    """
+    if data.get("format") == 1 and "runtime" in data:
+        raise SamExportError(
+            f"{path} claims manifest format 1 but has the 'runtime' section only format "
+            f"{MANIFEST_FORMAT} writes: it was edited; rebuild the artifact, or copy it again"
+        )
+    if data.get("format") == MANIFEST_FORMAT and (DIGEST_KEY not in data or not data.get("files")):
+        missing = [key for key in ("files", DIGEST_KEY) if not data.get(key)]
+        raise SamExportError(
+            f"{path} has manifest format {MANIFEST_FORMAT} but no {' or '.join(repr(k) for k in missing)}, "
+            "which every samexport writing this format records: the manifest was edited, so its graphs "
+            "cannot be checked; rebuild the artifact, or copy it again"
+        )
 
 
 def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] | None = None) -> None:
@@ -308,22 +345,26 @@ def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] 
 
 
 def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
-    """Entries of an artifact folder that samexport did not write (a user's notes, data)."""
+    """Entries of an artifact folder that samexport did not write (a user's notes, data): ours
+    are known by exact name (a graph, its external data, the manifest, a plan folder holding our
+    marker, a manifest a killed write left, a references file by its exact pattern), never by a name's prefix, so ``encoder.onnx.bak``
+    is the user's."""
     from samexport.staging import marker_pid
 
-    ours = {C.MANIFEST, *PLAN_FILES, *(name.split("/")[0] for name in manifest.files)}
+    ours = {C.MANIFEST, *PLAN_FILES, *C.GRAPH_FILES, *C.GRAPH_DATA_FILES, *(name.split("/")[0] for name in manifest.files)}
     ours |= {str(r["plan"]).split("/")[0] for r in manifest.engines.values() if isinstance(r, dict) and "plan" in r}
     foreign = []
     for entry in sorted(folder.iterdir()):
         name = entry.name
-        if name in ours or (entry.is_file() and name.startswith(C.GRAPH_FILES)):
+        if name in ours and (entry.is_file() or name.startswith(PLANS_PREFIX)):
             continue
         if name.startswith((PLANS_PREFIX, PLANS_PARTIAL_PREFIX)) and marker_pid(entry, PLANS_MARKER) is not None:
             continue
-        if name.startswith(f".{C.MANIFEST}.partial-"):
+        if _PARTIAL_MANIFEST.fullmatch(name) and entry.is_file():
             continue
-        if entry.is_file() and (name.startswith(REFERENCES_PREFIX) or name.startswith(f".{REFERENCES_PREFIX}")) and ".npz" in name:
-            continue  # references written by `samexport references` that a crash left unlisted
+        if _REFERENCES_FILE.fullmatch(name) and entry.is_file():
+            continue  # references `samexport references` wrote, left unlisted by a crash
+
         foreign.append(name)
     return foreign
 

@@ -60,7 +60,17 @@ DECODER_ONNX = "decoder.onnx"
 DECODER_SCORES_ONNX = "decoder_scores.onnx"
 DECODER_MASKS_ONNX = "decoder_masks.onnx"
 GRAPH_FILES = (ENCODER_ONNX, DECODER_ONNX, DECODER_SCORES_ONNX, DECODER_MASKS_ONNX)
+# A graph's weights, when they go to ONNX external data, are written to "<graph>.data" (the name the
+# torch exporter and samexport.precision give it). A build writes these names and no others.
+GRAPH_DATA_FILES = tuple(f"{name}.data" for name in GRAPH_FILES)
 MANIFEST = "manifest.json"
+
+MAX_IMAGE_PIXELS = 1 << 28
+"""Largest image samexport reads or predicts for: 268 MP (16384 x 16384). Pillow refuses images over
+179 MP as possible decompression bombs; real photos reach that (stitched panoramas, scans), so
+samexport allows up to 2**28 pixels, where the RGB array alone is 768 MiB and each full-size mask
+the predictor returns another 256 MiB, and refuses larger ones with a clear message (image files in
+``samexport.imageio``, sizes given with an embedding in ``samexport.validate.image_size``)."""
 
 # Dynamic axis names.
 PROMPT_BATCH = "num_prompts"  # B: prompts decoded in one call

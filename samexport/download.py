@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
+import re
+import socket
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +24,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from samexport.errors import SamExportError
+from samexport.staging import process_alive
 from samexport.utils import sha256_file
 from samexport.variants import Variant, get_variant
 
@@ -27,6 +32,55 @@ CACHE_ENV = "SAMEXPORT_CACHE"
 CHECKPOINT_URL_ENV = "SAMEXPORT_CHECKPOINT_URL"
 _CHUNK_BYTES = 1 << 20
 _MANUAL_HINT = "download it yourself and pass --checkpoint PATH"
+# A part file left by a download of another machine sharing the cache (or by a samexport that did
+# not put its process id in the name) is removed once it has not been written for this long.
+STALE_PART_SECONDS = 24 * 3600
+log = logging.getLogger(__name__)
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine in part-file names (the host name may hold any character)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _part_pattern(name: str) -> re.Pattern:
+    """Names of the part files a download of ``name`` writes: ``NAME.part-HOST-PID-XXXXXXXX``
+    (:func:`download`), and ``NAME.part-XXXXXXXX`` of samexport versions before the process id."""
+    return re.compile(rf"{re.escape(name)}\.part-(?:(?P<host>[0-9a-f]{{8}})-(?P<pid>[0-9]+)-)?[a-z0-9_]{{8}}")
+
+
+def remove_stale_parts(dest: Path) -> list[Path]:
+    """Remove the part files of killed downloads of ``dest`` (a SIGKILL, a power cut: nothing
+    could clean up), and only those: files named as :func:`download` names them whose process,
+    on this machine, is gone; or, from another machine or an older samexport, not written for
+    :data:`STALE_PART_SECONDS`. Any other file is left alone. Returns the files removed."""
+    dest = Path(dest)
+    pattern, host, removed = _part_pattern(dest.name), _host_tag(), []
+    try:
+        entries = list(os.scandir(dest.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["host"] == host:
+            pid = int(match["pid"])
+            if pid == os.getpid() or process_alive(pid):
+                continue
+        else:
+            try:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_PART_SECONDS:
+                    continue
+            except OSError:
+                continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        log.info("removed %s, left by a download that did not finish", entry.path)
+        removed.append(Path(entry.path))
+    return removed
 
 
 def default_cache_dir() -> Path:
@@ -60,11 +114,14 @@ def download(
     Raises:
         SamExportError: on an HTTP error, a network failure, a short read or a checksum mismatch.
             The temporary file is removed on any failure, Ctrl-C included (``KeyboardInterrupt``
-            is re-raised as is), so no partial file is left behind.
+            is re-raised as is), so no partial file is left behind. A download killed outright
+            leaves its part file, ``NAME.part-HOST-PID-XXXXXXXX``; the next download of ``dest``
+            removes it (:func:`remove_stale_parts`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.part-", dir=dest.parent)
+    remove_stale_parts(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.part-{_host_tag()}-{os.getpid()}-", dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:

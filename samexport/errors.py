@@ -34,3 +34,10 @@ def require(module: str, extra: str):
         raise MissingExtraError(
             f"{module} is not installed; install it with: pip install 'samexport[{extra}]'"
         ) from exc
+
+
+class PromptWarning(UserWarning):
+    """A prompt samexport runs as given, as ``segment_anything`` does, though it is likely a
+    mistake (a box with its corners swapped, a point outside the image). Shown once per place in
+    the calling code (Python's default warning filter); ``warnings.simplefilter("error",
+    PromptWarning)`` turns it into an error."""

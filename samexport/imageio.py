@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from samexport import constants as C
 from samexport.errors import SamExportError
 
 PALETTE = np.array(
@@ -25,11 +26,7 @@ PALETTE = np.array(
     dtype=np.uint8,
 )
 
-MAX_IMAGE_PIXELS = 1 << 28
-"""Largest image read: 268 MP (16384 x 16384). Pillow refuses images over 179 MP as possible
-decompression bombs; real photos reach that (stitched panoramas, scans), so samexport allows up to
-2**28 pixels, where the RGB array alone is 768 MiB and each full-size mask the predictor returns
-another 256 MiB, and refuses larger ones with a clear message."""
+MAX_IMAGE_PIXELS = C.MAX_IMAGE_PIXELS  # see samexport.constants
 
 LOSSLESS_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
 """File types :func:`write_mask` writes; lossy ones (JPEG, WebP) would blur the mask's edges."""

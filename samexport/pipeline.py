@@ -98,7 +98,7 @@ def _write_graphs(
         recipe = recipe_for(int8_target, sam.family)
         quantize_encoder_int8(
             work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
-            fp32_ops=sam.variant.fp32_ops,
+            fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
         )
         graphs = {
             "encoder": "int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", "decoder": "fp16",
@@ -263,10 +263,14 @@ def build(
     checkpoint = resolve_checkpoint(variant, checkpoint, download_missing=download)
     on_step(f"hashing {checkpoint}")
     checkpoint_sha = sha256_file(checkpoint)
-    on_step(f"loading {variant.name} weights")
-    sam = load_sam(checkpoint, variant)
     # One file per recipe, so alternating tensorrt and onnxruntime builds do not recalibrate.
     calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}-{int8_target}.json"
+    if precision == "int8":
+        from samexport.precision.int8 import check_calibration_cache
+
+        check_calibration_cache(calib_cache, replace_malformed=True)  # now, not after the export
+    on_step(f"loading {variant.name} weights")
+    sam = load_sam(checkpoint, variant)
 
     started = time.perf_counter()
     with staged_directory(destination) as staging:

@@ -75,6 +75,20 @@ def size_pair(name: str, size: Any) -> tuple[int, int]:
     return positive_int(f"{name}[0]", values[0]), positive_int(f"{name}[1]", values[1])
 
 
+def image_size(name: str, size: Any) -> tuple[int, int]:
+    """``size`` as ``(H, W)`` of positive ints whose product is at most
+    :data:`samexport.constants.MAX_IMAGE_PIXELS` (the largest image samexport reads): a size given
+    with a stored embedding is what ``predict`` allocates full-size masks for."""
+    height, width = size_pair(name, size)
+    if height * width > C.MAX_IMAGE_PIXELS:
+        raise InvalidInputError(
+            f"{name} {(height, width)} is {height * width / 1e6:.0f} MP, over samexport's limit of "
+            f"{C.MAX_IMAGE_PIXELS / 1e6:.0f} MP ({C.MAX_IMAGE_PIXELS} pixels): each full-size mask would "
+            f"take {height * width / 2**30:.0f} GiB; give the image's real size (H, W)"
+        )
+    return height, width
+
+
 def check_labels(labels: np.ndarray) -> np.ndarray:
     """``labels`` if every one is in :data:`samexport.constants.LABEL_VALUES`."""
     unknown = labels[~np.isin(labels, C.LABEL_VALUES)]

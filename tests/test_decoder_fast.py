@@ -144,7 +144,7 @@ def test_predictor_passes_one_mask_input_per_chunk_with_the_results_of_one_per_p
     """Batches in chunks (budget: 2 prompts per call) with one shared zero mask input give the
     results of one zero mask input per prompt; a given mask input is still one per prompt."""
     from samexport.runtime.backends import open_backend
-    from samexport.runtime.predictor import DECODER_BYTES_PER_PROMPT
+    from samexport.runtime.predictor import budget_for_prompts
 
     backend = open_backend(tiny_artifact, "onnxruntime")
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
@@ -152,7 +152,7 @@ def test_predictor_passes_one_mask_input_per_chunk_with_the_results_of_one_per_p
     outputs, recorders = {}, {}
     for shares in (True, False):
         recorders[shares] = _Recording(backend, shares)
-        predictor = SamPredictor(recorders[shares], decode_budget_bytes=2 * DECODER_BYTES_PER_PROMPT)
+        predictor = SamPredictor(recorders[shares], decode_budget_bytes=budget_for_prompts(2))
         predictor.set_image(image)
         outputs[shares] = predictor.predict_batch(boxes=boxes, multimask_output=True)
         masks_in = outputs[shares][2][:, :1] * 0.5  # one mask prompt per box

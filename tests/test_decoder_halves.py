@@ -17,7 +17,7 @@ from samexport import constants as C
 from samexport.amg import AutomaticMaskGenerator
 from samexport.errors import InvalidInputError
 from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
-from samexport.runtime.predictor import DECODER_BYTES_PER_PROMPT, SamPredictor
+from samexport.runtime.predictor import SamPredictor, budget_for_prompts
 from samexport.testing import make_image
 
 pytest.importorskip("torch")
@@ -129,7 +129,7 @@ def test_decode_low_res_where_makes_masks_only_for_the_needed_prompts(artifact_b
     points = np.random.default_rng(1).random((7, 1, 2)) * [300, 200]
     labels = np.ones((7, 1))
     spy = _Spy(artifact_backend)
-    predictor = SamPredictor(spy, decode_budget_bytes=3 * DECODER_BYTES_PER_PROMPT)  # chunks of 3, 2, 2
+    predictor = SamPredictor(spy, decode_budget_bytes=budget_for_prompts(3))  # chunks of 3, 2, 2
     predictor.set_image(image)
     logits, iou = predictor.decode_low_res(points, labels)
 
@@ -141,7 +141,7 @@ def test_decode_low_res_where_makes_masks_only_for_the_needed_prompts(artifact_b
     assert spy.calls == {"decode": [], "decode_scores": [3, 2, 2], "decode_masks": [1, 1, 1]}
 
     # Without the halves: every prompt is decoded whole, and the same ones are returned.
-    plain = SamPredictor(_Spy(artifact_backend, halves=False), decode_budget_bytes=3 * DECODER_BYTES_PER_PROMPT)
+    plain = SamPredictor(_Spy(artifact_backend, halves=False), decode_budget_bytes=budget_for_prompts(3))
     plain.set_image(image)
     plain_index, plain_logits, plain_iou = plain.decode_low_res_where(first_of_each_chunk, points, labels)
     np.testing.assert_array_equal(plain_index, [0, 3, 5])

@@ -6,6 +6,7 @@ import hashlib
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,18 +28,23 @@ FILENAME = "sam_vit_b_01ec64.pth"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """``/files/*``: PAYLOAD; ``/truncated/*``: half of it, then hang up; anything else: 404."""
+    """``/files/*``: PAYLOAD; ``/truncated/*``: half of it, then hang up; ``/stalled/*``: half of
+    it, then nothing for 20 s; anything else: 404."""
 
     requests: list[str] = []
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
-        if self.path.startswith(("/files/", "/truncated/")):
+        if self.path.startswith(("/files/", "/truncated/", "/stalled/")):
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))
             self.end_headers()
             if self.path.startswith("/files/"):
                 self.wfile.write(PAYLOAD)
+            elif self.path.startswith("/stalled/"):  # half, then nothing for a while (to be killed)
+                self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+                self.wfile.flush()
+                time.sleep(20)
             else:
                 self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
                 self.close_connection = True
@@ -202,3 +208,38 @@ def test_default_cache_dir_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "samexport"
+
+
+def test_a_killed_download_leaves_a_part_the_next_download_removes(server: str, tmp_path: Path):
+    """Issue 25, item 18: SIGKILL leaves ``NAME.part-HOST-PID-*``; the next download of the same
+    file removes the parts of dead processes here, and old parts of other machines, only."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    dest = tmp_path / FILENAME
+    script = f"import samexport.download as d; d.download({server + '/stalled/' + FILENAME!r}, {str(dest)!r}, progress=False)"
+    child = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while not [p for p in tmp_path.glob(f"{FILENAME}.part-*") if p.stat().st_size] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (killed,) = tmp_path.glob(f"{FILENAME}.part-*")
+    assert f"-{child.pid}-" in killed.name
+    live = tmp_path / f"{FILENAME}.part-{dl._host_tag()}-{os.getppid()}-abcd1234"  # a download still running
+    elsewhere_new = tmp_path / f"{FILENAME}.part-0badc0de-{child.pid}-abcd1234"  # another machine, recent
+    elsewhere_old = tmp_path / f"{FILENAME}.part-0badc0de-77-efgh5678"  # another machine, a day old
+    legacy_old = tmp_path / f"{FILENAME}.part-k2j4_9zq"  # an older samexport's name, a day old
+    users = [tmp_path / f"{FILENAME}.part-mine", tmp_path / f"{FILENAME}.part-{dl._host_tag()}-{child.pid}-notes.txt",
+             tmp_path / f"other.pth.part-{dl._host_tag()}-{child.pid}-abcd1234"]
+    for path in (live, elsewhere_new, elsewhere_old, legacy_old, *users):
+        path.write_bytes(b"x")
+    day_ago = time.time() - dl.STALE_PART_SECONDS - 60
+    for path in (elsewhere_old, legacy_old):
+        os.utime(path, (day_ago, day_ago))
+    download(f"{server}/files/{FILENAME}", dest, sha256=PAYLOAD_SHA256, progress=False)
+    assert dest.read_bytes() == PAYLOAD
+    assert not killed.exists() and not elsewhere_old.exists() and not legacy_old.exists()
+    assert live.exists() and elsewhere_new.exists() and all(path.exists() for path in users)

@@ -218,11 +218,15 @@ def test_an_edited_manifest_is_refused(artifact):
     with pytest.raises(SamExportError, match="was changed after samexport wrote it"):
         read_manifest(artifact)
     edited = {k: v for k, v in data.items() if k != DIGEST_KEY}
-    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # digest removed too: records demand one
-    with pytest.raises(SamExportError, match="was changed after samexport wrote it"):
+    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # digest removed too: format 2 demands one
+    with pytest.raises(SamExportError, match="no 'manifest_sha256'.*the manifest was edited"):
         read_manifest(artifact)
     del edited["files"]
-    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # an old manifest: the schema refuses
+    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # records removed too (issue 25 item 9)
+    with pytest.raises(SamExportError, match="has manifest format 2 but no 'files'"):
+        read_manifest(artifact)
+    del edited["runtime"]
+    path.write_text(json.dumps({**edited, "format": 1, "precision": "fp4"}))  # an old manifest: the schema refuses
     with pytest.raises(SamExportError, match="unknown precision 'fp4'"):
         read_manifest(artifact)
 
@@ -250,8 +254,8 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
 
     path = artifact / C.MANIFEST
     data = json.loads(path.read_text())
-    del data["files"], data[DIGEST_KEY]
-    path.write_text(json.dumps(data))
+    del data["files"], data[DIGEST_KEY], data["runtime"]
+    path.write_text(json.dumps({**data, "format": 1}))  # format 1 was written before file records
     with caplog.at_level(logging.WARNING, logger="samexport.artifacts"):
         predictor = SamPredictor(artifact)
     assert predictor.backend.name.startswith("onnxruntime")
@@ -281,10 +285,10 @@ def test_damaged_graph_is_one_clear_error(artifact, name, damage):
     path.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
     with pytest.raises(SamExportError, match=f"{name} is .* bytes but .* records"):
         SamPredictor(artifact)
-    # Without file records (an older manifest) ONNX Runtime's own error is turned into one line.
+    # Without file records (a format 1 manifest) ONNX Runtime's own error is turned into one line.
     manifest = json.loads((artifact / C.MANIFEST).read_text())
-    del manifest["files"], manifest[DIGEST_KEY]
-    (artifact / C.MANIFEST).write_text(json.dumps(manifest))
+    del manifest["files"], manifest[DIGEST_KEY], manifest["runtime"]
+    (artifact / C.MANIFEST).write_text(json.dumps({**manifest, "format": 1}))
     with pytest.raises(SamExportError, match=f"{name} is not a readable ONNX graph"):
         SamPredictor(artifact)
 

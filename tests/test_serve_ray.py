@@ -52,6 +52,31 @@ def test_replicas_share_embeddings(tiny_artifact, image, image_png):
         second.close()
 
 
+class LostStore:
+    """A shared store whose actor has died: every call fails."""
+
+    def get(self, key):
+        raise ConnectionError("the store actor died")
+
+    def put(self, entry):
+        raise ConnectionError("the store actor died")
+
+
+def test_a_lost_shared_store_is_a_miss(tiny_artifact, image_png):
+    from samexport.serve.service import UnknownImageError
+
+    service = SegmentService(tiny_artifact, ServeConfig(batch_window_ms=0), shared=LostStore())
+    try:
+        entry = service.embed(image_png)[0].result(120)  # encoded here, kept in its own cache
+        assert service.encodes == 1 and service.lookup(entry.image_id) is entry
+        with pytest.raises(UnknownImageError):
+            service.lookup("0" * 64)
+        info = service.info()["shared_store"]
+        assert info["errors"] == 3 and "store actor died" in info["last_error"]
+    finally:
+        service.close()
+
+
 @pytest.mark.ray
 def test_ray_serve_answers_as_the_predictor(tiny_artifact, image, image_png):
     ray = pytest.importorskip("ray", reason="the ray-serve extra is not installed")

@@ -25,7 +25,8 @@ from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
 from samexport.errors import InvalidInputError
-from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictor import SamPredictor, prompts_per_call
+from samexport.runtime.prompts import even_chunks
 from samexport.transforms import check_image
 
 if TYPE_CHECKING:
@@ -68,6 +69,13 @@ class _Masks:
               ("iou", "stability", "boxes", "points", "crop_boxes")),
             [patch for p in parts for patch in p.patches],
         )
+
+
+# Memory one grid point costs in a batch (RSS growth, ONNX Runtime CPU fp32, 300x400 image, every
+# mask kept: benchmarks/decode_memory.py amg): the decoder call's, with its two halves' outputs
+# (the image tokens, 4 MiB a point), plus the batch's logits and their measurement: 2250 MiB at
+# 38-39 points a piece, ~56 MiB a point over the decoder's fixed part; rounded up.
+GENERATOR_BYTES_PER_POINT = 60 << 20
 
 
 def _check_number(name: str, value: Any, low: float, high: float = np.inf, *, integer: bool = False,
@@ -271,9 +279,17 @@ class AutomaticMaskGenerator:
         measurer = MaskMeasurer(self.predictor.input_size, crop_size, self.stability_score_offset)
         points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[::-1]
         parts = []
+        # A batch goes to the predictor in equal pieces within its decode budget: the logits of
+        # a batch (1 MiB per point) and their measurements are held at once, so 576 points per
+        # batch held 6 GB where the budget was 2 GiB. The masks are those of whole batches.
+        limit = min(
+            self.predictor.max_prompts_per_call,
+            prompts_per_call(self.predictor.decode_budget_bytes, GENERATOR_BYTES_PER_POINT),
+        )
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            parts.append(self._process_batch(batch, measurer, crop_box, image.shape[:2]))
+            for piece in even_chunks(len(batch), limit):
+                parts.append(self._process_batch(batch[piece], measurer, crop_box, image.shape[:2]))
             bar.update(1)
         self.predictor.reset_image()
         masks = _Masks.concat(parts)

@@ -153,6 +153,7 @@ def segment_all(
     modes = {"uncompressed": "uncompressed_rle", "coco": "coco_rle"}
     if rle not in modes:
         raise SamExportError(f"--rle must be one of {', '.join(modes)}; got {rle!r}")
+    _check_output_file(output, "masks.json")  # before the run, not after it (issue 25, item 16)
     if overlay:
         imageio.check_picture_path(overlay)
     picture = imageio.read_image(image)
@@ -172,6 +173,20 @@ def segment_all(
     if overlay:
         draw_masks(picture, records).save(overlay)
         typer.echo(f"wrote {overlay}")
+
+
+def _check_output_file(path: Path, example: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, a missing
+    folder, a folder without write permission."""
+    import os
+
+    if path.is_dir():
+        raise SamExportError(f"--output {path} is a folder; name a file such as {path / example}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise SamExportError(f"--output {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SamExportError(f"--output {path}: cannot write in {folder} (permission denied)")
 
 
 def _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, progress, generator_options,

@@ -28,9 +28,9 @@ from samexport.artifacts import (
     PLAN_FILES, PLANS_MARKER, PLANS_PARTIAL_PREFIX, PLANS_PREFIX, Manifest, read_manifest, verify_artifact,
     write_manifest,
 )
-from samexport.engines import TensorRTFlavour, tensorrt_availability
+from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine
-from samexport.errors import SamExportError
+from samexport.errors import SamExportError, require
 from samexport.staging import remove_stale_folders, write_marker
 
 PLAN_NAMES = dict(zip(("encoder", "decoder"), PLAN_FILES))
@@ -77,14 +77,20 @@ def build_plans(
     manifest, whose ``plan`` entries are paths relative to ``target_dir``.
 
     Raises:
-        SamExportError: TensorRT or a GPU is missing for a real build; see also
-            :func:`check_engine_request` and ``build_engine``.
+        SamExportError: Polygraphy or the TensorRT flavour is missing, or a GPU for a real build
+            (checked before anything is written); see also :func:`check_engine_request` and
+            ``build_engine``.
     """
     check_engine_request(attention, config, flavour)
+    # Every dependency before the first write: a missing Polygraphy must not cost a staging folder
+    # made and removed in the artifact (nor fail on a read-only one with another message).
+    require("polygraphy", "tensorrt")
     if flavour == "tensorrt":
         availability = tensorrt_availability("tensorrt")
         if not availability:
             raise SamExportError(f"TensorRT engines cannot be built here: {availability.reason}")
+    else:
+        load_tensorrt(flavour)
     if attention == "plugin":
         from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin
 

@@ -129,21 +129,20 @@ def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
 def check_calibration_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
     """:func:`list_images`, each image decoded in full once, before any export work.
 
-    A file Pillow cannot decode (truncated, not an image, over Pillow's size limit) is refused
-    by name rather than skipped: the calibration ranges, and their cache key, are those of the
+    A file ``samexport.imageio.read_image`` (what calibration reads with) refuses (truncated,
+    not an image, too large, a float image outside 0..1) is refused by name rather than skipped: the calibration ranges, and their cache key, are those of the
     images the user chose, and a skipped file would silently calibrate on fewer.
 
     Raises:
         SamExportError: no images, or an image that cannot be read (the message names it).
     """
-    from PIL import Image
+    from samexport.imageio import read_image
 
     paths = list_images(calib_dir, limit)
     for path in paths:
         try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            read_image(path)  # what encoder_feeds reads: the same decoder, the same refusals
+        except SamExportError as exc:
             raise SamExportError(
                 f"calibration image {path} cannot be read ({exc}); fix or remove it from {calib_dir}"
             ) from None
@@ -235,13 +234,46 @@ def cache_key(model_path: Path | str, images: list[Path], recipe: Int8Recipe) ->
     }
 
 
+class MalformedCacheError(SamExportError):
+    """A calibration cache file that is not one (not JSON, or not a ``key`` and ``ranges``)."""
+
+
+def check_calibration_cache(cache_path: Path | str, *, replace_malformed: bool = False) -> None:
+    """Check, before any export work, that the calibration cache can be read and then written: not
+    a folder, its folder writable (or creatable), and, when it exists, readable and a cache.
+
+    Args:
+        replace_malformed: the file is samexport's own (the build's cache in samexport's cache
+            folder), so a malformed one is reported as a warning and replaced by the calibration;
+            otherwise (a path the caller chose) it is an error.
+
+    Raises:
+        SamExportError: the path cannot be used; a malformed file unless ``replace_malformed``.
+    """
+    cache_path = Path(cache_path)
+    if cache_path.is_dir():
+        raise SamExportError(f"calibration cache {cache_path} is a folder; remove it or choose another cache path")
+    folder = cache_path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise SamExportError(f"calibration cache {cache_path} cannot be written: {folder} is not a writable folder")
+    try:
+        load_cached_ranges(cache_path, {})
+    except MalformedCacheError as exc:
+        if not replace_malformed:
+            raise
+        log.warning("%s; samexport wrote it, so it is recalibrated and replaced", exc)
+
+
 def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
     """The cached ranges when ``cache_path`` holds ranges for exactly ``key``, else None (also
     when there is no cache file yet).
 
     Raises:
-        SamExportError: the file is not a calibration cache (not JSON, or not an object with a
-            ``key`` and finite numeric ``ranges``); the message names it.
+        MalformedCacheError: the file is not a calibration cache (not JSON, or not an object with
+            a ``key`` and finite numeric ``ranges``); the message names it.
+        SamExportError: the file cannot be read.
     """
     try:
         text = cache_path.read_text()
@@ -253,12 +285,12 @@ def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
     try:
         cached = json.loads(text)
     except ValueError as exc:
-        raise SamExportError(f"{malformed} (not valid JSON: {exc}); delete it to recalibrate") from None
+        raise MalformedCacheError(f"{malformed} (not valid JSON: {exc}); delete it to recalibrate") from None
     ranges = cached.get("ranges") if isinstance(cached, dict) else None
     if not isinstance(ranges, dict) or "key" not in cached or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0 for v in ranges.values()
     ):
-        raise SamExportError(
+        raise MalformedCacheError(
             f"{malformed} (expected an object with 'key' and numeric 'ranges', got "
             f"{type(cached).__name__}); delete it to recalibrate"
         )
@@ -268,10 +300,14 @@ def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
 
 
 def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
+    """Write the cache atomically (a temporary file of this process, renamed over the old one)."""
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(cache_path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "ranges": ranges}, indent=1))
-    os.replace(tmp, cache_path)
+    tmp = cache_path.with_name(f".{cache_path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"key": key, "ranges": ranges}, indent=1))
+        os.replace(tmp, cache_path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def quantize_with_ranges(
@@ -328,6 +364,7 @@ def quantize_encoder_int8(
     cache_path: Path | str | None = None,
     recipe: Int8Recipe = Int8Recipe(),
     fp32_ops: Collection[str] | None = None,
+    replace_malformed_cache: bool = False,
 ) -> Path:
     """Calibrate the fp32 encoder ``src`` on the images of ``calib_dir`` and write INT8 Q/DQ ``dst``.
 
@@ -340,14 +377,23 @@ def quantize_encoder_int8(
         recipe: what to quantize; see :class:`Int8Recipe`.
         fp32_ops: with ``recipe.fp16``, the op types kept in FP32 (the variant's
             ``fp32_ops``); None: :data:`samexport.precision.fp16.DEFAULT_FP32_OPS`.
+        replace_malformed_cache: ``cache_path`` is samexport's own file: a malformed one is
+            replaced (with a warning) instead of refused (see :func:`check_calibration_cache`).
     """
     images = check_calibration_images(calib_dir, recipe.max_images)
+    if cache_path is not None:
+        check_calibration_cache(cache_path, replace_malformed=replace_malformed_cache)
     ranges = None
     key = None
     if cache_path is not None:
         cache_path = Path(cache_path)
         key = cache_key(src, images, recipe)
-        ranges = load_cached_ranges(cache_path, key)
+        try:
+            ranges = load_cached_ranges(cache_path, key)
+        except MalformedCacheError:
+            if not replace_malformed_cache:
+                raise
+            ranges = None  # said by check_calibration_cache; replaced below
         if ranges is not None:
             log.info("calibration ranges from cache %s", cache_path)
     if ranges is None:

@@ -145,6 +145,7 @@ class OnnxRuntimeBackend:
         self._halves = None
         self._session_args = ort, options, providers
         self.has_decoder_halves = bool(halves)
+        self._run_options = _decoder_run_options() if memory_arena else None
         # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
         mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
         self.shares_mask_input = mask_axis == C.NUM_MASKS
@@ -163,7 +164,7 @@ class OnnxRuntimeBackend:
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs)
+        masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs, self._run_options)
         return masks, iou
 
     def _decoder_halves(self):
@@ -178,16 +179,31 @@ class OnnxRuntimeBackend:
     def decode_scores(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         scores, _ = self._decoder_halves()
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        iou, mask_tokens, image_tokens = _run(scores, C.SCORES_INPUTS, C.SCORES_OUTPUTS, inputs)
+        iou, mask_tokens, image_tokens = _run(scores, C.SCORES_INPUTS, C.SCORES_OUTPUTS, inputs, self._run_options)
         return iou, mask_tokens, image_tokens
 
     def decode_masks(self, mask_tokens, image_tokens):
         _, masks = self._decoder_halves()
-        return _run(masks, C.MASKS_INPUTS, C.MASKS_OUTPUTS, (mask_tokens, image_tokens))[0]
+        return _run(masks, C.MASKS_INPUTS, C.MASKS_OUTPUTS, (mask_tokens, image_tokens), self._run_options)[0]
 
 
-def _run(session, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...], arrays) -> list[np.ndarray]:
-    return session.run([s.name for s in outputs], {s.name: a for s, a in zip(inputs, arrays)})
+def _run(session, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...], arrays, run_options=None) -> list[np.ndarray]:
+    return session.run([s.name for s in outputs], {s.name: a for s, a in zip(inputs, arrays)}, run_options)
+
+
+def _decoder_run_options():
+    """Run options for decoder calls: the CPU arena hands back what a call freed when it ends.
+
+    The whole decoder and its two halves are three sessions with an arena each, and an arena keeps
+    its high-water mark: the mask generator, which uses all three, held three calls' worth (over
+    2.5 GB at 40 prompts a call) past ``SamPredictor.decode_budget_bytes``. With each arena
+    shrunk after its call, decoding holds one call's worth at a time.
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 class TorchBackend:
@@ -268,7 +284,7 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
-    verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith(C.GRAPH_FILES)])
+    verify_artifact(folder, manifest, names=[n for n in manifest.files if n in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES)])
     halves = manifest.decoder_halves()
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,

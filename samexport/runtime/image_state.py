@@ -12,7 +12,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.compat import require_torch
 from samexport.runtime.prompts import host_array
-from samexport.validate import real_array, size_pair
+from samexport.validate import image_size, real_array, size_pair
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +67,7 @@ class OfficialImageAttributes:
 
     @original_size.setter
     def original_size(self, value) -> None:
-        self._state = replace(self._state, original_size=None if value is None else size_pair("original_size", value))
+        self._state = replace(self._state, original_size=None if value is None else image_size("original_size", value))
 
     @property
     def input_size(self) -> tuple[int, int] | None:

@@ -28,19 +28,38 @@ from samexport.errors import InvalidInputError, NoImageSetError, SamExportError
 from samexport.runtime.backends import Backend, BackendName
 from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes
 from samexport.runtime.prompts import PromptBatch, even_chunks, host_array, prompt_batch
-from samexport.validate import real_array, size_pair
+from samexport.validate import image_size, real_array
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DECODER_BYTES_PER_PROMPT", "DEFAULT_DECODE_BUDGET", "ImageState", "SamPredictor"]
+__all__ = [
+    "DECODER_BYTES_PER_PROMPT", "DECODER_FIXED_BYTES", "DEFAULT_DECODE_BUDGET", "ImageState", "SamPredictor",
+    "budget_for_prompts", "prompts_per_call",
+]
 
 
-# Peak decoder memory per prompt, measured: ~37 MiB with ONNX Runtime CPU fp32 (B = 8 and 32 boxes
-# on a 300x400 image, multimask; the upscaled 256x256x32 features and their neighbours dominate).
-# Rounded up, so a budget is an upper bound on what the decoder calls add.
-DECODER_BYTES_PER_PROMPT = 40 << 20
-DEFAULT_DECODE_BUDGET = 2 << 30  # 2 GiB: 51 prompts per decoder call at most
+# Memory a decoder call adds (RSS high-water growth, ONNX Runtime CPU fp32, boxes on a 300x400
+# image, multimask, upsampled masks; benchmarks/decode_memory.py): 409 MiB for chunks of 8 prompts,
+# 1031 MiB for 24, 1962 MiB for 43, outputs excluded: ~39 MiB per prompt (the upscaled 256x256x32
+# features and their neighbours) over ~100 MiB, and ONNX Runtime's arena grows in steps, so the
+# larger chunks cost up to ~44 MiB per prompt. A call gets (budget - fixed) // per-prompt prompts,
+# rounded so that a budget is an upper bound on what the decoder calls add (tests/test_predictor_budget.py).
+DECODER_BYTES_PER_PROMPT = 44 << 20
+DECODER_FIXED_BYTES = 256 << 20
+DEFAULT_DECODE_BUDGET = 2 << 30  # 2 GiB: 40 prompts per decoder call at most
+
+
+def prompts_per_call(budget_bytes: int, bytes_per_prompt: int = DECODER_BYTES_PER_PROMPT) -> int:
+    """Most prompts one decoder call may take within ``budget_bytes`` (``bytes_per_prompt`` each
+    over ``DECODER_FIXED_BYTES``): at least 1, so a budget under 300 MiB decodes one prompt at a
+    time and is not met."""
+    return max(1, (budget_bytes - DECODER_FIXED_BYTES) // bytes_per_prompt)
+
+
+def budget_for_prompts(prompts: int) -> int:
+    """The smallest ``decode_budget_bytes`` that lets one decoder call take ``prompts`` prompts."""
+    return DECODER_FIXED_BYTES + prompts * DECODER_BYTES_PER_PROMPT
 
 _PIXEL_MEAN = np.asarray(C.PIXEL_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
 _PIXEL_STD = np.asarray(C.PIXEL_STD, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -55,12 +74,14 @@ class SamPredictor(OfficialImageAttributes):
             the :class:`~samexport.runtime.backends.Backend` methods (e.g. ``TorchBackend``). A
             torch ``Sam`` is refused with a message saying what to pass.
         backend: which runtime to use for an artifact directory.
-        decode_budget_bytes: memory the decoder may use per call: batches of more prompts than
-            ``decode_budget_bytes // DECODER_BYTES_PER_PROMPT`` (40 MiB each; 51 prompts with the
+        decode_budget_bytes: an upper bound on the memory decoding adds, however many prompts
+            a call (or the mask generator's ``points_per_batch``) holds: batches of more than
+            :func:`prompts_per_call` prompts (``(budget - 256 MiB) // 44 MiB``; 40 with the
             2 GiB default) are decoded in equal chunks, with the results of one call (decoder
             outputs and thresholded masks bit for bit; upsampled float logits to float rounding,
-            as between any two batch sizes). The returned arrays themselves (e.g.
-            ``B x 3 x H x W`` masks) are not part of the budget.
+            as between any two batch sizes). Not in the budget: the returned arrays themselves
+            (e.g. ``B x 3 x H x W`` masks), and budgets under 300 MiB (one prompt at a time
+            needs that). Measured for ONNX Runtime on CPU; other backends differ.
 
     Attributes:
         model: the :class:`~samexport.SamModel` (``mask_threshold``, ``image_encoder.img_size``).
@@ -137,10 +158,12 @@ class SamPredictor(OfficialImageAttributes):
             input_size: ``(h, w)`` of the image resized into the 1024 frame; checked when given.
 
         Raises:
-            ValueError: a wrong shape, non-finite values, or sizes that do not fit together.
+            ValueError: a wrong shape, non-finite values, sizes that do not fit together, or an
+                ``original_size`` over ``samexport.constants.MAX_IMAGE_PIXELS``.
         """
         from samexport.datasets.restore import checked_embedding
 
+        original_size = image_size("original_size", original_size)  # predict allocates H x W masks
         features, size, resized = checked_embedding(embedding, original_size, input_size)
         self._state = ImageState(features, size, resized, True)  # one assignment: thread safe
 
@@ -204,7 +227,7 @@ class SamPredictor(OfficialImageAttributes):
             )
         if array.dtype.kind not in "iuf":
             raise InvalidInputError(f"set_torch_image input must be numeric; got dtype {array.dtype}")
-        original_size = size_pair("original_image_size", original_image_size)
+        original_size = image_size("original_image_size", original_image_size)
         height, width = array.shape[2:]
         padded = np.zeros((1, 3, size, size), np.float32)
         padded[:, :, :height, :width] = (array.astype(np.float32) - _PIXEL_MEAN) / _PIXEL_STD
@@ -367,11 +390,17 @@ class SamPredictor(OfficialImageAttributes):
         one of each other, none over the budget's (or the backend's) limit."""
         coords, labels, masks, has_mask = prompt
         shared = len(has_mask) != coords.shape[0]  # one mask input for every prompt (M = 1): not sliced
-        limit = max(1, self.decode_budget_bytes // DECODER_BYTES_PER_PROMPT)
-        backend_limit = getattr(self.backend, "max_prompts", None)
-        for part in even_chunks(coords.shape[0], min(limit, int(backend_limit)) if backend_limit else limit):
+        for part in even_chunks(coords.shape[0], self.max_prompts_per_call):
             mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
             yield part, (coords[part], labels[part], mask_part, has_mask_part)
+
+    @property
+    def max_prompts_per_call(self) -> int:
+        """Most prompts one decoder call takes: :func:`prompts_per_call` of the budget, or the
+        backend's own limit (a TensorRT profile's largest batch) where that is smaller."""
+        limit = prompts_per_call(self.decode_budget_bytes)
+        backend_limit = getattr(self.backend, "max_prompts", None)
+        return min(limit, int(backend_limit)) if backend_limit else limit
 
     def _run(self, state: ImageState, prompt: PromptBatch, multimask_output: bool | None, return_logits: bool):
         """Decode ``prompt`` chunk by chunk. ``multimask_output=None``: all four low-res outputs

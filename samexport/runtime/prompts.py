@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
-from samexport.errors import InvalidInputError
+from samexport.errors import InvalidInputError, PromptWarning
 from samexport.validate import check_labels, real_array
 
 
@@ -34,6 +35,31 @@ def host_array(value: Any) -> np.ndarray | None:
 
 def _float32(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
     return real_array(name, value, shape).astype(np.float32)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` for ``warnings.warn`` called in this module's functions naming the first frame
+    outside samexport (the user's line), so the default filter shows a warning once per place in
+    the user's code. (Python 3.12's ``skip_file_prefixes`` does this; samexport supports 3.10.)"""
+    import sys
+
+    frame, level = sys._getframe(2), 2  # the function that called warnings.warn
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "samexport":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_outside(xy: np.ndarray, original_size: tuple[int, int] | None) -> None:
+    """A :class:`PromptWarning` if a point (Kx2, X then Y) lies outside the image: ``0..W`` x
+    ``0..H`` of ``original_size``, or the 1024 frame when it is ``None`` (edges included: a box's
+    x2 = W is the image's right edge)."""
+    height, width = original_size if original_size is not None else (C.IMAGE_SIZE, C.IMAGE_SIZE)
+    if xy.size and ((xy < 0).any() or (xy[:, 0] > width).any() or (xy[:, 1] > height).any()):
+        warnings.warn(
+            "a point or box corner lies outside the image (coordinates are (X, Y) pixels, 0..W and "
+            "0..H of the image given to set_image); it is used as given, as segment_anything does",
+            PromptWarning, stacklevel=_caller_level(),
+        )
 
 
 def prompt_batch(
@@ -63,12 +89,21 @@ def prompt_batch(
         if labels.shape != coords.shape[:2]:
             raise InvalidInputError(f"point_labels shape {labels.shape} does not match point_coords {coords.shape}")
         check_labels(labels)
+        _warn_outside(coords[labels != C.LABEL_PADDING], original_size)
         if original_size is not None:
             coords = transforms.transform_coords(coords, original_size)
         parts_xy.append(coords)
         parts_label.append(labels)
     if boxes is not None:
         boxes = _float32("boxes", boxes, (None, 4))
+        if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+            warnings.warn(
+                "a box has x2 < x1 or y2 < y1; boxes are (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2. "
+                "It is used as given, as segment_anything does, which gives other masks than the same "
+                "box with its corners in order",
+                PromptWarning, stacklevel=_caller_level(),
+            )
+        _warn_outside(boxes.reshape(-1, 2), original_size)
         if original_size is not None:
             boxes = transforms.transform_boxes(boxes, original_size)
         parts_xy.append(boxes.reshape(-1, 2, 2))

@@ -161,6 +161,7 @@ class SegmentService:
     def __init__(self, model: Any, config: ServeConfig | None = None, *, backend: str = "auto", shared: Any = None) -> None:
         self.config = config or ServeConfig()
         self.shared = shared
+        self.shared_errors, self.last_shared_error = 0, None
         self._encoder = SamPredictor(model, backend=backend)  # used on the image worker only
         self.model = self._encoder.model
         self._decoder = SamPredictor(self.model)  # used on the batcher's worker only
@@ -250,7 +251,11 @@ class SegmentService:
         self._encoder.reset_image()
         self.cache.put(entry)
         if self.shared is not None:
-            self.shared.put(entry)
+            try:
+                self.shared.put(entry)
+            except Exception as exc:  # noqa: BLE001 - the entry is still in this service's cache
+                self.shared_errors += 1
+                self.last_shared_error = f"{type(exc).__name__}: {exc}"[:300]
         self.encodes += 1
         return entry
 
@@ -258,7 +263,12 @@ class SegmentService:
         """``key`` from this service's cache, else from the shared store (then kept here too)."""
         entry = self.cache.get(key)
         if entry is None and self.shared is not None:
-            entry = self.shared.get(key)
+            try:
+                entry = self.shared.get(key)
+            except Exception as exc:  # noqa: BLE001 - a lost store (e.g. its Ray actor died) is a miss
+                self.shared_errors += 1
+                self.last_shared_error = f"{type(exc).__name__}: {exc}"[:300]
+                entry = None
             if entry is not None:
                 if entry.image_id != key:  # a store answering for another key would mix images up
                     raise RuntimeError(f"the shared embedding store answered {entry.image_id} for {key}")
@@ -338,6 +348,7 @@ class SegmentService:
             "cache": self.cache.stats(),
             "decoder": {"calls": self.batcher.calls, "prompts": self.batcher.jobs, "pending": self.batcher.pending},
             "encodes": self.encodes,
+            "shared_store": None if self.shared is None else {"errors": self.shared_errors, "last_error": self.last_shared_error},
         }
 
     def close(self, timeout: float | None = 30.0) -> None:
