@@ -18,6 +18,12 @@ from functools import lru_cache
 import numpy as np
 
 from samexport.constants import IMAGE_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING
+
+# The official image predictor's single-mask fallback (build_sam2's apply_postprocessing): with one
+# mask asked for, token 0 unless its stability score is below the threshold. The same numbers as
+# samexport.models.sam2_decoder (torch); kept here too so this module needs no torch.
+STABILITY_DELTA = 0.05
+STABILITY_THRESHOLD = 0.98
 from samexport.errors import InvalidInputError
 from samexport.transforms import _linear_taps, check_image
 
@@ -31,6 +37,7 @@ __all__ = [
     "preprocess_sam2",
     "sam2_prompt_points",
     "postprocess_sam2_masks",
+    "select_sam2_masks",
 ]
 
 
@@ -180,3 +187,30 @@ def postprocess_sam2_masks(
     cols = _upsample_weights(int(width), logits.shape[-1])
     out = rows @ logits @ cols.T
     return out if threshold is None else out > threshold
+
+
+def select_sam2_masks(
+    masks: np.ndarray, iou: np.ndarray, *, multimask_output: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official predictor's output masks from the decoder's four tokens, in NumPy (the torch
+    twin is :func:`samexport.models.sam2_decoder.select_masks`).
+
+    Args:
+        masks: Bx4x256x256 logits; iou: Bx4.
+        multimask_output: True: tokens 1..3. False: token 0 where its mask's stability score (IoU
+            of the masks at logit > +0.05 and > -0.05; 1 when both are empty) is at least 0.98,
+            else the multimask token with the highest predicted IoU.
+
+    Returns:
+        (Bx3x256x256, Bx3) or (Bx1x256x256, Bx1).
+    """
+    if multimask_output:
+        return masks[:, 1:], iou[:, 1:]
+    flat = masks[:, 0].reshape(len(masks), -1)
+    inner = np.count_nonzero(flat > STABILITY_DELTA, axis=1)
+    outer = np.count_nonzero(flat > -STABILITY_DELTA, axis=1)
+    stability = np.where(outer > 0, inner / np.maximum(outer, 1), 1.0).astype(np.float32)
+    stable = stability >= np.float32(STABILITY_THRESHOLD)
+    token = np.where(stable, 0, 1 + iou[:, 1:].argmax(axis=1))
+    rows = np.arange(len(masks))
+    return masks[rows, token][:, None], iou[rows, token][:, None]

@@ -17,7 +17,7 @@ from samexport.errors import SamExportError
 from samexport.models.sam2_configs import describe_hiera, hiera_encoder_macs
 from samexport.models.sam2_decoder import select_masks
 from samexport.sam2_checkpoint import identify_sam2_variant, load_sam2, read_sam2_state_dict
-from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points
+from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points, select_sam2_masks
 from samexport.sam2_variants import SAM2_VARIANTS, get_sam2_variant
 from samexport.testing import make_image, random_sam2_state_dict, save_random_checkpoint
 
@@ -146,6 +146,10 @@ def test_dynamic_multimask_takes_both_branches():
     assert torch.equal(out[1, 0], masks[1, 3]) and scores[1, 0] == 0.9  # random logits: unstable
     out, scores = select_masks(masks, iou, multimask_output=True)
     assert torch.equal(out, masks[:, 1:]) and torch.equal(scores, iou[:, 1:])
+    for multimask in (True, False):  # the NumPy twin the runtime uses
+        expected = select_masks(masks, iou, multimask_output=multimask)
+        got = select_sam2_masks(masks.numpy(), iou.numpy(), multimask_output=multimask)
+        assert all(np.array_equal(g, e.numpy()) for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize("name", list(SAM2_VARIANTS))
