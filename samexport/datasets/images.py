@@ -172,8 +172,11 @@ def file_changed(key: str, size: int | None, mtime_ns: int | None, sha256: str |
         return True
     try:
         fd, _ = _open_regular(key, max_bytes)
-        with os.fdopen(fd, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() != sha256
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "rb") as f:  # hashlib.file_digest is Python 3.11+
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest() != sha256
     except (ImageError, OSError):
         return True
 
