@@ -301,8 +301,10 @@ def load(artifact: Path | str, *, backend: str = "auto", variant: str | None = N
 
     Args:
         artifact: the artifact directory (``manifest.json``, ``encoder.onnx``, ``decoder.onnx``).
-        backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``onnxruntime-cpu`` or
-            ``onnxruntime-cuda`` (see :func:`samexport.runtime.backends.open_backend`).
+        backend: ``auto``, ``tensorrt``, ``onnxruntime``, ``onnxruntime-cpu``,
+            ``onnxruntime-cuda`` or ``openvino`` with its options
+            (``openvino:device=GPU,precision=bf16``; see
+            :func:`samexport.runtime.backends.open_backend`).
         variant: if given, the variant the artifact must have been built for.
 
     Raises:

@@ -151,6 +151,9 @@ class BackendInfo:
         onnxruntime_device: for ONNX Runtime backends, the device asked for ("auto": CUDA when
             present, else CPU); None for the others.
         needs_gpu: it runs only on an NVIDIA GPU (the dataset jobs give each Ray worker one).
+        options: the ``key=value`` options its spec takes after a colon
+            (``openvino:device=GPU,precision=f32``): key -> the valid values (empty: any text,
+            checked by the backend when it opens).
     """
 
     name: str
@@ -161,7 +164,17 @@ class BackendInfo:
     opens_artifact: bool = True
     onnxruntime_device: Literal["auto", "cpu", "cuda"] | None = None
     needs_gpu: bool = False
+    options: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+
+# OpenVINO's inference precision (its INFERENCE_PRECISION_HINT): f32; bf16 (CPUs with AVX512_BF16
+# or AMX); f16 (GPUs, NPUs); auto: the fastest the device reports (bf16, then f16, else f32).
+InferencePrecision = Literal["f32", "bf16", "f16", "auto"]
+INFERENCE_PRECISIONS: tuple[str, ...] = get_args(InferencePrecision)
+OPENVINO_DEFAULT_DEVICE = "CPU"
+# f32 by default: precision lives in the graph, so an fp32 artifact gives fp32 figures (held to the
+# artifact's tolerances) unless the user asks for bf16 knowingly (docs/openvino.md).
+OPENVINO_DEFAULT_PRECISION = "f32"
 
 BACKENDS: dict[str, BackendInfo] = {
     b.name: b
@@ -175,6 +188,9 @@ BACKENDS: dict[str, BackendInfo] = {
                     onnxruntime_device="cuda", needs_gpu=True),
         BackendInfo("tensorrt", "the artifact's TensorRT engines, on an NVIDIA GPU", "tensorrt",
                     ("tensorrt", "polygraphy"), needs_gpu=True),
+        BackendInfo("openvino", "OpenVINO, on the CPU unless openvino:device=GPU|NPU|AUTO; "
+                    "precision=f32|bf16|f16|auto, default f32", "openvino", ("openvino",),
+                    options=(("device", ()), ("precision", INFERENCE_PRECISIONS))),
     )
 }
 AUTO_BACKEND = "auto"  # not a backend: the TensorRT engines when usable here, else ONNX Runtime
@@ -191,8 +207,33 @@ def backends_help(names: tuple[str, ...]) -> str:
     return ", ".join(f"{name} ({helps[name]})" for name in names) + "."
 
 
-def check_backend(name: str, valid: tuple[str, ...]) -> str:
-    """``name`` if it is in ``valid``, else a ``SamExportError`` listing the valid names."""
+def split_backend(spec: str) -> tuple[str, dict[str, str]]:
+    """``"openvino:device=GPU,precision=f32"`` -> ``("openvino", {"device": "GPU", "precision":
+    "f32"})``; a plain name has no options. Keys and values are checked by :func:`check_backend`."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip() or key.strip() in options:
+            raise SamExportError(
+                f"backend {spec!r}: options are key=value pairs separated by commas, each key once "
+                "(e.g. openvino:device=CPU,precision=bf16)"
+            )
+        options[key.strip()] = value.strip()
+    return name, options
+
+
+def check_backend(spec: str, valid: tuple[str, ...]) -> str:
+    """``spec`` if its name is in ``valid`` and its options are ones that backend takes, else a
+    ``SamExportError`` listing the valid names (or the backend's options)."""
+    name, options = split_backend(spec)
     if name not in valid:
         raise SamExportError(f"unknown backend {name!r}; valid: {', '.join(valid)}")
-    return name
+    accepted = dict(BACKENDS[name].options) if name in BACKENDS else {}
+    for key, value in options.items():
+        if key not in accepted:
+            takes = ", ".join(accepted) if accepted else "none"
+            raise SamExportError(f"backend {name!r} has no option {key!r} (its options: {takes})")
+        if accepted[key] and value not in accepted[key]:
+            raise SamExportError(f"backend {name!r}: {key}={value!r} is not one of {', '.join(accepted[key])}")
+    return spec

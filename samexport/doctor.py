@@ -45,6 +45,34 @@ def backend_status(backend: C.BackendInfo, onnxruntime_providers: str) -> str:
     return "installed"
 
 
+def openvino_report() -> dict[str, str]:
+    """OpenVINO's devices, and per device its full name and whether it computes in bf16 / f16
+    (``OPTIMIZATION_CAPABILITIES``: what ``openvino:precision=auto`` picks from)."""
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    try:
+        import openvino
+
+        core = openvino.Core()
+        devices = list(core.available_devices)
+    except Exception as exc:  # a broken install is worth reporting, not a crash
+        return {"openvino devices": f"broken: {type(exc).__name__}: {exc}"}
+    from samexport.runtime.openvino_backend import device_capabilities, resolve_precision
+
+    report = {"openvino devices": ", ".join(devices) or "none"}
+    for device in devices:
+        capabilities = device_capabilities(core, device)
+        try:
+            name = core.get_property(device, "FULL_DEVICE_NAME")
+        except RuntimeError:
+            name = "?"
+        report[f"  openvino {device}"] = (
+            f"{name}; bf16 {'yes' if 'BF16' in capabilities else 'no'}, f16 {'yes' if 'FP16' in capabilities else 'no'}; "
+            f"precision=auto runs {resolve_precision('auto', capabilities, device)}"
+        )
+    return report
+
+
 def diagnose() -> dict[str, str]:
     """One line per fact, in the order `samexport doctor` prints them."""
     from samexport.engines import NoGpuError, cuda_devices, tensorrt_availability, trt_api
@@ -60,6 +88,7 @@ def diagnose() -> dict[str, str]:
         "onnx": _version("onnx"),
         "polygraphy": _version("polygraphy"),
         "tensorrt": _version("tensorrt"),
+        "openvino": _version("openvino"),
         "tensorrt_rtx": _version("tensorrt_rtx_bindings"),
         "triton": _version("triton"),
     }
@@ -75,6 +104,7 @@ def diagnose() -> dict[str, str]:
         report["nvidia gpu"] = f"none ({exc})"
     for backend in C.BACKENDS.values():
         report[f"backend {backend.name}"] = backend_status(backend, report["onnxruntime providers"])
+    report.update(openvino_report())
     availability = tensorrt_availability()
     report["tensorrt engines"] = "can build" if availability else f"cannot build here: {availability.reason}"
     if report["tensorrt"][0].isdigit():

@@ -18,13 +18,27 @@ from functools import lru_cache
 import numpy as np
 
 from samexport.constants import IMAGE_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING
+
+# The official image predictor's single-mask fallback (build_sam2's apply_postprocessing): with one
+# mask asked for, token 0 unless its stability score is below the threshold. The same numbers as
+# samexport.models.sam2_decoder (torch); kept here too so this module needs no torch.
+STABILITY_DELTA = 0.05
+STABILITY_THRESHOLD = 0.98
 from samexport.errors import InvalidInputError
-from samexport.transforms import check_image
+from samexport.transforms import _linear_taps, check_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "antialiased_weights", "preprocess_sam2", "sam2_prompt_points"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "antialiased_weights",
+    "preprocess_sam2",
+    "sam2_prompt_points",
+    "postprocess_sam2_masks",
+    "select_sam2_masks",
+]
 
 
 @lru_cache(maxsize=8)
@@ -133,3 +147,70 @@ def sam2_prompt_points(
     parts_xy.append(np.zeros((batch, 1, 2), np.float32))
     parts_label.append(np.full((batch, 1), LABEL_PADDING, np.float32))
     return np.concatenate(parts_xy, axis=1), np.concatenate(parts_label, axis=1)
+
+
+@lru_cache(maxsize=16)
+def _upsample_weights(out_size: int, in_size: int) -> np.ndarray:
+    """``out_size x in_size`` float32 matrix of PyTorch's bilinear ``interpolate``
+    (``align_corners=False``, no antialiasing) along one axis, from the bit-exact taps of
+    :mod:`samexport.transforms`."""
+    index0, index1, lambda0, lambda1 = _linear_taps(out_size, in_size)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, index0), lambda0)
+    np.add.at(weights, (rows, index1), lambda1)
+    weights.setflags(write=False)
+    return weights
+
+
+def postprocess_sam2_masks(
+    low_res_logits: np.ndarray, original_size: tuple[int, int], *, threshold: float | None = None
+) -> np.ndarray:
+    """Low-resolution mask logits -> the original image's size, as ``SAM2Transforms.postprocess_masks``
+    with the predictor's defaults (no hole or sprinkle filling): one bilinear resize of the whole
+    256x256 map to HxW (no crop: the input frame is the whole image).
+
+    Args:
+        low_res_logits: ...x256x256 float32.
+        original_size: (H, W).
+        threshold: None for logits; else boolean masks ``logits > threshold`` (the predictor's
+            ``mask_threshold``, 0.0).
+
+    Returns:
+        ...xHxW float32 logits, or bool masks.
+    """
+    logits = np.asarray(low_res_logits, dtype=np.float32)
+    if logits.ndim < 2 or logits.shape[-2:] != (256, 256):
+        raise InvalidInputError(f"low_res_logits must be ...x256x256, got shape {logits.shape}")
+    height, width = original_size
+    rows = _upsample_weights(int(height), logits.shape[-2])
+    cols = _upsample_weights(int(width), logits.shape[-1])
+    out = rows @ logits @ cols.T
+    return out if threshold is None else out > threshold
+
+
+def select_sam2_masks(
+    masks: np.ndarray, iou: np.ndarray, *, multimask_output: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official predictor's output masks from the decoder's four tokens, in NumPy (the torch
+    twin is :func:`samexport.models.sam2_decoder.select_masks`).
+
+    Args:
+        masks: Bx4x256x256 logits; iou: Bx4.
+        multimask_output: True: tokens 1..3. False: token 0 where its mask's stability score (IoU
+            of the masks at logit > +0.05 and > -0.05; 1 when both are empty) is at least 0.98,
+            else the multimask token with the highest predicted IoU.
+
+    Returns:
+        (Bx3x256x256, Bx3) or (Bx1x256x256, Bx1).
+    """
+    if multimask_output:
+        return masks[:, 1:], iou[:, 1:]
+    flat = masks[:, 0].reshape(len(masks), -1)
+    inner = np.count_nonzero(flat > STABILITY_DELTA, axis=1)
+    outer = np.count_nonzero(flat > -STABILITY_DELTA, axis=1)
+    stability = np.where(outer > 0, inner / np.maximum(outer, 1), 1.0).astype(np.float32)
+    stable = stability >= np.float32(STABILITY_THRESHOLD)
+    token = np.where(stable, 0, 1 + iou[:, 1:].argmax(axis=1))
+    rows = np.arange(len(masks))
+    return masks[rows, token][:, None], iou[rows, token][:, None]

@@ -301,29 +301,43 @@ def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
 
     kills = int(os.environ.get("SAMEXPORT_KILL_LOOPS", "3"))
     rng = random.Random(int(os.environ.get("SAMEXPORT_KILL_SEED", "25")))
-    output = tmp_path / "emb"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    outputs = [tmp_path / "emb-0"]  # a finished folder is checked, and the next kills go to a new one
 
     def start(batch_size: int, log: Path) -> subprocess.Popen:
         command = [sys.executable, "-m", "samexport.cli", "embed", str(tiny_artifact), str(image_folder),
-                   "--output", str(output), "--workers", "2", "--threads", "1", "--batch-size", str(batch_size),
-                   "--no-progress"]
+                   "--output", str(outputs[-1]), "--workers", "2", "--threads", "1", "--batch-size",
+                   str(batch_size), "--no-progress"]
         with open(log, "wb") as stderr:  # a file, not a pipe: workers that outlive the driver hold it open
             return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
+    def rows_now() -> int:
+        return read_rows(outputs[-1]).num_rows if (outputs[-1] / MANIFEST_NAME).exists() else 0
+
+    def check_finished(output: Path) -> None:
+        rows = read_rows(output)
+        paths = rows.column("path").to_pylist()
+        assert len(paths) == len(set(paths)) == 21, f"{output}: {len(paths)} rows, {len(set(paths))} images"
+        assert rows.equals(local_embeddings[1])
+
     orphans: set[int] = set()
-    signals = [signal.SIGTERM, signal.SIGKILL] * kills
+    signals = ([signal.SIGTERM, signal.SIGKILL] * kills)[:kills]
     rng.shuffle(signals)
-    for round_ in range(kills):
+    mid_work = 0
+    for round_, sig in enumerate(signals):
+        before = rows_now()
         driver = start(rng.randint(1, 6), tmp_path / f"stderr-{round_}.txt")
         deadline = time.monotonic() + 60
         workers: set[int] = set()
         while driver.poll() is None and time.monotonic() < deadline and len(workers) < 2:
             workers |= _children(driver.pid)
             time.sleep(0.05)
+        parts = set(outputs[-1].glob("part-*.parquet"))
+        if rng.random() < 0.5:  # right after a commit, while the other worker's batch is in flight
+            while driver.poll() is None and time.monotonic() < deadline and set(outputs[-1].glob("part-*.parquet")) <= parts:
+                time.sleep(0.01)
         time.sleep(rng.uniform(0, 1.5))  # during the workers' start-up, their batches, or the commits
         workers |= _children(driver.pid)
-        sig = signals[round_]
         driver.send_signal(sig)
         try:
             code = driver.wait(timeout=60)
@@ -334,17 +348,22 @@ def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
         assert code in (0, -sig), f"round {round_}: exit {code} after {sig.name}: {stderr}"
         assert "Traceback" not in stderr, stderr
         orphans |= workers
+        after = rows_now()
+        mid_work += code != 0 and after > before
+        print(f"round {round_}: {sig.name} -> exit {code}, rows {before} -> {after} in {outputs[-1].name}")
+        if code == 0:  # it finished before the kill: check it, and kill the next runs in a new folder
+            check_finished(outputs[-1])
+            outputs.append(tmp_path / f"emb-{len(outputs)}")
     final = start(rng.randint(1, 6), tmp_path / "stderr-final.txt")
     assert final.wait(timeout=300) == 0, (tmp_path / "stderr-final.txt").read_text()
+    print(f"{kills} kills, {mid_work} of them after the killed run had added rows; {len(outputs)} folders")
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in orphans if _alive(pid)], "worker processes outlived their driver"
-    rows = read_rows(output)
-    paths = rows.column("path").to_pylist()
-    assert len(paths) == len(set(paths)) == 21
-    assert rows.equals(local_embeddings[1])
-    assert not list(output.glob(".*.tmp"))
+    for output in outputs:
+        check_finished(output)
+        assert not list(output.glob(".*.tmp"))
 
 
 def test_refuses_folders_that_are_not_its_own(tiny_artifact, image_folder, local_embeddings, tmp_path):
@@ -437,14 +456,14 @@ def test_cli_embed_and_segment_all_over_several_images(tiny_artifact, image_fold
 
     files = [str(image_folder / n) for n in ("img01.jpg", "img02.png", "junk.jpg")]
     result = CliRunner().invoke(app, ["embed", str(tiny_artifact), *files, "--output", str(tmp_path / "e"),
-                                      "--threads", "1", "--batch-size", "2", "--no-progress"])
+                                      "--threads", "1", "--batch-size", "2", "--no-progress", "--max-file-mb", "64"])
     assert result.exit_code == 0, result.output
     assert "3 rows written (1 errors)" in result.output and "`error` column" in result.output
     assert read_rows(tmp_path / "e").num_rows == 3
 
     options = ["--points-per-side", "2", "--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--no-progress"]
     result = CliRunner().invoke(app, ["segment-all", str(tiny_artifact), *files[:2], "--output", str(tmp_path / "s"),
-                                      "--threads", "1", *options])
+                                      "--threads", "1", "--retry-errors", "--max-file-mb", "64", *options])
     assert result.exit_code == 0, result.output
     rows = read_rows(tmp_path / "s").to_pylist()
     assert len(rows) == 2 and all(r["masks"] for r in rows)

@@ -98,10 +98,19 @@ def test_check_and_tolerances():
     assert Check("x", 0.5, 1.0, "max") and not Check("x", 1.5, 1.0, "max")
     assert Check("y", 0.999, 0.99, "min") and not Check("y", 0.98, 0.99, "min")
     assert Check("x", 1.5, 1.0, "max").to_dict()["passed"] is False
-    assert set(TOLERANCES) == {"fp32", "fp16", "int8"}
+    assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "int8"}
     assert TOLERANCES["int8"].embedding_cosine == 0.995
-    with pytest.raises(SamExportError, match="valid: fp32, fp16, int8"):
+    with pytest.raises(SamExportError, match="valid: fp32, fp16, bf16, int8"):
         get_tolerances("int4")
+
+
+def test_tolerance_row_for_a_narrower_inference_precision():
+    from samexport.parity import tolerance_key
+
+    assert [tolerance_key("fp32", p) for p in (None, "f32", "bf16", "f16")] == ["fp32", "fp32", "bf16", "fp16"]
+    assert tolerance_key("fp16", "bf16") == "bf16" and tolerance_key("int8", "bf16") == "int8"
+    # the bf16 row sits between fp16's and int8's on the embedding
+    assert TOLERANCES["fp32"].embedding_cosine > TOLERANCES["bf16"].embedding_cosine > TOLERANCES["int8"].embedding_cosine
 
 
 def test_identical_backends_pass_with_zero_error():

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from samexport.errors import SamExportError
-from samexport.models.sam2_configs import describe_hiera
+from samexport.models.sam2_configs import describe_hiera, hiera_encoder_macs
 from samexport.models.sam2_decoder import select_masks
 from samexport.sam2_checkpoint import identify_sam2_variant, load_sam2, read_sam2_state_dict
-from samexport.sam2_transforms import preprocess_sam2, sam2_prompt_points
+from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points, select_sam2_masks
 from samexport.sam2_variants import SAM2_VARIANTS, get_sam2_variant
 from samexport.testing import make_image, random_sam2_state_dict, save_random_checkpoint
 
@@ -53,7 +53,7 @@ def _prompts(height: int, width: int) -> dict[str, dict]:
 
 
 def _ours(model, features, original_size, *, mask_input=None, multimask_output, **prompt):
-    """samexport's low-res logits and IoU for one prompt, as the official ``predict`` gives them."""
+    """samexport's low-res logits (not yet clamped) and IoU for one prompt."""
     coords, labels = sam2_prompt_points(original_size, **prompt)
     batch = max(coords.shape[0], 1)
     has_mask = torch.ones(batch) if mask_input is not None else torch.zeros(batch)
@@ -61,7 +61,7 @@ def _ours(model, features, original_size, *, mask_input=None, multimask_output, 
     with torch.no_grad():
         masks, iou, objects = model.decode(*features, torch.from_numpy(coords), torch.from_numpy(labels), mask, has_mask)
         masks, iou = select_masks(masks, iou, multimask_output=multimask_output)
-    return masks[0].clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP).numpy(), iou[0].numpy(), objects
+    return masks[0].numpy(), iou[0].numpy(), objects
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,14 @@ def test_outputs_equal_official(pair, shape):
     suite["mask"] = {"mask_input": previous}
     for label, prompt in suite.items():
         for multimask in (True, False):
-            _, iou_o, low_o = predictor.predict(**prompt, multimask_output=multimask)
+            masks_o, iou_o, low_o = predictor.predict(**prompt, multimask_output=multimask)
             low, iou, _ = _ours(model, features, (height, width), multimask_output=multimask, **prompt)
             assert low.shape == low_o.shape and iou.shape == iou_o.shape, label
-            _close(low, low_o, relative=1e-4, what=f"{name} {label} multimask={multimask} logits")
+            clamped = np.clip(low, -LOW_RES_CLAMP, LOW_RES_CLAMP)
+            _close(clamped, low_o, relative=1e-4, what=f"{name} {label} multimask={multimask} logits")
+            masks = postprocess_sam2_masks(low, (height, width), threshold=0.0)
+            assert masks.shape == masks_o.shape, label
+            assert (masks != masks_o).mean() <= 1e-4, f"{label}: masks differ in {(masks != masks_o).sum()} pixels"
             _close(iou, iou_o, relative=1e-5, what=f"{name} {label} multimask={multimask} IoU")
             foreground = (low_o > 0).mean(axis=(1, 2))
             assert ((foreground > 0.01) & (foreground < 0.99)).any(), f"{label}: trivial masks {foreground}"
@@ -142,6 +146,10 @@ def test_dynamic_multimask_takes_both_branches():
     assert torch.equal(out[1, 0], masks[1, 3]) and scores[1, 0] == 0.9  # random logits: unstable
     out, scores = select_masks(masks, iou, multimask_output=True)
     assert torch.equal(out, masks[:, 1:]) and torch.equal(scores, iou[:, 1:])
+    for multimask in (True, False):  # the NumPy twin the runtime uses
+        expected = select_masks(masks, iou, multimask_output=multimask)
+        got = select_sam2_masks(masks.numpy(), iou.numpy(), multimask_output=multimask)
+        assert all(np.array_equal(g, e.numpy()) for g, e in zip(got, expected))
 
 
 @pytest.mark.parametrize("name", list(SAM2_VARIANTS))
@@ -215,3 +223,33 @@ def test_preprocessing_equals_official(shape):
     image = make_image(*shape, seed=1)
     reference = SAM2Transforms(resolution=1024, mask_threshold=0.0)(image)[None].numpy()
     np.testing.assert_allclose(preprocess_sam2(image), reference, rtol=0, atol=5e-6)
+
+
+def test_mask_upsampling_equals_official():
+    """``postprocess_sam2_masks`` against ``SAM2Transforms.postprocess_masks`` (predictor defaults:
+    no hole or sprinkle filling)."""
+    pytest.importorskip("sam2", reason=OFFICIAL_MISSING)
+    from sam2.utils.transforms import SAM2Transforms
+
+    logits = np.random.default_rng(0).normal(0, 5, (1, 3, 256, 256)).astype(np.float32)
+    transforms = SAM2Transforms(resolution=1024, mask_threshold=0.0)
+    for size in ((600, 900), (1100, 700), (256, 256)):
+        reference = transforms.postprocess_masks(torch.from_numpy(logits), size).numpy()
+        np.testing.assert_allclose(postprocess_sam2_masks(logits, size), reference, rtol=0, atol=1e-5)
+        assert np.array_equal(postprocess_sam2_masks(logits, size, threshold=0.0), reference > 0)
+    with pytest.raises(SamExportError, match="must be ...x256x256"):
+        postprocess_sam2_masks(np.zeros((3, 64, 64), np.float32), (10, 10))
+
+
+@pytest.mark.parametrize("name", list(SAM2_VARIANTS))
+def test_encoder_mac_count_equals_torch_flop_counter(name):
+    """``hiera_encoder_macs`` (torch-free, for the benchmarks) against torch's count of
+    ``Sam2Image.encode``'s matmuls and convolutions, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    variant = SAM2_VARIANTS[name]
+    with torch.device("meta"):
+        model = variant.build().eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.encode(torch.zeros(1, 3, 1024, 1024))
+    assert counter.get_total_flops() == 2 * hiera_encoder_macs(variant.encoder)

@@ -234,3 +234,16 @@ def test_size_limits(tiny_artifact, image):
         assert chunked.status_code == 413
         pixels = upload(client, image)  # 90 x 120 = 10800 pixels, over 5000
         assert pixels.status_code == 413 and "10800 pixels" in pixels.json()["detail"]
+
+
+def test_cli_refuses_before_serving(tmp_path):
+    from typer.testing import CliRunner
+
+    from samexport.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["serve", str(tmp_path)])
+    assert missing.exit_code == 1 and "not an artifact directory" in missing.output
+    replicas = runner.invoke(app, ["serve", str(tmp_path), "--replicas", "2"])
+    assert replicas.exit_code == 1 and "need --ray" in replicas.output
+    assert "--cache-mb" in runner.invoke(app, ["serve", "--help"], terminal_width=200).output

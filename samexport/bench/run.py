@@ -16,6 +16,7 @@ Stages (keys of ``stages`` in the results; times are per call):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import tempfile
@@ -141,12 +142,38 @@ def _open_tensorrt(config: BenchConfig, manifests: dict[Path, Manifest]) -> list
     return out
 
 
+def _open_openvino(config: BenchConfig, manifests: dict[Path, Manifest], options: dict[str, str]) -> list[BackendUnderTest]:
+    """One column per artifact and inference precision: the spec's ``precision=``, else f32 and,
+    where the device computes in bf16, bf16 too (OpenVINO's own choice on such CPUs)."""
+    if importlib.util.find_spec("openvino") is None:
+        return [BackendUnderTest("openvino", "openvino", skipped="openvino is not installed (pip install 'samexport[openvino]')")]
+    from samexport.runtime.backends import open_backend
+
+    precisions = [options["precision"]] if "precision" in options else ["f32", "bf16"]
+    out = []
+    for folder, manifest in manifests.items():
+        for precision in precisions:
+            spec = "openvino:" + ",".join(f"{k}={v}" for k, v in {**options, "precision": precision}.items())
+            label = f"openvino-{options.get('device', C.OPENVINO_DEFAULT_DEVICE).lower()}-{precision} {manifest.precision}"
+            try:
+                backend = open_backend(folder, spec)
+            except SamExportError as exc:
+                if "precision" not in options and precision == "bf16":
+                    continue  # this device has no bf16: the f32 column says it all
+                out.append(BackendUnderTest(label, "openvino", manifest.precision, skipped=str(exc)))
+                continue
+            label = f"{backend.name} {manifest.precision}"
+            out.append(BackendUnderTest(label, "openvino", manifest.precision, folder, backend))
+    return out
+
+
 # Adding a backend = adding its opener here: (config, manifests) -> one entry per artifact.
 BACKEND_OPENERS: dict[str, Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]] = {
     "torch": _open_torch,
     "onnxruntime-cpu": _open_onnxruntime("cpu"),
     "onnxruntime-cuda": _open_onnxruntime("cuda"),
     "tensorrt": _open_tensorrt,
+    "openvino": _open_openvino,
 }
 
 
@@ -267,8 +294,10 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     images = list(named.values())
 
     entries: list[BackendUnderTest] = []
-    for kind in config.backends:
-        entries += BACKEND_OPENERS[kind](config, manifests)
+    for spec in config.backends:
+        kind, options = C.split_backend(spec)
+        opener = BACKEND_OPENERS[kind]
+        entries += opener(config, manifests, options) if kind == "openvino" else opener(config, manifests)
 
     on_step("measuring peak float32 matmul throughput")
     peak = measure_peak_matmul()
@@ -314,7 +343,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
         "seconds": None,
         "machine": _machine(load_before),
         "versions": package_versions(
-            "samexport", "numpy", "torch", "onnx", "onnxruntime", "segment-anything"
+            "samexport", "numpy", "torch", "onnx", "onnxruntime", "openvino", "segment-anything"
         ),
         "config": {
             "runs": config.runs,
@@ -361,7 +390,22 @@ def _machine(load_before) -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_flags": cpu_flags(),
         "logical_cores": os.cpu_count(),
         "platform": platform.platform(),
         "load_average_before": load_before,
     }
+
+
+# The CPU features that decide OpenVINO's and ONNX Runtime's fast paths (bf16, int8 dot products).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """Which of :data:`CPU_FLAGS` ``/proc/cpuinfo`` lists (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+    return [flag for flag in CPU_FLAGS if flag in flags]

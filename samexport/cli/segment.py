@@ -114,9 +114,9 @@ def segment_all(
     executor: Annotated[Optional[str], typer.Option(help="Dataset jobs: local (default) or ray.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Dataset jobs: parallel workers, each opening the artifact once (default 1).", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime threads per worker.", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime (or OpenVINO CPU) threads per worker.", min=1)] = None,
     ray_address: Annotated[Optional[str], typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
-    retry_errors: Annotated[Optional[bool], typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = None,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = False,
     max_file_mb: Annotated[Optional[float], typer.Option(help=MAX_FILE_HELP, min=0.001)] = None,
 ) -> None:
     """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON.
@@ -133,7 +133,7 @@ def segment_all(
         crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area,
     )
     dataset_options = dict(executor=executor, workers=workers, batch_size=batch_size, threads=threads,
-                           ray_address=ray_address, retry_errors=retry_errors, max_file_mb=max_file_mb)
+                           ray_address=ray_address, retry_errors=retry_errors or None, max_file_mb=max_file_mb)
     if len(images) > 1 or images[0].is_dir():
         _segment_all_dataset(artifact_dir, images, output, overlay, rle, backend, progress, generator_options,
                              dataset_options)
@@ -238,7 +238,7 @@ def embed(
     workers: Annotated[int, typer.Option(help="Parallel workers, each opening the artifact once (processes, or Ray actors).", min=1)] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per Parquet part file; a killed run loses at most the batches in flight.", min=1)] = 8,
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per worker (default: the cores divided among the workers).", min=1)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime (or OpenVINO CPU) threads per worker (default: the cores divided among the workers).", min=1)] = None,
     backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar over images.")] = True,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP)] = False,

@@ -48,7 +48,8 @@ def _gpus_per_worker(ray, backend: str, requested: float | None) -> float:
         if requested < 0:
             raise SamExportError(f"gpus_per_worker must be >= 0; got {requested}")
         return float(requested)
-    if backend in C.BACKENDS and C.BACKENDS[backend].needs_gpu:
+    name, _ = C.split_backend(backend)
+    if name in C.BACKENDS and C.BACKENDS[name].needs_gpu:
         return 1.0
     if backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0:
         return 1.0

@@ -23,10 +23,9 @@ from samexport.models.common import MLP, LayerNorm2d
 from samexport.models.sam2_configs import HIGH_RES_DIMS
 from samexport.models.transformer import TwoWayTransformer
 
-# Official image-predictor settings (build_sam2's apply_postprocessing): with one mask asked for,
-# fall back to the best of the three multimask outputs when token 0's mask is unstable.
-STABILITY_DELTA = 0.05
-STABILITY_THRESHOLD = 0.98
+# With one mask asked for, the official image predictor (build_sam2's apply_postprocessing) falls
+# back to the best of the three multimask outputs when token 0's mask is unstable: these numbers.
+from samexport.sam2_transforms import STABILITY_DELTA, STABILITY_THRESHOLD
 
 
 class Sam2MaskDecoder(nn.Module):

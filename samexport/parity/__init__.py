@@ -20,7 +20,7 @@ the prompt without a mask), so that input is identical and only the models diffe
 """
 
 from samexport.image_sources import SAMPLE_IMAGES, read_images, sample_images, synthetic_image
-from samexport.parity.metrics import TOLERANCES, ArrayErrors, Check, Tolerances, get_tolerances, mask_ious
+from samexport.parity.metrics import TOLERANCES, ArrayErrors, Check, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 from samexport.parity.runner import Precision, parity_for_artifact, quick_parity, run_parity
@@ -39,6 +39,7 @@ __all__ = [
     "PromptParity",
     "Tolerances",
     "get_tolerances",
+    "tolerance_key",
     "mask_ious",
     "parity_for_artifact",
     "quick_parity",

@@ -13,7 +13,7 @@ from samexport import transforms
 from samexport.artifacts import onnxruntime_memory_arena
 from samexport.errors import SamExportError
 from samexport.image_sources import sample_images, synthetic_image
-from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
+from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 
@@ -142,8 +142,10 @@ def parity_for_artifact(
 ) -> tuple[ParityReport, dict[str, str]]:
     """Parity of an artifact directory against the torch model loaded from ``checkpoint``.
 
-    The variant and precision come from the artifact's manifest. ``images`` defaults to the
-    scikit-image sample photos.
+    The variant and precision come from the artifact's manifest; a backend that computes in a
+    narrower type than the graph (``openvino:precision=bf16``) is held to that type's row
+    (:func:`~samexport.parity.metrics.tolerance_key`). ``images`` defaults to the scikit-image
+    sample photos.
 
     Returns:
         (report, images skipped -> reason).
@@ -159,5 +161,6 @@ def parity_for_artifact(
         images, skipped = sample_images()
     candidate = open_backend(artifact_dir, backend)
     reference = TorchBackend(load_sam(checkpoint, manifest.variant))
-    report = run_parity(reference, candidate, images, prompts, precision=manifest.precision)
+    precision = tolerance_key(manifest.precision, getattr(candidate, "inference_precision", None))
+    report = run_parity(reference, candidate, images, prompts, precision=precision)
     return report, skipped

@@ -245,8 +245,10 @@ def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, thr
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present). ``threads`` sets ONNX Runtime's
-    intra-op threads (None: its default); TensorRT ignores it.
+    builds), else ONNX Runtime (its CUDA provider when present). ``openvino`` takes options after a
+    colon: ``openvino:device=GPU,precision=bf16`` (:mod:`samexport.runtime.openvino_backend`).
+    ``threads`` sets ONNX Runtime's intra-op threads and OpenVINO's CPU threads (None: their
+    default); TensorRT ignores it.
 
     The files the backend loads are checked against the manifest's sizes and sha256s first
     (``samexport.artifacts.verify_artifact``; hashed on first open only). The backend's
@@ -266,6 +268,7 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     C.check_backend(backend, C.ARTIFACT_BACKENDS)
+    backend, options = C.split_backend(backend)
     if backend == "auto" and manifest.engines:
         from samexport.runtime.tensorrt_backend import why_engines_cannot_run
 
@@ -283,9 +286,20 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             f"{folder}'s encoder has nodes only TensorRT can run (--attention plugin); use "
             "backend='tensorrt', or rebuild with --attention fused-pattern for ONNX Runtime"
         )
-    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES)])
     halves = manifest.decoder_halves()
+    if backend == "openvino":
+        from samexport.runtime.openvino_backend import OpenVINOBackend
+
+        mask_axis = next((i["shape"][0] for i in manifest.decoder.get("inputs", ()) if i.get("name") == C.MASK_INPUT.name), None)
+        return OpenVINOBackend(
+            folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, threads=threads,
+            device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),
+            precision=options.get("precision", C.OPENVINO_DEFAULT_PRECISION),
+            decoder_halves=tuple(folder / name for name in halves) if halves else None,
+            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files,
+        )
+    device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,

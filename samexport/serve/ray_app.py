@@ -98,7 +98,8 @@ def application(artifact: str, config: ServeConfig, *, backend: str = "auto", re
     store = ray.remote(SharedEmbeddings).options(
         name=STORE_NAME, get_if_exists=True, num_cpus=0
     ).remote(config.cache_bytes)
-    needs_gpu = backend in C.BACKENDS and C.BACKENDS[backend].needs_gpu
+    name, _ = C.split_backend(backend)
+    needs_gpu = name in C.BACKENDS and C.BACKENDS[name].needs_gpu
     if backend == "auto" and ray.cluster_resources().get("GPU", 0) > 0:
         needs_gpu = True
     deployment = serve.deployment(
