@@ -88,6 +88,11 @@ def build(
     typer.echo(f"wrote {result.artifact_dir}")
     for engine, reason in result.skipped_engines.items():
         typer.echo(f"not built: {engine} engine: {reason}")
+    for engine, reason in result.manifest.skipped_engines.items():
+        if engine not in result.skipped_engines:  # built, then refused by verification
+            typer.echo(f"not kept: {engine} engine: {reason}")
+    if result.manifest.engines:
+        typer.echo(f"engines verification: {verification_line(result.manifest.engines_verification)}")
     parity_report = result.manifest.parity
     if parity_report is not None:
         verdict = "passed" if parity_report["passed"] else "FAILED"
