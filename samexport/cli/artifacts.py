@@ -112,17 +112,26 @@ def engines(
             "builds without a GPU (prove the graphs build; the runtime refuses such plans)."
         ),
     ] = "tensorrt",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Run the new plans on the PyTorch references stored in the artifact and keep them only "
+            "when they pass (--no-verify: keep them unchecked, recorded as unverified)."
+        ),
+    ] = True,
     engine_config=None,
 ) -> None:
     """Build encoder.plan and decoder.plan for this device from an existing artifact (no torch needed).
 
-    The manifest is updated atomically once both plans are built: an interrupted run leaves the
-    artifact as it was.
+    The new plans run on the artifact's stored PyTorch references first; plans outside the
+    precision's tolerances are not kept. The manifest is updated atomically once both plans are
+    built and verified: a failed or interrupted run leaves the artifact as it was.
     """
-    from samexport.engines.artifact import build_artifact_engines
+    from samexport.parity.engines import build_verified_engines
 
-    manifest = build_artifact_engines(
-        artifact_dir, engine_config, builder=builder, on_step=lambda message: typer.echo(f"- {message}", err=True)
+    manifest = build_verified_engines(
+        artifact_dir, engine_config, builder=builder, verify=verify,
+        on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     for name, record in manifest.engines.items():
         where = record["gpu"] or "no GPU"
@@ -131,6 +140,22 @@ def engines(
             f"wrote {Path(artifact_dir) / record['plan']}: {record['plan_bytes'] / 2**20:.1f} MiB, "
             f"{record['tensorrt_module']} {record['tensorrt_version']} on {where}{kind}"
         )
+    typer.echo(f"verification: {verification_line(manifest.engines_verification)}")
+
+
+def verification_line(verdict: dict | None) -> str:
+    """One line for the plans' ``engines_verification`` (what `engines` and `info` print)."""
+    if not verdict:
+        return "none recorded (plans built before samexport verified them, or no plans)"
+    if verdict["status"] != "passed":
+        return verdict["status"]
+    figures = verdict.get("summary", {})
+    return (
+        f"passed on {verdict.get('gpu')} (compute capability {verdict.get('compute_capability')}), "
+        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}, "
+        f"{verdict.get('precision')} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
+        f"mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
+    )
 
 
 @clean_errors

@@ -168,11 +168,15 @@ class OutputFolder:
                 self.lock.check()
             if keep:
                 temp = self.path / f".{part.name}.{uuid.uuid4().hex}.tmp"
-                with open(temp, "wb") as f:
-                    pq.write_table(pq.read_table(part, schema=schema).take(keep), f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(temp, part)
+                try:
+                    with open(temp, "wb") as f:
+                        pq.write_table(pq.read_table(part, schema=schema).take(keep), f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(temp, part)
+                except BaseException:
+                    temp.unlink(missing_ok=True)
+                    raise
             else:
                 part.unlink()
             removed += len(held) - len(keep)
