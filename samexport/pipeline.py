@@ -155,7 +155,7 @@ def _verify_built_engines(staging: Path, manifest: Manifest, builder: str, on_st
         verdict = plan_check(flavour=BUILDERS[builder])(staging, manifest)
     except VerificationError as exc:
         discard_plans(staging, manifest.engines)
-        return manifest.replace(engines={}, skipped_engines={name: f"not kept: {exc}" for name in ENGINE_NAMES})
+        return manifest.replace(engines={}, skipped_engines={name: str(exc) for name in ENGINE_NAMES})
     return manifest.replace(engines_verification=verdict)
 
 

@@ -91,6 +91,11 @@ def build(
     typer.echo(f"wrote {result.artifact_dir}")
     for engine, reason in result.skipped_engines.items():
         typer.echo(f"not built: {engine} engine: {reason}")
+    for engine, reason in result.manifest.skipped_engines.items():
+        if engine not in result.skipped_engines:  # built, then refused by verification
+            typer.echo(f"not kept: {engine} engine: {reason}")
+    if result.manifest.engines:
+        typer.echo(f"engines verification: {verification_line(result.manifest.engines_verification)}")
     parity_report = result.manifest.parity
     if parity_report is not None:
         verdict = "passed" if parity_report["passed"] else "FAILED"
@@ -122,6 +127,15 @@ def engines(
             "when they pass (--no-verify: keep them unchecked, recorded as unverified)."
         ),
     ] = True,
+    fallback: Annotated[
+        bool,
+        typer.Option(
+            "--fallback",
+            help="When the plans fail verification, build them again from the FP32 attention form of the "
+            "FP16/INT8 encoder (attention core in FP32 between FP16 projections, derived here; needs onnx), "
+            "verify those and keep them if they pass. The manifest records which form the plans came from.",
+        ),
+    ] = False,
     engine_config=None,
 ) -> None:
     """Build encoder.plan and decoder.plan for this device from an existing artifact (no torch needed).
@@ -131,7 +145,7 @@ def engines(
     built and verified: a failed or interrupted run leaves the artifact as it was.
     """
     manifest = build_verified_engines(
-        artifact_dir, engine_config, builder=builder, verify=verify,
+        artifact_dir, engine_config, builder=builder, verify=verify, fallback=fallback,
         on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     for name, record in manifest.engines.items():
@@ -153,7 +167,8 @@ def verification_line(verdict: dict | None) -> str:
     figures = verdict.get("summary", {})
     return (
         f"passed on {verdict.get('gpu')} (compute capability {verdict.get('compute_capability')}), "
-        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}, "
+        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}"
+        f"{' (FP32 attention form, --fallback)' if verdict.get('encoder_form') == 'fp32-attention' else ''}, "
         f"{verdict.get('precision')} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
         f"mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
     )

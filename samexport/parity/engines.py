@@ -26,6 +26,7 @@ from samexport.engines.artifact import (
     BUILDERS, build_candidate_plans, check_candidate_plans, commit_plans,
 )
 from samexport.engines.builder import BuildConfig
+from samexport.engines.fallback import EXPORTED_FORM, FP32_ATTENTION_FORM, fp32_attention_graphs, require_onnx
 from samexport.errors import SamExportError
 from samexport.parity.references import load_references, no_references_message
 from samexport.parity.report import ParityReport
@@ -122,9 +123,15 @@ def build_verified_engines(
     builder: str = "tensorrt",
     verify: bool = True,
     runner: BackendOpener = tensorrt_runner,
+    fallback: bool = False,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> Manifest:
     """Build, verify (unless ``verify=False``) and commit this device's plans; see the module doc.
+
+    ``fallback``: when the plans fail verification, build them again from the FP32 attention
+    form of the encoder (derived here, see ``samexport.engines.fallback``), verify those, and
+    commit them if they pass; the verdict's ``encoder_form`` says which form the plans came from
+    (``"exported"`` or ``"fp32-attention"``), ``fallback_from`` what the first plans failed on.
 
     Raises:
         SamExportError: as ``build_artifact_engines``; the artifact has no references (with
@@ -136,19 +143,65 @@ def build_verified_engines(
     flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
+    if fallback:
+        require_onnx()  # said before a long build, not after it
     if verify and runs(flavour, runner):
         if not manifest.references:
             raise SamExportError(no_references_message(folder) + ", or build the plans with --no-verify (recorded as unverified)")
         load_references(folder, manifest)  # damaged or unreadable: said before a long build
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     check = plan_check(runner, flavour=flavour) if verify else lambda _, candidate: verdict_record(candidate, UNVERIFIED)
-    # One attempt: build from the artifact's graphs, check, commit. A fallback (another graph
-    # form after a VerificationError) is a second attempt here with build_candidate_plans(...,
-    # graphs_dir=<the other form>) and its form recorded in the verdict.
+    # First attempt: the artifact's own graphs. With ``fallback``, a second attempt from the FP32
+    # attention form after a VerificationError (see _fallback).
     records = build_candidate_plans(
         folder, manifest, config, flavour=flavour, plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step
     )
     if verify and runs(flavour, runner):
         on_step("running the new plans on the stored PyTorch references")
-    verdict = check_candidate_plans(folder, manifest, records, check)
+    try:
+        verdict = check_candidate_plans(folder, manifest, records, check)
+    except VerificationError as failure:
+        if not fallback:
+            raise
+        records, verdict = _fallback(folder, manifest, config, flavour, check, failure, on_step)
+    else:
+        verdict = {**verdict, "encoder_form": EXPORTED_FORM} if verdict else verdict
     return commit_plans(folder, manifest, config, records, verdict)
+
+
+def _fallback(
+    folder: Path, manifest: Manifest, config: BuildConfig, flavour: str, check, failure: VerificationError,
+    on_step: Callable[[str], None],
+) -> tuple[dict[str, dict], dict]:
+    """``--fallback`` after the primary plans failed (they are already removed): build the plans
+    again from the FP32 attention form of the encoder (``samexport.engines.fallback``), check
+    them the same way, and return (records, verdict) to commit. The verdict records the form
+    and what the primary plans failed on. Raises :class:`VerificationError` naming both failures
+    when the safe form fails too (its plans are removed; the artifact is unchanged)."""
+    on_step(f"the plans failed verification ({describe_failure(failure.report)}); --fallback: the FP32 attention form")
+    try:
+        with fp32_attention_graphs(folder, on_step=on_step) as (graphs, graph_record):
+            records = build_candidate_plans(folder, manifest, config, flavour=flavour, graphs_dir=graphs,
+                plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step,
+            )
+    except SamExportError as exc:
+        raise VerificationError(f"{failure}\n--fallback could not build the FP32 attention form: {exc}", failure.report) from None
+    records["encoder"]["graph"] = graph_record
+    on_step("running the FP32 attention form's plans on the stored PyTorch references")
+    try:
+        verdict = check_candidate_plans(folder, manifest, records, check)
+    except VerificationError as second:
+        raise VerificationError(
+            f"{failure}\n--fallback: the plans built from the FP32 attention form fail too "
+            f"({describe_failure(second.report)}); they were not kept either",
+            second.report,
+        ) from None
+    return records, {
+        **verdict,
+        "encoder_form": FP32_ATTENTION_FORM,
+        "fallback_from": {
+            "encoder_form": EXPORTED_FORM,
+            "failure": describe_failure(failure.report),
+            "summary": failure.report.summary,
+        },
+    }
