@@ -36,7 +36,12 @@ PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
 PLAN_FILES = ("encoder.plan", "decoder.plan")
+# The stored PyTorch references: ``references-<sha256 prefix>.npz`` (samexport.parity.references),
+# named by content so that replacing them never overwrites the file the current manifest names.
+REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
+# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<pid>)
+_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9]+)?")
 # write_manifest's temporary file (samexport.staging.temporary_name)
 _PARTIAL_MANIFEST = re.compile(rf"\.{re.escape(C.MANIFEST)}\.[0-9a-f]{{32}}\.partial")
 
@@ -90,6 +95,12 @@ class Manifest:
     ``files`` maps each file the runtime loads (path relative to the artifact) to
     ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it; only format 1 manifests,
     written before it existed, may have none (their files are not verified; ``read_manifest``).
+    ``references`` describes the stored
+    PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
+    samexport stored them), whose file is listed in ``files`` like the graphs.
+    ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
+    ``samexport engines`` (``samexport.parity.engines``): passed / failed / unverified / not run,
+    with the GPU, TensorRT version, attention mode and figures; None when no plans were checked.
     """
 
     variant: str
@@ -104,7 +115,9 @@ class Manifest:
     engine_config: dict = field(default_factory=dict)
     engines: dict = field(default_factory=dict)
     skipped_engines: dict = field(default_factory=dict)
+    engines_verification: dict | None = None
     parity: dict | None = None
+    references: dict | None = None
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
@@ -161,6 +174,15 @@ class Manifest:
                     for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
         ):
             raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
+        references = data.get("references")
+        if references is not None and not (
+            isinstance(references, dict) and isinstance(references.get("file"), str)
+            and re.fullmatch(rf"{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz", references["file"])
+        ):
+            raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
+        verdict = data.get("engines_verification")
+        if verdict is not None and not (isinstance(verdict, dict) and isinstance(verdict.get("status"), str)):
+            raise SamExportError(f"{source}: bad 'engines_verification' section: {str(verdict)[:200]}")
         try:
             get_variant(data["variant"])
         except SamExportError as exc:
@@ -194,11 +216,13 @@ class Manifest:
 
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     """The files the runtime loads, relative to ``folder``: the ONNX graphs (``C.GRAPH_FILES``)
-    and their external data (``C.GRAPH_DATA_FILES``) that exist, by exact name, and the plans
-    ``manifest.engines`` names."""
+    and their external data (``C.GRAPH_DATA_FILES``) that exist, by exact name, the plans
+    ``manifest.engines`` names and the references file ``manifest.references`` names."""
     folder = Path(folder)
     names = {name for name in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES) if (folder / name).is_file()}
     names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
+    if manifest.references:
+        names.add(manifest.references["file"])
     return sorted(names)
 
 
@@ -314,7 +338,7 @@ def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] 
 def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
     """Entries of an artifact folder that samexport did not write (a user's notes, data): ours
     are known by exact name (a graph, its external data, the manifest, a plan folder holding our
-    marker, a manifest a killed write left), never by a name's prefix, so ``encoder.onnx.bak``
+    marker, a manifest a killed write left, a references file by its exact pattern), never by a name's prefix, so ``encoder.onnx.bak``
     is the user's."""
     ours = {C.MANIFEST, *PLAN_FILES, *C.GRAPH_FILES, *C.GRAPH_DATA_FILES, *(name.split("/")[0] for name in manifest.files)}
     ours |= {str(r["plan"]).split("/")[0] for r in manifest.engines.values() if isinstance(r, dict) and "plan" in r}
@@ -327,6 +351,9 @@ def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
             continue
         if _PARTIAL_MANIFEST.fullmatch(name) and entry.is_file():
             continue
+        if _REFERENCES_FILE.fullmatch(name) and entry.is_file():
+            continue  # references `samexport references` wrote, left unlisted by a crash
+
         foreign.append(name)
     return foreign
 

@@ -15,16 +15,20 @@ from typing import TYPE_CHECKING, Literal
 
 from samexport import constants as C
 from samexport.artifacts import (
-    Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, staged_directory, write_manifest,
+    Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, read_manifest, staged_directory, verify_artifact, write_manifest,
 )
 from samexport.checkpoint import load_sam
 from samexport.download import resolve_checkpoint
 from samexport.engines import load_tensorrt, tensorrt_availability
-from samexport.engines.artifact import BUILDERS, build_plans, check_engine_request
+from samexport.engines.artifact import BUILDERS, build_plans, check_engine_request, discard_plans
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.parity import quick_parity
+from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runner, verdict_record
+from samexport.parity.references import record_references
+from samexport.parity.verify import VerificationError
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
+from samexport.runtime.backends import TorchBackend
 from samexport.utils import default_cache_dir, package_versions, sha256_file
 from samexport.variants import Variant, get_variant
 
@@ -139,6 +143,22 @@ def _build_engines(
     return engines, {}
 
 
+def _verify_built_engines(staging: Path, manifest: Manifest, builder: str, on_step: Callable[[str], None]) -> Manifest:
+    """Run the plans the build made on the references it stored, as ``samexport engines`` does:
+    plans that fail are not kept (the artifact keeps its graphs; ``skipped_engines`` says why)."""
+
+    if manifest.references is None:
+        return manifest.replace(engines_verification=verdict_record(manifest, UNVERIFIED, reason="built without references"))
+    if runs(BUILDERS[builder], tensorrt_runner):
+        on_step("running the new plans on the stored PyTorch references")
+    try:
+        verdict = plan_check(flavour=BUILDERS[builder])(staging, manifest)
+    except VerificationError as exc:
+        discard_plans(staging, manifest.engines)
+        return manifest.replace(engines={}, skipped_engines={name: str(exc) for name in ENGINE_NAMES})
+    return manifest.replace(engines_verification=verdict)
+
+
 def _runnable_graphs(staging: Path, attention: str) -> Path:
     """A folder whose graphs ONNX Runtime can run: ``staging`` itself, or for plugin graphs a
     copy of it with every plugin node replaced by its reference math in plain ONNX ops."""
@@ -170,6 +190,7 @@ def build(
     opset: int | None = None,
     download: bool = True,
     parity: bool = True,
+    references: bool = True,
     on_step: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
@@ -195,6 +216,9 @@ def build(
         opset: ONNX opset (default: 18, or 23 for ``onnx-attention``).
         parity: run a short parity check against the torch model (one image, a few prompts;
             ~25 s on vit_b) and record it in the manifest.
+        references: store the PyTorch FP32 outputs on the reference set in the artifact
+            (``samexport.parity.references``; two images, ~40 s on vit_b on 2 CPU cores), which
+            ``samexport verify`` and ``samexport engines`` check any backend against, without torch.
         on_step: called with a one-line description before each stage.
 
     The directory is assembled in a staging folder and renamed into place when complete. An
@@ -265,6 +289,10 @@ def build(
             parity_report = quick_parity(
                 sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
             )
+        reference_record = None
+        if references:
+            on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
+            reference_record = record_references(TorchBackend(sam), staging)
         built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
         manifest = Manifest(
             variant=variant.name,
@@ -286,10 +314,52 @@ def build(
             engines=built,
             skipped_engines=skipped,
             parity=parity_report,
+            references=reference_record,
             versions=package_versions("samexport", "torch", "onnx", "onnxruntime", "tensorrt", "polygraphy"),
             build_seconds=round(time.perf_counter() - started, 1),
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )
         shutil.rmtree(staging / ".parity", ignore_errors=True)
         manifest = write_manifest(staging, manifest)
+        if built:  # checked against the file records just written, as `samexport engines` does
+            manifest = write_manifest(staging, _verify_built_engines(staging, manifest, engine_builder, on_step))
     return BuildResult(destination, manifest, skipped)
+
+
+def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step: Callable[[str], None] = lambda m: None) -> Manifest:
+    """Store the PyTorch references in an existing artifact (one built before samexport stored
+    them, or to record them again), from the checkpoint it was built from.
+
+    The new ``references-<sha>.npz`` is written beside the old files, the manifest (with its file
+    records) replaced atomically, and only then the references the old manifest named removed:
+    an interrupted run leaves the artifact as it was.
+
+    Raises:
+        SamExportError: not an artifact, a damaged one, or ``checkpoint`` is not the one the
+            artifact was built from (its sha256 differs from the manifest's).
+    """
+
+    folder = Path(artifact_dir)
+    manifest = read_manifest(folder)
+    verify_artifact(folder, manifest)
+    on_step(f"hashing {checkpoint}")
+    digest = sha256_file(checkpoint)
+    if manifest.checkpoint.get("sha256") not in (None, digest):
+        raise SamExportError(
+            f"{checkpoint} is not the checkpoint {folder} was built from (sha256 {digest[:12]}..., the "
+            f"manifest records {manifest.checkpoint['sha256'][:12]}... for {manifest.checkpoint.get('file')})"
+        )
+    on_step(f"loading {manifest.variant} weights")
+    sam = load_sam(checkpoint, manifest.variant)
+    on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
+    old = manifest.references["file"] if manifest.references else None
+    record = record_references(TorchBackend(sam), folder)
+    try:
+        written = write_manifest(folder, manifest.replace(references=record))
+    except BaseException:
+        if record["file"] != old:
+            (folder / record["file"]).unlink(missing_ok=True)
+        raise
+    if old and old != record["file"]:
+        (folder / old).unlink(missing_ok=True)
+    return written

@@ -16,7 +16,8 @@ def manifest_data(**changes) -> dict:
         "graphs": {"encoder": "fp16", "decoder": "fp16"}, "checkpoint": {"file": "x.pth", "sha256": "0" * 64},
         "encoder": {"onnx": C.ENCODER_ONNX}, "decoder": {"onnx": C.DECODER_ONNX},
         "runtime": {"onnxruntime_encoder": True, "onnxruntime_memory_arena": False, "gpu_specific_kernels": False},
-        "engine_config": {}, "engines": {}, "skipped_engines": {}, "parity": None, "versions": {},
+        "engine_config": {}, "engines": {}, "skipped_engines": {}, "engines_verification": None, "parity": None,
+        "references": None, "versions": {},
         "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000", "files": {},
     }
     return {**data, **changes}

@@ -252,3 +252,15 @@ def test_auto_device_runs(tiny_artifact):
     assert backend.name == "openvino-auto-f32"
     image = np.random.default_rng(2).standard_normal((1, 3, 1024, 1024), dtype=np.float32)
     np.testing.assert_allclose(backend.encode(image), open_backend(tiny_artifact, "openvino").encode(image), atol=1e-5)
+
+
+def test_verify_against_stored_references(tiny_artifact):
+    """``samexport verify --backend openvino:...``: the stored PyTorch references, at the row the
+    backend's inference precision calls for."""
+    from samexport.parity.verify import verify_artifact_backend
+
+    inference = "bf16" if cpu_has_bf16() else "f32"
+    report = verify_artifact_backend(tiny_artifact, f"openvino:precision={inference}")
+    assert report.candidate == f"openvino-cpu-{inference}"
+    assert report.precision == {"bf16": "bf16", "f32": "fp32"}[inference]
+    assert report, report.failures

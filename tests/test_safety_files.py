@@ -169,9 +169,9 @@ def test_staging_marker_is_not_left_in_the_artifact(tmp_path):
 # Item 7: verified artifacts.
 
 
-def test_manifest_records_size_and_sha256_of_every_graph(tiny_artifact):
+def test_manifest_records_size_and_sha256_of_every_graph_and_the_references(tiny_artifact):
     manifest = read_manifest(tiny_artifact)
-    assert set(manifest.files) == set(C.GRAPH_FILES)
+    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references["file"]}  # the stored references too
     for name, record in manifest.files.items():
         assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
     assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())

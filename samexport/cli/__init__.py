@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from samexport.cli.artifacts import build, engines, export_official_decoder, info
-from samexport.cli.checks import bench, doctor, parity
+from samexport.cli.checks import bench, doctor, parity, references, verify
 from samexport.cli.errors import EX_SOFTWARE, clean_errors, is_user_error
 from samexport.cli.segment import embed, predict, segment_all
 from samexport.cli.serve import serve
@@ -25,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for command in (build, predict, engines, info, doctor, bench, parity):
+for command in (build, predict, engines, info, doctor, bench, parity, verify, references):
     app.command()(command)
 app.command("segment-all")(segment_all)
 app.command()(embed)

@@ -12,11 +12,10 @@ import typer
 from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
-from samexport.engines.artifact import build_artifact_engines
 from samexport.errors import SamExportError
 from samexport.export.official_onnx import export_official_decoder as export
+from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
-from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.variants import variants_help
 
 
@@ -92,6 +91,11 @@ def build(
     typer.echo(f"wrote {result.artifact_dir}")
     for engine, reason in result.skipped_engines.items():
         typer.echo(f"not built: {engine} engine: {reason}")
+    for engine, reason in result.manifest.skipped_engines.items():
+        if engine not in result.skipped_engines:  # built, then refused by verification
+            typer.echo(f"not kept: {engine} engine: {reason}")
+    if result.manifest.engines:
+        typer.echo(f"engines verification: {verification_line(result.manifest.engines_verification)}")
     parity_report = result.manifest.parity
     if parity_report is not None:
         verdict = "passed" if parity_report["passed"] else "FAILED"
@@ -116,17 +120,32 @@ def engines(
             "builds without a GPU (prove the graphs build; the runtime refuses such plans)."
         ),
     ] = "tensorrt",
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Run the new plans on the PyTorch references stored in the artifact and keep them only "
+            "when they pass (--no-verify: keep them unchecked, recorded as unverified)."
+        ),
+    ] = True,
+    fallback: Annotated[
+        bool,
+        typer.Option(
+            "--fallback",
+            help="When the plans fail verification, build them again from the FP32 attention form of the "
+            "FP16/INT8 encoder (attention core in FP32 between FP16 projections, derived here; needs onnx), "
+            "verify those and keep them if they pass. The manifest records which form the plans came from.",
+        ),
+    ] = False,
     engine_config=None,
 ) -> None:
     """Build encoder.plan and decoder.plan for this device from an existing artifact (no torch needed).
 
-    The manifest is updated atomically once both plans are built: an interrupted run leaves the
-    artifact as it was.
+    The new plans run on the artifact's stored PyTorch references first; plans outside the
+    precision's tolerances are not kept. The manifest is updated atomically once both plans are
+    built and verified: a failed or interrupted run leaves the artifact as it was.
     """
-
-    attention = read_manifest(artifact_dir).attention
-    manifest = build_artifact_engines(
-        artifact_dir, engine_config, builder=builder, plugins=tensorrt_plugins_for(attention),
+    manifest = build_verified_engines(
+        artifact_dir, engine_config, builder=builder, verify=verify, fallback=fallback,
         on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
     for name, record in manifest.engines.items():
@@ -136,6 +155,23 @@ def engines(
             f"wrote {Path(artifact_dir) / record['plan']}: {record['plan_bytes'] / 2**20:.1f} MiB, "
             f"{record['tensorrt_module']} {record['tensorrt_version']} on {where}{kind}"
         )
+    typer.echo(f"verification: {verification_line(manifest.engines_verification)}")
+
+
+def verification_line(verdict: dict | None) -> str:
+    """One line for the plans' ``engines_verification`` (what `engines` and `info` print)."""
+    if not verdict:
+        return "none recorded (plans built before samexport verified them, or no plans)"
+    if verdict["status"] != "passed":
+        return verdict["status"]
+    figures = verdict.get("summary", {})
+    return (
+        f"passed on {verdict.get('gpu')} (compute capability {verdict.get('compute_capability')}), "
+        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}"
+        f"{' (FP32 attention form, --fallback)' if verdict.get('encoder_form') == 'fp32-attention' else ''}, "
+        f"{verdict.get('precision')} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
+        f"mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
+    )
 
 
 @clean_errors

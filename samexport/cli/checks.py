@@ -17,6 +17,8 @@ from samexport.doctor import diagnose
 from samexport.errors import SamExportError
 from samexport.image_sources import read_images
 from samexport.parity import PROMPT_SUITE, QUICK_PROMPTS, parity_for_artifact
+from samexport.parity.verify import describe_failure, verify_artifact_backend
+from samexport.pipeline import add_references
 
 
 def doctor() -> None:
@@ -123,3 +125,39 @@ def parity(
     if not report:
         failed = ", ".join(f"{c.metric} {c.value:.4g} (limit {c.limit:g})" for c in report.failures)
         raise SamExportError(f"parity failed: {failed}")
+
+
+@clean_errors
+def verify(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory (with its stored PyTorch references).")],
+    backend: Annotated[str, typer.Option(help="Runtime to check: " + C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the full report as JSON instead of tables.")] = False,
+) -> None:
+    """Check a backend against the PyTorch outputs stored in the artifact (no torch needed).
+
+    Reports the figures and tolerances of `samexport parity`; exits with status 1 when a figure is
+    outside the tolerance for the artifact's precision, naming the worst one and where.
+    """
+
+    report = verify_artifact_backend(artifact_dir, backend)
+    typer.echo(report.to_json() if json_output else report.to_markdown())
+    if not report:
+        raise SamExportError(f"verify failed on {report.candidate}: {describe_failure(report)}")
+
+
+@clean_errors
+def references(
+    artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
+    checkpoint: Annotated[Path, typer.Option(help="The PyTorch weights the artifact was built from.")],
+) -> None:
+    """Store the PyTorch FP32 reference outputs in an artifact built without them (needs torch).
+
+    The manifest is replaced atomically once the new references are written.
+    """
+
+    manifest = add_references(artifact_dir, checkpoint, on_step=lambda message: typer.echo(f"- {message}", err=True))
+    record = manifest.references
+    typer.echo(
+        f"wrote {Path(artifact_dir) / record['file']}: {record['bytes'] / 2**20:.1f} MiB, "
+        f"{len(record['images'])} images, {record['decoder_calls']} decoder calls"
+    )

@@ -64,9 +64,10 @@ def _kind(mode: int) -> str:
 
 
 def _walk(folder: str, excluded: str | None, keys: set[str], passed_over: list[tuple[str, str]]) -> None:
-    """Add the image files under ``folder`` to ``keys``; what is not taken, and is neither hidden
-    nor a file of another type, goes to ``passed_over`` with the reason. ``os.scandir`` rather
-    than ``os.walk``, which skips unreadable and symlinked folders without a word."""
+    """Add the image files under ``folder`` to ``keys``. Unreadable folders, symbolic links to
+    folders and special files with an image suffix go to ``passed_over`` with the reason; hidden
+    entries and files without an image suffix are skipped silently. ``os.scandir`` rather than
+    ``os.walk``, which skips unreadable and symlinked folders without a word."""
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -172,8 +173,11 @@ def file_changed(key: str, size: int | None, mtime_ns: int | None, sha256: str |
         return True
     try:
         fd, _ = _open_regular(key, max_bytes)
-        with os.fdopen(fd, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() != sha256
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "rb") as f:  # hashlib.file_digest is Python 3.11+
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest() != sha256
     except (ImageError, OSError):
         return True
 

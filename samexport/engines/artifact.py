@@ -126,48 +126,108 @@ def build_plans(
     return records
 
 
+# Checks plans before they are committed: called with the artifact folder and a manifest naming
+# the new plans (not yet written); returns the verdict to record in ``engines_verification``, or
+# raises (a SamExportError saying why) to refuse them. The jobs layer supplies it
+# (``samexport.parity.engines``): this layer does not know the references or the comparison.
+PlanCheck = Callable[[Path, Manifest], dict]
+
+
+def build_candidate_plans(
+    folder: Path, manifest: Manifest, config: BuildConfig, *, flavour: TensorRTFlavour = "tensorrt",
+    graphs_dir: Path | None = None, plugins: Sequence[Callable[[], object]] = (),
+    on_step: Callable[[str], None] = lambda message: None,
+) -> dict[str, dict]:
+    """Build plans into a new ``plans-<id>/`` folder of the artifact ``folder`` without committing
+    them: the manifest is not touched, so the artifact still names its old plans. Returns the
+    engine records (plan paths relative to ``folder``); :func:`commit_plans` or
+    :func:`discard_plans` follows.
+
+    Args:
+        graphs_dir: where ``encoder.onnx`` / ``decoder.onnx`` come from; default ``folder``
+            itself (another folder: e.g. a derived encoder graph, built with the same settings).
+        plugins: TensorRT plugin loaders for the graphs' nodes (see :func:`build_plans`).
+    """
+    return build_plans(
+        graphs_dir or folder, folder, config, attention=manifest.attention, flavour=flavour, plugins=plugins,
+        on_step=on_step,
+    )
+
+
+def discard_plans(folder: Path, records: dict[str, dict]) -> None:
+    """Remove the plans folder :func:`build_candidate_plans` wrote (ours only: marker present)."""
+    _remove_previous_plans(Path(folder), [r["plan"] for r in records.values() if "plan" in r])
+
+
+def commit_plans(
+    folder: Path, manifest: Manifest, config: BuildConfig, records: dict[str, dict], verification: dict | None,
+) -> Manifest:
+    """Make ``records`` the artifact's plans: replace ``manifest.json`` atomically (file records
+    recomputed, ``engines_verification`` set), then remove the plans the old manifest named."""
+    previous = [record.get("plan") for record in manifest.engines.values()]
+    write_manifest(folder, manifest.replace(
+        engine_config=config.to_dict(), engines=records, skipped_engines={}, engines_verification=verification,
+    ))
+    _remove_previous_plans(folder, [p for p in previous if p and p not in {r.get("plan") for r in records.values()}])
+    return read_manifest(folder)
+
+
+def check_candidate_plans(folder: Path, manifest: Manifest, records: dict[str, dict], check: PlanCheck | None) -> dict | None:
+    """Run ``check`` on plans :func:`build_candidate_plans` wrote; on any failure (the check
+    refuses them, or is interrupted) remove them and re-raise, leaving the artifact as it was.
+    Returns the verdict (None without a check)."""
+    if check is None:
+        return None
+    try:
+        return check(folder, manifest.replace(engines=records, skipped_engines={}))
+    except BaseException:
+        discard_plans(folder, records)
+        raise
+
+
 def build_artifact_engines(
     artifact_dir: Path | str,
     config: BuildConfig = BuildConfig(),
     *,
     builder: str = "tensorrt",
+    check: PlanCheck | None = None,
     plugins: Sequence[Callable[[], object]] = (),
     on_step: Callable[[str], None] = lambda message: None,
 ) -> Manifest:
-    """Build this machine's engine plans for an artifact made anywhere, and record them.
+    """Build this machine's engine plans for an artifact made anywhere, check them, and record them.
 
     Args:
         artifact_dir: a directory written by ``samexport build`` (ONNX graphs + manifest).
         config: engine settings (profiles, workspace, timing cache, compatibility).
         builder: ``"tensorrt"`` (needs a GPU), or ``"tensorrt-rtx"``: TensorRT-RTX builds without a
             GPU; its plans are recorded as test builds, which the runtime refuses.
+        check: verifies the new plans before they are committed (:data:`PlanCheck`); its verdict
+            is recorded as ``engines_verification``. None: no check, nothing recorded.
         plugins: TensorRT plugin loaders for the graphs' nodes (see :func:`build_plans`).
         on_step: called with a one-line description before each stage.
 
     Returns:
         The updated manifest. ``manifest.json`` is replaced atomically only after both plans are
-        built, with the file records (sizes, sha256) recomputed for the graphs and the new plans;
-        the plans the previous manifest named are removed after that. The graphs are checked
-        against the old records before any plan is built.
+        built and checked, with the file records (sizes, sha256) recomputed for the graphs and the
+        new plans; the plans the previous manifest named are removed after that. The graphs are
+        checked against the old records before any plan is built.
 
     Raises:
         SamExportError: not an artifact, an unknown builder, a setting this TensorRT / device / graph
-            cannot build (nothing is changed then).
+            cannot build, or plans the check refuses (nothing is changed then: the new plans
+            folder is removed).
     """
     if builder not in BUILDERS:
         raise SamExportError(f"unknown builder {builder!r}; valid: {', '.join(BUILDERS)}")
-    flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     # The plans are built from these graphs and the new manifest hashes them again: check first.
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
-    records = build_plans(
-        folder, folder, config, attention=manifest.attention, flavour=flavour, plugins=plugins, on_step=on_step
+    records = build_candidate_plans(
+        folder, manifest, config, flavour=BUILDERS[builder], plugins=plugins, on_step=on_step
     )
-    previous = [record.get("plan") for record in manifest.engines.values()]
-    write_manifest(folder, manifest.replace(engine_config=config.to_dict(), engines=records, skipped_engines={}))
-    _remove_previous_plans(folder, [p for p in previous if p])
-    return read_manifest(folder)
+    verdict = check_candidate_plans(folder, manifest, records, check)
+    return commit_plans(folder, manifest, config, records, verdict)
 
 
 def _remove_previous_plans(folder: Path, plans: list[str]) -> None:

@@ -71,3 +71,12 @@ def _prompt_suite() -> tuple[Prompt, ...]:
 
 PROMPT_SUITE: tuple[Prompt, ...] = _prompt_suite()
 QUICK_PROMPTS: tuple[str, ...] = ("point", "box", "mask_refinement", "batch_points_4")
+
+# The prompts stored with every artifact's references (``samexport.parity.references``): the
+# suite's kinds with a batch of 4 boxes instead of 16 (each prompt stores 4 logit maps of 256x256,
+# so the batch size is most of the file's size).
+BATCH_BOXES_4 = Prompt("batch_boxes_4", boxes=_boxes_around(_grid(2, 0.3, 0.7), 0.15))
+REFERENCE_PROMPTS: tuple[Prompt, ...] = (
+    *(p for p in PROMPT_SUITE if p.name in ("point", "box", "box_point", "ten_points", "mask_refinement")),
+    BATCH_BOXES_4,
+)

@@ -92,6 +92,25 @@ class ParityReport:
     def __bool__(self) -> bool:
         return self.passed
 
+    def where(self, metric: str) -> tuple[str, str | None]:
+        """(image, prompt) where ``metric`` (a :attr:`summary` key) takes its worst value; the
+        prompt is None for the embedding figures. For ``mask_iou_mean``, the prompt with the
+        lowest mean."""
+        worst_first = {"embedding_cosine", "mask_iou_min", "mask_iou_mean"}  # lower is worse
+        sign = -1.0 if metric in worst_first else 1.0
+        if metric.startswith("embedding_"):
+            field = metric.removeprefix("embedding_")
+            image = max(self.images, key=lambda i: sign * getattr(i.embedding, field))
+            return image.image, None
+        getters = {
+            "mask_iou_min": lambda p: p.mask_iou_min,
+            "mask_iou_mean": lambda p: p.mask_iou_mean,
+            "iou_score_max_abs": lambda p: p.iou_score_max_abs,
+        }
+        get = getters.get(metric) or (lambda p: getattr(p.logits, metric.removeprefix("logits_")))
+        image, prompt = max(((i, p) for i in self.images for p in i.prompts), key=lambda ip: sign * get(ip[1]))
+        return image.image, prompt.prompt
+
     @property
     def failures(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.passed)
