@@ -16,7 +16,9 @@ What lives here, above :mod:`samexport.runtime`:
   ``to``/``eval`` from :class:`samexport.runtime.model.ArtifactModel`, and here the batched
   ``__call__`` of the official ``Sam.forward``).
 
-``predictor.transform`` is :class:`samexport.resize.ResizeLongestSide`. Torch is optional
+``ResizeLongestSide`` is here too (defined in :mod:`samexport.resize`), where code that imported
+``segment_anything.utils.transforms.ResizeLongestSide`` finds it; ``predictor.transform`` is one.
+Torch is optional
 throughout: a method whose official counterpart returns a torch tensor raises
 :class:`~samexport.errors.MissingExtraError` naming the ``torch`` extra when it is missing.
 """
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from samexport.errors import SamExportError
+from samexport.resize import ResizeLongestSide
 from samexport.runtime.model import ArtifactModel, open_model
 from samexport.runtime.predictor import SamPredictor
 from samexport.variants import VARIANTS
 
-__all__ = ["SamModel", "load", "sam_model_registry"]
+__all__ = ["ResizeLongestSide", "SamModel", "load", "sam_model_registry"]
 
 
 class SamModel(ArtifactModel):

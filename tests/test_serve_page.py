@@ -7,9 +7,7 @@ CI installs the browser with ``apt-get install -y chromium chromium-driver``."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import time
 
 import numpy as np
 import pytest
