@@ -26,7 +26,9 @@ def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
     assert manifest.versions["onnxruntime"][0].isdigit()
     assert set(manifest.skipped_engines) == {"encoder", "decoder"}
     assert manifest.runtime.onnxruntime_encoder and manifest.runtime.onnxruntime_memory_arena
-    assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted([*C.GRAPH_FILES, C.MANIFEST])
+    # the graphs, the manifest and the stored PyTorch references (samexport.parity.references)
+    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references["file"]]
+    assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted(expected)
 
 
 def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
@@ -104,7 +106,8 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
     if precision == "int8":
         expected = {"tensorrt": "int8 (Q/DQ) on fp16", "onnxruntime": "int8 (Q/DQ)"}[int8_target]
         assert manifest.graphs["encoder"] == expected
-    assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted([*C.GRAPH_FILES, C.MANIFEST])
+    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references["file"]]
+    assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted(expected)
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())
     masks, scores, _ = predictor.predict(box=[100, 50, 400, 450])
