@@ -326,7 +326,8 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     config = BuildConfig(workspace_bytes=1 << 30, prompts=(1, 1, 4), points=(1, 2, 4))
     manifest = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
     plans = sorted(record["plan"] for record in manifest.engines.values())
-    assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, *plans])
+    # the graphs, the stored PyTorch references and the new plans
+    assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, manifest.references["file"], *plans])
     for name in plans:
         assert manifest.files[name]["sha256"] == sha256_file(artifact / name)
     verify_artifact(artifact, read_manifest(artifact))
@@ -336,7 +337,8 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
         verify_artifact(artifact, read_manifest(artifact))
     # An artifact with plans (our marker on their folder) is still ours to replace.
     build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False, engines="skip")
-    assert sorted(read_manifest(artifact).files) == sorted(C.GRAPH_FILES)
+    rebuilt = read_manifest(artifact)
+    assert sorted(rebuilt.files) == sorted([*C.GRAPH_FILES, rebuilt.references["file"]])
 
 
 def test_official_decoder_export_replaces_only_its_own_file(tiny_artifact, tmp_path):

@@ -13,7 +13,6 @@ from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
 from samexport.errors import SamExportError
-from samexport.export.official_onnx import export_official_decoder as export
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
 from samexport.variants import variants_help
@@ -192,6 +191,10 @@ def export_official_decoder(
     """Write the decoder in segment_anything's ONNX interface (orig_im_size input, masks at the
     image size) for ONNX Runtime tools built on it. Not for TensorRT: build engines from the
     artifact's decoder.onnx."""
+    # Imported here, not at the top: samexport.export is the workstation's export code (torch),
+    # and the device-side commands of this module (`engines`, `verify` beside it) must run
+    # without loading it (tests/test_verify.py checks sys.modules).
+    from samexport.export.official_onnx import export_official_decoder as export
 
     path = export(artifact_dir, output, return_single_mask=return_single_mask,
                   use_stability_score=use_stability_score)
