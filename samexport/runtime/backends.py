@@ -49,6 +49,22 @@ class Backend(Protocol):
         (low_res_masks Bx4x256x256, iou_predictions Bx4), float32 (the official order)."""
 
 
+class GraphRunner(Protocol):
+    """The backend seam every model family uses: the two graphs run by their
+    :class:`~samexport.constants.GraphContract` (``contract``), the per-image features kept by
+    the predictor and fed back to the decoder in order. ``Backend.encode`` / ``decode`` are SAM's
+    special case (one feature, two outputs)."""
+
+    name: str
+    contract: C.GraphContract
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        """image 1x3x1024x1024 float32 -> ``contract.encoder_outputs``, float32, in order."""
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``run_encoder``'s features and ``contract.prompt_inputs`` -> ``contract.decoder_outputs``."""
+
+
 class DecoderHalves(Protocol):
     """Optional backend methods: the decoder in two calls, cut after the two-way transformer
     (``constants.DECODER_SCORES_ONNX`` / ``DECODER_MASKS_ONNX``), so masks are computed only for
@@ -127,11 +143,12 @@ class OnnxRuntimeBackend:
     def __init__(
         self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = "auto",
         threads: int | None = None, memory_arena: bool = True,
-        decoder_halves: tuple[Path | str, Path | str] | None = None,
+        decoder_halves: tuple[Path | str, Path | str] | None = None, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``memory_arena=False`` for FP16 graphs on CPU: ONNX Runtime runs them in fp32 behind
         inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without).
-        ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use."""
+        ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use.
+        ``contract``: what the graphs take and give (the manifest's ``contract``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -144,6 +161,7 @@ class OnnxRuntimeBackend:
         for path in (encoder_path, decoder_path, *halves):
             if not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
+        self.contract = contract
         self.encoder = _open_session(ort, encoder_path, options, providers=providers)
         self.decoder = self._open_decoder(ort, decoder_path, options, providers)
         self._halves_paths, self._halves_lock = halves, threading.Lock()
@@ -171,6 +189,13 @@ class OnnxRuntimeBackend:
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs, self._run_options)
         return masks, iou
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(_run(self.encoder, self.contract.encoder_inputs, self.contract.encoder_outputs, (image,)))
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        contract = self.contract
+        return tuple(_run(self.decoder, contract.decoder_inputs, contract.decoder_outputs, (*features, *prompts), self._run_options))
 
     def _decoder_halves(self):
         if not self.has_decoder_halves:
@@ -217,6 +242,7 @@ class TorchBackend:
     name = "torch"
     shares_mask_input = True
     has_decoder_halves = True
+    contract = C.SAM_GRAPHS
 
     def __init__(self, sam: Sam) -> None:
         from samexport.export.wrappers import DecoderGraph, EncoderGraph
@@ -244,6 +270,40 @@ class TorchBackend:
     def decode_masks(self, mask_tokens, image_tokens):
         return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
 
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (self.encode(image),)
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.decode(*features, *prompts)
+
+
+class Sam2TorchBackend:
+    """SAM 2.1's PyTorch reference (:class:`GraphRunner`): the graph modules that are exported
+    (``samexport.export.sam2_onnx``), run eagerly on CPU."""
+
+    name = "torch"
+    contract = C.SAM2_GRAPHS
+
+    def __init__(self, model) -> None:
+        """``model``: a :class:`samexport.models.sam2.Sam2Image` (``load_sam2``)."""
+        from samexport.export.sam2_onnx import Sam2DecoderGraph, Sam2EncoderGraph
+
+        self._torch = require("torch", "torch")
+        self.encoder = Sam2EncoderGraph(model).eval()
+        self.decoder = Sam2DecoderGraph(model).eval()
+
+    def _call(self, function, *arrays) -> tuple[np.ndarray, ...]:
+        torch = self._torch
+        with torch.no_grad():
+            outputs = function(*(torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays))  # a copy: inputs may be read-only views
+        return tuple(o.numpy() for o in outputs)
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._call(self.encoder, image)
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._call(self.decoder, *features, *prompts)
+
 
 _BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -254,7 +314,7 @@ def backend_lock(backend: object) -> threading.Lock | None:
     several threads at once (ONNX Runtime sessions and eager torch modules may; a TensorRT
     execution context, with its fixed device buffers, may not; unknown backends get a lock).
     One lock per backend object, shared by every predictor that uses it."""
-    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend)) or getattr(backend, "thread_safe", False):
+    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend, Sam2TorchBackend)) or getattr(backend, "thread_safe", False):
         return None
     with _LOCKS_GUARD:
         try:
@@ -297,7 +357,13 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             backend = "tensorrt"
         else:
             logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
+    contract = manifest.contract
     if backend == "tensorrt":
+        if contract is not C.SAM_GRAPHS:
+            raise SamExportError(
+                f"{folder} holds {manifest.variant}, for which samexport builds no TensorRT engines yet; "
+                "use backend='onnxruntime' or 'openvino'"
+            )
         return TensorRTBackend(folder, manifest)
     if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(
@@ -313,11 +379,11 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),
             precision=options.get("precision", C.OPENVINO_DEFAULT_PRECISION),
             decoder_halves=tuple(folder / name for name in halves) if halves else None,
-            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files,
+            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files, contract=contract,
         )
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
-        decoder_halves=tuple(folder / name for name in halves) if halves else None,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None, contract=contract,
     )
