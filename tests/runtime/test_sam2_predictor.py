@@ -2,7 +2,8 @@
 
 One random checkpoint (every parameter perturbed, official format) is loaded by the official
 ``build_sam2`` and by samexport: on ONNX Runtime through the artifact ``samexport build`` makes
-(``sam2_tiny_artifact``), and on the PyTorch reference backend. Both predictors get the same calls,
+(``sam2_tiny_artifact``), on OpenVINO (f32) from the same artifact, and on the PyTorch reference
+backend. Both predictors get the same calls,
 through the official API, on several aspect ratios: points, boxes, box+point, several points, a
 prompt batch, a mask prompt from a previous call, each with multimask on and off, logits and
 thresholded masks, ``normalize_coords=False``, and ``set_image_batch`` + ``predict_batch``.
@@ -73,17 +74,20 @@ def official(sam2_tiny_checkpoint):
     return SAM2ImagePredictor(build_sam2(config, str(sam2_tiny_checkpoint), device="cpu"))
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", pytest.param("torch", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["onnxruntime-cpu", "openvino:precision=f32", "torch"])
 def ours(request, sam2_tiny_checkpoint):
-    """samexport's predictor on the built artifact (ONNX Runtime CPU), or on the PyTorch reference."""
+    """samexport's predictor on the built artifact (ONNX Runtime CPU; OpenVINO CPU in f32, the
+    same graphs through the same backend seam), or on the PyTorch reference."""
     from samexport import SAM2ImagePredictor
 
+    if request.param.startswith("openvino"):
+        pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
     if request.param == "torch":
         from samexport.runtime.backends import Sam2TorchBackend
         from samexport.sam2_checkpoint import load_sam2
 
         return SAM2ImagePredictor(Sam2TorchBackend(load_sam2(sam2_tiny_checkpoint)))
-    return SAM2ImagePredictor(request.getfixturevalue("sam2_tiny_artifact"), backend="onnxruntime-cpu")
+    return SAM2ImagePredictor(request.getfixturevalue("sam2_tiny_artifact"), backend=request.param)
 
 
 @pytest.mark.slow
