@@ -194,7 +194,7 @@ def test_benchmarks_take_shared_helpers_from_samexport_testing():
     ``tests/`` put on ``sys.path``."""
     from pathlib import Path
 
-    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+    scripts = sorted((Path(__file__).resolve().parents[2] / "benchmarks").glob("*.py"))
     assert scripts
     for script in scripts:
         text = script.read_text()

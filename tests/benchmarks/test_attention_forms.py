@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_forms.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_forms.py"
 
 
 @pytest.fixture(scope="module")

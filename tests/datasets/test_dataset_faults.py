@@ -2,7 +2,7 @@
 files, unreadable and symlinked folders, changed files and error rows on resume, rows restored
 into another artifact, malformed dataset manifests, a lock file removed under a running job.
 
-The kill-and-resume loop is in ``test_datasets.py`` (it shares that module's images).
+The kill-and-resume loop is in ``tests/datasets/test_jobs.py`` (it shares that module's images).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from samexport.testing import make_image
 pytest.importorskip("pyarrow", reason="needs the datasets extra: pip install 'samexport[datasets]'")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LATIN1_NAME = b"caf\xe9.jpg"  # an old zip or SMB share: Latin-1 bytes, not UTF-8
 
 

@@ -43,7 +43,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),  # Ray's own settings
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BAD = {
     "empty.png": "empty file (0 bytes)",
     "junk.jpg": "cannot decode image: not a format Pillow can read",

@@ -8,19 +8,13 @@ model; they are skipped here with the reason.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import needs_rtx, run_engine
 
 from samexport import constants as C
-
-HAVE_RTX = any(importlib.util.find_spec(m) is not None for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
-needs_rtx = pytest.mark.skipif(
-    not HAVE_RTX,
-    reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu12-libs tensorrt-rtx-cu12-bindings)",
-)
 
 
 def gpu_skip_reason() -> str | None:
@@ -105,7 +99,7 @@ def test_missing_tensorrt_names_the_extra(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_graphs(tiny_onnx, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """precision -> (encoder.onnx, decoder.onnx); int8 quantizes the encoder (Q/DQ on fp16), decoder stays fp16."""
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     from samexport.precision.fp16 import convert_to_fp16
     from samexport.precision.int8 import quantize_encoder_int8, recipe_for
@@ -197,30 +191,6 @@ def test_rtx_parse_errors_are_reported(tmp_path):
 # GPU: standard TensorRT, engines run and compared with torch
 
 
-def run_engine(plan: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run a plan once with torch CUDA buffers (test helper, not the runtime backend)."""
-    import tensorrt as trt
-    import torch
-
-    engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(plan.read_bytes())
-    context = engine.create_execution_context()
-    buffers = {}
-    for name, value in feeds.items():
-        buffers[name] = torch.from_numpy(np.ascontiguousarray(value)).cuda()
-        context.set_input_shape(name, tuple(value.shape))
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            shape = tuple(context.get_tensor_shape(name))
-            buffers[name] = torch.empty(shape, dtype=torch.float32, device="cuda")
-    for name, tensor in buffers.items():
-        context.set_tensor_address(name, tensor.data_ptr())
-    stream = torch.cuda.Stream()
-    assert context.execute_async_v3(stream.cuda_stream)
-    stream.synchronize()
-    return {name: t.cpu().numpy() for name, t in buffers.items() if name not in feeds}
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_gpu_engines_match_torch(tiny_sam, tiny_graphs, precision, tmp_path):
@@ -229,7 +199,7 @@ def test_gpu_engines_match_torch(tiny_sam, tiny_graphs, precision, tmp_path):
     if reason:
         pytest.skip(reason)
     import torch
-    from test_precision import HELD_OUT_PHOTO, cosine, decoder_feed, mask_iou, sample_photo
+    from support import HELD_OUT_PHOTO, cosine, decoder_feed, mask_iou, sample_photo
 
     from samexport.engines.builder import BuildConfig, build_engine
     from samexport.export.wrappers import DecoderGraph, EncoderGraph

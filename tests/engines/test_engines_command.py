@@ -10,97 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import venv
-from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_engines import needs_rtx
+from support import needs_rtx, run_on_device
 
 from samexport import constants as C
 from samexport.errors import SamExportError
 
-REPO = Path(__file__).resolve().parents[1]
 # What the device needs besides samexport's base requirements: Polygraphy (the `tensorrt` extra)
 # and, standing in for TensorRT on this GPU-less machine, TensorRT-RTX.
-DEVICE_DISTRIBUTIONS = ("polygraphy", "tensorrt-rtx-cu12-bindings", "tensorrt-rtx-cu12-libs")
-NOT_ON_THE_DEVICE = ("torch", "onnx", "onnxscript", "triton")
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _dependency_closure(roots) -> set[str]:
-    from packaging.requirements import Requirement
-
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        name = stack.pop()
-        if _normalise(name) in seen:
-            continue
-        seen.add(_normalise(name))
-        for text in metadata.distribution(name).requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                stack.append(requirement.name)
-    return seen
-
-
-@pytest.fixture(scope="module")
-def device_python(tmp_path_factory) -> Path:
-    """A virtual environment holding exactly samexport's base requirements, Polygraphy and
-    TensorRT-RTX, and samexport from this checkout: no torch, onnx, onnxscript or Triton.
-
-    The distributions are linked from this test environment (the same files pip installed, by
-    their RECORD), so the environment is made in a second with no download."""
-    base = [
-        text.split(";")[0] for text in metadata.requires("samexport") or [] if "extra ==" not in text
-    ]
-    closure = _dependency_closure([re.split(r"[<>=!~ \[]", text, maxsplit=1)[0] for text in base] + list(DEVICE_DISTRIBUTIONS))
-    assert not closure & set(NOT_ON_THE_DEVICE), closure
-    root = tmp_path_factory.mktemp("device-venv")
-    venv.EnvBuilder(with_pip=False).create(root)
-    site = next((root / "lib").glob("python3*/site-packages"))
-    for name in closure:
-        dist = metadata.distribution(name)
-        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
-        for top in tops:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (site / top).exists():
-                (site / top).symlink_to(source)
-    (site / "samexport-checkout.pth").write_text(str(REPO) + "\n")
-    python = root / "bin" / "python"
-    probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print([m for m in %r if u.find_spec(m)])" % (NOT_ON_THE_DEVICE,)],
-        capture_output=True, text=True, check=True,
-    )
-    assert probe.stdout.strip() == "[]", f"the device environment must not have {probe.stdout}"
-    return python
-
-
-DEVICE_SCRIPT = """
-import json, sys
-from samexport.cli import app
-status = 2
-try:
-    status = app(sys.argv[1:], standalone_mode=False) or 0  # the exit code, without sys.exit
-finally:
-    heavy = sorted(m for m in sys.modules if m.split(".")[0] in {not_on_device!r})
-    print("IMPORTED-HEAVY " + json.dumps(heavy))
-sys.exit(status)
-"""
-
-
-def run_on_device(python: Path, *args: str) -> subprocess.CompletedProcess:
-    script = DEVICE_SCRIPT.format(not_on_device=set(NOT_ON_THE_DEVICE))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def copy_artifact(source: Path, destination: Path) -> Path:
@@ -240,7 +162,7 @@ def test_unknown_builder_is_an_error(tiny_artifact):
 
 def _tensorrt_like(version: str, levels: tuple[str, ...]):
     """A stand-in exposing only what ``check_build_settings`` reads (the names are those of the
-    real bindings; which release has which is checked in tests/test_tensorrt_api_surface.py)."""
+    real bindings; which release has which is checked in tests/engines/test_trt_api.py)."""
     return SimpleNamespace(
         __version__=version,
         HardwareCompatibilityLevel=SimpleNamespace(**{level: object() for level in levels}),

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_attention_fp32 import classify_matmuls, value_types
-from test_engines import needs_rtx
-from test_verify import invoke
+from support import invoke, needs_rtx
+from support.graphs import classify_matmuls, value_types
 
 from samexport import constants as C
 from samexport.errors import MissingExtraError, SamExportError
@@ -99,7 +98,7 @@ FP16_BREAK = 5e-2
 
 
 def forms_runner(failing: set[str]):
-    from test_verify_engines import onnxruntime_runner
+    from support import onnxruntime_runner
 
     good, bad = onnxruntime_runner(), onnxruntime_runner(rel=FP16_BREAK)
     calls: list[str] = []

@@ -1,7 +1,7 @@
 """Every TensorRT name samexport uses exists in the releases it supports, or is guarded.
 
 The names come from NVIDIA's ``tensorrt-cu12-bindings`` wheels of 10.3.0 (JetPack 6), 10.16.1.11
-and 11.4.0.106 (see ``trt_bindings.py``: C string literals of the compiled module, Python names of
+and 11.4.0.106 (see ``tests/support/trt_bindings.py``: C string literals of the compiled module, Python names of
 its ``__init__.py`` and of ``tensorrt.plugin``). The table they are checked against is
 ``samexport.engines.trt_api.API``; a scan of the TensorRT code keeps the table complete.
 """
@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-import trt_bindings
+from support import trt_bindings
 
 from samexport.engines import trt_api
 
 RELEASES = ("10.3", "10.16", "11.4")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The modules that call TensorRT directly.
 SOURCES = [
     *sorted((ROOT / "samexport" / "engines").glob("*.py")),

@@ -16,11 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_engines import needs_rtx
-from test_engines_command import device_python, run_on_device  # noqa: F401 - fixture
-from test_verify import HEAVY, Perturbed, invoke
+from support import HEAVY, invoke, needs_rtx, onnxruntime_runner, run_on_device
 
-from samexport import constants as C
 from samexport.artifacts import read_manifest
 from samexport.errors import SamExportError
 
@@ -31,20 +28,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*")) if path.is_file()
     }
-
-
-def onnxruntime_runner(rel: float = 0.0):
-    """A runner for the seam: the artifact's graphs on ONNX Runtime CPU (perturbed by ``rel``)."""
-
-    def open_runner(folder: Path, manifest):
-        from samexport.runtime.backends import OnnxRuntimeBackend
-
-        backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu")
-        assert set(manifest.engines) == {"encoder", "decoder"}  # it is handed the candidate plans
-        assert all((folder / record["plan"]).is_file() for record in manifest.engines.values())
-        return Perturbed(backend, rel) if rel else backend
-
-    return open_runner
 
 
 @needs_rtx

@@ -33,7 +33,7 @@ from samexport.plugins.onnx_node import (  # noqa: E402
     plugin_nodes,
 )
 
-EMBED_TOL = 2e-5  # relative to the embedding's absmax, as for the plain export (test_export.py)
+EMBED_TOL = 2e-5  # relative to the embedding's absmax, as for the plain export (tests/export/test_to_onnx.py)
 OPSET = {"plain": 18, "fused-pattern": 18, "onnx-attention": 23, "plugin": 18}
 HAVE_RTX = any(importlib.util.find_spec(m) is not None for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
 needs_rtx = pytest.mark.skipif(not HAVE_RTX, reason="TensorRT-RTX is not installed (tensorrt-rtx-cu12-bindings)")
@@ -347,7 +347,7 @@ def test_gpu_plugin_engine_matches_fused_pattern_engine(graphs, fp16_graphs, ima
         pytest.skip(reason)
     import time
 
-    from test_engines import run_engine
+    from support import run_engine
 
     from samexport.engines.builder import BuildConfig, build_engine
     from samexport.plugins.tensorrt_plugin import register_tensorrt_plugin

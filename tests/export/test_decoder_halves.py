@@ -4,7 +4,7 @@ generator's IoU prefilter that runs the second half only for prompts that can pa
 
 The halves are checked against ``decoder.onnx`` and against the torch modules they are exported
 from; the prefilter against the same generator with every mask computed (and, through
-``test_amg.py::test_parity_tiny_weights_onnxruntime``, against the official generator).
+``tests/amg/test_generator.py::test_parity_tiny_weights_onnxruntime``, against the official generator).
 """
 
 from __future__ import annotations

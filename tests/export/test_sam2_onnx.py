@@ -1,5 +1,5 @@
 """SAM 2.1's exported graphs (samexport.export.sam2_onnx) on ONNX Runtime against the torch model,
-which tests/test_sam2.py holds to the official package."""
+which tests/models/test_sam2.py holds to the official package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exported ONNX graphs against the torch reference (tiny variant; full vit_b in test_vit_b.py)."""
+"""Exported ONNX graphs against the torch reference (tiny variant; full vit_b in tests/models/test_vit_b.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``DecoderGraph`` re-associates the cross-attentions and writes the upscaling as matrix products
 (see its docstring); these tests pin it to ``prompt_encoder`` + ``mask_decoder`` computed the way
-the official model computes them, with the tolerances of ``test_models.py`` (ours vs official).
+the official model computes them, with the tolerances of ``tests/models/test_models.py`` (ours vs official).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from samexport import constants as C
 from samexport.export.wrappers import DecoderGraph
 from samexport.runtime.predictor import SamPredictor
 
-MASK_TOL = 1e-5  # logits, as tests/test_models.py allows between our modules and the official ones
+MASK_TOL = 1e-5  # logits, as tests/models/test_models.py allows between our modules and the official ones
 IOU_TOL = 1e-6
 
 

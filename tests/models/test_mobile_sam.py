@@ -7,8 +7,8 @@ checkpoint code. Full size: TinyViT-5M is small enough for CPU.
 
 - the torch model: same state dict, same embedding and masks as the official model;
 - the fp32 artifact (``samexport build --variant vit_t``, BatchNorm folded) against the official
-  ``SamPredictor`` at ``test_predictor.py``'s tolerances, over the prompt kinds and several aspect
-  ratios, and against the official ``SamAutomaticMaskGenerator`` as ``test_amg.py`` does;
+  ``SamPredictor`` at ``tests/runtime/test_predictor.py``'s tolerances, over the prompt kinds and several aspect
+  ratios, and against the official ``SamAutomaticMaskGenerator`` as ``tests/amg/test_generator.py`` does;
 - fp16 and int8 (both recipes) graphs against the official model at ``samexport.parity``'s
   tolerances (the ones ``build`` checks vit_b against) on the whole prompt suite;
 - every graph builds in TensorRT-RTX; ``predict``, ``segment-all``, ``parity`` and ``bench`` run.
@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from test_engines import needs_rtx
+from support import needs_rtx
 from typer.testing import CliRunner
 
 from samexport import constants as C
@@ -88,7 +88,7 @@ def artifact(checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def graphs(artifact, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """precision -> (encoder.onnx, decoder.onnx) made from the fp32 artifact as ``build`` does."""
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     from samexport.precision.fp16 import convert_to_fp16
     from samexport.precision.int8 import quantize_encoder_int8, recipe_for
@@ -186,7 +186,7 @@ def test_checkpoint_loads_unchanged_and_torch_equals_official(checkpoint, offici
 
     image = torch.from_numpy(preprocess(make_image(480, 640, seed=2)))
     coords = torch.rand(3, 2, 2) * 1024
-    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # (box corners: test_models.py)
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # (box corners: tests/models/test_models.py)
     with torch.no_grad():
         emb_official = official.image_encoder(image)
         emb = ours.image_encoder(image)
@@ -226,7 +226,7 @@ def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
 
     from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
-    from test_precision import session
+    from support import session
 
     if not full_size_enabled():
         pytest.skip("SAMEXPORT_SKIP_SLOW=1: extra full-size exports skipped")
@@ -290,7 +290,7 @@ def _prompts(height: int, width: int, rng: np.random.Generator) -> list[dict]:
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_fp32_matches_official_predictor(artifact, official, size):
-    """``test_predictor.py``'s checks and tolerances, against ``mobile_sam.SamPredictor``."""
+    """``tests/runtime/test_predictor.py``'s checks and tolerances, against ``mobile_sam.SamPredictor``."""
     from samexport.runtime.predictor import SamPredictor
 
     image = make_image(*size, seed=size[0])
@@ -329,7 +329,7 @@ def test_fp32_matches_official_predictor(artifact, official, size):
 
 @pytest.fixture(scope="module")
 def parity_images() -> dict[str, np.ndarray]:
-    from test_precision import HELD_OUT_PHOTO, sample_photo
+    from support import HELD_OUT_PHOTO, sample_photo
 
     return {HELD_OUT_PHOTO: sample_photo(HELD_OUT_PHOTO), "portrait": make_image(700, 450, seed=11)}
 
@@ -351,9 +351,9 @@ def test_artifacts_match_official_at_parity_tolerances(name, graphs, official_ba
 
 
 def test_amg_matches_official(artifact, official):
-    """As ``test_amg.py`` shows it for random weights: NMS off, every mask passing the filters
+    """As ``tests/amg/test_generator.py`` shows it for random weights: NMS off, every mask passing the filters
     is compared with one of the official ``SamAutomaticMaskGenerator``'s."""
-    from test_amg import assert_same_masks
+    from support.official import assert_same_masks
 
     from samexport.amg import AutomaticMaskGenerator
     from samexport.runtime.predictor import SamPredictor

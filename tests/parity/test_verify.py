@@ -21,19 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from support import HEAVY, invoke, Perturbed
 
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, write_manifest
-from samexport.cli import app
 from samexport.errors import SamExportError
-
-runner = CliRunner()
-HEAVY = ("torch", "onnxscript", "onnx", "samexport.export")
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def rewrite_records(folder: Path) -> Manifest:
@@ -44,27 +36,10 @@ def rewrite_records(folder: Path) -> Manifest:
     return write_manifest(folder, Manifest.from_dict(data))
 
 
-class Perturbed:
-    """A backend whose embedding has one element moved by ``rel`` of the embedding's max |value|."""
-
-    def __init__(self, inner, rel: float) -> None:
-        self.inner, self.rel = inner, rel
-        self.name = f"{inner.name}+perturbed({rel:g})"
-        self.shares_mask_input = inner.shares_mask_input
-
-    def encode(self, image):
-        embedding = np.array(self.inner.encode(image), copy=True)
-        embedding.flat[embedding.size // 3] += self.rel * np.abs(embedding).max()
-        return embedding
-
-    def decode(self, *args):
-        return self.inner.decode(*args)
-
-
 @pytest.fixture(scope="module")
 def tiny_variants(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """fp16 and int8 tiny artifacts (quick parity off: the references are what is tested)."""
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     from samexport.pipeline import build
 
@@ -259,7 +234,7 @@ def test_verify_full_size(variant, precision, tmp_path_factory):
     """The real sizes: verify passes fp32 / fp16 / int8 artifacts of mobile_sam and vit_b on ONNX
     Runtime; the references stay under 12 MiB."""
     from conftest import full_size_enabled
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint

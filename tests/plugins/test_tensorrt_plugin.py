@@ -1,7 +1,7 @@
 """The attention plugin through NVIDIA's real ``tensorrt.plugin`` (10.9, 10.16, 11.4), without a GPU.
 
 ``register_tensorrt_plugin()`` runs against the pure-Python plugin package of each release's
-``tensorrt-cu12-bindings`` wheel (see ``trt_bindings.py``); then the test makes the calls
+``tensorrt-cu12-bindings`` wheel (see ``tests/support/trt_bindings.py``); then the test makes the calls
 TensorRT's builder makes for one plugin node of a vit_b encoder: create the plugin from fields
 typed as the creator declares them (one-element 1-D arrays, as the ONNX parser passes node
 attributes), output types and shapes, format combinations, and the ahead-of-time kernel with its
@@ -16,7 +16,7 @@ import subprocess
 
 import numpy as np
 import pytest
-import trt_bindings
+from support import trt_bindings
 
 from samexport.constants import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from samexport.plugins.onnx_node import PLUGIN_ATTRIBUTES

@@ -8,7 +8,7 @@ What is shown:
 - numerics in true FP16 (``onnx.reference``, NumPy's float16): an attention whose logits pass the
   FP16 range gives NaN in the plain FP16 graph and the reference result in the safe form;
 - parity against PyTorch (ONNX Runtime CPU) for tiny (three attention modes), mobile_sam and
-  vit_b (slow) at the fp16 tolerances of ``test_precision.py``, at least as good as the plain FP16
+  vit_b (slow) at the fp16 tolerances of ``tests/precision/test_precision.py``, at least as good as the plain FP16
   graph. ONNX Runtime's CPU provider has no FP16 MatMul kernel on x86 and runs those nodes in FP32
   behind inserted Casts, so on CPU the two forms agree closely; the difference is TensorRT's;
 - a TensorRT-RTX build of the safe form parses and builds.
@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_engines import needs_rtx
-from test_precision import HELD_OUT_PHOTO, calib_dir, cosine, sample_photo, tiny_int8  # noqa: F401
+from support import HELD_OUT_PHOTO, cosine, needs_rtx, sample_photo
+from support.graphs import classify_matmuls, value_types
 
 from samexport import constants as C
 from samexport.errors import SamExportError
@@ -30,30 +30,6 @@ from samexport.precision.fp16 import convert_to_fp16
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 OPSET = {"plain": 18, "fused-pattern": 18, "onnx-attention": 23, "plugin": 18}
-
-
-def value_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    found = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
-    found.update({t.name: t.data_type for t in g.initializer})
-    return found
-
-
-def constants_of(model: onnx.ModelProto) -> set[str]:
-    names = {t.name for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.input and all(x in names for x in node.input if x):
-            names.update(node.output)
-    return names
-
-
-def classify_matmuls(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]]:
-    """(projections: a constant weight, attention products: two activations)."""
-    constants = constants_of(model)
-    projections = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
-    products = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in constants and n.input[0] not in constants]
-    return projections, products
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -102,7 +78,7 @@ def run_encoder(path, image: np.ndarray) -> np.ndarray:
 
 
 def assert_parity(sam, fp16_path, safe_path) -> dict:
-    """fp16 tolerances of test_precision.py (cosine >= 0.9999, max error <= 1% of the absmax) on
+    """fp16 tolerances of tests/precision/test_precision.py (cosine >= 0.9999, max error <= 1% of the absmax) on
     two photos, and the safe form's errors no larger than the plain FP16 graph's (5% slack:
     different but equivalent rounding)."""
     from samexport.transforms import preprocess
@@ -290,7 +266,7 @@ def test_parity_vit_b(vit_b_checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["plain", "onnx-attention"])
 def test_rtx_builds_the_safe_form(tiny_forms, mode, tmp_path):
     """Parses strongly typed and builds (the FP32 ONNX ``Attention`` op would not: RTX has no
-    FP32 kernel for it, see test_attention_modes.py; the safe form writes it out)."""
+    FP32 kernel for it, see tests/export/test_attention.py; the safe form writes it out)."""
     from samexport.engines.builder import BuildConfig, build_engine
 
     info = build_engine(tiny_forms[mode][2], tmp_path / "encoder.plan", BuildConfig(workspace_bytes=1 << 30), flavour="tensorrt_rtx")

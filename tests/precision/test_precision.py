@@ -1,6 +1,6 @@
 """samexport.precision on the tiny model: FP16 islands and INT8 Q/DQ structure, numerics on ORT CPU.
 
-The full-size (vit_b) checks live in ``test_precision_vit_b.py``.
+The full-size (vit_b) checks live in ``tests/precision/test_precision_vit_b.py``.
 """
 
 from __future__ import annotations
@@ -13,69 +13,24 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
+from support import (
+    HELD_OUT_PHOTO,
+    SAMPLE_PHOTOS,
+    cosine,
+    decoder_feed,
+    mask_iou,
+    sample_photo,
+    session,
+    write_calibration_folder,
+)
+from support.graphs import assert_fp16_structure, assert_int8_structure, fp32_compute_ops
 
 from samexport import constants as C
 from samexport.utils import sha256_file
 
-SAMPLE_PHOTOS = ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
-HELD_OUT_PHOTO = "astronaut"  # never used for calibration
-
 
 # ---------------------------------------------------------------------------------------------
-# helpers shared with test_precision_vit_b.py (imported there)
-
-
-def sample_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as HxWx3 uint8 RGB."""
-    import skimage.data
-
-    image = getattr(skimage.data, name)()
-    image = image[0] if isinstance(image, tuple) else image  # stereo pairs
-    return np.ascontiguousarray(image[..., :3])
-
-
-def write_calibration_folder(folder: Path, names=SAMPLE_PHOTOS) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        Image.fromarray(sample_photo(name)).save(folder / f"{name}.png")
-    return folder
-
-
-def session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of thresholded mask logits, per mask: ``BxKxHxW`` -> ``BxK``; empty vs empty is 1."""
-    a, b = a > C.MASK_THRESHOLD, b > C.MASK_THRESHOLD
-    union = (a | b).sum(axis=(-1, -2))
-    return np.where(union == 0, 1.0, (a & b).sum(axis=(-1, -2)) / np.maximum(union, 1))
-
-
-def decoder_feed(embedding: np.ndarray, *, prompts: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
-    """One foreground click (+ the padding point) per prompt, spread over the 1024 frame."""
-    rng = np.random.default_rng(seed)
-    coords = np.zeros((prompts, 2, 2), np.float32)
-    coords[:, 0] = rng.uniform(64, 960, size=(prompts, 2))
-    labels = np.tile(np.array([C.LABEL_FOREGROUND, C.LABEL_PADDING], np.float32), (prompts, 1))
-    return {
-        C.IMAGE_EMBEDDINGS.name: embedding,
-        C.POINT_COORDS.name: coords,
-        C.POINT_LABELS.name: labels,
-        C.MASK_INPUT.name: np.zeros((prompts, 1, C.LOW_RES_MASK_SIZE, C.LOW_RES_MASK_SIZE), np.float32),
-        C.HAS_MASK_INPUT.name: np.zeros(prompts, np.float32),
-    }
+# helpers (the shared ones are in tests/support/)
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -84,86 +39,6 @@ def value_types(model: onnx.ModelProto) -> dict[str, int]:
     types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
     types.update({t.name: t.data_type for t in g.initializer})
     return types
-
-
-def _islands(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes of a converted graph that compute in FP32 (float inputs, no FP16 input)."""
-    from samexport.precision.fp16 import _TYPE_AGNOSTIC
-
-    float32, half = TensorProto.FLOAT, TensorProto.FLOAT16
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*model.graph.input, *model.graph.value_info)}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
-    return [
-        n for n in model.graph.node
-        if n.op_type != "Cast" and n.op_type not in _TYPE_AGNOSTIC and any(types.get(x) == float32 for x in n.input)
-        and not any(types.get(x) == half for x in n.input)
-    ]
-
-
-def fp32_compute_ops(model: onnx.ModelProto) -> Counter:
-    return Counter(n.op_type for n in _islands(model))
-
-
-def assert_fp16_structure(model: onnx.ModelProto, fp32: onnx.ModelProto) -> None:
-    """Boundaries fp32, weights fp16, islands exactly the overflow-prone ops."""
-    types = value_types(model)
-    for tensor in (*model.graph.input, *model.graph.output):
-        assert tensor.type.tensor_type.elem_type == TensorProto.FLOAT, tensor.name
-    assert [i.name for i in model.graph.input] == [i.name for i in fp32.graph.input]
-    assert [o.name for o in model.graph.output] == [o.name for o in fp32.graph.output]
-    islands = fp32_compute_ops(model)
-    original = Counter(n.op_type for n in fp32.graph.node)
-    for op in ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt"):
-        assert islands[op] == original[op], (op, islands[op], original[op])
-    # The decomposed LayerNorm2d (neck, mask upscaling): Sub .. Div in FP32 as well, plus in the
-    # decoder the prompt encoder's coordinate normalisation in front of Sin/Cos.
-    prompt_chain = islands["Sin"]
-    assert islands["Sub"] == islands["Pow"] + prompt_chain and islands["Div"] == islands["Pow"] + prompt_chain
-    heavy = {"MatMul", "Conv", "Gemm", "ConvTranspose", "Einsum", "Erf"}
-    island_nodes = {n.name for n in _islands(model)}  # protobuf wrappers have no stable id()
-    for node in model.graph.node:
-        if node.op_type not in heavy:
-            continue
-        if node.name in island_nodes:  # only the prompt encoder's 2x128 gaussian projection
-            assert node.op_type == "MatMul" and node.input[1].endswith("positional_encoding_gaussian_matrix")
-        else:
-            assert all(types[x] == TensorProto.FLOAT16 for x in node.input if x), node.name
-    big_fp32 = [t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 4096]
-    assert not big_fp32, f"large fp32 weights left: {big_fp32[:5]}"
-
-
-def assert_int8_structure(model: onnx.ModelProto) -> None:
-    """Q/DQ only in front of MatMul/Conv/Gemm, zero points 0, per-channel int8 weights."""
-    inits = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for x in node.input:
-            consumers.setdefault(x, []).append(node)
-    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert dq and q
-    for node in dq:
-        assert {c.op_type for c in consumers[node.output[0]]} <= {"MatMul", "Conv", "Gemm"}, node.name
-    for node in (*q, *dq):
-        zero_point = onnx.numpy_helper.to_array(inits[node.input[2]])
-        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
-    for node in model.graph.node:
-        if node.op_type in ("Softmax", "LayerNormalization", "Transpose", "Reshape", "Add"):
-            assert all(producer[x].op_type != "DequantizeLinear" for x in node.input if x in producer), node.name
-    weights = [n for n in dq if n.input[0] in inits]
-    assert weights
-    for node in weights:
-        weight, scale = inits[node.input[0]], inits[node.input[1]]
-        assert weight.data_type == TensorProto.INT8
-        assert len(scale.dims) == 1 and scale.dims[0] > 1, f"{node.name}: not per-channel"
-        axis = next(a.i for a in node.attribute if a.name == "axis")
-        assert weight.dims[axis] == scale.dims[0]
-    # Attention products (two activations) stay in float by default.
-    for node in model.graph.node:
-        if node.op_type == "MatMul" and producer.get(node.input[1]) is not None:
-            if producer[node.input[1]].op_type != "DequantizeLinear":
-                assert producer[node.input[0]].op_type != "DequantizeLinear", node.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,21 +151,6 @@ def test_fp16_numerics_tiny(tiny_onnx, tiny_fp16, tiny_embedding):
 
 # ---------------------------------------------------------------------------------------------
 # INT8
-
-
-@pytest.fixture(scope="session")
-def calib_dir(tmp_path_factory) -> Path:
-    return write_calibration_folder(tmp_path_factory.mktemp("calib"))
-
-
-@pytest.fixture(scope="session")
-def tiny_int8(tiny_onnx, calib_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(int8 encoder, calibration cache)."""
-    from samexport.precision.int8 import quantize_encoder_int8
-
-    folder = tmp_path_factory.mktemp("int8")
-    cache = folder / "calibration.json"
-    return quantize_encoder_int8(tiny_onnx[0], folder / "encoder.onnx", calib_dir, cache_path=cache), cache
 
 
 def test_int8_structure(tiny_int8):

@@ -1,6 +1,6 @@
 """Full-size vit_b: FP16 and INT8 graphs on ONNX Runtime CPU vs fp32, and TensorRT-RTX builds.
 
-Shares the fp32 export with ``test_vit_b.py`` through conftest's ``vit_b_artifact``. Memory: every
+Shares the fp32 export with ``tests/models/test_vit_b.py`` through conftest's ``vit_b_artifact``. Memory: every
 ONNX Runtime session here runs with the CPU arena off (the FP16 encoder on the CPU provider, which
 computes it in FP32 behind inserted Casts, grows past 18 GiB with the arena on; ~4.4 GiB off).
 """
@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_engines import needs_rtx
-from test_precision import (
+from support import (
     HELD_OUT_PHOTO,
-    assert_fp16_structure,
-    assert_int8_structure,
     cosine,
     decoder_feed,
     mask_iou,
+    needs_rtx,
     sample_photo,
     write_calibration_folder,
 )
+from support.graphs import assert_fp16_structure, assert_int8_structure
 
 from samexport import constants as C
 

@@ -32,7 +32,7 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def photo() -> dict[str, np.ndarray]:
-    from test_precision import HELD_OUT_PHOTO, sample_photo
+    from support import HELD_OUT_PHOTO, sample_photo
 
     return {HELD_OUT_PHOTO: sample_photo(HELD_OUT_PHOTO)}
 
@@ -134,7 +134,7 @@ def built(tmp_path_factory, tiny_checkpoint, request):
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint
 
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     folder = tmp_path_factory.mktemp("openvino-artifacts")
     found: dict[tuple[str, str], tuple] = {}
@@ -186,7 +186,7 @@ def test_parity_against_torch(built, photo, variant, precision, inference):
 
 def test_mask_generator_on_openvino_equals_onnxruntime(tiny_artifact):
     """Both decoder halves on OpenVINO (f32): the same masks as on ONNX Runtime."""
-    from test_amg import assert_same_masks
+    from support.official import assert_same_masks
 
     from samexport.amg import AutomaticMaskGenerator
     from samexport.testing import make_image

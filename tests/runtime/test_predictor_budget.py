@@ -127,7 +127,7 @@ def test_mask_generator_uses_the_same_path(ort_backend):
 
 def _peak(artifact: Path, case: str, *args: str) -> dict:
     """``benchmarks/decode_memory.py``'s measurement in a process of its own (RSS high-water)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     # Ended by its own watchdog 1 GiB past the default budget, not by the OOM killer of a shared machine.
     guard = ["--abort-above-mib", str(DEFAULT_DECODE_BUDGET / 2**20 + 1024)]

@@ -4,10 +4,8 @@ answers 503 with Retry-After, and shutting down finishes the queued work."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +15,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
 from PIL import Image  # noqa: E402
+from support import serving
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
 from samexport.runtime.backends import open_backend  # noqa: E402
@@ -38,24 +37,6 @@ class CountingBackend:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` under uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 @pytest.fixture(scope="module")

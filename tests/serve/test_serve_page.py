@@ -25,7 +25,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from test_serve_load import serving  # noqa: E402
+from support import serving
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
 from samexport.serve.app import create_app  # noqa: E402
