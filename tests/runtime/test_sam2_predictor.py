@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import SAM2_OFFICIAL_MISSING
 
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.testing import make_image
 from samexport.variants import get_sam2_variant
 
-SAM2_OFFICIAL_MISSING = (
-    "the official SAM 2.1 package is not installed: "
-    "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 (see .ci/run)"
-)
 SHAPES = [(600, 900), (1100, 700), (480, 480)]
 
 
