@@ -74,3 +74,7 @@ def test_sam2_artifact_opens_only_through_its_contract(sam2_tiny_artifact):
         samexport.SamPredictor(sam2_tiny_artifact)
     with pytest.raises(SamExportError, match="no TensorRT engines yet"):
         open_backend(sam2_tiny_artifact, "tensorrt")
+    from samexport.parity.engines import build_verified_engines
+
+    with pytest.raises(SamExportError, match="builds no TensorRT engines for SAM 2.1 yet"):
+        build_verified_engines(sam2_tiny_artifact, builder="tensorrt-rtx")
