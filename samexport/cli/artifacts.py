@@ -36,12 +36,13 @@ def build(
         Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
     ] = None,
     int8_for: Annotated[
-        Optional[Literal["tensorrt", "onnxruntime"]],
+        Optional[Literal["tensorrt", "onnxruntime", "openvino"]],
         typer.Option(
             "--int8-for",
             help="Which runtime the INT8 Q/DQ placement is tuned for: tensorrt (Q/DQ on MatMul/Conv "
-            "inputs only; TensorRT fuses them) or onnxruntime (outputs quantized too, so ONNX Runtime's "
-            "CPU provider uses integer kernels). Default: tensorrt.",
+            "inputs only; TensorRT fuses them), onnxruntime (outputs quantized too, so ONNX Runtime's "
+            "CPU provider uses integer kernels; 7-bit weights) or openvino (inputs only, 8-bit weights, "
+            "FP32 graph: CPUs with VNNI or AMX). Default: tensorrt.",
         ),
     ] = None,
     engines: Annotated[
