@@ -19,6 +19,7 @@ from samexport import constants as C
 from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError, require
 from samexport.runtime.openvino_backend import OpenVINOBackend
+from samexport.runtime.split_backend import SplitBackend
 from samexport.runtime.tensorrt_backend import TensorRTBackend, why_engines_cannot_run
 from samexport.utils import sha256_file
 
@@ -141,14 +142,16 @@ class OnnxRuntimeBackend:
     (:class:`DecoderHalves`) when given their graphs."""
 
     def __init__(
-        self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = "auto",
+        self, encoder_path: Path | str | None, decoder_path: Path | str, *, device: str = "auto",
         threads: int | None = None, memory_arena: bool = True,
         decoder_halves: tuple[Path | str, Path | str] | None = None, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``memory_arena=False`` for FP16 graphs on CPU: ONNX Runtime runs them in fp32 behind
         inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without).
         ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use.
-        ``contract``: what the graphs take and give (the manifest's ``contract``)."""
+        ``encoder_path=None``: the decoder only (:class:`~samexport.runtime.split_backend.SplitBackend`
+        runs the encoder elsewhere); ``encode`` then raises. ``contract``: what the graphs take and
+        give (the manifest's ``contract``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -159,10 +162,10 @@ class OnnxRuntimeBackend:
         providers = onnxruntime_providers(device)
         halves = tuple(decoder_halves or ())
         for path in (encoder_path, decoder_path, *halves):
-            if not Path(path).is_file():
+            if path is not None and not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
         self.contract = contract
-        self.encoder = _open_session(ort, encoder_path, options, providers=providers)
+        self.encoder = None if encoder_path is None else _open_session(ort, encoder_path, options, providers=providers)
         self.decoder = self._open_decoder(ort, decoder_path, options, providers)
         self._halves_paths, self._halves_lock = halves, threading.Lock()
         self._halves = None
@@ -172,7 +175,7 @@ class OnnxRuntimeBackend:
         # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
         mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
         self.shares_mask_input = mask_axis == C.NUM_MASKS
-        active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
+        active = self.decoder.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.name = f"onnxruntime-{active}"
 
     @staticmethod
@@ -183,6 +186,8 @@ class OnnxRuntimeBackend:
         )
 
     def encode(self, image: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise SamExportError("this backend was opened without the encoder (encoder_path=None)")
         return self.encoder.run([C.IMAGE_EMBEDDINGS.name], {C.IMAGE.name: image})[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
@@ -277,34 +282,6 @@ class TorchBackend:
         return self.decode(*features, *prompts)
 
 
-class Sam2TorchBackend:
-    """SAM 2.1's PyTorch reference (:class:`GraphRunner`): the graph modules that are exported
-    (``samexport.export.sam2_onnx``), run eagerly on CPU."""
-
-    name = "torch"
-    contract = C.SAM2_GRAPHS
-
-    def __init__(self, model) -> None:
-        """``model``: a :class:`samexport.models.sam2.Sam2Image` (``load_sam2``)."""
-        from samexport.export.sam2_onnx import Sam2DecoderGraph, Sam2EncoderGraph
-
-        self._torch = require("torch", "torch")
-        self.encoder = Sam2EncoderGraph(model).eval()
-        self.decoder = Sam2DecoderGraph(model).eval()
-
-    def _call(self, function, *arrays) -> tuple[np.ndarray, ...]:
-        torch = self._torch
-        with torch.no_grad():
-            outputs = function(*(torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays))  # a copy: inputs may be read-only views
-        return tuple(o.numpy() for o in outputs)
-
-    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self._call(self.encoder, image)
-
-    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self._call(self.decoder, *features, *prompts)
-
-
 _BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -314,7 +291,7 @@ def backend_lock(backend: object) -> threading.Lock | None:
     several threads at once (ONNX Runtime sessions and eager torch modules may; a TensorRT
     execution context, with its fixed device buffers, may not; unknown backends get a lock).
     One lock per backend object, shared by every predictor that uses it."""
-    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend, Sam2TorchBackend)) or getattr(backend, "thread_safe", False):
+    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend)) or getattr(backend, "thread_safe", False):
         return None
     with _LOCKS_GUARD:
         try:
@@ -326,12 +303,62 @@ def backend_lock(backend: object) -> threading.Lock | None:
     return lock
 
 
+def cpu_auto_uses_openvino() -> bool:
+    """Whether ``auto`` (with no usable TensorRT engines) splits the graphs between OpenVINO and
+    ONNX Runtime here: OpenVINO is installed and ONNX Runtime has no CUDA provider (on a GPU
+    machine ONNX Runtime's CUDA provider runs both graphs, as before)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    return "CUDAExecutionProvider" not in onnxruntime_providers("auto")
+
+
+def describe_auto(folder: Path | str, manifest=None) -> str:
+    """What ``backend="auto"`` opens for this artifact on this machine, said without opening it
+    (``samexport info``): ``tensorrt``, ``onnxruntime-cuda``, ``onnxruntime-cpu``, or
+    ``openvino-cpu-f32+onnxruntime-cpu`` (encoder + decoder, :func:`_cpu_auto`)."""
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    if manifest.engines and why_engines_cannot_run(manifest) is None:
+        return "tensorrt"
+    if not manifest.runtime.onnxruntime_encoder:
+        return "none (the encoder runs only on TensorRT)"
+    if cpu_auto_uses_openvino():
+        return "openvino-cpu-f32+onnxruntime-cpu"
+    return "onnxruntime-cuda" if "CUDAExecutionProvider" in onnxruntime_providers("auto") else "onnxruntime-cpu"
+
+
+def _cpu_auto(folder: Path, manifest, *, threads: int | None) -> Backend:
+    """``auto`` on a CPU with OpenVINO: the encoder on OpenVINO in f32 (the graph's precision,
+    never bf16 unasked), the decoder and its halves on ONNX Runtime: per graph, the runtime that
+    was faster at f32 here (docs/openvino.md, "What auto does"). A graph OpenVINO cannot compile
+    leaves everything on ONNX Runtime, logged."""
+    halves = manifest.decoder_halves()
+    try:
+        encoder = OpenVINOBackend(
+            folder / C.ENCODER_ONNX, None, threads=threads, precision="f32", files=manifest.files,
+        )
+    except SamExportError as exc:
+        logging.getLogger(__name__).info("auto: ONNX Runtime for both graphs (OpenVINO: %s)", exc)
+        encoder = None
+    decoder = OnnxRuntimeBackend(
+        None if encoder else folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", threads=threads,
+        memory_arena=manifest.runtime.onnxruntime_memory_arena,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None,
+    )
+    if encoder is None:
+        return decoder
+    return SplitBackend(encoder, decoder, encoder_lock=backend_lock(encoder), decoder_lock=backend_lock(decoder))
+
+
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
     """The backend for an artifact directory.
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present). ``openvino`` takes options after a
+    builds), else ONNX Runtime's CUDA provider when present, else, with OpenVINO installed, the
+    encoder on OpenVINO (f32) and the decoder on ONNX Runtime (:func:`cpu_auto_uses_openvino`,
+    a :class:`~samexport.runtime.split_backend.SplitBackend`), else ONNX Runtime. ``openvino`` takes options after a
     colon: ``openvino:device=GPU,precision=bf16`` (:mod:`samexport.runtime.openvino_backend`).
     ``threads`` sets ONNX Runtime's intra-op threads and OpenVINO's CPU threads (None: their
     default); TensorRT ignores it.
@@ -381,6 +408,8 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             decoder_halves=tuple(folder / name for name in halves) if halves else None,
             shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files, contract=contract,
         )
+    if backend == C.AUTO_BACKEND and contract is C.SAM_GRAPHS and cpu_auto_uses_openvino():
+        return _cpu_auto(folder, manifest, threads=threads)
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,

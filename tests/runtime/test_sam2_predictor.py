@@ -80,7 +80,7 @@ def ours(request, sam2_tiny_checkpoint):
     if request.param.startswith("openvino"):
         pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
     if request.param == "torch":
-        from samexport.runtime.backends import Sam2TorchBackend
+        from samexport.runtime.sam2_torch import Sam2TorchBackend
         from samexport.sam2_checkpoint import load_sam2
 
         return SAM2ImagePredictor(Sam2TorchBackend(load_sam2(sam2_tiny_checkpoint)))
@@ -136,7 +136,8 @@ def test_predict_batch_equals_official(official, ours):
 def test_refusals_are_clear(sam2_tiny_checkpoint):
     """What the predictor does not do is refused with the reason, before anything runs."""
     from samexport import SAM2ImagePredictor, SamPredictor
-    from samexport.runtime.backends import Sam2TorchBackend, TorchBackend
+    from samexport.runtime.backends import TorchBackend
+    from samexport.runtime.sam2_torch import Sam2TorchBackend
 
     with pytest.raises(SamExportError, match="max_hole_area / max_sprinkle_area .* not implemented"):
         SAM2ImagePredictor(object(), max_hole_area=10)
