@@ -193,8 +193,10 @@ BACKENDS: dict[str, BackendInfo] = {
                     options=(("device", ()), ("precision", INFERENCE_PRECISIONS))),
     )
 }
-AUTO_BACKEND = "auto"  # not a backend: the TensorRT engines when usable here, else ONNX Runtime
-AUTO_BACKEND_HELP = "TensorRT engines if usable, else ONNX Runtime"
+# Not a backend: the TensorRT engines when usable here, else ONNX Runtime (CUDA), else on a CPU
+# with OpenVINO installed the encoder on OpenVINO f32 and the decoder on ONNX Runtime.
+AUTO_BACKEND = "auto"
+AUTO_BACKEND_HELP = "TensorRT engines if usable, else ONNX Runtime; on a CPU with OpenVINO, its encoder"
 # What SamPredictor, open_backend, the dataset jobs and --backend of predict / segment-all take.
 ARTIFACT_BACKENDS: tuple[str, ...] = (AUTO_BACKEND, *(b.name for b in BACKENDS.values() if b.opens_artifact))
 # What bench times: every backend that names its device ("onnxruntime" would time one of the two).

@@ -203,9 +203,9 @@ def build(
         precision: numeric format of the graphs the engines are built from.
         calib_dir: folder of calibration images, required for ``int8``.
         int8_target: the runtime the ``int8`` Q/DQ placement is tuned for: ``tensorrt`` (Q/DQ on
-            MatMul/Conv inputs only; TensorRT fuses them) or ``onnxruntime`` (outputs quantized
-            too, so ONNX Runtime's CPU provider runs integer kernels); see
-            ``samexport.precision.int8.RECIPES``.
+            MatMul/Conv inputs only; TensorRT fuses them), ``onnxruntime`` (outputs quantized
+            too, so ONNX Runtime's CPU provider runs integer kernels) or ``openvino`` (inputs
+            only, 8-bit weights, FP32 graph); see ``samexport.precision.int8.RECIPES``.
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
