@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import full_size_enabled
 
 from samexport.testing import official_sam, save_random_checkpoint
 
@@ -56,8 +55,6 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vit_b_checkpoint(tmp_path_factory) -> Path:
     """Full-size vit_b with seeded random weights, saved like ``sam_vit_b_01ec64.pth`` (~360 MB)."""
-    if not full_size_enabled():
-        pytest.skip("SAMEXPORT_SKIP_SLOW=1: full-size vit_b tests skipped")
     return save_random_checkpoint("vit_b", tmp_path_factory.mktemp("vit_b") / "sam_vit_b_random.pth")
 
 
