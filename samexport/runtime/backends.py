@@ -50,6 +50,22 @@ class Backend(Protocol):
         (low_res_masks Bx4x256x256, iou_predictions Bx4), float32 (the official order)."""
 
 
+class GraphRunner(Protocol):
+    """The backend seam every model family uses: the two graphs run by their
+    :class:`~samexport.constants.GraphContract` (``contract``), the per-image features kept by
+    the predictor and fed back to the decoder in order. ``Backend.encode`` / ``decode`` are SAM's
+    special case (one feature, two outputs)."""
+
+    name: str
+    contract: C.GraphContract
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        """image 1x3x1024x1024 float32 -> ``contract.encoder_outputs``, float32, in order."""
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``run_encoder``'s features and ``contract.prompt_inputs`` -> ``contract.decoder_outputs``."""
+
+
 class DecoderHalves(Protocol):
     """Optional backend methods: the decoder in two calls, cut after the two-way transformer
     (``constants.DECODER_SCORES_ONNX`` / ``DECODER_MASKS_ONNX``), so masks are computed only for
@@ -128,13 +144,14 @@ class OnnxRuntimeBackend:
     def __init__(
         self, encoder_path: Path | str | None, decoder_path: Path | str, *, device: str = "auto",
         threads: int | None = None, memory_arena: bool = True,
-        decoder_halves: tuple[Path | str, Path | str] | None = None,
+        decoder_halves: tuple[Path | str, Path | str] | None = None, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``memory_arena=False`` for FP16 graphs on CPU: ONNX Runtime runs them in fp32 behind
         inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without).
         ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use.
         ``encoder_path=None``: the decoder only (:class:`~samexport.runtime.split_backend.SplitBackend`
-        runs the encoder elsewhere); ``encode`` then raises."""
+        runs the encoder elsewhere); ``encode`` then raises. ``contract``: what the graphs take and
+        give (the manifest's ``contract``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -147,6 +164,7 @@ class OnnxRuntimeBackend:
         for path in (encoder_path, decoder_path, *halves):
             if path is not None and not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
+        self.contract = contract
         self.encoder = None if encoder_path is None else _open_session(ort, encoder_path, options, providers=providers)
         self.decoder = self._open_decoder(ort, decoder_path, options, providers)
         self._halves_paths, self._halves_lock = halves, threading.Lock()
@@ -176,6 +194,13 @@ class OnnxRuntimeBackend:
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs, self._run_options)
         return masks, iou
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(_run(self.encoder, self.contract.encoder_inputs, self.contract.encoder_outputs, (image,)))
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        contract = self.contract
+        return tuple(_run(self.decoder, contract.decoder_inputs, contract.decoder_outputs, (*features, *prompts), self._run_options))
 
     def _decoder_halves(self):
         if not self.has_decoder_halves:
@@ -222,6 +247,7 @@ class TorchBackend:
     name = "torch"
     shares_mask_input = True
     has_decoder_halves = True
+    contract = C.SAM_GRAPHS
 
     def __init__(self, sam: Sam) -> None:
         from samexport.export.wrappers import DecoderGraph, EncoderGraph
@@ -248,6 +274,12 @@ class TorchBackend:
 
     def decode_masks(self, mask_tokens, image_tokens):
         return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (self.encode(image),)
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.decode(*features, *prompts)
 
 
 _BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -352,7 +384,13 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             backend = "tensorrt"
         else:
             logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
+    contract = manifest.contract
     if backend == "tensorrt":
+        if contract is not C.SAM_GRAPHS:
+            raise SamExportError(
+                f"{folder} holds {manifest.variant}, for which samexport builds no TensorRT engines yet; "
+                "use backend='onnxruntime' or 'openvino'"
+            )
         return TensorRTBackend(folder, manifest)
     if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(
@@ -368,13 +406,13 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),
             precision=options.get("precision", C.OPENVINO_DEFAULT_PRECISION),
             decoder_halves=tuple(folder / name for name in halves) if halves else None,
-            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files,
+            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files, contract=contract,
         )
-    if backend == C.AUTO_BACKEND and cpu_auto_uses_openvino():
+    if backend == C.AUTO_BACKEND and contract is C.SAM_GRAPHS and cpu_auto_uses_openvino():
         return _cpu_auto(folder, manifest, threads=threads)
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
-        decoder_halves=tuple(folder / name for name in halves) if halves else None,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None, contract=contract,
     )
