@@ -114,6 +114,7 @@ def test_a_symlink_and_a_folder_under_a_file_are_refused(tmp_path):
     check_output_destination(tmp_path / "new" / "deeper")
 
 
+@pytest.mark.slow
 def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders(artifact, tiny_checkpoint, monkeypatch):
     stale = artifact.parent / f".{artifact.name}.partial-killed"  # a build killed by SIGKILL
     stale.mkdir()
