@@ -90,6 +90,28 @@ def ours(request, sam2_tiny_checkpoint):
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_predict_equals_official(official, ours, shape):
+    _check_predict(official, ours, shape)
+
+
+@pytest.mark.slow
+def test_small_predict_equals_official(tmp_path):
+    """sam2.1_hiera_small: its artifact on ONNX Runtime CPU against the official predictor."""
+    pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
+
+    from samexport import SAM2ImagePredictor
+    from samexport.pipeline import build
+    from samexport.testing import save_random_checkpoint
+
+    name = "sam2.1_hiera_small"
+    checkpoint = save_random_checkpoint(name, tmp_path / f"{name}.pt")
+    artifact = build(name, checkpoint=checkpoint, output=tmp_path / "small", parity=False, references=False).artifact_dir
+    official = Official(build_sam2(get_sam2_variant(name).official_config, str(checkpoint), device="cpu"))
+    _check_predict(official, SAM2ImagePredictor(artifact, backend="onnxruntime-cpu"), SHAPES[1])
+
+
+def _check_predict(official, ours, shape) -> None:
     height, width = shape
     image = make_image(height, width, seed=5)
     official.set_image(image)
