@@ -15,10 +15,9 @@ import pytest
 from test_engines import needs_rtx
 
 from samexport import constants as C
-from samexport.artifacts import (
-    DIGEST_KEY, STAGING_MARKER, check_output_destination, read_manifest, staged_directory, verify_artifact,
-)
+from samexport.artifacts import DIGEST_KEY, read_manifest, verify_artifact
 from samexport.pipeline import build
+from samexport.staging import STAGING_MARKER, check_output_destination, staged_directory
 from samexport.utils import sha256_file
 from samexport.errors import SamExportError
 
