@@ -36,8 +36,9 @@ PLAN_FILES = ("encoder.plan", "decoder.plan")
 # named by content so that replacing them never overwrites the file the current manifest names.
 REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
-# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<pid>)
-_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9]+)?")
+# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<8 hex>, or
+# .NAME.partial-<pid> from samexport before staging.atomic_file wrote it)
+_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9a-f]+)?")
 # write_manifest's temporary file (samexport.staging.temporary_name)
 _PARTIAL_MANIFEST = re.compile(rf"\.{re.escape(C.MANIFEST)}\.[0-9a-f]{{32}}\.partial")
 
