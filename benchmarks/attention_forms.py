@@ -22,7 +22,7 @@ with the decomposed relative-position projections computed inside the graph:
   floor of what that kernel does for this shape, for comparison.
 
 Every form is checked against the torch model's formulation (what ``Attention.forward`` computes
-with ``core = None``; ``tests/test_attention_forms.py`` checks the two agree); ``max_abs_error``
+with ``core = None``; ``tests/benchmarks/test_attention_forms.py`` checks the two agree); ``max_abs_error``
 is recorded. The forms run round robin, ``--rounds`` times, so that a noisy
 machine slows each alike; reported: median ms, median of the per-round ratios to ``plain``, and
 GFLOP/s against the peak matmul rate measured in the same process (``bench.flops``). Writes

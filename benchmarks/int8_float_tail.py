@@ -5,7 +5,7 @@
 
 Builds (or reuses) the fp32 artifact of ``--variant`` from seeded random weights (as
 ``fp16_islands.py``), calibrates the ``--target`` recipe's ranges once on scikit-image's
-``coffee`` and ``chelsea`` (the calibration photos of ``tests/test_mobile_sam.py``), then
+``coffee`` and ``chelsea`` (the calibration photos of ``tests/models/test_mobile_sam.py``), then
 quantizes the encoder with every node the recipe quantizes, with each run of ``--group``
 consecutive nodes left in float, and with the last ``--tails`` nodes left in float
 (``Int8Recipe.float_tail``). Each encoder runs with the fp32 decoder through

@@ -6,10 +6,10 @@ The weights come from ``samexport.testing`` (seeded random weights saved exactly
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from support import full_size_enabled
 
 from samexport.testing import official_sam, save_random_checkpoint
 
@@ -35,11 +35,6 @@ def tiny_onnx(tiny_sam, tmp_path_factory) -> tuple[Path, Path]:
 
     folder = tmp_path_factory.mktemp("onnx")
     return export_encoder(tiny_sam, folder / "encoder.onnx"), export_decoder(tiny_sam, folder / "decoder.onnx")
-
-
-def full_size_enabled() -> bool:
-    """Full vit_b tests take tens of seconds each; ``SAMEXPORT_SKIP_SLOW=1`` skips them."""
-    return os.environ.get("SAMEXPORT_SKIP_SLOW", "0") != "1"
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from test_compat_notebooks import EagerSession
+from support.official import EagerSession
 
 from samexport.testing import make_image, mask_iou
 import samexport

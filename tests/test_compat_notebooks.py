@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from test_amg import SyntheticBackend, assert_same_masks, synthetic_official
-from test_compat import _assert_outputs_match
+from support.official import (
+    assert_outputs_match,
+    assert_same_masks,
+    EagerSession,
+    synthetic_official,
+    SyntheticBackend,
+)
 
 import samexport
 from samexport.testing import make_image, mask_iou
@@ -97,7 +102,7 @@ def test_predictor_notebook(both, truck):
     for step in mine:
         pairs = zip(mine[step], official[step]) if step == "sam()" else [(mine[step], official[step])]
         for a, b in pairs:
-            _assert_outputs_match(a, b)
+            assert_outputs_match(a, b)
 
 
 def generator_notebook(package, sam, image, grid: int) -> tuple[list[dict], list[dict]]:
@@ -115,7 +120,7 @@ def generator_notebook(package, sam, image, grid: int) -> tuple[list[dict], list
 def test_generator_notebook(model, both, monkeypatch):
     """On the random weights (which pass the notebook's filters rarely) and on the colour-keyed
     synthetic SAM of test_amg (which gives tens of masks), construction spelled the official way."""
-    from test_amg import cv2_stand_in
+    from support.official import cv2_stand_in
 
     monkeypatch.setitem(__import__("sys").modules, "cv2", cv2_stand_in())  # official min_mask_region_area
     image = make_image(240, 360, seed=3)
@@ -181,21 +186,6 @@ def test_amg_script(output_mode, both):
             [float(v) for v in a["row"][2:6]], [float(v) for v in b["row"][2:6]], atol=2
         )
         np.testing.assert_allclose([float(v) for v in a["row"][8:10]], [float(v) for v in b["row"][8:10]], atol=2e-2)
-
-
-class EagerSession:
-    """The official ``SamOnnxModel`` run eagerly behind ``InferenceSession.run`` (its exported
-    graph bakes in the crop size of the example it was traced with, so eager is the reference)."""
-
-    def __init__(self, sam, **options) -> None:
-        from segment_anything.utils.onnx import SamOnnxModel
-
-        self.model = SamOnnxModel(sam, **options)
-
-    def run(self, _names, feed):
-        order = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
-        with torch.no_grad():
-            return [t.numpy() for t in self.model(*(torch.from_numpy(feed[k]) for k in order))]
 
 
 def onnx_notebook(package, sam, session, image) -> list:

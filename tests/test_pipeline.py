@@ -87,7 +87,7 @@ def test_parity_is_recorded(tiny_artifact):
 def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_path):
     """fp16 and int8 (both recipes) artifacts build end to end, pass their parity tolerances and run."""
     from skimage import data
-    from test_precision import write_calibration_folder
+    from support import write_calibration_folder
 
     from samexport.runtime.predictor import SamPredictor
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engines import needs_rtx
+from support import needs_rtx
 
 from samexport import constants as C
 from samexport.artifacts import DIGEST_KEY, read_manifest, verify_artifact

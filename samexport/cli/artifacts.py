@@ -194,7 +194,7 @@ def export_official_decoder(
     artifact's decoder.onnx."""
     # Imported here, not at the top: samexport.export is the workstation's export code (torch),
     # and the device-side commands of this module (`engines`, `verify` beside it) must run
-    # without loading it (tests/test_verify.py checks sys.modules).
+    # without loading it (tests/parity/test_verify.py checks sys.modules).
     from samexport.export.official_onnx import export_official_decoder as export
 
     path = export(artifact_dir, output, return_single_mask=return_single_mask,

@@ -3,7 +3,7 @@
 A plan is tied to its GPU and its TensorRT release, so Jetson and robotics users export on a
 workstation and build the plans on the device: ``samexport engines ARTIFACT_DIR``. That step needs
 the base install plus the ``tensorrt`` extra (TensorRT and Polygraphy) and nothing else: this module
-and everything it imports work without torch or onnxscript (``tests/test_engines_command.py`` runs
+and everything it imports work without torch or onnxscript (``tests/engines/test_engines_command.py`` runs
 it in a virtual environment that has neither). ``samexport build`` calls the same
 :func:`build_plans`.
 

@@ -5,7 +5,7 @@ One table, :data:`API`, so that code calling an attribute a supported release la
 features, :data:`FEATURES`, for ``samexport doctor`` and the version gates. samexport supports
 TensorRT 10.3 (JetPack 6) to 11.x; ``None`` means every supported release has it.
 
-``tests/test_tensorrt_api_surface.py`` checks the table against the exported names of NVIDIA's
+``tests/engines/test_trt_api.py`` checks the table against the exported names of NVIDIA's
 ``tensorrt-cu12-bindings`` wheels of 10.3.0, 10.16.1.11 and 11.4.0.106 (every entry present from its
 first release on, and absent from 10.3 when its first release is later), and scans the TensorRT
 code for ``trt.<Name>`` / ``trt.<Enum>.<MEMBER>`` uses missing from the table.

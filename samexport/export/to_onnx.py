@@ -181,7 +181,7 @@ def _untie_mask_axis(path: Path) -> Path:
     renamed afterwards; ONNX broadcasting is NumPy's, decided at run time, and every op between
     the mask inputs and the first two-way block's image-to-token update broadcasts
     (``DecoderGraph``). The traced intermediate shapes (``value_info``) name B where M may now
-    stand, so they are inferred again. ``tests/test_decoder_fast.py`` checks M = 1 against M = B.
+    stand, so they are inferred again. ``tests/export/test_wrappers.py`` checks M = 1 against M = B.
     """
     model = onnx.load(str(path))
     untied = {C.MASK_INPUT.name, C.HAS_MASK_INPUT.name}

@@ -51,7 +51,7 @@ class DecoderGraph(nn.Module):
       broadcasts over the prompts instead of being repeated per prompt.
 
     Agrees with ``sam.prompt_encoder`` + ``sam.mask_decoder`` to ~1e-6 on logits (float rounding);
-    ``tests/test_decoder_fast.py`` checks.
+    ``tests/export/test_wrappers.py`` checks.
     """
 
     def __init__(self, sam: Sam) -> None:

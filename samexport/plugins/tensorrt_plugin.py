@@ -28,7 +28,7 @@ kernel; this kernel uses no scratch memory, so they are removed from the PTX ent
 (:func:`samexport.plugins.attention_kernel.compile_kernel` checks they are unused).
 
 What ``tensorrt.plugin`` (10.9 to 11.x) requires of the registered functions, checked against
-NVIDIA's code in ``tests/test_tensorrt_plugin_contract.py``:
+NVIDIA's code in ``tests/plugins/test_tensorrt_plugin.py``:
 
 - ``aot_impl`` must carry a return annotation, a 4-tuple of (str | bytes, str | bytes,
   ``KernelLaunchParams``, a ``SymExprs`` subclass): ``_validate._validate_aot_impl`` raises
@@ -43,7 +43,7 @@ NVIDIA's code in ``tests/test_tensorrt_plugin_contract.py``:
   and ``tactic``.
 
 Not yet run on a GPU: the registration and AOT path follow NVIDIA's documented API and sample
-(``samples/python/quickly_deployable_plugins``); ``tests/test_attention_modes.py`` has the GPU
+(``samples/python/quickly_deployable_plugins``); ``tests/export/test_attention.py`` has the GPU
 checks, skipped without TensorRT and a GPU. Three assumptions only a GPU run can confirm: that
 TensorRT accepts an empty list of extra scalar kernel arguments (``SymIntExprs(0)``), that the
 batch-x-heads shape expression is accepted as the launch grid's y dimension, and that the

@@ -334,7 +334,7 @@ def quantizer_arguments(model: onnx.ModelProto, ranges: dict[str, float], recipe
 
     By keyword: onnxruntime 1.17 still took ``mode, static`` after ``reduce_range``, 1.18 removed
     them, so positional arguments would shift between versions; pyproject.toml requires >= 1.18
-    (``tests/test_precision.py`` binds these names to the installed signature).
+    (``tests/precision/test_precision.py`` binds these names to the installed signature).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData

@@ -48,7 +48,7 @@ __all__ = [
 # 1031 MiB for 24, 1962 MiB for 43, outputs excluded: ~39 MiB per prompt (the upscaled 256x256x32
 # features and their neighbours) over ~100 MiB, and ONNX Runtime's arena grows in steps, so the
 # larger chunks cost up to ~44 MiB per prompt. A call gets (budget - fixed) // per-prompt prompts,
-# rounded so that a budget is an upper bound on what the decoder calls add (tests/test_predictor_budget.py).
+# rounded so that a budget is an upper bound on what the decoder calls add (tests/runtime/test_predictor_budget.py).
 DECODER_BYTES_PER_PROMPT = 44 << 20
 DECODER_FIXED_BYTES = 256 << 20
 DEFAULT_DECODE_BUDGET = 2 << 30  # 2 GiB: 40 prompts per decoder call at most

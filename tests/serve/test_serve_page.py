@@ -1,0 +1,129 @@
+"""The click-to-segment page in a real browser: Debian's headless ``chromium`` driven by Selenium
+through ``chromium-driver``, against ``samexport serve`` on 127.0.0.1. The page uploads an image,
+takes clicks and a drag, and the overlay it draws must be, pixel for pixel, the mask the API
+returns for the same prompt.
+
+CI installs the browser with ``apt-get install -y chromium chromium-driver``."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+pytest.importorskip("selenium", reason="selenium is not installed (test extra)")
+httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
+BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (BROWSER and DRIVER), reason="no chromium/chromedriver: apt-get install -y chromium chromium-driver"
+)
+
+from PIL import Image  # noqa: E402
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from support import serving
+
+from samexport.amg.ops import rle_to_mask  # noqa: E402
+from samexport.serve.app import create_app  # noqa: E402
+from samexport.serve.service import ServeConfig  # noqa: E402
+
+READ_OVERLAY = """
+const canvas = document.getElementById('mask');
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+const alpha = [];
+for (let i = 3; i < data.length; i += 4) alpha.push(data[i]);
+return [canvas.height, canvas.width, alpha];
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def overlay(driver) -> np.ndarray:
+    height, width, alpha = driver.execute_script(READ_OVERLAY)
+    return np.asarray(alpha, np.uint8).reshape(height, width) > 0
+
+
+def wait_state(driver, state: str) -> None:
+    status = driver.find_element(By.ID, "status")
+    WebDriverWait(driver, 120, poll_frequency=0.05).until(lambda _d: status.get_attribute("data-state") in (state, "error"))
+    assert status.get_attribute("data-state") == state, status.text
+
+
+def screen_offset(driver, x: float, y: float) -> tuple[int, int]:
+    """Offset from the prompt canvas's centre (Selenium's origin) of image pixel (x, y)."""
+    rect = driver.execute_script("return document.getElementById('prompts').getBoundingClientRect().toJSON()")
+    width, height = driver.execute_script("const c = document.getElementById('prompts'); return [c.width, c.height]")
+    scale = rect["width"] / width
+    return round((x + 0.5) * scale - rect["width"] / 2), round((y + 0.5) * scale - rect["height"] / 2)
+
+
+def api_masks(client, page: dict) -> list[np.ndarray]:
+    prompt = {"image_id": page["imageId"], "multimask": True}
+    if page["points"]:
+        prompt.update(points=page["points"], labels=page["labels"])
+    if page["box"]:
+        prompt["box"] = page["box"]
+    answer = client.post("/v1/masks", json=prompt)
+    assert answer.status_code == 200, answer.text
+    return [rle_to_mask(m["rle"]) for m in answer.json()["masks"]], answer.json()["scores"]
+
+
+def test_page_draws_the_apis_mask(tiny_artifact, browser, tmp_path):
+    pixels = (np.random.default_rng(5).random((90, 120, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    with serving(create_app(tiny_artifact, ServeConfig(batch_window_ms=0))) as base, \
+            httpx.Client(base_url=base, timeout=120) as client:
+        browser.get(f"{base}/")
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        wait_state(browser, "ready")
+        canvas = browser.find_element(By.ID, "prompts")
+        state = "return {imageId: samexportPage.imageId, points: samexportPage.points, labels: samexportPage.labels, box: samexportPage.box, chosen: samexportPage.chosen}"
+
+        # a left click: one foreground point, where we clicked
+        ActionChains(browser).move_to_element_with_offset(canvas, *screen_offset(browser, 30, 40)).click().perform()
+        wait_state(browser, "done")
+        page = browser.execute_script(state)
+        assert page["labels"] == [1] and np.allclose(page["points"][0], [30.5, 40.5], atol=0.6)
+        masks, scores = api_masks(client, page)
+        assert page["chosen"] == int(np.argmax(scores))
+        assert all(0 < m.mean() < 1 for m in masks), "an empty or full mask would make the comparison weak"
+        np.testing.assert_array_equal(overlay(browser), masks[page["chosen"]])
+
+        # a right click adds a background point
+        ActionChains(browser).move_to_element_with_offset(canvas, *screen_offset(browser, 90, 20)).context_click().perform()
+        wait_state(browser, "done")
+        page = browser.execute_script(state)
+        assert page["labels"] == [1, 0]
+        masks, scores = api_masks(client, page)
+        np.testing.assert_array_equal(overlay(browser), masks[page["chosen"]])
+
+        # picking another of the three masks redraws it
+        other = (page["chosen"] + 1) % 3
+        browser.find_elements(By.CSS_SELECTOR, "#masks button")[other].click()
+        np.testing.assert_array_equal(overlay(browser), masks[other])
+
+        # a drag draws a box, added to the points
+        start, end = screen_offset(browser, 10, 10), screen_offset(browser, 70, 60)
+        (ActionChains(browser).move_to_element_with_offset(canvas, *start).click_and_hold()
+         .move_by_offset(end[0] - start[0], end[1] - start[1]).release().perform())
+        wait_state(browser, "done")
+        page = browser.execute_script(state)
+        assert page["box"] is not None and np.allclose(page["box"], [10.5, 10.5, 70.5, 60.5], atol=0.6)
+        masks, scores = api_masks(client, page)
+        np.testing.assert_array_equal(overlay(browser), masks[page["chosen"]])
+        timings = browser.find_element(By.ID, "timings").text
+        assert "decoder" in timings and "round trip" in timings

@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Train the ``tiny`` SAM on procedural scenes, on CPU, and save it as an official checkpoint.
+
+No trained SAM weights reach this project's machines, so this script makes some: the registered
+``tiny`` variant (2-block ViT, 64 wide, SAM's own prompt encoder and mask decoder; 5.1M parameters)
+learns to segment the shapes of :mod:`samexport.testing_scenes` from point and box prompts.
+
+The recipe follows the SAM paper (Kirillov et al. 2023, section 3 and appendix A):
+
+- mask loss: focal and dice, 20:1; the predicted IoU is trained with a mean-square error against
+  the IoU of the predicted mask with the ground truth, for every output token;
+- a single-point prompt is ambiguous: only the best of the three multimask outputs takes the mask
+  loss (the single-mask token 0 is trained on it too, so ``multimask_output=False`` works);
+  boxes and several points train token 0;
+- prompts: a foreground point drawn uniformly inside the instance, or its box with noise of 10% of
+  the side (at most 20 pixels of the 1024 frame); then a second round adds a point drawn
+  uniformly from the error region of the first prediction (foreground where the mask missed,
+  background where it spilled) and gives the first round's logits as the mask input.
+
+Scenes are 256x256 (SCENE_SIZE): the predictor resizes them 4x to the encoder's 1024, so the
+256x256 low-resolution logits line up with the scene's pixels and the loss needs no resizing.
+Scene ``i`` of step ``s`` is ``make_scene(s * batch + i)``, below ``HELD_OUT_SEED``: the tests'
+held-out seeds are never seen. Same seed and arguments, same run (up to CPU float reordering).
+
+    python tools/train_tiny_sam.py --steps 700 --out /tmp/tiny-train
+    # -> /tmp/tiny-train/sam_tiny_shapes.pth (fp16, official layout), log.jsonl, train_state.pt
+
+The run saves every ``--save-every`` steps, so a run stopped early still leaves weights, and
+``--resume`` continues it. ``--eval`` prints the held-out figures of the saved weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from samexport.constants import IMAGE_SIZE
+from samexport.testing_scenes import HELD_OUT_SEED, SCENE_SIZE, interior_point, make_scene
+from samexport.transforms import preprocess
+from samexport.variants import build_sam
+
+SCALE = IMAGE_SIZE / SCENE_SIZE  # scene pixels -> the encoder's 1024 frame
+FOCAL_WEIGHT, DICE_WEIGHT = 20.0, 1.0  # SAM's 20:1
+WEIGHTS_NAME = "sam_tiny_shapes.pth"
+KEEP_FP32 = ("prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss (Lin et al.), mean over pixels: ``logits``, ``target`` ...xHxW -> ...."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return (weight * ce * (1 - p_t) ** gamma).mean(dim=(-2, -1))
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.sigmoid()
+    inter = (prob * target).sum(dim=(-2, -1))
+    return 1 - (2 * inter + 1) / (prob.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + 1)
+
+
+def mask_ious(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of ``logits > 0`` with ``target`` (...xHxW), no gradient."""
+    pred = logits.detach() > 0
+    gt = target > 0.5
+    inter = (pred & gt).sum(dim=(-2, -1)).float()
+    union = (pred | gt).sum(dim=(-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def random_pixel(rng: np.random.Generator, region: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(region)
+    i = int(rng.integers(len(xs)))
+    return int(xs[i]), int(ys[i])
+
+
+def noisy_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """The mask's box (XYXY, scene pixels) with each side moved by N(0, 10% of its length),
+    at most 20 pixels of the 1024 frame."""
+    ys, xs = np.nonzero(mask)
+    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    side = np.array([box[2] - box[0], box[3] - box[1]] * 2) + 1
+    noise = np.clip(rng.normal(0, 0.1 * side), -20 / SCALE, 20 / SCALE)
+    box = np.clip(box + noise, 0, SCENE_SIZE - 1)
+    return np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+
+
+def decode(model, emb, pe, index, coords, labels, mask_input=None):
+    """The decoder on prompts ``coords`` (scene pixels, n x k x 2), ``labels`` (n x k) against
+    image embeddings ``emb[index]``; ``mask_input`` n x 256 x 256 logits or None."""
+    n = len(index)
+    sparse = model.prompt_encoder.embed_points(torch.as_tensor(coords * SCALE, dtype=torch.float32),
+                                               torch.as_tensor(labels, dtype=torch.float32))
+    if mask_input is None:
+        dense = model.prompt_encoder.embed_masks(torch.zeros(n, 1, 256, 256), torch.zeros(n))
+    else:
+        dense = model.prompt_encoder.embed_masks(mask_input[:, None], torch.ones(n))
+    return model.mask_decoder(emb[index], pe, sparse, dense)
+
+
+def prompt_losses(masks, ious, target, tokens):
+    """Loss of one round: ``tokens`` is "ambiguous" (token 0 plus the best of 1..3) or "single"
+    (token 0). Returns (loss, chosen logits n x 256 x 256 for the next round, metrics)."""
+    masks, ious = masks.float(), ious.float()
+    tgt = target[:, None].expand_as(masks)
+    per_token = FOCAL_WEIGHT * focal_loss(masks, tgt) + DICE_WEIGHT * dice_loss(masks, tgt)  # n x 4
+    actual = mask_ious(masks, tgt)
+    iou_loss = F.mse_loss(ious, actual, reduction="none").sum(dim=1)
+    rows = torch.arange(len(masks))
+    if tokens == "ambiguous":
+        mask_loss = per_token[:, 0] + per_token[:, 1:].min(dim=1).values
+        chosen = 1 + ious[:, 1:].detach().argmax(dim=1)  # what a user keeps: the best-scored
+    else:
+        mask_loss = per_token[:, 0]
+        chosen = torch.zeros(len(masks), dtype=torch.long)
+    loss = (mask_loss + iou_loss).mean()
+    return loss, masks[rows, chosen].detach(), actual[rows, chosen].mean().item(), iou_loss.mean().item()
+
+
+def correction_points(rng, logits, targets):
+    """For each prompt, a point drawn uniformly from the error region of ``logits > 0``:
+    label 1 where the mask missed the object, 0 where it spilled; inside the object if no error."""
+    points, labels = [], []
+    for pred, gt in zip((logits > 0).numpy(), targets.numpy() > 0.5):
+        error = pred ^ gt
+        if error.any():
+            x, y = random_pixel(rng, error)
+            points.append((x, y))
+            labels.append(1 if gt[y, x] else 0)
+        else:
+            points.append(random_pixel(rng, gt))
+            labels.append(1)
+    return np.array(points, dtype=np.float64), np.array(labels)
+
+
+def train_step(model, rng, step, batch, prompts_per_kind):
+    scenes = [make_scene((step * batch + i) % HELD_OUT_SEED) for i in range(batch)]
+    images = torch.from_numpy(np.concatenate([preprocess(s.image) for s in scenes]))
+    picks = [(i, int(rng.integers(len(s.masks)))) for i, s in enumerate(scenes) for _ in range(prompts_per_kind)]
+    index = torch.tensor([i for i, _ in picks])
+    targets = torch.from_numpy(np.stack([scenes[i].masks[j] for i, j in picks]).astype(np.float32))
+    gt = targets.numpy() > 0.5
+    emb = model.image_encoder(images)
+    pe = model.prompt_encoder.image_pe()
+    n = len(picks)
+    point = np.array([random_pixel(rng, m) for m in gt], dtype=np.float64)
+    boxes = np.stack([noisy_box(rng, m) for m in gt])
+    first = {
+        "point": (np.stack([point, np.zeros_like(point)], 1), np.tile([1, -1], (n, 1)), "ambiguous"),
+        "box": (boxes.reshape(n, 2, 2), np.tile([2, 3], (n, 1)), "single"),
+    }
+    total, metrics = 0.0, {}
+    for kind, (coords, labels, tokens) in first.items():
+        masks, ious = decode(model, emb, pe, index, coords, labels)
+        loss, chosen, iou, iou_mse = prompt_losses(masks, ious, targets, tokens)
+        # Round 2: a corrective point and the previous logits as the mask input.
+        extra, extra_label = correction_points(rng, chosen, targets)
+        if kind == "point":  # points first, then the padding point (as the predictor sends them)
+            coords2 = np.stack([coords[:, 0], extra, np.zeros_like(extra)], 1)
+            labels2 = np.stack([labels[:, 0], extra_label, -np.ones(n)], 1)
+        else:  # points before the box corners
+            coords2 = np.concatenate([extra[:, None], coords], 1)
+            labels2 = np.concatenate([extra_label[:, None], labels], 1)
+        masks2, ious2 = decode(model, emb, pe, index, coords2, labels2, mask_input=chosen)
+        loss2, _, iou2, iou_mse2 = prompt_losses(masks2, ious2, targets, "single")
+        total = total + loss + loss2
+        metrics.update({f"{kind}_iou": iou, f"{kind}2_iou": iou2, f"{kind}_iou_mse": (iou_mse + iou_mse2) / 2})
+    return total / 2, metrics
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_weights(model, path: Path) -> None:
+    """The official layout (a plain state dict of ``image_encoder.*`` ...), floats stored as fp16
+    except the prompt encoder's Fourier matrix; a loader's ``load_state_dict`` casts back."""
+    state = {k: (v if k in KEEP_FP32 or not v.is_floating_point() else v.half()).clone()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def evaluate(model, count: int = 24) -> dict:
+    """Median held-out IoU: the interior point (best-scored of 3 masks, and token 0) and the box."""
+    model.eval()
+    res = {"point": [], "point_single": [], "box": []}
+    for k in range(count):
+        scene = make_scene(HELD_OUT_SEED + k)
+        emb = model.image_encoder(torch.from_numpy(preprocess(scene.image)))
+        pe = model.prompt_encoder.image_pe()
+        n = len(scene.masks)
+        targets = torch.from_numpy(scene.masks.astype(np.float32))
+        index = torch.zeros(n, dtype=torch.long)
+        pts = np.array([interior_point(m) for m in scene.masks], dtype=np.float64)
+        masks, ious = decode(model, emb, pe, index, np.stack([pts, np.zeros_like(pts)], 1), np.tile([1, -1], (n, 1)))
+        rows = torch.arange(n)
+        best = 1 + ious[:, 1:].argmax(dim=1)
+        res["point"] += mask_ious(masks[rows, best], targets).tolist()
+        res["point_single"] += mask_ious(masks[:, 0], targets).tolist()
+        masks, _ = decode(model, emb, pe, index, scene.boxes.reshape(n, 2, 2), np.tile([2, 3], (n, 1)))
+        res["box"] += mask_ious(masks[:, 0], targets).tolist()
+    model.train()
+    return {k: float(np.median(v)) for k, v in res.items()} | {"instances": len(res["box"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for weights, log and state")
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch", type=int, default=2, help="scenes per step")
+    parser.add_argument("--prompts", type=int, default=2, help="instances per scene, each prompted by a point and a box")
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="bfloat16 autocast for the forward pass (fast on AVX512-BF16 CPUs)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--eval", action="store_true", help="only print the held-out figures of --out's weights")
+    args = parser.parse_args()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    model = build_sam("tiny")
+    if args.eval:
+        model.load_state_dict(torch.load(args.out / WEIGHTS_NAME, weights_only=True))
+        print(json.dumps(evaluate(model)))
+        return
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    state_path, log_path = args.out / "train_state.pt", args.out / "log.jsonl"
+    start = 0
+    if args.resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    model.train()
+    began = time.time()
+    with open(log_path, "a") as log, tqdm(range(start, args.steps), initial=start, total=args.steps) as bar:
+        for step in bar:
+            lr = learning_rate(step, args.steps, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rng = np.random.default_rng([args.seed, step])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss, metrics = train_step(model, rng, step, args.batch, args.prompts)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
+            optimizer.step()
+            record = {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                      "seconds": round(time.time() - began, 1), **metrics}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{record['loss']:.3f}", pt=f"{metrics['point_iou']:.2f}",
+                            box=f"{metrics['box_iou']:.2f}")
+            if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+                save_weights(model, args.out / WEIGHTS_NAME)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
+                           state_path)
+    print(json.dumps(evaluate(model)))
+
+
+if __name__ == "__main__":
+    main()
