@@ -22,7 +22,7 @@ from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
 from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
 from samexport.staging import marker_pid, write_atomically
-from samexport.variants import get_variant
+from samexport.variants import get_model
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class Manifest:
         if verdict is not None and not (isinstance(verdict, dict) and isinstance(verdict.get("status"), str)):
             raise SamExportError(f"{source}: bad 'engines_verification' section: {str(verdict)[:200]}")
         try:
-            get_variant(data["variant"])
+            get_model(data["variant"])
         except SamExportError as exc:
             raise SamExportError(f"{source}: {exc}") from None
         if version == 1:
@@ -214,6 +214,11 @@ class Manifest:
         """The record of the ``encoder`` or ``decoder`` plan (a ``KeyError`` when there is none:
         check ``name in manifest.engines`` first)."""
         return EngineRecord.from_dict(self.engines[name], name=name)
+
+    @property
+    def contract(self) -> C.GraphContract:
+        """What the artifact's encoder emits and decoder takes (its model family's contract)."""
+        return get_model(self.variant).contract
 
     def decoder_halves(self) -> tuple[str, str] | None:
         """(``decoder_scores.onnx``, ``decoder_masks.onnx``), or None for artifacts built before

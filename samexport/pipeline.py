@@ -17,6 +17,7 @@ from samexport import constants as C
 from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_replaceable_artifact, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
 )
+from samexport.build_steps import SAM2_STEPS, ModelSteps, graph_record
 from samexport.checkpoint import load_sam
 from samexport.download import resolve_checkpoint
 from samexport.engines import load_tensorrt, tensorrt_availability
@@ -32,12 +33,11 @@ from samexport.records import GraphPrecisions, ParityRecord
 from samexport.runtime.backends import TorchBackend
 from samexport.staging import check_output_destination, staged_directory
 from samexport.utils import default_cache_dir, package_versions, sha256_file
-from samexport.variants import Variant, get_variant
+from samexport.variants import ModelVariant, Variant, get_model
 
 if TYPE_CHECKING:
-    from samexport.export.attention import CheckedAttention
     from samexport.models import Sam
-    from samexport.precision.int8 import Int8Recipe, Int8Target
+    from samexport.precision.int8 import Int8Target
 
 Precision = C.Precision
 PRECISIONS = C.PRECISIONS
@@ -64,20 +64,19 @@ def _write_graphs(
     staging: Path,
     precision: Precision,
     *,
-    attention: CheckedAttention,
+    opset: int,
+    attention: str,
     calib_dir: Path | None,
     calib_cache: Path | None,
     int8_target: Int8Target,
-    recipe: Int8Recipe | None,
     on_step: Callable[[str], None],
 ) -> GraphPrecisions:
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
     fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
-    ``calib_dir`` with ``recipe`` (the one for ``int8_target``; for TensorRT on the FP16 graph,
-    with the same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
+    ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
+    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
     """
-    opset = attention.opset
     from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
 
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
@@ -106,9 +105,10 @@ def _write_graphs(
         convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
         graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
     else:
-        from samexport.precision.int8 import quantize_encoder_int8
+        from samexport.precision.int8 import quantize_encoder_int8, recipe_for
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
+        recipe = recipe_for(int8_target, sam.family)
         quantize_encoder_int8(
             work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
@@ -121,18 +121,62 @@ def _write_graphs(
     return graphs
 
 
-def _graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
-    return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+def _sam_graph_records() -> tuple[dict, dict]:
+    encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
+    decoder = {
+        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
+        "halves": {
+            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+        },
+    }
+    return encoder, decoder
+
+
+def _check_sam_request(
+    variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
+) -> None:
+    """What SAM's family cannot build, refused before any work."""
+    from samexport.export.attention import check_attention_mode
+
+    check_attention_mode(attention, opset, variant.family)
+    if attention == "plugin" and precision == "int8":
+        raise SamExportError(
+            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
+            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
+        )
+    if precision == "int8":
+        if calib_dir is None:
+            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
+        from samexport.precision.int8 import check_calibration_images, recipe_for
+
+        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
+        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
+        check_calibration_images(calib_dir, recipe.max_images)
+
+
+SAM_STEPS = ModelSteps(
+    check_request=_check_sam_request,
+    load=load_sam,
+    write_graphs=_write_graphs,
+    quick_parity=lambda sam, folder, precision, arena: quick_parity(sam, folder, precision, memory_arena=arena),
+    record_references=lambda sam, staging: record_references(TorchBackend(sam), staging),
+    graph_records=_sam_graph_records,
+)
+# One record per model family (``GraphContract.name``): what a build does differently for it.
+BUILD_STEPS: dict[str, ModelSteps] = {"sam": SAM_STEPS, "sam2": SAM2_STEPS}
 
 
 def _build_engines(
     staging: Path, config: BuildConfig, request: EngineRequest, attention: str, builder: str,
-    on_step: Callable[[str], None],
+    on_step: Callable[[str], None], no_engines: str | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Build both plans (the same code as ``samexport engines``) if this machine can; else say
-    why not for each engine."""
+    why not for each engine (``no_engines``: the model family's reason it gets none)."""
     if request == "skip":
         return {}, {name: "skipped (--no-engines)" for name in ENGINE_NAMES}
+    if no_engines:
+        return {}, {name: no_engines for name in ENGINE_NAMES}
 
     if BUILDERS[builder] == "tensorrt":
         availability = tensorrt_availability()
@@ -178,7 +222,7 @@ def _runnable_graphs(staging: Path, attention: str) -> Path:
 
 
 def build(
-    variant: Variant | str,
+    variant: ModelVariant | str,
     *,
     checkpoint: Path | str | None = None,
     output: Path | str | None = None,
@@ -198,16 +242,18 @@ def build(
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
 
     Args:
-        variant: registry name or alias (``"vit_b"``, ``"vit_t"``) or a :class:`Variant`.
+        variant: registry name or alias (``"vit_b"``, ``"vit_t"``, ``"sam2.1_hiera_tiny"``) or a
+            record of :data:`samexport.variants.MODELS`; its family's :data:`BUILD_STEPS` do the
+            model-dependent steps.
         checkpoint: official-format ``.pth``; ``None`` looks in the cache and downloads the
             official file if it is missing (and ``download`` is true).
         output: artifact directory; default ``engines/<variant>-<precision>``.
         precision: numeric format of the graphs the engines are built from.
         calib_dir: folder of calibration images, required for ``int8``.
         int8_target: the runtime the ``int8`` Q/DQ placement is tuned for: ``tensorrt`` (Q/DQ on
-            MatMul/Conv inputs only; TensorRT fuses them) or ``onnxruntime`` (outputs quantized
-            too, so ONNX Runtime's CPU provider runs integer kernels); see
-            ``samexport.precision.int8.RECIPES``.
+            MatMul/Conv inputs only; TensorRT fuses them), ``onnxruntime`` (outputs quantized
+            too, so ONNX Runtime's CPU provider runs integer kernels) or ``openvino`` (inputs
+            only, 8-bit weights, FP32 graph); see ``samexport.precision.int8.RECIPES``.
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
@@ -227,35 +273,22 @@ def build(
     existing ``output`` is replaced only when it is a samexport artifact; anything else (a file, a
     folder of the user's, the current folder, a mount point) is refused before any work
     (``samexport.staging.check_output_destination``).
-
-    Every argument is checked here, once, before any work; what lies below takes the checked
-    values (the :class:`Variant`, the ``CheckedAttention``, the int8 recipe, the checkpoint's
-    sha256) and does not check them again.
     """
-    from samexport.export.attention import MIN_OPSET, check_attention_mode
+    from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET
 
-    variant = get_variant(variant)
+    variant = get_model(variant)
+    steps = BUILD_STEPS[variant.contract.name]
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
-    checked_attention = check_attention_mode(attention, opset, variant.family)
-    if attention == "plugin" and precision == "int8":
-        raise SamExportError(
-            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
-            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
-        )
-    recipe = None
-    if precision == "int8":
-        if calib_dir is None:
-            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
-        from samexport.precision.int8 import check_calibration_cache, check_calibration_images, recipe_for  # imports onnx
-
-        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
-        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
-        check_calibration_images(calib_dir, recipe.max_images)
+    steps.check_request(
+        variant, precision=precision, attention=attention, opset=opset, int8_target=int8_target, calib_dir=calib_dir
+    )
     engine_config = engine_config or BuildConfig()
-    if engines != "skip":
+    if engines == "require" and steps.no_engines:
+        raise SamExportError(f"TensorRT engines were required but cannot be built: {steps.no_engines}")
+    if engines != "skip" and not steps.no_engines:
         if engine_builder not in BUILDERS:
             raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
         check_engine_request(attention, engine_config, BUILDERS[engine_builder])
@@ -277,28 +310,35 @@ def build(
     # One file per recipe, so alternating tensorrt and onnxruntime builds do not recalibrate.
     calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}-{int8_target}.json"
     if precision == "int8":
+        from samexport.precision.int8 import check_calibration_cache
+
         check_calibration_cache(calib_cache, replace_malformed=True)  # now, not after the export
     on_step(f"loading {variant.name} weights")
-    sam = load_sam(checkpoint, variant)
+    sam = steps.load(checkpoint, variant)
 
     started = time.perf_counter()
     with staged_directory(destination, check_replaceable_artifact) as staging:
-        graphs = _write_graphs(
-            sam, staging, precision, attention=checked_attention, calib_dir=Path(calib_dir) if calib_dir else None,
-            calib_cache=calib_cache, int8_target=int8_target, recipe=recipe, on_step=on_step,
+        graphs = steps.write_graphs(
+            sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
+            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
         )
         runtime = RuntimeNeeds.for_build(precision=precision, attention=attention, fp16_encoder=graphs.fp16_encoder)
         parity_report = None
         if parity:
             on_step("parity check against the PyTorch weights")
-            parity_report = ParityRecord.from_dict(quick_parity(
-                sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
+            parity_report = ParityRecord.from_dict(steps.quick_parity(
+                sam, _runnable_graphs(staging, attention), precision, runtime.onnxruntime_memory_arena
             ))
         reference_record = None
-        if references:
+        if references and steps.record_references is None:
+            on_step(f"no stored references: samexport stores none for {variant.name} yet")
+        elif references:
             on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
-            reference_record = record_references(TorchBackend(sam), staging)
-        built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
+            reference_record = steps.record_references(sam, staging)
+        built, skipped = _build_engines(
+            staging, engine_config, engines, attention, engine_builder, on_step, no_engines=steps.no_engines
+        )
+        encoder_record, decoder_record = steps.graph_records()
         manifest = Manifest(
             variant=variant.name,
             precision=precision,
@@ -306,14 +346,8 @@ def build(
             opset=opset,
             graphs=graphs,
             checkpoint={"file": checkpoint.name, "sha256": checkpoint_sha},
-            encoder=_graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS),
-            decoder={
-                **_graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-                "halves": {
-                    "scores": _graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-                    "masks": _graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
-                },
-            },
+            encoder=encoder_record,
+            decoder=decoder_record,
             runtime=runtime,
             engine_config=engine_config.to_dict(),
             engines=built,
@@ -354,11 +388,14 @@ def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step:
             f"{checkpoint} is not the checkpoint {folder} was built from (sha256 {digest[:12]}..., the "
             f"manifest records {manifest.checkpoint['sha256'][:12]}... for {manifest.checkpoint.get('file')})"
         )
+    steps = BUILD_STEPS[manifest.contract.name]
+    if steps.record_references is None:
+        raise SamExportError(f"samexport stores no PyTorch references for {manifest.variant} yet")
     on_step(f"loading {manifest.variant} weights")
-    sam = load_sam(checkpoint, manifest.variant)
+    sam = steps.load(checkpoint, get_model(manifest.variant))
     on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
     old = manifest.references["file"] if manifest.references else None
-    record = record_references(TorchBackend(sam), folder)
+    record = steps.record_references(sam, folder)
     try:
         written = write_manifest(folder, manifest.replace(references=record))
     except BaseException:

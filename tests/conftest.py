@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import full_size_enabled
 
 from samexport.testing import official_sam, save_random_checkpoint
 
@@ -56,8 +55,6 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vit_b_checkpoint(tmp_path_factory) -> Path:
     """Full-size vit_b with seeded random weights, saved like ``sam_vit_b_01ec64.pth`` (~360 MB)."""
-    if not full_size_enabled():
-        pytest.skip("SAMEXPORT_SKIP_SLOW=1: full-size vit_b tests skipped")
     return save_random_checkpoint("vit_b", tmp_path_factory.mktemp("vit_b") / "sam_vit_b_random.pth")
 
 
@@ -68,3 +65,24 @@ def vit_b_artifact(vit_b_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("artifacts") / "vit_b-fp32"
     return build("vit_b", checkpoint=vit_b_checkpoint, output=out).artifact_dir
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_checkpoint(tmp_path_factory) -> Path:
+    """sam2.1_hiera_tiny with seeded random weights (every parameter perturbed), saved as
+    ``{"model": ...}`` like ``sam2.1_hiera_tiny.pt`` (video parts included)."""
+    from samexport.testing import save_random_checkpoint
+
+    return save_random_checkpoint("sam2.1_hiera_tiny", tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
+    """``samexport build --variant sam2.1_hiera_tiny`` (fp32, with its quick parity check; minutes
+    on 2 loaded cores: the tests using it are slow)."""
+    from samexport.pipeline import build
+
+    return build(
+        "sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint,
+        output=tmp_path_factory.mktemp("sam2_artifact") / "sam2.1_hiera_tiny-fp32",
+    ).artifact_dir

@@ -10,7 +10,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor as OfficialPredictor
 from segment_anything.utils.transforms import ResizeLongestSide as OfficialTransform
-from support.official import assert_outputs_match
+from support.official import assert_outputs_match, predictor_pair
 
 from samexport.testing import make_image
 import samexport
@@ -27,12 +27,7 @@ def sam(tiny_artifact):
 
 @pytest.fixture(scope="module")
 def pair(sam, tiny_official):
-    """(ours, official) predictors with the same weights and the same image set."""
-    ours, theirs = samexport.SamPredictor(sam), OfficialPredictor(tiny_official)
-    image = make_image(300, 450, seed=7)
-    ours.set_image(image)
-    theirs.set_image(image)
-    return ours, theirs
+    return predictor_pair(sam, tiny_official)
 
 
 # -- transform ------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def generator_notebook(package, sam, image, grid: int) -> tuple[list[dict], list
     return masks, mask_generator_2.generate(image)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-random", "synthetic"])
 def test_generator_notebook(model, both, monkeypatch):
     """On the random weights (which pass the notebook's filters rarely) and on the colour-keyed

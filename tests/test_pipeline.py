@@ -81,6 +81,7 @@ def test_parity_is_recorded(tiny_artifact):
     assert parity.summary["embedding_cosine"] > 0.999999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("precision", "int8_target"), [("fp16", "tensorrt"), ("int8", "tensorrt"), ("int8", "onnxruntime")]
 )
@@ -141,6 +142,7 @@ def test_required_engines_fail_clearly_without_tensorrt(tiny_checkpoint, tmp_pat
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["fused-pattern", "plugin"])
 def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_path):
     """Plugin graphs are checked through their reference inlining; the manifest records the mode."""

@@ -39,6 +39,7 @@ def test_a_rebuild_keeps_user_files_named_like_graphs(artifact, tiny_checkpoint,
     assert (artifact / name).read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_rebuild_replaces_its_own_external_data(artifact, tiny_checkpoint):
     (artifact / f"{C.ENCODER_ONNX}.data").write_bytes(b"weights of an earlier vit_h build")
     build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False)
@@ -253,6 +254,7 @@ def test_an_unusable_calibration_cache_is_named_before_export(tiny_checkpoint, t
               int8_target="onnxruntime")
 
 
+@pytest.mark.slow
 def test_samexport_replaces_its_own_malformed_calibration_cache(tiny_checkpoint, tmp_path, caplog):
     import logging
 

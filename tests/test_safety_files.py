@@ -113,6 +113,7 @@ def test_a_symlink_and_a_folder_under_a_file_are_refused(tmp_path):
     check_output_destination(tmp_path / "new" / "deeper")
 
 
+@pytest.mark.slow
 def test_rebuild_replaces_an_artifact_and_removes_only_our_stale_staging_folders(artifact, tiny_checkpoint, monkeypatch):
     stale = artifact.parent / f".{artifact.name}.partial-killed"  # a build killed by SIGKILL
     stale.mkdir()
@@ -256,7 +257,7 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
     path.write_text(json.dumps({**data, "format": 1}))  # format 1 was written before file records
     with caplog.at_level(logging.WARNING, logger="samexport.artifacts"):
         predictor = SamPredictor(artifact)
-    assert predictor.backend.name.startswith("onnxruntime")
+    assert "onnxruntime" in predictor.backend.name  # alone, or the decoder of openvino+onnxruntime
     assert "records no file sizes or hashes" in caplog.text
 
 

@@ -100,6 +100,7 @@ REAL_PARAMS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", REAL_PARAMS)
 def test_parity_tiny_weights_onnxruntime(extra, scene, tiny_artifact, tiny_official, monkeypatch):
     """Random weights give noise masks; with NMS off every mask that passes the filters counts."""

@@ -133,6 +133,7 @@ def image_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_bench_on_tiny(tiny_artifact, image_dir, tmp_path):
     """--runs 1 on the tiny variant: well-formed JSON with every stage key, Markdown, PNG."""
     out, md, png = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "bench.png"

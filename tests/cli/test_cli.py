@@ -34,6 +34,7 @@ def image_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_build_info_predict(tiny_checkpoint, image_file, tmp_path):
     out = tmp_path / "tiny-fp32"
     result = invoke("build", "--variant", "tiny", "--checkpoint", tiny_checkpoint, "--output", out)

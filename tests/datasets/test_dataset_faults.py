@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import another_artifact
 from typer.testing import CliRunner
 
 from samexport import SamExportError
@@ -106,6 +107,7 @@ def test_a_huge_file_is_an_error_row_without_being_read(tiny_artifact, tmp_path)
     assert rows["big.png"]["error"] is None and "over the 536870912-byte limit" in rows["huge.jpg"]["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_never_blocks_on_a_fifo_nor_reads_a_huge_file(tiny_artifact, tmp_path):
     """On Ray the driver sorts out what its readers must not open: a FIFO, a file over the cap, a
@@ -208,13 +210,7 @@ def test_a_row_is_not_restored_into_another_artifacts_predictor(tiny_artifact, t
     row = read_rows(tmp_path / "out").to_pylist()[0]
     predictor_from_embedding(open_predictor(tiny_artifact, threads=1), row)  # its own artifact: fine
 
-    other = tmp_path / "other-artifact"
-    other.mkdir()
-    for entry in tiny_artifact.iterdir():
-        if entry.is_file():
-            (other / entry.name).write_bytes(entry.read_bytes())
-    with open(other / "manifest.json", "a") as f:
-        f.write("\n")  # another build, as far as the row can tell
+    other = another_artifact(tiny_artifact, tmp_path / "other-artifact")
     with pytest.raises(SamExportError, match="made with another artifact"):
         predictor_from_embedding(open_predictor(other, threads=1), row)
     with pytest.raises(SamExportError, match="does not record the artifact"):

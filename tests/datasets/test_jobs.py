@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import another_artifact
 from typer.testing import CliRunner
 
 from samexport import SamExportError, transforms
@@ -288,6 +289,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds worker processes through /proc")
 def test_random_kills_of_the_cli_with_workers_neither_lose_nor_duplicate_rows(
     tiny_artifact, image_folder, local_embeddings, tmp_path,
@@ -379,13 +381,7 @@ def test_refuses_folders_that_are_not_its_own(tiny_artifact, image_folder, local
         segment_all(tiny_artifact, image, output, progress=False)
     with pytest.raises(SamExportError, match="other parameters"):
         embed(tiny_artifact, image, output, backend="onnxruntime-cpu", progress=False)
-    other = tmp_path / "other-artifact"
-    other.mkdir()
-    for entry in tiny_artifact.iterdir():
-        if entry.is_file():
-            (other / entry.name).write_bytes(entry.read_bytes())
-    with open(other / "manifest.json", "a") as f:
-        f.write("\n")
+    other = another_artifact(tiny_artifact, tmp_path / "other-artifact")
     with pytest.raises(SamExportError, match="another artifact"):
         embed(other, image, output, progress=False)
     with FolderLock(output), pytest.raises(SamExportError, match="another samexport job"):
@@ -411,6 +407,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_output_equals_local_output(local_ray, tiny_artifact, image_folder, local_embeddings, tmp_path):
     result = embed(tiny_artifact, [image_folder], tmp_path / "ray", executor="ray", workers=2, batch_size=3,
@@ -432,7 +429,7 @@ def test_ray_segment_all_equals_local(local_ray, tiny_artifact, image_folder, tm
 
 @pytest.mark.parametrize("backend, cluster_gpus, expected", [
     ("tensorrt", 0, 1.0), ("onnxruntime-cuda", 0, 1.0), ("onnxruntime-cpu", 4, 0.0),
-    ("auto", 4, 1.0), ("auto", 0, 0.0),
+    ("auto", 4, 1.0), ("auto", 0, 0.0), ("openvino:device=CPU,precision=bf16", 4, 0.0),
 ])
 def test_ray_workers_get_a_gpu_for_the_gpu_backends(backend, cluster_gpus, expected):
     """The backends table says which backends need a GPU; "auto" takes one where the cluster has one."""

@@ -43,6 +43,7 @@ def test_form_names_agree():
     assert FORM == FP32_ATTENTION_FORM
 
 
+@pytest.mark.slow
 def test_derived_graphs_live_outside_the_artifact(tiny_fp16_artifact, tiny_sam):
     from samexport.engines.fallback import fp32_attention_graphs
 
@@ -116,6 +117,7 @@ def leftover_temp_folders() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("samexport-fp32-attention-*")}
 
 
+@pytest.mark.slow
 @needs_rtx
 def test_passing_plans_record_the_exported_form(tiny_fp16_artifact, tmp_path):
     from samexport.parity.engines import build_verified_engines
@@ -129,6 +131,7 @@ def test_passing_plans_record_the_exported_form(tiny_fp16_artifact, tmp_path):
     assert "graph" not in manifest.engines["encoder"] and "fallback_from" not in manifest.engines_verification
 
 
+@pytest.mark.slow
 @needs_rtx
 def test_failing_primary_then_the_fallback_is_committed(tiny_fp16_artifact, tmp_path):
     from samexport.engines.fallback import fp32_attention_graphs
@@ -161,6 +164,7 @@ def test_failing_primary_then_the_fallback_is_committed(tiny_fp16_artifact, tmp_
     assert "FP32 attention form" in invoke("info", folder).output or "fp32-attention" in invoke("info", folder).output
 
 
+@pytest.mark.slow
 @needs_rtx
 def test_both_forms_failing_leave_the_artifact_byte_for_byte(tiny_fp16_artifact, tmp_path):
     from samexport.parity.engines import build_verified_engines
@@ -179,6 +183,7 @@ def test_both_forms_failing_leave_the_artifact_byte_for_byte(tiny_fp16_artifact,
     assert "--fallback: the plans built from the FP32 attention form fail too" in message
 
 
+@pytest.mark.slow
 @needs_rtx
 def test_without_fallback_the_primary_failure_stands(tiny_fp16_artifact, tmp_path):
     from samexport.parity.engines import build_verified_engines

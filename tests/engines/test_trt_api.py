@@ -71,6 +71,7 @@ def first_release_of(name: str) -> tuple[int, int]:
 # --- The extraction itself can tell releases apart ---------------------------------------------
 
 
+@pytest.mark.network
 def test_extraction_finds_known_names_and_not_made_up_ones():
     for release in RELEASES:
         found = names(release)
@@ -85,6 +86,7 @@ def test_extraction_finds_known_names_and_not_made_up_ones():
 # --- The table against the bindings --------------------------------------------------------------
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("release", RELEASES)
 def test_every_entry_exists_from_its_first_release(release):
     """Present in every release from its first one on (so no call can raise AttributeError there)."""
@@ -93,6 +95,7 @@ def test_every_entry_exists_from_its_first_release(release):
     assert not missing, f"TensorRT {trt_bindings.RELEASES[release]} lacks {missing}"
 
 
+@pytest.mark.network
 def test_entries_with_a_later_first_release_are_absent_from_10_3():
     """A first release above 10.3 is real: 10.3 lacks the name, so code using it must be guarded."""
     later = {name: first for name, first in trt_api.API.items() if first is not None and first > (10, 3)}
@@ -103,6 +106,7 @@ def test_entries_with_a_later_first_release_are_absent_from_10_3():
     assert not wrongly_guarded, f"10.3.0 already has {wrongly_guarded}: their first release is 10.3"
 
 
+@pytest.mark.network
 def test_facts_recorded_in_trt_api():
     """The release facts trt_api.py states in its docstring."""
     b103, b114 = names("10.3"), names("11.4")
@@ -192,6 +196,7 @@ def test_every_tensorrt_use_is_in_the_table(path):
 ADVICE = {"10.3": "fused-pattern", "10.9": "fused-pattern", "10.16": "onnx-attention", "11.4": "onnx-attention"}
 
 
+@pytest.mark.network
 @pytest.mark.parametrize("release", tuple(trt_bindings.RELEASES))
 def test_recommended_attention_matches_the_bindings(release):
     """The advice for each real release, and the API it relies on is in that release's bindings:

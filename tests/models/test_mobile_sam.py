@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from support import needs_rtx
+from support import needs_rtx, prompt_suite
 from typer.testing import CliRunner
 
 from samexport import constants as C
@@ -39,7 +39,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # timm re-registers TinyViT model names on import
     mobile_sam = pytest.importorskip("mobile_sam")
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,  # the full-size MobileSAM checkpoint, exported (~30 s) and run
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore:__array__ implementation:DeprecationWarning"),
+]
 
 VARIANT = VARIANTS["mobile_sam"]
 # (height, width): landscape, portrait, and an extreme strip.
@@ -221,15 +224,11 @@ def test_attention_modes_agree(ours):
 
 @pytest.mark.parametrize("mode", [m for m in VARIANT.family.attention_modes if m != "plain"])
 def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
-    """The other modes' exported graphs on ONNX Runtime (~40 s each: skipped with SAMEXPORT_SKIP_SLOW=1)."""
-    from conftest import full_size_enabled
-
+    """The other modes' exported graphs on ONNX Runtime (~40 s each)."""
     from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
     from support import session
 
-    if not full_size_enabled():
-        pytest.skip("SAMEXPORT_SKIP_SLOW=1: extra full-size exports skipped")
     path = export_encoder(ours, tmp_path / "encoder.onnx", opset=max(DEFAULT_OPSET, MIN_OPSET[mode]), attention=mode)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ("Attention" in ops) == (mode == "onnx-attention") and "BatchNormalization" not in ops
@@ -268,26 +267,6 @@ def test_export_folds_batchnorm_and_matches_torch(artifact, ours):
     assert np.abs(backend.encode(image) - expected).max() <= 2e-5 * np.abs(expected).max()
 
 
-def _prompts(height: int, width: int, rng: np.random.Generator) -> list[dict]:
-    def points(n):
-        return rng.uniform(0, [width, height], (n, 2)).astype(np.float32), rng.integers(0, 2, n)
-
-    def box():
-        xs, ys = np.sort(rng.uniform(0, width, 2)), np.sort(rng.uniform(0, height, 2))
-        return np.array([xs[0], ys[0], xs[1], ys[1]], np.float32)
-
-    p1, p3 = points(1), points(3)
-    return [
-        dict(point_coords=p1[0], point_labels=np.ones(1)),
-        dict(point_coords=p3[0], point_labels=p3[1], multimask_output=False),
-        dict(box=box()),
-        dict(box=box(), point_coords=p3[0], point_labels=p3[1], multimask_output=False),
-        dict(point_coords=p1[0], point_labels=np.ones(1),
-             mask_input=(rng.standard_normal((1, 256, 256)) * 3).astype(np.float32)),
-        dict(point_coords=p3[0], point_labels=p3[1], return_logits=True),
-    ]
-
-
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_fp32_matches_official_predictor(artifact, official, size):
     """``tests/runtime/test_predictor.py``'s checks and tolerances, against ``mobile_sam.SamPredictor``."""
@@ -301,7 +280,7 @@ def test_fp32_matches_official_predictor(artifact, official, size):
 
     emb, emb_ref = predictor.embedding, reference.get_image_embedding().numpy()
     assert np.abs(emb - emb_ref).max() <= 2e-5 * np.abs(emb_ref).max()
-    for prompt in _prompts(*size, np.random.default_rng(size[1])):
+    for prompt in prompt_suite(*size, np.random.default_rng(size[1]), ten_points=False):
         masks, scores, low_res = predictor.predict(**prompt)
         masks_ref, scores_ref, low_res_ref = reference.predict(**prompt)
         assert masks.shape == masks_ref.shape and masks.dtype == masks_ref.dtype

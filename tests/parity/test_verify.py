@@ -128,6 +128,7 @@ def test_verify_fp32_reports_parity_figures(tiny_artifact, tiny_sam):
     assert text.exit_code == 0 and "| embedding_cosine |" in text.output and "**PASS**" in text.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_verify_reduced_precision(precision, tiny_variants, tiny_sam):
     result = invoke("verify", tiny_variants[precision], "--backend", "onnxruntime-cpu", "--json")
@@ -170,6 +171,7 @@ def test_swapped_encoder_fails_naming_the_embedding(tiny_artifact, tmp_path):
     assert "**FAIL**" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rel, passes", [(0.5 * 2e-2, True), (1.5 * 2e-2, False)])
 def test_perturbed_backend_against_fp16_limit(rel, passes, tiny_variants):
     """One embedding element moved by 0.5x / 1.5x the fp16 limit of embedding_rel_max_abs (2e-2):
@@ -233,14 +235,11 @@ def test_damaged_references_are_refused(tiny_artifact, tmp_path):
 def test_verify_full_size(variant, precision, tmp_path_factory):
     """The real sizes: verify passes fp32 / fp16 / int8 artifacts of mobile_sam and vit_b on ONNX
     Runtime; the references stay under 12 MiB."""
-    from conftest import full_size_enabled
     from support import write_calibration_folder
 
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint
 
-    if not full_size_enabled():
-        pytest.skip("SAMEXPORT_SKIP_SLOW=1: full-size tests skipped")
     root = tmp_path_factory.mktemp(f"{variant}-{precision}")
     checkpoint = save_random_checkpoint(variant, root / f"{variant}.pth")
     calib = write_calibration_folder(root / "calib", ("chelsea", "rocket")) if precision == "int8" else None

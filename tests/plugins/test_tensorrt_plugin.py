@@ -22,6 +22,8 @@ from samexport.constants import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from samexport.plugins.onnx_node import PLUGIN_ATTRIBUTES
 
 pytest.importorskip("triton")
+# Every test runs on NVIDIA's bindings, downloaded from the package index on first use (cached).
+pytestmark = pytest.mark.network
 
 VIT_B_HEADS, VIT_B_HEAD_DIM = 12, 64
 # vit_b at 1024x1024: windowed blocks see 25 windows (64x64 grid padded to 70x70) of 14x14 tokens.

@@ -234,6 +234,7 @@ def test_parity_tiny(tiny_sam, tiny_forms, mode):
     assert_parity(tiny_sam, fp16, safe)
 
 
+@pytest.mark.slow
 def test_parity_mobile_sam(tmp_path_factory):
     pytest.importorskip("torch")
     from samexport.checkpoint import load_sam

@@ -23,7 +23,7 @@ from support import (
     session,
     write_calibration_folder,
 )
-from support.graphs import assert_fp16_structure, assert_int8_structure, fp32_compute_ops
+from support.graphs import assert_fp16_structure, assert_int8_structure, fp32_compute_ops, value_types
 
 from samexport import constants as C
 from samexport.utils import sha256_file
@@ -31,14 +31,6 @@ from samexport.utils import sha256_file
 
 # ---------------------------------------------------------------------------------------------
 # helpers (the shared ones are in tests/support/)
-
-
-def value_types(model: onnx.ModelProto) -> dict[str, int]:
-    model = onnx.shape_inference.infer_shapes(model)
-    g = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
-    types.update({t.name: t.data_type for t in g.initializer})
-    return types
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def parity(artifact, checkpoint, spec, images):
 # -- the backend against ONNX Runtime and PyTorch ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_f32_equals_onnxruntime_and_passes_fp32_parity(tiny_artifact, tiny_checkpoint, photo):
     from samexport.runtime.backends import open_backend
     from samexport.transforms import preprocess
@@ -85,6 +86,7 @@ def test_decoder_halves_give_the_decoder(tiny_artifact):
                                atol=1e-4 * np.abs(masks).max())
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_bf16_is_held_to_the_bf16_row(tiny_artifact, tiny_checkpoint, photo):
     from samexport.parity import get_tolerances
@@ -140,6 +142,7 @@ def built(tmp_path_factory, tiny_checkpoint, request):
     found: dict[tuple[str, str], tuple] = {}
 
     def get(variant: str, precision: str):
+        """``precision``: fp32, fp16, or int8-<target> (the ``--int8-for`` recipe)."""
         if (variant, precision) not in found:
             if variant == "tiny":
                 checkpoint = tiny_checkpoint
@@ -150,10 +153,10 @@ def built(tmp_path_factory, tiny_checkpoint, request):
                 if not checkpoint.exists():
                     save_random_checkpoint(variant, checkpoint)
             extra = {}
-            if precision == "int8":
-                extra = dict(calib_dir=write_calibration_folder(folder / "calib"), int8_target="onnxruntime")
-            out = build(variant, checkpoint=checkpoint, output=folder / f"{variant}-{precision}", precision=precision,
-                        engines="skip", **extra).artifact_dir
+            if precision.startswith("int8-"):
+                extra = dict(calib_dir=write_calibration_folder(folder / "calib"), int8_target=precision.split("-")[1])
+            out = build(variant, checkpoint=checkpoint, output=folder / f"{variant}-{precision}",
+                        precision=precision.split("-")[0], engines="skip", **extra).artifact_dir
             found[(variant, precision)] = out, checkpoint
         return found[(variant, precision)]
 
@@ -164,13 +167,15 @@ PARITY_CASES = [
     *(pytest.param(variant, precision, inference, id=f"{variant}-{precision}-{inference}",
                    marks=[needs_bf16] if inference == "bf16" else [])
       for variant in ("tiny", "mobile_sam")
-      for precision, inference in (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8", "f32"))),
-    pytest.param("tiny", "int8", "bf16", id="tiny-int8-bf16", marks=[needs_bf16]),
-    pytest.param("vit_b", "fp32", "f32", id="vit_b-fp32-f32", marks=[pytest.mark.slow]),
-    pytest.param("vit_b", "fp32", "bf16", id="vit_b-fp32-bf16", marks=[pytest.mark.slow, needs_bf16]),
+      for precision, inference in (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-onnxruntime", "f32"),
+                                   ("int8-tensorrt", "f32"), ("int8-openvino", "f32"))),
+    pytest.param("tiny", "int8-onnxruntime", "bf16", id="tiny-int8-onnxruntime-bf16", marks=[needs_bf16]),
+    pytest.param("vit_b", "fp32", "f32", id="vit_b-fp32-f32"),
+    pytest.param("vit_b", "fp32", "bf16", id="vit_b-fp32-bf16", marks=[needs_bf16]),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "precision", "inference"), PARITY_CASES)
 def test_parity_against_torch(built, photo, variant, precision, inference):
     """OpenVINO on each artifact precision, in f32 and bf16, passes the parity row that applies
@@ -180,7 +185,7 @@ def test_parity_against_torch(built, photo, variant, precision, inference):
     artifact, checkpoint = built(variant, precision)
     report = parity(artifact, checkpoint, f"openvino:precision={inference}", photo)
     assert report.candidate == f"openvino-cpu-{inference}"
-    assert report.precision == tolerance_key(precision, inference)
+    assert report.precision == tolerance_key(precision.split("-")[0], inference)
     assert report, (report.summary, report.failures)
 
 

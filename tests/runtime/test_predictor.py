@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor as OfficialPredictor
+from support import prompt_suite
 
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.runtime.predictor import SamPredictor
@@ -20,27 +21,6 @@ def predictor(tiny_artifact):
     return SamPredictor(tiny_artifact)
 
 
-def _prompts(height: int, width: int, rng: np.random.Generator) -> list[dict]:
-    def points(n):
-        return rng.uniform(0, [width, height], (n, 2)).astype(np.float32), rng.integers(0, 2, n)
-
-    def box():
-        xs, ys = np.sort(rng.uniform(0, width, 2)), np.sort(rng.uniform(0, height, 2))
-        return np.array([xs[0], ys[0], xs[1], ys[1]], np.float32)
-
-    p1, p3, p10 = points(1), points(3), points(10)
-    return [
-        dict(point_coords=p1[0], point_labels=np.ones(1)),
-        dict(point_coords=p3[0], point_labels=p3[1], multimask_output=False),
-        dict(point_coords=p10[0], point_labels=p10[1]),
-        dict(box=box()),
-        dict(box=box(), point_coords=p3[0], point_labels=p3[1], multimask_output=False),
-        dict(point_coords=p1[0], point_labels=np.ones(1),
-             mask_input=(rng.standard_normal((1, 256, 256)) * 3).astype(np.float32)),
-        dict(point_coords=p3[0], point_labels=p3[1], return_logits=True),
-    ]
-
-
 @pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_matches_official_predictor(predictor, tiny_official, size):
     image = make_image(*size, seed=size[0])
@@ -53,7 +33,7 @@ def test_matches_official_predictor(predictor, tiny_official, size):
     assert predictor.original_size == official.original_size
     assert predictor.input_size == official.input_size
 
-    for prompt in _prompts(*size, np.random.default_rng(size[1])):
+    for prompt in prompt_suite(*size, np.random.default_rng(size[1])):
         masks, scores, low_res = predictor.predict(**prompt)
         masks_ref, scores_ref, low_res_ref = official.predict(**prompt)
         assert masks.shape == masks_ref.shape and masks.dtype == masks_ref.dtype

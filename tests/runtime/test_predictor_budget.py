@@ -140,6 +140,7 @@ def _peak(artifact: Path, case: str, *args: str) -> dict:
 MARGIN_MIB = 64  # allocator slack beyond the budget; the returned masks are counted separately
 
 
+@pytest.mark.slow
 def test_peak_memory_of_256_boxes_stays_within_the_default_budget(tiny_artifact):
     """Issue 25, item 13: 256 boxes on a 300x400 image, default 2 GiB budget (was 2050 MiB of growth
     with 88 MiB of masks: 43 prompts per call went over the budget; the issue saw 4.5 GB; now
@@ -149,6 +150,7 @@ def test_peak_memory_of_256_boxes_stays_within_the_default_budget(tiny_artifact)
     assert result["growth_mib"] <= DEFAULT_DECODE_BUDGET / 2**20 + result["output_mib"] + MARGIN_MIB, result
 
 
+@pytest.mark.slow
 def test_peak_memory_of_the_mask_generator_is_bound_by_the_budget_not_points_per_batch(tiny_artifact):
     """Issue 25, item 13: 576 points per batch, every mask kept (the worst case) on a 300x400
     image: 6.1 GB of growth before, 1921 MiB now (pieces of 29 points)."""

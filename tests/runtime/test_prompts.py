@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from segment_anything import SamPredictor as OfficialPredictor
+from support.official import predictor_pair
 
 import samexport
 from samexport.errors import InvalidInputError, PromptWarning
@@ -17,12 +17,7 @@ from samexport.testing import make_image, mask_iou
 
 @pytest.fixture(scope="module")
 def pair(tiny_artifact, tiny_official):
-    """(ours, official) predictors with the same weights and the same 300x450 image set."""
-    ours, theirs = samexport.SamPredictor(tiny_artifact), OfficialPredictor(tiny_official)
-    image = make_image(300, 450, seed=7)
-    ours.set_image(image)
-    theirs.set_image(image)
-    return ours, theirs
+    return predictor_pair(tiny_artifact, tiny_official)
 
 
 def _predict_with_warnings(predictor, calls: int, **prompt) -> tuple[tuple, list[warnings.WarningMessage]]:

@@ -204,11 +204,13 @@ def test_automatic_reuses_the_cached_embedding(tiny_artifact, image):
         assert unknown.status_code == 404 and "upload the image again" in unknown.json()["detail"]
 
 
-def test_health_info_docs_page(client):
+def test_health_info_docs_page(client, tiny_artifact):
+    from samexport.runtime.backends import describe_auto
+
     assert client.get("/v1/health").json()["status"] == "ok"
     info = client.get("/v1/info").json()
     assert info["variant"] == "tiny" and info["manifest"]["variant"] == "tiny"
-    assert info["backend"].startswith("onnxruntime")
+    assert info["backend"] == describe_auto(tiny_artifact)  # what auto opened here
     assert client.get("/docs").status_code == 200
     assert "/v1/masks" in client.get("/openapi.json").json()["paths"]
     page, script = client.get("/"), client.get("/page.js")

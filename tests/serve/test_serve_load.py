@@ -4,7 +4,6 @@ answers 503 with Retry-After, and shutting down finishes the queued work."""
 
 from __future__ import annotations
 
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
-from PIL import Image  # noqa: E402
 from support import serving
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
@@ -37,18 +35,6 @@ class CountingBackend:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
-
-
-@pytest.fixture(scope="module")
-def image() -> np.ndarray:
-    return (np.random.default_rng(3).random((70, 100, 3)) * 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def image_png(image) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 POINTS = [[5.0 + 11 * i, 3.0 + 8 * i] for i in range(8)]

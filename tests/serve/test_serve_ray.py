@@ -3,7 +3,6 @@ another), and the Ray Serve deployment on a local Ray answers as ``SamPredictor`
 
 from __future__ import annotations
 
-import io
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +11,6 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
-from PIL import Image  # noqa: E402
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
 from samexport.runtime.predictor import SamPredictor  # noqa: E402
@@ -21,15 +19,8 @@ from samexport.serve.service import SegmentService, ServeConfig, check_prompt  #
 
 
 @pytest.fixture(scope="module")
-def image() -> np.ndarray:
+def image() -> np.ndarray:  # overrides serve/conftest.py's (the PNG upload follows it)
     return (np.random.default_rng(7).random((60, 80, 3)) * 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def image_png(image) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_replicas_share_embeddings(tiny_artifact, image, image_png):
@@ -78,6 +69,7 @@ def test_a_lost_shared_store_is_a_miss(tiny_artifact, image_png):
         service.close()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_serve_encoder_and_decoder_deployments(tiny_artifact, image, image_png):

@@ -154,3 +154,18 @@ class EagerSession:
         order = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
         with torch.no_grad():
             return [t.numpy() for t in self.model(*(torch.from_numpy(feed[k]) for k in order))]
+
+
+def predictor_pair(model, official_model):
+    """(ours, official) ``SamPredictor`` on the same weights with the same 300x450 image set:
+    ``model`` is what ``samexport.SamPredictor`` takes (an artifact directory or a ``SamModel``)."""
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    import samexport
+    from samexport.testing import make_image
+
+    ours, theirs = samexport.SamPredictor(model), OfficialPredictor(official_model)
+    image = make_image(300, 450, seed=7)
+    ours.set_image(image)
+    theirs.set_image(image)
+    return ours, theirs
