@@ -48,7 +48,7 @@ def test_sam2_build_refuses_before_any_work(tmp_path, kwargs, message):
 def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     manifest = read_manifest(sam2_tiny_artifact)
     assert manifest.variant == "sam2.1_hiera_tiny" and manifest.contract is C.SAM2_GRAPHS
-    assert manifest.graphs == {"encoder": "fp32", "decoder": "fp32"}
+    assert (manifest.graphs.encoder, manifest.graphs.decoder, manifest.graphs.fp16_encoder) == ("fp32", "fp32", False)
     assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
     assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
     assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
@@ -56,8 +56,8 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX}
     assert all("no TensorRT engines for SAM 2.1" in reason for reason in manifest.skipped_engines.values())
     parity = manifest.parity
-    assert parity["passed"], parity
-    summary = parity["summary"]  # ONNX Runtime CPU vs eager PyTorch, fp32
+    assert parity.passed, parity
+    summary = parity.summary  # ONNX Runtime CPU vs eager PyTorch, fp32
     assert summary["embedding_rel_max_abs"] < 1e-4 and summary["logits_rel_max_abs"] < 1e-4, summary
     assert summary["mask_iou_min"] > 0.999, summary
 
