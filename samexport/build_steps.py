@@ -32,8 +32,9 @@ class ModelSteps:
     """The model-dependent steps of a build.
 
     Attributes:
-        check_request: ``(variant, precision=, attention=, opset=, int8_target=, calib_dir=)``;
-            raises :class:`SamExportError` for what this family cannot build, before any work.
+        check_request: ``(variant, precision=, attention=, opset=, int8_target=, calib_dir=) -> dict``;
+            raises :class:`SamExportError` for what this family cannot build, before any work, and
+            returns the checked values ``write_graphs`` takes as keywords (so nothing is checked twice).
         load: ``(checkpoint path, variant) -> model`` (the torch model, eval mode).
         write_graphs: ``(model, staging, precision, *, opset, attention, calib_dir, calib_cache,
             int8_target, on_step) -> GraphPrecisions`` (the manifest's ``graphs``).
@@ -43,7 +44,7 @@ class ModelSteps:
         no_engines: why this family gets no TensorRT engines, or ``None`` when it does.
     """
 
-    check_request: Callable[..., None]
+    check_request: Callable[..., dict]
     load: Callable[[Path, Any], Any]
     write_graphs: Callable[..., GraphPrecisions]
     quick_parity: Callable[[Any, Path, str, bool], dict]
@@ -60,13 +61,14 @@ def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.T
 SAM2_PRECISIONS = ("fp32", "fp16")
 
 
-def _check_sam2_request(variant, *, precision: str, attention: str, **_: Any) -> None:
+def _check_sam2_request(variant, *, precision: str, attention: str, **_: Any) -> dict:
     if precision not in SAM2_PRECISIONS:
         raise SamExportError(
             f"{variant.name}: precision {precision} is not built for SAM 2.1 yet; valid: {', '.join(SAM2_PRECISIONS)}"
         )
     if attention != "plain":
         raise SamExportError(f"--attention {attention} does not apply to SAM 2.1's Hiera encoders; modes: plain")
+    return {}
 
 
 def _write_sam2_graphs(

@@ -37,7 +37,8 @@ from samexport.variants import ModelVariant, Variant, get_model
 
 if TYPE_CHECKING:
     from samexport.models import Sam
-    from samexport.precision.int8 import Int8Target
+    from samexport.export.attention import CheckedAttention
+    from samexport.precision.int8 import Int8Recipe, Int8Target
 
 Precision = C.Precision
 PRECISIONS = C.PRECISIONS
@@ -70,6 +71,8 @@ def _write_graphs(
     calib_cache: Path | None,
     int8_target: Int8Target,
     on_step: Callable[[str], None],
+    checked_attention: CheckedAttention,
+    recipe: Int8Recipe | None,
 ) -> GraphPrecisions:
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
@@ -82,7 +85,7 @@ def _write_graphs(
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
     if precision == "fp32":
         on_step(f"exporting {encoder.name} (opset {opset})")
-        export_encoder(sam, encoder, opset=opset, attention=attention)
+        export_encoder(sam, encoder, opset=opset, attention=checked_attention)
         on_step(f"exporting {decoder.name} (opset {opset})")
         export_decoder(sam, decoder, opset=opset)
         on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
@@ -94,7 +97,7 @@ def _write_graphs(
     work = staging / ".fp32"
     work.mkdir()
     on_step(f"exporting fp32 graphs (opset {opset})")
-    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=attention)
+    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=checked_attention)
     export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
     export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
     on_step("converting the decoder to fp16 (fp32 islands kept)")
@@ -105,10 +108,9 @@ def _write_graphs(
         convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
         graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
     else:
-        from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+        from samexport.precision.int8 import quantize_encoder_int8
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
-        recipe = recipe_for(int8_target, sam.family)
         quantize_encoder_int8(
             work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
@@ -135,11 +137,12 @@ def _sam_graph_records() -> tuple[dict, dict]:
 
 def _check_sam_request(
     variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
-) -> None:
-    """What SAM's family cannot build, refused before any work."""
+) -> dict:
+    """What SAM's family cannot build, refused before any work; returns the checked values
+    :func:`_write_graphs` takes (``checked_attention``, ``recipe``), so it checks nothing again."""
     from samexport.export.attention import check_attention_mode
 
-    check_attention_mode(attention, opset, variant.family)
+    checked = {"checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None}
     if attention == "plugin" and precision == "int8":
         raise SamExportError(
             "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
@@ -153,6 +156,8 @@ def _check_sam_request(
         recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
         # Fail now, not after the export, if the folder has no images or one cannot be decoded.
         check_calibration_images(calib_dir, recipe.max_images)
+        checked["recipe"] = recipe
+    return checked
 
 
 SAM_STEPS = ModelSteps(
@@ -282,7 +287,7 @@ def build(
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
-    steps.check_request(
+    checked = steps.check_request(
         variant, precision=precision, attention=attention, opset=opset, int8_target=int8_target, calib_dir=calib_dir
     )
     engine_config = engine_config or BuildConfig()
@@ -320,7 +325,7 @@ def build(
     with staged_directory(destination, check_replaceable_artifact) as staging:
         graphs = steps.write_graphs(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
-            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
+            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step, **checked,
         )
         runtime = RuntimeNeeds.for_build(precision=precision, attention=attention, fp16_encoder=graphs.fp16_encoder)
         parity_report = None

@@ -275,7 +275,8 @@ def test_a_build_reads_its_checkpoint_once_to_hash_it(tmp_path: Path, monkeypatc
     def stop(checkpoint, variant):
         raise _Stop
 
-    monkeypatch.setattr(pipeline, "load_sam", stop)  # loading would read it again (torch.load)
+    # Loading would read it again (torch.load): the build stops there.
+    monkeypatch.setitem(pipeline.BUILD_STEPS, "sam", replace(pipeline.SAM_STEPS, load=stop))
     monkeypatch.setattr(builtins, "open", counting_open)
     checkpoint = cache / FILENAME if given else None
     with pytest.raises(_Stop):
