@@ -1,4 +1,5 @@
-"""Shared fixtures: randomly initialised SAM models saved in the official checkpoint format.
+"""Shared fixtures: randomly initialised SAM models saved in the official checkpoint format, and
+the tiny SAM trained on procedural scenes (``weights/``).
 
 The weights come from ``samexport.testing`` (seeded random weights saved exactly as the official
 ``sam_vit_*.pth`` files are stored), which the benchmarks and users share.
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from samexport.testing import official_sam, save_random_checkpoint
+
+TRAINED_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "sam_tiny_shapes.pth"
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +53,30 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny-fp32"
     return build("tiny", checkpoint=tiny_checkpoint, output=out).artifact_dir
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint() -> Path:
+    """The tiny SAM trained on procedural scenes (``tools/train_tiny_sam.py``), committed in the
+    official format with fp16 storage: ``weights/sam_tiny_shapes.pth``."""
+    return TRAINED_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def trained_official(trained_checkpoint):
+    """The official ``segment_anything`` model with the trained weights."""
+    import torch
+
+    return official_sam("tiny", torch.load(trained_checkpoint, weights_only=True))
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(trained_checkpoint, tmp_path_factory) -> Path:
+    """An fp32 artifact built by ``samexport.build`` from the trained checkpoint."""
+    from samexport.pipeline import build
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-trained-fp32"
+    return build("tiny", checkpoint=trained_checkpoint, output=out).artifact_dir
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from samexport import constants as C
+
 
 class SplitBackend:
     """``encode`` on ``encoder``, ``decode`` / ``decode_scores`` / ``decode_masks`` on ``decoder``
@@ -38,6 +40,7 @@ class SplitBackend:
         self.shares_mask_input = getattr(decoder, "shares_mask_input", False)
         self.has_decoder_halves = getattr(decoder, "has_decoder_halves", False)
         self._encoder_lock, self._decoder_lock = encoder_lock, decoder_lock
+        self.contract = getattr(decoder, "contract", C.SAM_GRAPHS)
 
     def encode(self, image: np.ndarray) -> np.ndarray:
         with self._encoder_lock or nullcontext():
@@ -55,3 +58,11 @@ class SplitBackend:
     def decode_masks(self, mask_tokens, image_tokens):
         with self._decoder_lock or nullcontext():
             return self.decoder_backend.decode_masks(mask_tokens, image_tokens)
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        with self._encoder_lock or nullcontext():
+            return self.encoder_backend.run_encoder(image)
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        with self._decoder_lock or nullcontext():
+            return self.decoder_backend.run_decoder(features, *prompts)

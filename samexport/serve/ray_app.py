@@ -83,6 +83,16 @@ class _ActorStore:
 
         ray.get(self.handle.put.remote(entry))
 
+    def meta(self, key: str) -> ImageRef | None:
+        import ray
+
+        return ray.get(self.handle.meta.remote(key))
+
+    def stats(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self.handle.stats.remote())
+
 
 @dataclass(frozen=True)
 class _Failure:
@@ -154,7 +164,14 @@ class DecoderReplica(_Replica):
 class RemoteService:
     """What the front's FastAPI application calls: :class:`SegmentService`'s methods, with the
     work done by the encoder and decoder deployments. Prompts and images in flight are bounded
-    here (``max_queue``, ``max_image_jobs``: more get 503)."""
+    here (``max_queue``, ``max_image_jobs``: more get 503).
+
+    Args:
+        config: the limits.
+        encoder, decoder: deployment handles (``handle.method.remote(...)`` gives a response
+            with a blocking ``result()`` that can also be awaited).
+        store: the shared store, blocking (``meta``, ``stats``): :class:`_ActorStore`.
+    """
 
     def __init__(self, config: ServeConfig, encoder, decoder, store) -> None:
         self.config, self.encoder, self.decoder, self.store = config, encoder, decoder, store
@@ -210,9 +227,7 @@ class RemoteService:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            import ray
-
-            ref = ray.get(self.store.meta.remote(key))
+            ref = self.store.meta(key)
             if ref is None:
                 raise UnknownImageError(f"unknown image id {key[:16]}...: upload the image again (it may have been evicted)")
             self._remember(ref)
@@ -235,10 +250,8 @@ class RemoteService:
 
     def info(self) -> dict[str, Any]:
         """A decoder replica's info, plus the deployments and the shared store."""
-        import ray
-
         info = self.decoder.info.remote().result()
-        info["ray"] = {"deployments": [ENCODER, DECODER, FRONT], "store": ray.get(self.store.stats.remote()),
+        info["ray"] = {"deployments": [ENCODER, DECODER, FRONT], "store": self.store.stats(),
                        "front_in_flight": dict(self._inflight)}
         return info
 
@@ -259,7 +272,7 @@ class FrontReplica:
 
         from samexport.serve.app import create_app
 
-        self.service = RemoteService(config, encoder, decoder, store)
+        self.service = RemoteService(config, encoder, decoder, _ActorStore(store))
         self.app = create_app(service=self.service)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://front",
                                         timeout=None)

@@ -63,6 +63,11 @@ def test_auto_runs_the_encoder_on_openvino_f32_and_the_decoder_on_onnxruntime(ti
     for ours, theirs in zip(scores, ort.decode_scores(embedding, *_prompts())):
         np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(auto.decode_masks(*scores[1:]), ort.decode_masks(*scores[1:]))
+    # The GraphRunner seam (what SAM 2's predictor calls) goes to the same two sides.
+    assert auto.contract is ort.contract
+    np.testing.assert_allclose(auto.run_encoder(_image())[0], got, atol=1e-6 * np.abs(got).max())
+    for ours, theirs in zip(auto.run_decoder((embedding,), *_prompts()), ort.run_decoder((embedding,), *_prompts())):
+        np.testing.assert_array_equal(ours, theirs)
     assert backends.backend_lock(auto) is None  # decoder calls may overlap; the encoder locks itself
     with pytest.raises(SamExportError, match="without the decoder"):
         auto.encoder_backend.decode(embedding, *_prompts())
