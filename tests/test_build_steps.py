@@ -78,3 +78,18 @@ def test_sam2_artifact_opens_only_through_its_contract(sam2_tiny_artifact):
 
     with pytest.raises(SamExportError, match="builds no TensorRT engines for SAM 2.1 yet"):
         build_verified_engines(sam2_tiny_artifact, builder="tensorrt-rtx")
+
+
+@pytest.mark.slow
+def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
+    """``--fp16`` for SAM 2.1: both graphs FP16 (FP32 islands), the build's parity check against
+    the PyTorch weights at the fp16 tolerances, recorded in the manifest."""
+    import onnx
+
+    result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp16", precision="fp16")
+    manifest = result.manifest
+    assert manifest.precision == "fp16" and manifest.graphs == {"encoder": "fp16", "decoder": "fp16"}
+    assert manifest.parity["passed"] and manifest.parity["precision"] == "fp16", manifest.parity
+    assert manifest.parity["summary"]["embedding_cosine"] > 0.9999, manifest.parity["summary"]
+    weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
+    assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2
