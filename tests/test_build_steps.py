@@ -88,8 +88,9 @@ def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
 
     result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp16", precision="fp16")
     manifest = result.manifest
-    assert manifest.precision == "fp16" and manifest.graphs == {"encoder": "fp16", "decoder": "fp16"}
-    assert manifest.parity["passed"] and manifest.parity["precision"] == "fp16", manifest.parity
-    assert manifest.parity["summary"]["embedding_cosine"] > 0.9999, manifest.parity["summary"]
+    graphs = manifest.graphs
+    assert manifest.precision == "fp16" and (graphs.encoder, graphs.decoder, graphs.fp16_encoder) == ("fp16", "fp16", True)
+    assert manifest.parity.passed and manifest.parity.precision == "fp16", manifest.parity
+    assert manifest.parity.summary["embedding_cosine"] > 0.9999, manifest.parity.summary
     weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2
