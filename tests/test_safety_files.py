@@ -23,18 +23,6 @@ from samexport.errors import SamExportError
 
 
 @pytest.fixture
-def no_export(monkeypatch):
-    """Make any attempt to load the weights (the first step of the export) fail loudly, to show
-    that a refusal came before it."""
-    import samexport.pipeline
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the export started")
-
-    monkeypatch.setattr(samexport.pipeline, "load_sam", must_not_run)
-
-
-@pytest.fixture
 def artifact(tiny_artifact, tmp_path) -> Path:
     """A private copy of the tiny artifact (copied with ``cp -p`` semantics: same mtimes)."""
     return Path(shutil.copytree(tiny_artifact, tmp_path / "tiny-fp32"))
