@@ -1,9 +1,10 @@
 """Artifact directories: the ONNX graphs, engine plans and ``manifest.json`` of one build.
 
 A build is written into a hidden staging folder next to its destination and renamed into place only
-when complete, manifest last, so a crash never leaves a directory that looks like a finished build.
-The destination is checked before any work (:func:`check_output_destination`): samexport replaces
-only its own artifacts, never a user's folder or file. The manifest records the size and sha256 of
+when complete, manifest last, so a crash never leaves a directory that looks like a finished build
+(``samexport.staging.staged_directory``). The destination is checked before any work
+(``samexport.staging.check_output_destination``): samexport replaces only its own artifacts
+(:func:`check_replaceable_artifact`), never a user's folder or file. The manifest records the size and sha256 of
 every file the runtime loads (``Manifest.files``, see ``samexport.integrity``), recomputed on
 every rewrite.
 """
@@ -12,26 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
-from samexport.staging import marker_pid, remove_stale_folders, write_atomically, write_marker
+from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
+from samexport.staging import marker_pid, write_atomically
 from samexport.variants import get_model
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 2  # 2: a "runtime" section; format 1 manifests are read and upgraded
 DEFAULT_ROOT = Path("engines")
-STAGING_MARKER = ".samexport-staging"  # in a build's staging folder: {"pid": ...} of the build
 PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
@@ -40,8 +36,9 @@ PLAN_FILES = ("encoder.plan", "decoder.plan")
 # named by content so that replacing them never overwrites the file the current manifest names.
 REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
-# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<pid>)
-_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9]+)?")
+# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<8 hex>, or
+# .NAME.partial-<pid> from samexport before staging.atomic_file wrote it)
+_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9a-f]+)?")
 # write_manifest's temporary file (samexport.staging.temporary_name)
 _PARTIAL_MANIFEST = re.compile(rf"\.{re.escape(C.MANIFEST)}\.[0-9a-f]{{32}}\.partial")
 
@@ -107,7 +104,7 @@ class Manifest:
     precision: str
     attention: str
     opset: int
-    graphs: dict
+    graphs: GraphPrecisions
     checkpoint: dict
     encoder: dict
     decoder: dict
@@ -116,7 +113,7 @@ class Manifest:
     engines: dict = field(default_factory=dict)
     skipped_engines: dict = field(default_factory=dict)
     engines_verification: dict | None = None
-    parity: dict | None = None
+    parity: ParityRecord | None = None
     references: dict | None = None
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
@@ -130,6 +127,8 @@ class Manifest:
         for item in fields(self):
             if item.name not in ("format", "extra", "runtime"):
                 data[item.name] = getattr(self, item.name)
+        data["graphs"] = self.graphs.to_dict()
+        data["parity"] = None if self.parity is None else self.parity.to_dict()
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -196,9 +195,13 @@ class Manifest:
                 raise SamExportError(f"{source}: bad 'runtime' section: {exc}") from None
         else:
             raise SamExportError(f"{source}: 'runtime' must be an object, got {data.get('runtime')!r}")
+        graphs = GraphPrecisions.from_dict(data["graphs"], source=source)
+        parity = None if data.get("parity") is None else ParityRecord.from_dict(data["parity"], source=source)
         known = {item.name for item in fields(cls)}
         return cls(
-            **{key: data[key] for key in known - {"runtime", "extra", "format"} if key in data},
+            **{key: data[key] for key in known - {"runtime", "extra", "format", "graphs", "parity"} if key in data},
+            graphs=graphs,
+            parity=parity,
             runtime=runtime,
             extra={key: value for key, value in data.items() if key not in known},
             format=MANIFEST_FORMAT,
@@ -206,6 +209,11 @@ class Manifest:
 
     def replace(self, **changes) -> Manifest:
         return replace(self, **changes)
+
+    def engine(self, name: str) -> EngineRecord:
+        """The record of the ``encoder`` or ``decoder`` plan (a ``KeyError`` when there is none:
+        check ``name in manifest.engines`` first)."""
+        return EngineRecord.from_dict(self.engines[name], name=name)
 
     @property
     def contract(self) -> C.GraphContract:
@@ -363,50 +371,16 @@ def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
     return foreign
 
 
-def check_output_destination(destination: Path | str) -> None:
-    """Refuse, before any work, a destination a build must not (or cannot) replace.
-
-    A build may write a new folder, an empty folder, or replace an artifact samexport wrote (a
-    valid ``manifest.json``, and nothing in it that samexport did not write). It refuses an
-    existing file, a symbolic link, a folder that is not an artifact, the current folder or one
-    above it, and a mount point (the final rename cannot move a mount point).
+def check_replaceable_artifact(folder: Path, where: str) -> None:
+    """Accept a non-empty ``folder`` a build may replace: an artifact samexport wrote (a valid
+    ``manifest.json``) holding nothing samexport did not write. The build passes it to
+    ``samexport.staging.check_output_destination`` / ``staged_directory``.
 
     Raises:
-        SamExportError: the destination is one of those; the message says which and what to do.
+        SamExportError: ``folder`` has no manifest or a foreign one, or holds a user's files;
+            ``where`` names it in the message.
     """
-    destination = Path(destination)
-    where = f"--output {destination}"
-    if destination.is_symlink():
-        raise SamExportError(f"{where} is a symbolic link; name the folder itself (or a new one)")
-    resolved = destination.resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents or resolved.parent == resolved:
-        raise SamExportError(
-            f"{where} is the current folder or one above it; a build replaces its output folder, so "
-            f"name a new one, e.g. --output {destination / 'vit_b-fp32'}"
-        )
-    if os.path.ismount(resolved):
-        raise SamExportError(
-            f"{where} is a mount point; a build is renamed into place, which cannot replace a mount "
-            f"point: name a folder inside it, e.g. --output {destination / 'vit_b-fp32'}"
-        )
-    ancestor = resolved.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise SamExportError(f"{where}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise SamExportError(f"{where}: cannot write in {ancestor} (permission denied)")
-    if not destination.exists():
-        return
-    if not destination.is_dir():
-        raise SamExportError(
-            f"{where} exists and is a file, not an artifact folder; samexport replaces only its own "
-            "builds: choose another --output"
-        )
-    if not any(destination.iterdir()):
-        return
-    manifest_path = destination / C.MANIFEST
+    manifest_path = folder / C.MANIFEST
     if not manifest_path.is_file():
         raise SamExportError(
             f"{where} exists and is not a samexport artifact (it has files but no {C.MANIFEST}); "
@@ -419,51 +393,10 @@ def check_output_destination(destination: Path | str) -> None:
             f"{where} is not an artifact samexport can replace: {manifest_path} is not a samexport "
             f"manifest ({str(exc).splitlines()[0]}); choose a new folder, or move that one away yourself"
         ) from None
-    foreign = _foreign_entries(destination, manifest)
+    foreign = _foreign_entries(folder, manifest)
     if foreign:
         raise SamExportError(
             f"{where} is an artifact, but it also holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
             f"samexport did not write ({', '.join(foreign[:3])}); replacing it would delete them: "
             "move them out, or choose another --output"
         )
-
-
-@contextmanager
-def staged_directory(destination: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``destination`` atomically.
-
-    The destination is checked first and again just before the swap
-    (:func:`check_output_destination`). The staging folder ``.NAME.partial-*`` holds our marker
-    (:data:`STAGING_MARKER`) until the swap, so a later build removes it if this process is
-    killed; on any failure, the swap included, it is deleted and ``destination`` is left as it was.
-    """
-    check_output_destination(destination)
-    destination = Path(os.path.abspath(destination))
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{destination.name}.partial-"
-    for stale in remove_stale_folders(destination.parent, f"{prefix}*", STAGING_MARKER):
-        log.info("removed %s, left by a build that did not finish", stale)
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
-    try:
-        write_marker(staging, STAGING_MARKER)
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a build is an ordinary folder
-        yield staging
-        check_output_destination(destination)  # nothing of the user's appeared there meanwhile
-        (staging / STAGING_MARKER).unlink()
-        old = None
-        if destination.exists():
-            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            os.replace(destination, old)
-        try:
-            os.replace(staging, destination)
-        except BaseException:
-            if old is not None:
-                os.replace(old, destination)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

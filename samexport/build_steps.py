@@ -23,6 +23,7 @@ from typing import Any
 from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.parity.sam2 import sam2_quick_parity
+from samexport.records import GraphPrecisions
 from samexport.sam2_checkpoint import load_sam2
 
 
@@ -31,20 +32,21 @@ class ModelSteps:
     """The model-dependent steps of a build.
 
     Attributes:
-        check_request: ``(variant, precision=, attention=, opset=, int8_target=, calib_dir=)``;
-            raises :class:`SamExportError` for what this family cannot build, before any work.
+        check_request: ``(variant, precision=, attention=, opset=, int8_target=, calib_dir=) -> dict``;
+            raises :class:`SamExportError` for what this family cannot build, before any work, and
+            returns the checked values ``write_graphs`` takes as keywords (so nothing is checked twice).
         load: ``(checkpoint path, variant) -> model`` (the torch model, eval mode).
         write_graphs: ``(model, staging, precision, *, opset, attention, calib_dir, calib_cache,
-            int8_target, on_step) -> dict`` of each graph's precision (the manifest's ``graphs``).
+            int8_target, on_step) -> GraphPrecisions`` (the manifest's ``graphs``).
         quick_parity: ``(model, folder, precision, memory_arena) -> dict`` (``ParityReport.to_dict``).
         record_references: ``(model, staging) -> dict``, or ``None`` where the family stores none yet.
         graph_records: ``() -> (encoder record, decoder record)`` of the manifest.
         no_engines: why this family gets no TensorRT engines, or ``None`` when it does.
     """
 
-    check_request: Callable[..., None]
+    check_request: Callable[..., dict]
     load: Callable[[Path, Any], Any]
-    write_graphs: Callable[..., dict]
+    write_graphs: Callable[..., GraphPrecisions]
     quick_parity: Callable[[Any, Path, str, bool], dict]
     record_references: Callable[[Any, Path], dict] | None
     graph_records: Callable[[], tuple[dict, dict]]
@@ -59,16 +61,19 @@ def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.T
 SAM2_PRECISIONS = ("fp32", "fp16")
 
 
-def _check_sam2_request(variant, *, precision: str, attention: str, **_: Any) -> None:
+def _check_sam2_request(variant, *, precision: str, attention: str, **_: Any) -> dict:
     if precision not in SAM2_PRECISIONS:
         raise SamExportError(
             f"{variant.name}: precision {precision} is not built for SAM 2.1 yet; valid: {', '.join(SAM2_PRECISIONS)}"
         )
     if attention != "plain":
         raise SamExportError(f"--attention {attention} does not apply to SAM 2.1's Hiera encoders; modes: plain")
+    return {}
 
 
-def _write_sam2_graphs(model, staging: Path, precision: str, *, opset: int, on_step: Callable[[str], None], **_: Any) -> dict:
+def _write_sam2_graphs(
+    model, staging: Path, precision: str, *, opset: int, on_step: Callable[[str], None], **_: Any
+) -> GraphPrecisions:
     """fp32: both graphs as exported. fp16: both converted with FP32 islands."""
     from samexport.export.sam2_onnx import export_sam2_decoder, export_sam2_encoder
 
@@ -79,14 +84,14 @@ def _write_sam2_graphs(model, staging: Path, precision: str, *, opset: int, on_s
     on_step(f"exporting {C.DECODER_ONNX} (SAM 2.1 decoder, opset {opset})")
     export_sam2_decoder(model, folder / C.DECODER_ONNX, opset=opset)
     if precision == "fp32":
-        return {"encoder": "fp32", "decoder": "fp32"}
+        return GraphPrecisions(encoder="fp32", decoder="fp32")
     from samexport.precision.fp16 import convert_to_fp16
 
     on_step("converting both graphs to fp16 (fp32 islands kept)")
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         convert_to_fp16(folder / name, staging / name)
     shutil.rmtree(folder)
-    return {"encoder": "fp16", "decoder": "fp16"}
+    return GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
 
 
 def _sam2_graph_records() -> tuple[dict, dict]:

@@ -17,6 +17,7 @@ import re
 import socket
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,7 +107,11 @@ def download(
             leaves its part file, ``NAME.part-HOST-PID-XXXXXXXX``; the next download of ``dest``
             removes it (:func:`remove_stale_parts`).
     """
-    dest = Path(dest)
+    return _download(url, Path(dest), sha256=sha256, progress=progress, timeout=timeout).path
+
+
+def _download(url: str, dest: Path, *, sha256: str | None, progress: bool, timeout: float) -> CheckpointFile:
+    """:func:`download`, returning the file with the sha256 of the bytes received."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(dest)
     # Checked before it is renamed into place; the part file's name says whose it is.
@@ -122,7 +127,7 @@ def download(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
                 "the file was discarded"
             )
-    return dest
+    return CheckpointFile(dest, actual)
 
 
 def _stream(
@@ -156,6 +161,21 @@ def _stream(
     return received, expected_size, digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint file, and its sha256 where finding it already read the file (a verified cache
+    entry, a download), so that nobody reads a 2.4 GB file twice to hash it.
+
+    Attributes:
+        path: the file.
+        sha256: lower-case hex digest of the file, or ``None`` where it was not computed (a file
+            the user gave is only checked to exist).
+    """
+
+    path: Path
+    sha256: str | None = None
+
+
 def resolve_checkpoint(
     variant: ModelVariant | str,
     checkpoint: Path | str | None = None,
@@ -164,8 +184,8 @@ def resolve_checkpoint(
     download_missing: bool = True,
     base_url: str | None = None,
     progress: bool = True,
-) -> Path:
-    """Return the path of a checkpoint file for ``variant``, downloading it to the cache if needed.
+) -> CheckpointFile:
+    """Find the checkpoint file for ``variant``, downloading it to the cache if needed.
 
     Args:
         variant: the model variant (or its registry name); its checkpoint record
@@ -180,6 +200,10 @@ def resolve_checkpoint(
             defaults to ``$SAMEXPORT_CHECKPOINT_URL``, else the record's own URL is used.
         progress: show a download progress bar.
 
+    Returns:
+        the file, with its sha256 when this call computed it (a cached or downloaded official
+        file); a file the user gave is returned unhashed (``sha256`` None).
+
     Raises:
         SamExportError: the given file is missing, the variant has no official checkpoint, the
             cached file fails its checksum, or the download fails. Every message says how to
@@ -190,7 +214,7 @@ def resolve_checkpoint(
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise SamExportError(f"checkpoint {path} does not exist or is not a file")
-        return path
+        return CheckpointFile(path)
 
     record = variant.checkpoint
     if record is None:
@@ -201,12 +225,14 @@ def resolve_checkpoint(
     expected = record.sha256.lower() if record.sha256 else None
 
     if cached.is_file():
-        if expected is not None and (actual := sha256_file(cached)) != expected:
+        if expected is None:
+            return CheckpointFile(cached)
+        if (actual := sha256_file(cached)) != expected:
             raise SamExportError(
                 f"cached checkpoint {cached} is corrupt: expected sha256 {expected}, got {actual}; "
                 "delete the file to download it again, or pass --checkpoint PATH"
             )
-        return cached
+        return CheckpointFile(cached, actual)
 
     mirror = base_url or os.environ.get(CHECKPOINT_URL_ENV)
     url = mirror + record.filename if mirror else record.url
@@ -215,4 +241,4 @@ def resolve_checkpoint(
             f"no checkpoint for {variant.name!r} at {cached} and downloading is disabled; "
             f"download {url} there yourself, or pass --checkpoint PATH"
         )
-    return download(url, cached, sha256=expected, progress=progress)
+    return _download(url, cached, sha256=expected, progress=progress, timeout=30.0)

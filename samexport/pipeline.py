@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from samexport import constants as C
 from samexport.artifacts import (
-    Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, read_manifest, staged_directory, verify_artifact, write_manifest,
+    Manifest, RuntimeNeeds, check_replaceable_artifact, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
 )
 from samexport.build_steps import SAM2_STEPS, ModelSteps, graph_record
 from samexport.checkpoint import load_sam
@@ -29,13 +29,16 @@ from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runn
 from samexport.parity.references import record_references
 from samexport.parity.verify import VerificationError
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
+from samexport.records import GraphPrecisions, ParityRecord
 from samexport.runtime.backends import TorchBackend
+from samexport.staging import check_output_destination, staged_directory
 from samexport.utils import default_cache_dir, package_versions, sha256_file
 from samexport.variants import ModelVariant, Variant, get_model
 
 if TYPE_CHECKING:
     from samexport.models import Sam
-    from samexport.precision.int8 import Int8Target
+    from samexport.export.attention import CheckedAttention
+    from samexport.precision.int8 import Int8Recipe, Int8Target
 
 Precision = C.Precision
 PRECISIONS = C.PRECISIONS
@@ -54,7 +57,7 @@ class BuildResult:
     @property
     def parity_passed(self) -> bool | None:
         parity = self.manifest.parity
-        return None if parity is None else bool(parity["passed"])
+        return None if parity is None else parity.passed
 
 
 def _write_graphs(
@@ -68,7 +71,9 @@ def _write_graphs(
     calib_cache: Path | None,
     int8_target: Int8Target,
     on_step: Callable[[str], None],
-) -> dict:
+    checked_attention: CheckedAttention,
+    recipe: Int8Recipe | None,
+) -> GraphPrecisions:
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
     fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
@@ -80,19 +85,19 @@ def _write_graphs(
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
     if precision == "fp32":
         on_step(f"exporting {encoder.name} (opset {opset})")
-        export_encoder(sam, encoder, opset=opset, attention=attention)
+        export_encoder(sam, encoder, opset=opset, attention=checked_attention)
         on_step(f"exporting {decoder.name} (opset {opset})")
         export_decoder(sam, decoder, opset=opset)
         on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
         export_decoder_halves(sam, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
-        return {"encoder": "fp32", "decoder": "fp32"}
+        return GraphPrecisions(encoder="fp32", decoder="fp32")
 
     from samexport.precision.fp16 import convert_to_fp16
 
     work = staging / ".fp32"
     work.mkdir()
     on_step(f"exporting fp32 graphs (opset {opset})")
-    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=attention)
+    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=checked_attention)
     export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
     export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
     on_step("converting the decoder to fp16 (fp32 islands kept)")
@@ -101,21 +106,19 @@ def _write_graphs(
     if precision == "fp16":
         on_step("converting the encoder to fp16 (fp32 islands kept)")
         convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
-        graphs = {"encoder": "fp16", "decoder": "fp16"}
+        graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
     else:
-        from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+        from samexport.precision.int8 import quantize_encoder_int8
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
-        recipe = recipe_for(int8_target, sam.family)
         quantize_encoder_int8(
             work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
         )
-        graphs = {
-            "encoder": "int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", "decoder": "fp16",
-            "int8_target": int8_target,
-            "calibration_images": str(calib_dir),
-        }
+        graphs = GraphPrecisions(
+            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
+            int8_target=int8_target, calibration_images=str(calib_dir),
+        )
     shutil.rmtree(work)
     return graphs
 
@@ -134,11 +137,12 @@ def _sam_graph_records() -> tuple[dict, dict]:
 
 def _check_sam_request(
     variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
-) -> None:
-    """What SAM's family cannot build, refused before any work."""
+) -> dict:
+    """What SAM's family cannot build, refused before any work; returns the checked values
+    :func:`_write_graphs` takes (``checked_attention``, ``recipe``), so it checks nothing again."""
     from samexport.export.attention import check_attention_mode
 
-    check_attention_mode(attention, opset, variant.family)
+    checked = {"checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None}
     if attention == "plugin" and precision == "int8":
         raise SamExportError(
             "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
@@ -152,6 +156,8 @@ def _check_sam_request(
         recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
         # Fail now, not after the export, if the folder has no images or one cannot be decoded.
         check_calibration_images(calib_dir, recipe.max_images)
+        checked["recipe"] = recipe
+    return checked
 
 
 SAM_STEPS = ModelSteps(
@@ -271,7 +277,7 @@ def build(
     The directory is assembled in a staging folder and renamed into place when complete. An
     existing ``output`` is replaced only when it is a samexport artifact; anything else (a file, a
     folder of the user's, the current folder, a mount point) is refused before any work
-    (``samexport.artifacts.check_output_destination``).
+    (``samexport.staging.check_output_destination``).
     """
     from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET
@@ -281,7 +287,7 @@ def build(
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
-    steps.check_request(
+    checked = steps.check_request(
         variant, precision=precision, attention=attention, opset=opset, int8_target=int8_target, calib_dir=calib_dir
     )
     engine_config = engine_config or BuildConfig()
@@ -299,11 +305,13 @@ def build(
                 if not availability:
                     raise SamExportError(f"TensorRT engines were required but cannot be built: {availability.reason}")
     destination = Path(output) if output else default_artifact_dir(variant.name, precision)
-    check_output_destination(destination)  # before the checkpoint is hashed, loaded and exported
+    check_output_destination(destination, check_replaceable_artifact)  # before the checkpoint is hashed, loaded and exported
 
-    checkpoint = resolve_checkpoint(variant, checkpoint, download_missing=download)
-    on_step(f"hashing {checkpoint}")
-    checkpoint_sha = sha256_file(checkpoint)
+    found = resolve_checkpoint(variant, checkpoint, download_missing=download)
+    checkpoint, checkpoint_sha = found.path, found.sha256
+    if checkpoint_sha is None:  # a file the user gave (a cached or downloaded one is hashed already)
+        on_step(f"hashing {checkpoint}")
+        checkpoint_sha = sha256_file(checkpoint)
     # One file per recipe, so alternating tensorrt and onnxruntime builds do not recalibrate.
     calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}-{int8_target}.json"
     if precision == "int8":
@@ -314,20 +322,18 @@ def build(
     sam = steps.load(checkpoint, variant)
 
     started = time.perf_counter()
-    with staged_directory(destination) as staging:
+    with staged_directory(destination, check_replaceable_artifact) as staging:
         graphs = steps.write_graphs(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
-            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
+            calib_cache=calib_cache, int8_target=int8_target, on_step=on_step, **checked,
         )
-        runtime = RuntimeNeeds.for_build(
-            precision=precision, attention=attention, fp16_encoder=graphs["encoder"].endswith("on fp16")
-        )
+        runtime = RuntimeNeeds.for_build(precision=precision, attention=attention, fp16_encoder=graphs.fp16_encoder)
         parity_report = None
         if parity:
             on_step("parity check against the PyTorch weights")
-            parity_report = steps.quick_parity(
+            parity_report = ParityRecord.from_dict(steps.quick_parity(
                 sam, _runnable_graphs(staging, attention), precision, runtime.onnxruntime_memory_arena
-            )
+            ))
         reference_record = None
         if references and steps.record_references is None:
             on_step(f"no stored references: samexport stores none for {variant.name} yet")

@@ -1,6 +1,8 @@
 """Writing files and folders so that a reader never sees half of one: a file written beside its
 target and renamed over it (:func:`atomic_path`, :func:`atomic_file`), and folders assembled
-under a hidden name with our marker in them, removing the ones killed runs left behind.
+under a hidden name with our marker in them (:func:`staged_directory`), removing the ones killed
+runs left behind; and the check that a destination is one samexport may replace
+(:func:`check_output_destination`), made before any work.
 
 A run that writes a folder in stages (a build's ``.NAME.partial-*``, the engine step's
 ``.plans-partial-*``) first writes a marker file into it holding its process id. A later run
@@ -12,12 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from samexport.errors import SamExportError
+
+log = logging.getLogger(__name__)
+
+STAGING_MARKER = ".samexport-staging"  # in a build's staging folder: {"pid": ...} of the build
+# Raises SamExportError when the non-empty folder (the first argument) must not be replaced; the
+# second argument names it for the message (``--output PATH``).
+ReplaceableCheck = Callable[[Path, str], None]
 
 
 def write_marker(folder: Path, marker: str) -> Path:
@@ -138,3 +151,98 @@ def write_atomically(path: Path | str, data: bytes | str | memoryview, *, suffix
     with atomic_file(path, "wb", suffix=suffix) as stream:
         stream.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+# -- replacing a folder -------------------------------------------------------------------------
+
+
+def _refuse_non_empty(folder: Path, where: str) -> None:
+    raise SamExportError(f"{where} exists and is not empty; choose a new folder, or move that one away yourself")
+
+
+def check_output_destination(destination: Path | str, replaceable: ReplaceableCheck = _refuse_non_empty) -> None:
+    """Refuse, before any work, a destination a build must not (or cannot) replace.
+
+    A build may write a new folder or an empty folder, and replace a non-empty one only where
+    ``replaceable`` accepts it (the build passes ``samexport.artifacts.check_replaceable_artifact``:
+    an artifact samexport wrote, holding nothing it did not write; by default none). It refuses an
+    existing file, a symbolic link, the current folder or one above it, and a mount point (the
+    final rename cannot move a mount point).
+
+    Raises:
+        SamExportError: the destination is one of those; the message says which and what to do.
+    """
+    destination = Path(destination)
+    where = f"--output {destination}"
+    if destination.is_symlink():
+        raise SamExportError(f"{where} is a symbolic link; name the folder itself (or a new one)")
+    resolved = destination.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved.parent == resolved:
+        raise SamExportError(
+            f"{where} is the current folder or one above it; a build replaces its output folder, so "
+            f"name a new one, e.g. --output {destination / 'vit_b-fp32'}"
+        )
+    if os.path.ismount(resolved):
+        raise SamExportError(
+            f"{where} is a mount point; a build is renamed into place, which cannot replace a mount "
+            f"point: name a folder inside it, e.g. --output {destination / 'vit_b-fp32'}"
+        )
+    ancestor = resolved.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise SamExportError(f"{where}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SamExportError(f"{where}: cannot write in {ancestor} (permission denied)")
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise SamExportError(
+            f"{where} exists and is a file, not an artifact folder; samexport replaces only its own "
+            "builds: choose another --output"
+        )
+    if any(destination.iterdir()):
+        replaceable(destination, where)
+
+
+@contextlib.contextmanager
+def staged_directory(destination: Path | str, replaceable: ReplaceableCheck = _refuse_non_empty) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces ``destination`` atomically.
+
+    The destination is checked first and again just before the swap
+    (:func:`check_output_destination`, with ``replaceable``). The staging folder
+    ``.NAME.partial-*`` holds our marker (:data:`STAGING_MARKER`) until the swap, so a later build
+    removes it if this process is killed; on any failure, the swap included, it is deleted and
+    ``destination`` is left as it was.
+    """
+    check_output_destination(destination, replaceable)
+    destination = Path(os.path.abspath(destination))
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{destination.name}.partial-"
+    for stale in remove_stale_folders(destination.parent, f"{prefix}*", STAGING_MARKER):
+        log.info("removed %s, left by a build that did not finish", stale)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
+    try:
+        write_marker(staging, STAGING_MARKER)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a build is an ordinary folder
+        yield staging
+        check_output_destination(destination, replaceable)  # nothing of the user's appeared there meanwhile
+        (staging / STAGING_MARKER).unlink()
+        old = None
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            os.replace(destination, old)
+        try:
+            os.replace(staging, destination)
+        except BaseException:
+            if old is not None:
+                os.replace(old, destination)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

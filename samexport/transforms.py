@@ -33,6 +33,7 @@ __all__ = [
     "preprocess",
     "transform_coords",
     "transform_boxes",
+    "to_input_frame",
     "postprocess_masks",
 ]
 
@@ -155,10 +156,15 @@ def transform_coords(coords: np.ndarray, original_size: tuple[int, int]) -> np.n
         ``ResizeLongestSide.apply_coords`` (computed in float64) cast to float32, as
         ``SamPredictor.predict`` does before calling the model.
     """
-    array = real_array("coords", coords, (..., 2), finite=False)
-    old_height, old_width = size_pair("original_size", original_size)
+    return to_input_frame(real_array("coords", coords, (..., 2), finite=False), size_pair("original_size", original_size))
+
+
+def to_input_frame(coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
+    """:func:`transform_coords` for values already checked (``coords`` a real ``...x2`` array,
+    ``original_size`` a pair of positive ints): what the predictor calls after checking a prompt."""
+    old_height, old_width = original_size
     new_height, new_width = preprocess_shape(old_height, old_width)
-    out = array.astype(np.float64)  # always a copy
+    out = coords.astype(np.float64)  # always a copy
     out[..., 0] *= new_width / old_width
     out[..., 1] *= new_height / old_height
     return out.astype(np.float32)
@@ -178,7 +184,7 @@ def transform_boxes(boxes: np.ndarray, original_size: tuple[int, int]) -> np.nda
         (the official always returns ``Bx4``).
     """
     array = real_array("boxes", boxes, (..., 4), finite=False)
-    corners = transform_coords(array.reshape(*array.shape[:-1], 2, 2), original_size)
+    corners = to_input_frame(array.reshape(*array.shape[:-1], 2, 2), size_pair("original_size", original_size))
     return corners.reshape(array.shape)
 
 

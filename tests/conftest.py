@@ -113,3 +113,19 @@ def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
         "sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint,
         output=tmp_path_factory.mktemp("sam2_artifact") / "sam2.1_hiera_tiny-fp32",
     ).artifact_dir
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    """Loading the weights (the export's first step) fails loudly, to show that a refusal came
+    before it. The build loads through its family's steps (``pipeline.BUILD_STEPS``), so the guard
+    goes there: patching ``pipeline.load_sam`` would guard nothing."""
+    import dataclasses
+
+    import samexport.pipeline
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    for family, steps in list(samexport.pipeline.BUILD_STEPS.items()):
+        monkeypatch.setitem(samexport.pipeline.BUILD_STEPS, family, dataclasses.replace(steps, load=must_not_run))

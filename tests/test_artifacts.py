@@ -7,13 +7,14 @@ import pytest
 
 from samexport import constants as C
 from samexport.artifacts import MANIFEST_FORMAT, Manifest, RuntimeNeeds, read_manifest, write_manifest
+from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
 from samexport.errors import SamExportError
 
 
 def manifest_data(**changes) -> dict:
     data = {
         "format": MANIFEST_FORMAT, "variant": "tiny", "precision": "fp16", "attention": "plain", "opset": 18,
-        "graphs": {"encoder": "fp16", "decoder": "fp16"}, "checkpoint": {"file": "x.pth", "sha256": "0" * 64},
+        "graphs": {"encoder": "fp16", "decoder": "fp16", "fp16_encoder": True}, "checkpoint": {"file": "x.pth", "sha256": "0" * 64},
         "encoder": {"onnx": C.ENCODER_ONNX}, "decoder": {"onnx": C.DECODER_ONNX},
         "runtime": {"onnxruntime_encoder": True, "onnxruntime_memory_arena": False, "gpu_specific_kernels": False},
         "engine_config": {}, "engines": {}, "skipped_engines": {}, "engines_verification": None, "parity": None,
@@ -94,6 +95,56 @@ def test_written_manifest_is_read_back_and_replaced_atomically(tmp_path):
     (tmp_path / C.MANIFEST).write_text("{not json")
     with pytest.raises(SamExportError, match="not valid JSON"):
         read_manifest(tmp_path)
+
+
+# The sections as samexport wrote them before they were typed (format 2, 2026-12-05), copied from
+# a vit_b int8 build's manifest.json: they must still be read.
+OLD_GRAPHS = {
+    "encoder": "int8 (Q/DQ) on fp16", "decoder": "fp16", "int8_target": "tensorrt",
+    "calibration_images": "calib",
+}
+OLD_PARITY = {
+    "passed": True, "reference": "torch", "candidate": "onnxruntime-cpu", "precision": "int8",
+    "tolerances": {"embedding_rel_max_abs": 0.5}, "summary": {"embedding_cosine": 0.998, "mask_iou_min": 0.93},
+    "checks": [{"metric": "embedding_cosine", "value": 0.998, "limit": 0.99, "bound": "min", "passed": True}],
+    "images": ["astronaut"],
+}
+OLD_DECODER_ENGINE = {
+    "builder": "tensorrt", "test_build": False, "tensorrt_module": "tensorrt", "tensorrt_version": "10.3.0.26",
+    "gpu": "Orin", "compute_capability": "8.7", "plan_bytes": 9_000_000, "plan": "plans-1/decoder.plan",
+    "profiles": [{"point_coords": [[1, 1, 2], [1, 4, 2], [64, 16, 2]], "point_labels": [[1, 1], [1, 4], [64, 16]]}],
+}
+
+
+def test_sections_written_before_they_were_typed_are_read_as_records():
+    manifest = Manifest.from_dict(manifest_data(
+        precision="int8", graphs=OLD_GRAPHS, parity=OLD_PARITY,
+        engines={"decoder": OLD_DECODER_ENGINE, "encoder": {**OLD_DECODER_ENGINE, "profiles": []}},
+    ))
+    assert manifest.graphs == GraphPrecisions("int8 (Q/DQ) on fp16", "fp16", True, "tensorrt", "calib")
+    assert Manifest.from_dict(manifest_data(graphs={"encoder": "int8 (Q/DQ)", "decoder": "fp16"})).graphs.fp16_encoder is False
+    assert manifest.parity.passed is True and manifest.parity.summary["mask_iou_min"] == 0.93
+    assert manifest.parity.to_dict() == OLD_PARITY  # written back as it was
+    decoder = manifest.engine("decoder")
+    assert decoder.max_prompts == 64 and decoder.plan == "plans-1/decoder.plan" and decoder.gpu == "Orin"
+    assert manifest.engine("encoder").max_prompts is None
+    assert manifest.to_dict()["graphs"] == {**OLD_GRAPHS, "fp16_encoder": True}
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("graphs", {"encoder": "fp16"}, "bad 'graphs' section"),
+        ("graphs", {"encoder": "fp16", "decoder": "fp16", "fp16_encoder": "yes"}, "'graphs.fp16_encoder' must be true or false"),
+        ("parity", {"passed": "yes", "summary": {}}, "bad 'parity' section"),
+    ],
+)
+def test_bad_sections_are_refused(section, value, message):
+    with pytest.raises(SamExportError, match=message):
+        Manifest.from_dict(manifest_data(**{section: value}))
+    with pytest.raises(SamExportError, match="names no plan"):
+        EngineRecord.from_dict({"gpu": "x"}, name="decoder")
+    assert ParityRecord.from_dict(OLD_PARITY).precision == "int8"
 
 
 def test_enumerations_are_defined_once():

@@ -48,7 +48,7 @@ def test_sam2_build_refuses_before_any_work(tmp_path, kwargs, message):
 def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     manifest = read_manifest(sam2_tiny_artifact)
     assert manifest.variant == "sam2.1_hiera_tiny" and manifest.contract is C.SAM2_GRAPHS
-    assert manifest.graphs == {"encoder": "fp32", "decoder": "fp32"}
+    assert (manifest.graphs.encoder, manifest.graphs.decoder, manifest.graphs.fp16_encoder) == ("fp32", "fp32", False)
     assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
     assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
     assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
@@ -56,8 +56,8 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX}
     assert all("no TensorRT engines for SAM 2.1" in reason for reason in manifest.skipped_engines.values())
     parity = manifest.parity
-    assert parity["passed"], parity
-    summary = parity["summary"]  # ONNX Runtime CPU vs eager PyTorch, fp32
+    assert parity.passed, parity
+    summary = parity.summary  # ONNX Runtime CPU vs eager PyTorch, fp32
     assert summary["embedding_rel_max_abs"] < 1e-4 and summary["logits_rel_max_abs"] < 1e-4, summary
     assert summary["mask_iou_min"] > 0.999, summary
 
@@ -88,8 +88,9 @@ def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
 
     result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp16", precision="fp16")
     manifest = result.manifest
-    assert manifest.precision == "fp16" and manifest.graphs == {"encoder": "fp16", "decoder": "fp16"}
-    assert manifest.parity["passed"] and manifest.parity["precision"] == "fp16", manifest.parity
-    assert manifest.parity["summary"]["embedding_cosine"] > 0.9999, manifest.parity["summary"]
+    graphs = manifest.graphs
+    assert manifest.precision == "fp16" and (graphs.encoder, graphs.decoder, graphs.fp16_encoder) == ("fp16", "fp16", True)
+    assert manifest.parity.passed and manifest.parity.precision == "fp16", manifest.parity
+    assert manifest.parity.summary["embedding_cosine"] > 0.9999, manifest.parity.summary
     weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
+import os
 import random
 import socket
 import threading
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import samexport.download as dl
-from samexport.download import download, resolve_checkpoint
+from samexport.download import CheckpointFile, download, resolve_checkpoint
 from samexport.utils import CACHE_ENV, default_cache_dir
 from samexport.utils import sha256_file
 from samexport.errors import SamExportError
@@ -87,14 +89,15 @@ def test_download_into_cache_then_found_without_network(
 ):
     before = len(_Handler.requests)
     url = f"{server}/files/"
-    path = resolve_checkpoint(VIT_B, cache_dir=tmp_path, base_url=url, progress=False)
-    assert path == tmp_path / FILENAME
+    found = resolve_checkpoint(VIT_B, cache_dir=tmp_path, base_url=url, progress=False)
+    path = found.path
+    assert found == CheckpointFile(tmp_path / FILENAME, PAYLOAD_SHA256)  # hashed as it arrived
     assert path.read_bytes() == PAYLOAD
     assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]
     assert _Handler.requests[before:] == [f"/files/{FILENAME}"]
 
     again = resolve_checkpoint(VIT_B, cache_dir=tmp_path, base_url=dead_url, download_missing=False)
-    assert again == path
+    assert again == CheckpointFile(path, PAYLOAD_SHA256)
     assert len(_Handler.requests) == before + 1
 
 
@@ -177,8 +180,8 @@ def test_corrupt_cached_file_is_reported(tmp_path: Path):
 def test_explicit_checkpoint(tmp_path: Path):
     given = tmp_path / "my_weights.pth"
     given.write_bytes(b"weights")
-    assert resolve_checkpoint(VIT_B, given) == given
-    assert resolve_checkpoint(VARIANTS["tiny"], str(given)) == given
+    assert resolve_checkpoint(VIT_B, given) == CheckpointFile(given)  # not hashed: any weights may be given
+    assert resolve_checkpoint(VARIANTS["tiny"], str(given)) == CheckpointFile(given)
     missing = tmp_path / "nope.pth"
     with pytest.raises(SamExportError, match="nope.pth does not exist"):
         resolve_checkpoint(VIT_B, missing)
@@ -198,7 +201,7 @@ def test_cache_dir_and_url_from_environment(
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(dl.CHECKPOINT_URL_ENV, f"{server}/files/")
     assert default_cache_dir() == tmp_path / "cache"
-    path = resolve_checkpoint(VIT_B, progress=False)
+    path = resolve_checkpoint(VIT_B, progress=False).path
     assert path == tmp_path / "cache" / FILENAME
     assert sha256_file(path) == PAYLOAD_SHA256
 
@@ -244,3 +247,40 @@ def test_a_killed_download_leaves_a_part_the_next_download_removes(server: str, 
     assert dest.read_bytes() == PAYLOAD
     assert not killed.exists() and not elsewhere_old.exists() and not legacy_old.exists()
     assert live.exists() and elsewhere_new.exists() and all(path.exists() for path in users)
+
+
+class _Stop(Exception):
+    """Raised by the build's loading step: the test needs only what comes before it."""
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["cached official file", "file the user gave"])
+def test_a_build_reads_its_checkpoint_once_to_hash_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: bool):
+    """A cached official checkpoint is hashed by resolve_checkpoint (to verify it) and the build
+    records that digest instead of reading the file again (2.4 GB for vit_h); a file the user
+    gives is hashed once, by the build. Counted as bytes read by every hashing call."""
+    import samexport.pipeline as pipeline
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / FILENAME).write_bytes(PAYLOAD)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).name == FILENAME:
+            opened.append(mode)
+        return real_open(file, mode, *args, **kwargs)
+
+    def stop(checkpoint, variant):
+        raise _Stop
+
+    # Loading would read it again (torch.load): the build stops there.
+    monkeypatch.setitem(pipeline.BUILD_STEPS, "sam", replace(pipeline.SAM_STEPS, load=stop))
+    monkeypatch.setattr(builtins, "open", counting_open)
+    checkpoint = cache / FILENAME if given else None
+    with pytest.raises(_Stop):
+        pipeline.build(VIT_B, checkpoint=checkpoint, output=tmp_path / "out", engines="skip", parity=False, download=False)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert opened == ["rb"]  # read once, by whichever step hashed it
+    assert not (tmp_path / "out").exists()

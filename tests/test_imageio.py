@@ -20,7 +20,7 @@ from PIL import Image
 from samexport import imageio
 from samexport.datasets.images import ImageError, decode_image
 from samexport.errors import SamExportError
-from samexport.parity import read_images
+from samexport.image_sources import read_images
 from samexport.precision.int8 import encoder_feeds
 from samexport.transforms import preprocess
 

@@ -76,9 +76,9 @@ def test_bad_precision_and_variant(tiny_checkpoint, tmp_path):
 
 def test_parity_is_recorded(tiny_artifact):
     parity = read_manifest(tiny_artifact).parity
-    assert parity["passed"] is True and parity["precision"] == "fp32"
-    assert parity["summary"]["mask_iou_min"] >= 0.99
-    assert parity["summary"]["embedding_cosine"] > 0.999999
+    assert parity.passed is True and parity.precision == "fp32"
+    assert parity.summary["mask_iou_min"] >= 0.99
+    assert parity.summary["embedding_cosine"] > 0.999999
 
 
 @pytest.mark.slow
@@ -101,12 +101,13 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
     )
     manifest = read_manifest(result.artifact_dir)
     assert manifest.precision == precision and result.parity_passed
-    assert manifest.graphs["decoder"] == "fp16"
+    assert manifest.graphs.decoder == "fp16"
     assert manifest.runtime.onnxruntime_memory_arena == (int8_target == "onnxruntime")  # off for fp16 graphs
-    assert manifest.graphs.get("int8_target") == (int8_target if precision == "int8" else None)
+    assert manifest.graphs.int8_target == (int8_target if precision == "int8" else None)
+    assert manifest.graphs.fp16_encoder == (precision == "fp16" or int8_target == "tensorrt")
     if precision == "int8":
         expected = {"tensorrt": "int8 (Q/DQ) on fp16", "onnxruntime": "int8 (Q/DQ)"}[int8_target]
-        assert manifest.graphs["encoder"] == expected
+        assert manifest.graphs.encoder == expected
     expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references["file"]]
     assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted(expected)
     predictor = SamPredictor(result.artifact_dir)

@@ -203,17 +203,6 @@ def test_engines_without_polygraphy_say_so_before_touching_the_artifact(artifact
 # Item 15: calibration images and the calibration cache are checked before the export.
 
 
-@pytest.fixture
-def no_export(monkeypatch):
-    """Loading the weights (the export's first step) fails loudly: a refusal came before it."""
-    import samexport.pipeline
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the export started")
-
-    monkeypatch.setattr(samexport.pipeline, "load_sam", must_not_run)
-
-
 def _calibration_folder(folder: Path, count: int = 2) -> Path:
     from PIL import Image
 

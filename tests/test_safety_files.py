@@ -15,24 +15,11 @@ import pytest
 from support import needs_rtx
 
 from samexport import constants as C
-from samexport.artifacts import (
-    DIGEST_KEY, STAGING_MARKER, check_output_destination, read_manifest, staged_directory, verify_artifact,
-)
+from samexport.artifacts import DIGEST_KEY, read_manifest, verify_artifact
 from samexport.pipeline import build
+from samexport.staging import STAGING_MARKER, check_output_destination, staged_directory
 from samexport.utils import sha256_file
 from samexport.errors import SamExportError
-
-
-@pytest.fixture
-def no_export(monkeypatch):
-    """Make any attempt to load the weights (the first step of the export) fail loudly, to show
-    that a refusal came before it."""
-    import samexport.pipeline
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the export started")
-
-    monkeypatch.setattr(samexport.pipeline, "load_sam", must_not_run)
 
 
 @pytest.fixture

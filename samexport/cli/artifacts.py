@@ -99,14 +99,14 @@ def build(
         typer.echo(f"engines verification: {verification_line(result.manifest.engines_verification)}")
     parity_report = result.manifest.parity
     if parity_report is not None:
-        verdict = "passed" if parity_report["passed"] else "FAILED"
-        figures = parity_report["summary"]
+        verdict = "passed" if parity_report.passed else "FAILED"
+        figures = parity_report.summary
         typer.echo(
             f"parity vs PyTorch ({precision} tolerances): {verdict}: embedding cosine "
             f"{figures['embedding_cosine']:.6f}, mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, "
             f"IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
         )
-        if not parity_report["passed"]:
+        if not parity_report.passed:
             raise SamExportError(f"parity check failed; the artifacts in {result.artifact_dir} do not match the PyTorch weights")
 
 
@@ -149,12 +149,13 @@ def engines(
         artifact_dir, engine_config, builder=builder, verify=verify, fallback=fallback,
         on_step=lambda message: typer.echo(f"- {message}", err=True),
     )
-    for name, record in manifest.engines.items():
-        where = record["gpu"] or "no GPU"
-        kind = " (test build: the runtime refuses it)" if record.get("test_build") else ""
+    for name in manifest.engines:
+        record = manifest.engine(name)
+        where = record.gpu or "no GPU"
+        kind = " (test build: the runtime refuses it)" if record.test_build else ""
         typer.echo(
-            f"wrote {Path(artifact_dir) / record['plan']}: {record['plan_bytes'] / 2**20:.1f} MiB, "
-            f"{record['tensorrt_module']} {record['tensorrt_version']} on {where}{kind}"
+            f"wrote {Path(artifact_dir) / record.plan}: {record.plan_bytes / 2**20:.1f} MiB, "
+            f"{record.tensorrt_module} {record.tensorrt_version} on {where}{kind}"
         )
     typer.echo(f"verification: {verification_line(manifest.engines_verification)}")
 

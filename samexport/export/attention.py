@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -51,15 +52,31 @@ ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
 MIN_OPSET: dict[str, int] = {"plain": 17, "fused-pattern": 17, "onnx-attention": 23, "plugin": 17}
 
 
-def check_attention_mode(mode: str, opset: int, family: EncoderFamily | None = None) -> None:
-    """Raise :class:`SamExportError` for an unknown mode, one that does not apply to the encoder
-    ``family`` (when given), or an opset too old for it."""
+@dataclass(frozen=True)
+class CheckedAttention:
+    """An attention mode checked against an encoder family and an ONNX opset: what
+    :func:`check_attention_mode` returns. :func:`attention_mode` and
+    ``samexport.export.to_onnx.export_encoder`` take it without checking again (a plain mode
+    string they check themselves)."""
+
+    mode: AttentionMode
+    opset: int
+    family: EncoderFamily
+
+
+def check_attention_mode(mode: str, opset: int, family: EncoderFamily) -> CheckedAttention:
+    """``mode`` checked for the encoder ``family`` and ``opset``.
+
+    Raises:
+        SamExportError: an unknown mode, one that does not apply to ``family``, or an opset too
+            old for it.
+    """
     if mode not in ATTENTION_MODES:
         raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
-    if family is not None:
-        family.check_attention_mode(mode)
+    family.check_attention_mode(mode)
     if opset < MIN_OPSET[mode]:
         raise SamExportError(f"--attention {mode} needs ONNX opset >= {MIN_OPSET[mode]}, got opset {opset}")
+    return CheckedAttention(mode, opset, family)
 
 
 def _heads_first(attn: Attention, t: torch.Tensor) -> torch.Tensor:
@@ -112,21 +129,25 @@ _CORES = {
 
 @contextlib.contextmanager
 def attention_mode(
-    encoder: nn.Module, mode: AttentionMode, family: EncoderFamily | None = None
+    encoder: nn.Module, mode: AttentionMode | CheckedAttention, family: EncoderFamily | None = None
 ) -> Iterator[dict]:
     """Within the block, ``encoder`` computes its attention in ``mode``'s formulation.
 
-    ``family`` defaults to the one ``encoder`` belongs to. Yields the extra keyword arguments
-    ``torch.onnx.export(dynamo=True)`` needs for the mode. The previous formulation is restored
-    on exit.
+    ``mode``: a mode name, checked here, or a :class:`CheckedAttention` (already checked, for its
+    own family). ``family`` defaults to the one ``encoder`` belongs to. Yields the extra keyword
+    arguments ``torch.onnx.export(dynamo=True)`` needs for the mode. The previous formulation is
+    restored on exit.
 
     Raises:
         SamExportError: ``mode`` is unknown or does not apply to the family's encoders.
     """
-    if mode not in ATTENTION_MODES:
-        raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
-    family = family or family_of(encoder)
-    family.check_attention_mode(mode)
+    if isinstance(mode, CheckedAttention):
+        family, mode = mode.family, mode.mode
+    else:
+        if mode not in ATTENTION_MODES:
+            raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
+        family = family or family_of(encoder)
+        family.check_attention_mode(mode)
     with FAMILY_MODES[family.name](encoder, mode) as extra:
         yield extra
 

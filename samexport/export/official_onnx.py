@@ -38,7 +38,6 @@ selection and upsampling appended as ONNX nodes, so no torch is needed to write 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError
+from samexport.staging import atomic_path
 
 ORIG_IM_SIZE = "orig_im_size"
 NOT_FOR_TENSORRT = (
@@ -210,12 +210,8 @@ def export_official_decoder(
     model = official_decoder_model(decoder, return_single_mask=return_single_mask,
                                    use_stability_score=use_stability_score)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
+    with atomic_path(output) as partial:
         onnx.save(model, str(partial))
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
     return output
 
 

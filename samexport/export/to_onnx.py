@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from samexport import constants as C
-from samexport.export.attention import AttentionMode, attention_mode, check_attention_mode
+from samexport.export.attention import AttentionMode, CheckedAttention, attention_mode, check_attention_mode
 from samexport.export.wrappers import DecoderGraph, DecoderMasksGraph, DecoderScoresGraph, EncoderGraph
 from samexport.models import Sam
 
@@ -63,18 +63,22 @@ def _quiet_exporter():
 
 
 def export_encoder(
-    sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET, attention: AttentionMode = "plain"
+    sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET, attention: AttentionMode | CheckedAttention = "plain"
 ) -> Path:
     """Export the image encoder: ``image`` 1x3x1024x1024 -> ``image_embeddings`` 1x256x64x64.
 
     ``attention`` picks how attention is written (see ``samexport.export.attention``):
     ``"plain"``, ``"fused-pattern"``, ``"onnx-attention"`` (needs ``opset >= 23``) or ``"plugin"``,
-    as far as they apply to the encoder's family (another is a ``SamExportError``). The family
+    as far as they apply to the encoder's family (another is a ``SamExportError``); or the
+    :class:`~samexport.export.attention.CheckedAttention` a caller already checked for this
+    model's family, whose opset is then the one written (``opset`` is not read). The family
     may rewrite the encoder for export first (TinyViT: BatchNorm folded into the convolutions);
     ``sam`` itself is not changed.
     """
     family = sam.family
-    check_attention_mode(attention, opset, family)
+    if not isinstance(attention, CheckedAttention):
+        attention = check_attention_mode(attention, opset, family)
+    opset = attention.opset
     path = Path(path)
     image = torch.zeros(C.IMAGE.shape)
     encoder = family.export_encoder_module(sam.image_encoder)

@@ -19,7 +19,6 @@ Mask-refinement prompts feed both backends the same ``mask_input`` (the referenc
 the prompt without a mask), so that input is identical and only the models differ.
 """
 
-from samexport.image_sources import SAMPLE_IMAGES, read_images, sample_images, synthetic_image
 from samexport.parity.metrics import TOLERANCES, ArrayErrors, Check, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
@@ -29,7 +28,6 @@ __all__ = [
     "PROMPT_SUITE",
     "Precision",
     "QUICK_PROMPTS",
-    "SAMPLE_IMAGES",
     "TOLERANCES",
     "ArrayErrors",
     "Check",
@@ -43,8 +41,5 @@ __all__ = [
     "mask_ious",
     "parity_for_artifact",
     "quick_parity",
-    "read_images",
     "run_parity",
-    "sample_images",
-    "synthetic_image",
 ]

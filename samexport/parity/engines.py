@@ -45,12 +45,12 @@ def tensorrt_runner(folder: Path, manifest: Manifest):
 
 
 def _where_built(manifest: Manifest) -> dict:
-    record = manifest.engines.get("encoder", {})
+    record = manifest.engine("encoder") if "encoder" in manifest.engines else None
     return {
-        "gpu": record.get("gpu"),
-        "compute_capability": record.get("compute_capability"),
-        "tensorrt_module": record.get("tensorrt_module"),
-        "tensorrt_version": record.get("tensorrt_version"),
+        "gpu": record and record.gpu,
+        "compute_capability": record and record.compute_capability,
+        "tensorrt_module": record and record.tensorrt_module,
+        "tensorrt_version": record and record.tensorrt_version,
         "attention": manifest.attention,
         "precision": manifest.precision,
     }

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.prompts import REFERENCE_PROMPTS, Prompt
 from samexport.parity.runner import run_parity
 from samexport.runtime.backends import Backend
+from samexport.staging import atomic_file
 
 FORMAT = 1
 STORED_DTYPE = np.float16  # embeddings and low-res logits
@@ -221,12 +221,9 @@ def record_references(model: Backend, folder: Path) -> dict:
     np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
     name = f"{REFERENCES_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}.npz"
-    partial = Path(folder) / f".{name}.partial-{os.getpid()}"
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, Path(folder) / name)
-    finally:
-        partial.unlink(missing_ok=True)
+    # The temporary name (.NAME.partial-XXXXXXXX) is one samexport.artifacts knows as its own.
+    with atomic_file(Path(folder) / name, prefix=f".{name}.partial-", suffix="") as stream:
+        stream.write(data)
     return {
         "file": name,
         "format": FORMAT,

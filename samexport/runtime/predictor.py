@@ -31,8 +31,8 @@ from samexport.runtime.backends import Backend, BackendName, backend_lock
 from samexport.runtime.image_state import NO_IMAGE, ImageState, OfficialImageAttributes, checked_embedding
 from samexport.runtime.model import ArtifactModel, open_model
 from samexport.runtime.prefilter import decode_where
-from samexport.runtime.prompts import PromptBatch, even_chunks, host_array, prompt_batch
-from samexport.validate import image_size, real_array
+from samexport.runtime.prompts import PromptBatch, check_prompt, check_prompts, even_chunks, host_array, prompt_batch
+from samexport.validate import image_size
 
 if TYPE_CHECKING:
     import torch
@@ -267,17 +267,10 @@ class SamPredictor(OfficialImageAttributes):
             (masks CxHxW bool (or float32 logits), scores C float32, low_res_logits Cx256x256
             float32), with C = 3 if ``multimask_output`` else 1.
         """
-        if point_coords is not None:
-            point_coords = real_array("point_coords", point_coords, (None, 2))[None]
-        if point_labels is not None:
-            point_labels = real_array("point_labels", point_labels, (None,))[None]
-        if box is not None:
-            box = real_array("box", np.asarray(box).reshape(-1), (4,))[None]
-        if mask_input is not None:
-            mask_input = real_array("mask_input", mask_input, (1, 256, 256))[None]
-        masks, scores, low_res = self.predict_batch(
-            point_coords, point_labels, box, mask_input, multimask_output, return_logits
-        )
+        checked = check_prompt(point_coords, point_labels, box, mask_input)
+        state = self._current()
+        prompt = prompt_batch(checked, state.original_size, self._no_mask_input)
+        masks, scores, low_res = self._run(state, prompt, multimask_output, return_logits)
         return masks[0], scores[0], low_res[0]
 
     def predict_batch(
@@ -305,7 +298,7 @@ class SamPredictor(OfficialImageAttributes):
             (masks BxCxHxW, scores BxC, low_res_logits BxCx256x256), NumPy.
         """
         state = self._current()
-        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
+        prompt = prompt_batch(check_prompts(point_coords, point_labels, boxes, mask_input), state.original_size, self._no_mask_input)
         return self._run(state, prompt, multimask_output, return_logits)
 
     def predict_torch(
@@ -338,9 +331,8 @@ class SamPredictor(OfficialImageAttributes):
         boxes = host_array(boxes)
         if boxes is not None and boxes.ndim > 2 and boxes.size % 4 == 0:
             boxes = boxes.reshape(-1, 4)  # the official prompt encoder reshapes boxes to (-1, 2, 2)
-        prompt = prompt_batch(
-            host_array(point_coords), host_array(point_labels), boxes, host_array(mask_input), None, self._no_mask_input
-        )
+        checked = check_prompts(host_array(point_coords), host_array(point_labels), boxes, host_array(mask_input))
+        prompt = prompt_batch(checked, None, self._no_mask_input)
         outputs = self._run(state, prompt, multimask_output, return_logits)
         return tuple(torch.from_numpy(np.ascontiguousarray(o)).to(device) for o in outputs)  # type: ignore[return-value]
 
@@ -354,7 +346,7 @@ class SamPredictor(OfficialImageAttributes):
         """All four outputs at low resolution: (logits Bx4x256x256, iou Bx4), no upsampling;
         prompts in the original frame, chunked as :meth:`predict_batch`."""
         state = self._current()
-        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
+        prompt = prompt_batch(check_prompts(point_coords, point_labels, boxes, mask_input), state.original_size, self._no_mask_input)
         return self._run(state, prompt, None, True)
 
     def decode_low_res_where(
@@ -378,7 +370,7 @@ class SamPredictor(OfficialImageAttributes):
             (:meth:`decode_low_res`'s, to float rounding) and every prompt's IoU predictions.
         """
         state = self._current()
-        prompt = prompt_batch(point_coords, point_labels, boxes, mask_input, state.original_size, self._no_mask_input)
+        prompt = prompt_batch(check_prompts(point_coords, point_labels, boxes, mask_input), state.original_size, self._no_mask_input)
         chunks = self._chunk_inputs(prompt)
         index, logits, iou, self._needed_share = decode_where(
             self.backend, state.embedding, len(prompt.coords), chunks, needed, self._locked, self._needed_share

@@ -1,5 +1,6 @@
-"""Prompts turned into decoder inputs: :func:`prompt_batch` checks what a user passes to
-``SamPredictor`` and orders it as the official prompt encoder does."""
+"""Prompts turned into decoder inputs: :func:`check_prompts` / :func:`check_prompt` check what a
+user passes to ``SamPredictor`` (once, at the door), :func:`prompt_batch` orders the checked
+arrays as the official prompt encoder does."""
 
 from __future__ import annotations
 
@@ -62,11 +63,57 @@ def _warn_outside(xy: np.ndarray, original_size: tuple[int, int] | None) -> None
         )
 
 
+class CheckedPrompts(NamedTuple):
+    """Prompt arrays checked at the door (:func:`check_prompts`, :func:`check_prompt`): float32,
+    finite, in batch form, the labels known; ``None`` where not given. :func:`prompt_batch` takes
+    them without checking again."""
+
+    coords: np.ndarray | None  # BxNx2, (X, Y) in the frame the caller gave
+    labels: np.ndarray | None  # BxN
+    boxes: np.ndarray | None  # Bx4
+    mask_input: np.ndarray | None  # Mx1x256x256
+
+
+def _checked(coords: Any, labels: Any, boxes: Any, mask_input: Any, names: tuple[str, ...], single: bool) -> CheckedPrompts:
+    if (coords is None) != (labels is None):
+        raise InvalidInputError("point_coords and point_labels must be given together")
+    size = C.LOW_RES_MASK_SIZE
+    batch = () if single else (None,)  # a single prompt is a batch of one, without the axis
+    if coords is not None:
+        coords = _float32(names[0], coords, (*batch, None, 2))
+        labels = _float32(names[1], labels, (*batch, None))
+    if boxes is not None:
+        boxes = _float32(names[2], np.asarray(boxes).reshape(-1) if single else boxes, (*batch, 4))
+    if mask_input is not None:
+        mask_input = _float32(names[3], mask_input, (*batch, 1, size, size))
+    if single:
+        coords, labels, boxes, mask_input = (None if a is None else a[None] for a in (coords, labels, boxes, mask_input))
+    if coords is not None:
+        if labels.shape != coords.shape[:2]:
+            raise InvalidInputError(f"point_labels shape {labels.shape} does not match point_coords {coords.shape}")
+        check_labels(labels)
+    return CheckedPrompts(coords, labels, boxes, mask_input)
+
+
+def check_prompts(point_coords: Any, point_labels: Any, boxes: Any, mask_input: Any) -> CheckedPrompts:
+    """Check a batch of B prompts (``SamPredictor.predict_batch``'s arguments: point_coords BxNx2,
+    point_labels BxN, boxes Bx4, mask_input Bx1x256x256 (or 1x...), any may be None).
+
+    Raises:
+        InvalidInputError: naming the argument that is not a finite real array of its shape, a
+            label outside ``constants.LABEL_VALUES``, or points without labels.
+    """
+    return _checked(point_coords, point_labels, boxes, mask_input, ("point_coords", "point_labels", "boxes", "mask_input"), False)
+
+
+def check_prompt(point_coords: Any, point_labels: Any, box: Any, mask_input: Any) -> CheckedPrompts:
+    """Check one prompt (``SamPredictor.predict``'s arguments: point_coords Nx2, point_labels N,
+    box 4, mask_input 1x256x256) and give it as a batch of one (:func:`check_prompts`)."""
+    return _checked(point_coords, point_labels, box, mask_input, ("point_coords", "point_labels", "box", "mask_input"), True)
+
+
 def prompt_batch(
-    point_coords: Any,
-    point_labels: Any,
-    boxes: Any,
-    mask_input: Any,
+    prompts: CheckedPrompts,
     original_size: tuple[int, int] | None,
     no_mask_input: Callable[[int], tuple[np.ndarray, np.ndarray]],
 ) -> PromptBatch:
@@ -75,27 +122,24 @@ def prompt_batch(
     no sparse prompt at all (N = 0), B from ``mask_input`` or 1.
 
     Args:
+        prompts: the checked prompts (:func:`check_prompts`).
         original_size: the frame the points and boxes are in, ``None`` when already in the 1024
             frame.
         no_mask_input: ``B -> (mask_input, has_mask_input)`` of zeros, for prompts without a
             mask (M = B, or M = 1 where the backend shares one across the batch).
+
+    Raises:
+        InvalidInputError: the points, boxes and masks give different batch sizes, or none.
     """
-    if (point_coords is None) != (point_labels is None):
-        raise InvalidInputError("point_coords and point_labels must be given together")
+    coords, labels, boxes, masks = prompts
     parts_xy, parts_label = [], []
-    if point_coords is not None:
-        coords = _float32("point_coords", point_coords, (None, None, 2))
-        labels = _float32("point_labels", point_labels, (None, None))
-        if labels.shape != coords.shape[:2]:
-            raise InvalidInputError(f"point_labels shape {labels.shape} does not match point_coords {coords.shape}")
-        check_labels(labels)
+    if coords is not None:
         _warn_outside(coords[labels != C.LABEL_PADDING], original_size)
         if original_size is not None:
-            coords = transforms.transform_coords(coords, original_size)
+            coords = transforms.to_input_frame(coords, original_size)
         parts_xy.append(coords)
         parts_label.append(labels)
     if boxes is not None:
-        boxes = _float32("boxes", boxes, (None, 4))
         if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
             warnings.warn(
                 "a box has x2 < x1 or y2 < y1; boxes are (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2. "
@@ -105,18 +149,15 @@ def prompt_batch(
             )
         _warn_outside(boxes.reshape(-1, 2), original_size)
         if original_size is not None:
-            boxes = transforms.transform_boxes(boxes, original_size)
+            boxes = transforms.to_input_frame(boxes.reshape(-1, 2, 2), original_size).reshape(boxes.shape)
         parts_xy.append(boxes.reshape(-1, 2, 2))
         corners = np.float32([C.LABEL_BOX_TOP_LEFT, C.LABEL_BOX_BOTTOM_RIGHT])
         parts_label.append(np.broadcast_to(corners, (len(boxes), 2)))
     elif parts_xy:
         parts_xy.append(np.zeros((parts_xy[0].shape[0], 1, 2), np.float32))
         parts_label.append(np.full((parts_xy[0].shape[0], 1), C.LABEL_PADDING, np.float32))
-    if mask_input is not None:
-        size = C.LOW_RES_MASK_SIZE
-        masks = _float32("mask_input", mask_input, (None, 1, size, size))
     if not parts_xy:  # no sparse prompt
-        batch = masks.shape[0] if mask_input is not None else 1
+        batch = masks.shape[0] if masks is not None else 1
         parts_xy.append(np.zeros((batch, 0, 2), np.float32))
         parts_label.append(np.zeros((batch, 0), np.float32))
     if len({p.shape[0] for p in parts_xy}) != 1:
@@ -124,7 +165,7 @@ def prompt_batch(
     batch = parts_xy[0].shape[0]
     if batch == 0:
         raise InvalidInputError("the prompt batch is empty")
-    if mask_input is None:
+    if masks is None:
         masks, has_mask = no_mask_input(batch)
     else:
         if masks.shape[0] != batch:

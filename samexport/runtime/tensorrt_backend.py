@@ -158,11 +158,12 @@ class TensorRTBackend:
         if device != 0:
             _set_device(device)
         folder = Path(artifact_dir)
-        verify_artifact(folder, manifest, names=[engines[name].get("plan") for name in ENGINE_NAMES])
+        records = {name: manifest.engine(name) for name in ENGINE_NAMES}
+        verify_artifact(folder, manifest, names=[record.plan for record in records.values()])
         self._runners = []
         try:
             for name in ENGINE_NAMES:
-                plan = folder / engines[name]["plan"]
+                plan = folder / records[name].plan
                 if not plan.is_file():
                     raise SamExportError(f"{plan} is missing: run `samexport engines {artifact_dir}`")
                 runner = pg.TrtRunner(pg.EngineFromPath(str(plan)), name=name)
@@ -173,7 +174,7 @@ class TensorRTBackend:
             raise
         self.encoder, self.decoder = self._runners
         # The decoder profile's largest prompt batch: SamPredictor splits larger batches.
-        self.max_prompts = int(engines["decoder"]["profiles"][0][C.POINT_COORDS.name][2][0])
+        self.max_prompts = records["decoder"].max_prompts
         self._last_embedding: np.ndarray | None = None
         self._last_embedding_on_device = None
 

@@ -23,8 +23,8 @@ from samexport.parity import (
     mask_ious,
     quick_parity,
     run_parity,
-    sample_images,
 )
+from samexport.image_sources import sample_images
 
 runner = CliRunner()
 

@@ -146,6 +146,35 @@ def test_official_labels_mean_what_they_mean_upstream(predictor, tiny_official):
     assert np.abs(low_res - low_res_ref.numpy()).max() <= 5e-5
 
 
+def test_a_prompt_is_checked_once(predictor, monkeypatch):
+    """``predict`` checks each prompt array once, at the door; what it hands down (the batch of
+    one, the mapping into the 1024 frame) is not checked again. Counted as calls of the one array
+    check, wherever it is called from; the masks are those of the same prompt given as a batch."""
+    import samexport.runtime.prompts
+    import samexport.transforms
+    import samexport.validate
+
+    predictor.set_image(make_image(120, 160, seed=3))
+    box, coords = np.array([10.0, 20.0, 90.0, 100.0]), np.array([[40.0, 50.0]])
+    expected = predictor.predict_batch(coords[None], np.ones((1, 1)), box[None])
+    checked: list[str] = []
+    real = samexport.validate.real_array
+
+    def counting(name, value, shape, **kwargs):
+        checked.append(name)
+        return real(name, value, shape, **kwargs)
+
+    for module in (samexport.runtime.prompts, samexport.transforms):
+        monkeypatch.setattr(module, "real_array", counting)
+    masks, scores, low_res = predictor.predict(coords, np.ones(1), box)
+    assert sorted(checked) == ["box", "point_coords", "point_labels"]
+    checked.clear()
+    predictor.predict_batch(coords[None], np.ones((1, 1)), box[None])
+    assert sorted(checked) == ["boxes", "point_coords", "point_labels"]
+    np.testing.assert_array_equal(masks, expected[0][0])
+    np.testing.assert_array_equal(scores, expected[1][0])
+
+
 def test_bad_batches(predictor):
     predictor.set_image(make_image(100, 100))
     with pytest.raises(ValueError, match="point_coords has 2 prompts but boxes has 3"):
