@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import SAMPLE_PHOTOS
 
 from samexport import constants as C
 from samexport.errors import SamExportError
@@ -131,33 +132,13 @@ def test_no_bf16_on_the_device(tiny_artifact, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_checkpoint, request):
-    """(variant, precision) -> (artifact dir, checkpoint), built on first use."""
-    from samexport.pipeline import build
-    from samexport.testing import save_random_checkpoint
-
-    from support import write_calibration_folder
-
-    folder = tmp_path_factory.mktemp("openvino-artifacts")
-    found: dict[tuple[str, str], tuple] = {}
+def built(built_artifact, request):
+    """(variant, precision) -> (artifact dir, checkpoint): the session's shared artifacts (conftest's
+    ``built_artifact``), int8 with the ONNX Runtime recipe calibrated on the six sample photos."""
 
     def get(variant: str, precision: str):
-        if (variant, precision) not in found:
-            if variant == "tiny":
-                checkpoint = tiny_checkpoint
-            elif variant == "vit_b":
-                checkpoint = request.getfixturevalue("vit_b_checkpoint")
-            else:
-                checkpoint = folder / f"{variant}.pth"
-                if not checkpoint.exists():
-                    save_random_checkpoint(variant, checkpoint)
-            extra = {}
-            if precision == "int8":
-                extra = dict(calib_dir=write_calibration_folder(folder / "calib"), int8_target="onnxruntime")
-            out = build(variant, checkpoint=checkpoint, output=folder / f"{variant}-{precision}", precision=precision,
-                        engines="skip", **extra).artifact_dir
-            found[(variant, precision)] = out, checkpoint
-        return found[(variant, precision)]
+        extra = dict(int8_target="onnxruntime", calibration=SAMPLE_PHOTOS) if precision == "int8" else {}
+        return built_artifact(variant, precision, **extra), request.getfixturevalue(f"{variant}_checkpoint")
 
     return get
 
