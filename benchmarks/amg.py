@@ -1,6 +1,7 @@
 """Time automatic mask generation: samexport on ONNX Runtime against the official generator on torch.
 
     python benchmarks/amg.py --workdir /tmp/samexport-amg --json benchmarks/results/amg-vit_b-cpu.json
+    python benchmarks/amg.py --backend onnxruntime-cpu --backend openvino:precision=bf16 --rounds 1
 
 Both generators run in this process on the same image (scikit-image's astronaut, 512x512) with the
 same seeded random weights (``samexport.testing.random_state_dict``, the weights of the test
@@ -96,13 +97,14 @@ def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
     return checkpoint, artifact
 
 
-def _time_samexport(artifact: Path, image: np.ndarray, params: dict, *, halves: bool) -> dict:
-    """One timed ``generate``; ``halves=False`` hides the decoder halves, so every prompt's masks
-    are computed (the generator without its IoU prefilter)."""
+def _time_samexport(artifact: Path, image: np.ndarray, params: dict, *, halves: bool,
+                    backend: str = "onnxruntime-cpu") -> dict:
+    """One timed ``generate`` on ``backend``; ``halves=False`` hides the decoder halves, so every
+    prompt's masks are computed (the generator without its IoU prefilter)."""
     from samexport.amg import AutomaticMaskGenerator
     from samexport.runtime.predictor import SamPredictor
 
-    predictor = SamPredictor(artifact, backend="onnxruntime-cpu")
+    predictor = SamPredictor(artifact, backend=backend)
     backend = predictor.backend
     backend.has_decoder_halves = halves and backend.has_decoder_halves
     prompt_argument = {"encode": None, "decode": 1, "decode_scores": 1, "decode_masks": 0}
@@ -204,6 +206,11 @@ def main() -> None:
     parser.add_argument("--pred-iou-quantile", type=float,
                         help="set pred_iou_thresh to this quantile of the grid's best predicted IoUs")
     parser.add_argument("--skip-official", action="store_true", help="time samexport only")
+    parser.add_argument("--backend", action="append", dest="backends",
+                        help="samexport's backend (repeat for several, each its own side; default "
+                             "onnxruntime-cpu), e.g. openvino:precision=bf16")
+    parser.add_argument("--skip-without-prefilter", action="store_true",
+                        help="do not time the generator without its IoU prefilter")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every generator once each")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -229,10 +236,14 @@ def main() -> None:
                     "load_average_at_start": os.getloadavg()},
     }
 
-    sides = {
-        "samexport": lambda: _time_samexport(artifact, image, params, halves=True),
-        "samexport_without_prefilter": lambda: _time_samexport(artifact, image, params, halves=False),
-    }
+    backends = args.backends or ["onnxruntime-cpu"]
+    # The first backend's side is "samexport" (the key earlier results use), the others "samexport <spec>".
+    side_names = {backend: "samexport" + ("" if i == 0 else f" {backend}") for i, backend in enumerate(backends)}
+    sides = {name: (lambda b=backend: _time_samexport(artifact, image, params, halves=True, backend=b))
+             for backend, name in side_names.items()}
+    if not args.skip_without_prefilter:
+        sides["samexport_without_prefilter"] = lambda: _time_samexport(
+            artifact, image, params, halves=False, backend=backends[0])
     if not args.skip_official:
         sides["official"] = _official_side(args.variant, checkpoint, image, params)
     runs: dict[str, list[dict]] = {key: [] for key in sides}
@@ -253,9 +264,11 @@ def main() -> None:
     def ratio(slow: str, fast: str) -> float:
         return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs[slow], runs[fast]))
 
-    results["prefilter_speedup"] = ratio("samexport_without_prefilter", "samexport")
+    if "samexport_without_prefilter" in runs:
+        results["prefilter_speedup"] = ratio("samexport_without_prefilter", "samexport")
     if "official" in runs:
         results["speedup"] = ratio("official", "samexport")
+        results["speedup_by_backend"] = {backend: ratio("official", name) for backend, name in side_names.items()}
         results["parity"] = _match(records["samexport"], records["official"])
         print(f"speedup against the official generator: {results['speedup']:.2f}x (median of "
               f"{args.rounds} per-round ratios)")

@@ -1,17 +1,19 @@
 """Prompt requests per second against ``samexport serve``: 1, 4 and 16 concurrent clients,
-prompts batched across requests against decoded one by one.
+prompts batched across requests (adaptive window, fixed window) against decoded one by one.
 
     python benchmarks/serve_load.py                          # builds the tiny artifact
     python benchmarks/serve_load.py --artifact engines/vit_b-fp32 --requests 64
 
-Two servers run side by side on 127.0.0.1 (``samexport serve`` subprocesses, free ports):
-``batched`` (``--batch-window-ms 5 --max-batch 32``, the defaults) and ``one_by_one``
+Three servers run side by side on 127.0.0.1 (``samexport serve`` subprocesses, free ports):
+``adaptive`` (``--batch-window-ms 5 --max-batch 32``, the defaults: the batch closes as soon as
+no other prompt is queued or on its way, 5 ms at most), ``fixed`` (the same with
+``--fixed-window``: every batch that is not full waits the whole 5 ms) and ``one_by_one``
 (``--max-batch 1``). One image is uploaded to each; then, for each client count, each server in
 turn (alternating, ``--rounds`` times) answers ``--requests`` single-point prompt requests
 (multimask, RLE output) sent by closed-loop client threads (each sends its next request when the
 previous answer arrives). Reported per server and client count: requests per second and latency
-percentiles (medians over rounds), the mean prompts per decoder call, and the batched /
-one-by-one throughput ratio. The tiny variant's decoder is SAM's decoder (only its encoder is
+percentiles (medians over rounds), the mean prompts per decoder call, each batched server's
+throughput over one-by-one's, and the machine's load average before and after each level. The tiny variant's decoder is SAM's decoder (only its encoder is
 small), so the decoder work per prompt is vit_b's; the weights are random.
 
 Writes ``benchmarks/results/serve-cpu.json`` and ``.md``. Clients and servers share the machine's
@@ -39,7 +41,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"batched": ["--batch-window-ms", "5", "--max-batch", "32"], "one_by_one": ["--max-batch", "1"]}
+MODES = {
+    "adaptive": ["--batch-window-ms", "5", "--max-batch", "32", "--adaptive-window"],
+    "fixed": ["--batch-window-ms", "5", "--max-batch", "32", "--fixed-window"],
+    "one_by_one": ["--max-batch", "1"],
+}
+BATCHED = ("adaptive", "fixed")
 
 
 def free_port() -> int:
@@ -145,15 +152,18 @@ def main() -> None:
                 ids[mode] = answer.raise_for_status().json()["image_id"]
                 run_level(base, ids[mode], 1, 4, tuple(args.image_size))  # warm up
             runs = {mode: {c: [] for c in args.clients} for mode in MODES}
+            loads = []
             for _ in range(args.rounds):
                 for clients in args.clients:
                     for mode, base in bases.items():
+                        loads.append(os.getloadavg()[0])
                         runs[mode][clients].append(run_level(base, ids[mode], clients, args.requests, tuple(args.image_size)))
+            loads.append(os.getloadavg()[0])
 
     table = {mode: {str(c): {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in levels.items()}
              for mode, levels in runs.items()}
-    ratios = {str(c): table["batched"][str(c)]["requests_per_s"] / table["one_by_one"][str(c)]["requests_per_s"]
-              for c in args.clients}
+    ratios = {mode: {str(c): table[mode][str(c)]["requests_per_s"] / table["one_by_one"][str(c)]["requests_per_s"]
+                     for c in args.clients} for mode in BATCHED}
     flags = sorted(set(open("/proc/cpuinfo").read().split()) & {"avx512_bf16", "avx512_vnni", "amx_bf16"}) \
         if Path("/proc/cpuinfo").exists() else []
     result = {
@@ -161,8 +171,8 @@ def main() -> None:
         "artifact": str(args.artifact or "tiny (built, random weights; SAM's decoder)"),
         "image_size": args.image_size, "requests": args.requests, "rounds": args.rounds,
         "modes": {m: " ".join(o) for m, o in MODES.items()},
-        "results": table, "throughput_ratio_batched_over_one_by_one": ratios,
-        "machine": {"cpus": os.cpu_count(), "cpu_flags": flags, "load_before": os.getloadavg(),
+        "results": table, "throughput_ratio_over_one_by_one": ratios,
+        "machine": {"cpus": os.cpu_count(), "cpu_flags": flags, "load_1min_during": [min(loads), max(loads)],
                     "python": platform.python_version()},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +182,8 @@ def main() -> None:
         f"`python benchmarks/{result['command']}`; {args.requests} single-point requests per client count, "
         f"server and round, medians of {args.rounds} rounds; image {args.image_size[1]}x{args.image_size[0]}; "
         f"{result['artifact']}; {os.cpu_count()} CPUs, flags {', '.join(flags) or 'none of avx512_bf16/vnni/amx'}; "
-        f"load average at the end {', '.join(f'{v:.1f}' for v in os.getloadavg())}. Clients run on the same cores.", "",
+        f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run (other jobs share the machine). "
+        "Clients run on the same cores.", "",
         "| clients | server | requests/s | p50 ms | p90 ms | p99 ms | prompts per decoder call |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -181,7 +192,10 @@ def main() -> None:
             r = table[mode][str(c)]
             lines.append(f"| {c} | {mode} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
                          f"{r['p99_ms']:.1f} | {r['mean_batch']:.2f} |")
-    lines += ["", "Throughput batched / one by one: " + ", ".join(f"{c} clients {ratios[str(c)]:.2f}x" for c in args.clients), ""]
+    lines.append("")
+    for mode in BATCHED:
+        lines.append(f"Throughput {mode} / one by one: " + ", ".join(f"{c} clients {ratios[mode][str(c)]:.2f}x" for c in args.clients))
+    lines.append("")
     args.output.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 

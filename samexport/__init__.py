@@ -5,7 +5,8 @@ Heavy dependencies (torch, onnxruntime, tensorrt) are imported only when used, s
 
 Code written for ``segment_anything`` changes its import line to ``from samexport import ...``:
 ``SamPredictor``, ``SamAutomaticMaskGenerator`` and ``sam_model_registry`` (whose builders take an
-artifact directory from ``samexport build``) have the official names and calls.
+artifact directory from ``samexport build``) have the official names and calls; so has SAM 2.1's
+``SAM2ImagePredictor`` (``from sam2.sam2_image_predictor import ...`` becomes ``from samexport import ...``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "AutomaticMaskGenerator",
     "SamAutomaticMaskGenerator",
     "SamExportError",
+    "SAM2ImagePredictor",
     "SamModel",
     "SamPredictor",
     "VARIANTS",
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from samexport.pipeline import build
     from samexport.compat import SamModel, load, sam_model_registry
     from samexport.runtime.predictor import SamPredictor
+    from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 
 
 def __getattr__(name: str):
@@ -42,6 +45,10 @@ def __getattr__(name: str):
         from samexport.runtime.predictor import SamPredictor
 
         return SamPredictor
+    if name == "SAM2ImagePredictor":
+        from samexport.runtime.sam2_predictor import SAM2ImagePredictor
+
+        return SAM2ImagePredictor
     if name in ("AutomaticMaskGenerator", "SamAutomaticMaskGenerator"):
         from samexport.amg import AutomaticMaskGenerator
 

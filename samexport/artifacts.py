@@ -25,7 +25,7 @@ from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
 from samexport.staging import marker_pid, remove_stale_folders, write_atomically, write_marker
-from samexport.variants import get_variant
+from samexport.variants import get_model
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Manifest:
         if verdict is not None and not (isinstance(verdict, dict) and isinstance(verdict.get("status"), str)):
             raise SamExportError(f"{source}: bad 'engines_verification' section: {str(verdict)[:200]}")
         try:
-            get_variant(data["variant"])
+            get_model(data["variant"])
         except SamExportError as exc:
             raise SamExportError(f"{source}: {exc}") from None
         if version == 1:
@@ -206,6 +206,11 @@ class Manifest:
 
     def replace(self, **changes) -> Manifest:
         return replace(self, **changes)
+
+    @property
+    def contract(self) -> C.GraphContract:
+        """What the artifact's encoder emits and decoder takes (its model family's contract)."""
+        return get_model(self.variant).contract
 
     def decoder_halves(self) -> tuple[str, str] | None:
         """(``decoder_scores.onnx``, ``decoder_masks.onnx``), or None for artifacts built before

@@ -132,6 +132,42 @@ SAM2_DECODER_INPUTS = (
 SAM2_DECODER_OUTPUTS = (LOW_RES_MASKS, IOU_PREDICTIONS, OBJECT_SCORE_LOGITS)
 
 
+@dataclass(frozen=True)
+class GraphContract:
+    """What a model family's two graphs take and give: the one record that build, manifest and
+    runtime read instead of asking which model they hold.
+
+    The encoder turns ``image`` into ``image_features`` (its outputs, in order), which the runtime
+    keeps per image and feeds, in the same order, to the decoder before the prompt inputs.
+
+    Attributes:
+        name: ``"sam"`` (SAM, MobileSAM) or ``"sam2"`` (SAM 2.1's image path).
+        encoder_outputs: the per-image features, e.g. ``(image_embeddings,)``.
+        prompt_inputs: the decoder's per-prompt inputs, after the features.
+        decoder_outputs: low-res mask logits and IoU first, then any further outputs.
+        decoder_halves: whether the build also writes :data:`DECODER_SCORES_ONNX` /
+            :data:`DECODER_MASKS_ONNX`.
+    """
+
+    name: str
+    encoder_outputs: tuple[TensorSpec, ...]
+    prompt_inputs: tuple[TensorSpec, ...]
+    decoder_outputs: tuple[TensorSpec, ...]
+    decoder_halves: bool
+
+    encoder_inputs = (IMAGE,)
+
+    @property
+    def decoder_inputs(self) -> tuple[TensorSpec, ...]:
+        return (*self.encoder_outputs, *self.prompt_inputs)
+
+
+PROMPT_INPUTS = (POINT_COORDS, POINT_LABELS, MASK_INPUT, HAS_MASK_INPUT)
+SAM_GRAPHS = GraphContract("sam", ENCODER_OUTPUTS, PROMPT_INPUTS, DECODER_OUTPUTS, decoder_halves=True)
+SAM2_GRAPHS = GraphContract("sam2", SAM2_ENCODER_OUTPUTS, PROMPT_INPUTS, SAM2_DECODER_OUTPUTS, decoder_halves=False)
+GRAPH_CONTRACTS = {c.name: c for c in (SAM_GRAPHS, SAM2_GRAPHS)}
+
+
 # -- inference backends ---------------------------------------------------------------------------
 
 
@@ -193,8 +229,10 @@ BACKENDS: dict[str, BackendInfo] = {
                     options=(("device", ()), ("precision", INFERENCE_PRECISIONS))),
     )
 }
-AUTO_BACKEND = "auto"  # not a backend: the TensorRT engines when usable here, else ONNX Runtime
-AUTO_BACKEND_HELP = "TensorRT engines if usable, else ONNX Runtime"
+# Not a backend: the TensorRT engines when usable here, else ONNX Runtime (CUDA), else on a CPU
+# with OpenVINO installed the encoder on OpenVINO f32 and the decoder on ONNX Runtime.
+AUTO_BACKEND = "auto"
+AUTO_BACKEND_HELP = "TensorRT engines if usable, else ONNX Runtime; on a CPU with OpenVINO, its encoder"
 # What SamPredictor, open_backend, the dataset jobs and --backend of predict / segment-all take.
 ARTIFACT_BACKENDS: tuple[str, ...] = (AUTO_BACKEND, *(b.name for b in BACKENDS.values() if b.opens_artifact))
 # What bench times: every backend that names its device ("onnxruntime" would time one of the two).

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from samexport.errors import SamExportError
 from samexport.staging import atomic_file, process_alive
 from samexport.utils import default_cache_dir, sha256_file
-from samexport.variants import Variant, get_variant
+from samexport.variants import ModelVariant, get_model
 
 CHECKPOINT_URL_ENV = "SAMEXPORT_CHECKPOINT_URL"
 _CHUNK_BYTES = 1 << 20
@@ -157,7 +157,7 @@ def _stream(
 
 
 def resolve_checkpoint(
-    variant: Variant | str,
+    variant: ModelVariant | str,
     checkpoint: Path | str | None = None,
     *,
     cache_dir: Path | None = None,
@@ -185,7 +185,7 @@ def resolve_checkpoint(
             cached file fails its checksum, or the download fails. Every message says how to
             proceed (usually: pass ``--checkpoint PATH``).
     """
-    variant = get_variant(variant)
+    variant = get_model(variant)
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():

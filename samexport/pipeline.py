@@ -17,6 +17,7 @@ from samexport import constants as C
 from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_output_destination, default_artifact_dir, read_manifest, staged_directory, verify_artifact, write_manifest,
 )
+from samexport.build_steps import SAM2_STEPS, ModelSteps, graph_record
 from samexport.checkpoint import load_sam
 from samexport.download import resolve_checkpoint
 from samexport.engines import load_tensorrt, tensorrt_availability
@@ -30,7 +31,7 @@ from samexport.parity.verify import VerificationError
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.runtime.backends import TorchBackend
 from samexport.utils import default_cache_dir, package_versions, sha256_file
-from samexport.variants import Variant, get_variant
+from samexport.variants import ModelVariant, Variant, get_model
 
 if TYPE_CHECKING:
     from samexport.models import Sam
@@ -119,18 +120,62 @@ def _write_graphs(
     return graphs
 
 
-def _graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
-    return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+def _sam_graph_records() -> tuple[dict, dict]:
+    encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
+    decoder = {
+        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
+        "halves": {
+            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+        },
+    }
+    return encoder, decoder
+
+
+def _check_sam_request(
+    variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
+) -> None:
+    """What SAM's family cannot build, refused before any work."""
+    from samexport.export.attention import check_attention_mode
+
+    check_attention_mode(attention, opset, variant.family)
+    if attention == "plugin" and precision == "int8":
+        raise SamExportError(
+            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
+            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
+        )
+    if precision == "int8":
+        if calib_dir is None:
+            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
+        from samexport.precision.int8 import check_calibration_images, recipe_for
+
+        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
+        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
+        check_calibration_images(calib_dir, recipe.max_images)
+
+
+SAM_STEPS = ModelSteps(
+    check_request=_check_sam_request,
+    load=load_sam,
+    write_graphs=_write_graphs,
+    quick_parity=lambda sam, folder, precision, arena: quick_parity(sam, folder, precision, memory_arena=arena),
+    record_references=lambda sam, staging: record_references(TorchBackend(sam), staging),
+    graph_records=_sam_graph_records,
+)
+# One record per model family (``GraphContract.name``): what a build does differently for it.
+BUILD_STEPS: dict[str, ModelSteps] = {"sam": SAM_STEPS, "sam2": SAM2_STEPS}
 
 
 def _build_engines(
     staging: Path, config: BuildConfig, request: EngineRequest, attention: str, builder: str,
-    on_step: Callable[[str], None],
+    on_step: Callable[[str], None], no_engines: str | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Build both plans (the same code as ``samexport engines``) if this machine can; else say
-    why not for each engine."""
+    why not for each engine (``no_engines``: the model family's reason it gets none)."""
     if request == "skip":
         return {}, {name: "skipped (--no-engines)" for name in ENGINE_NAMES}
+    if no_engines:
+        return {}, {name: no_engines for name in ENGINE_NAMES}
 
     if BUILDERS[builder] == "tensorrt":
         availability = tensorrt_availability()
@@ -176,7 +221,7 @@ def _runnable_graphs(staging: Path, attention: str) -> Path:
 
 
 def build(
-    variant: Variant | str,
+    variant: ModelVariant | str,
     *,
     checkpoint: Path | str | None = None,
     output: Path | str | None = None,
@@ -196,16 +241,18 @@ def build(
     """Export ``variant`` from ``checkpoint`` into an artifact directory.
 
     Args:
-        variant: registry name or alias (``"vit_b"``, ``"vit_t"``) or a :class:`Variant`.
+        variant: registry name or alias (``"vit_b"``, ``"vit_t"``, ``"sam2.1_hiera_tiny"``) or a
+            record of :data:`samexport.variants.MODELS`; its family's :data:`BUILD_STEPS` do the
+            model-dependent steps.
         checkpoint: official-format ``.pth``; ``None`` looks in the cache and downloads the
             official file if it is missing (and ``download`` is true).
         output: artifact directory; default ``engines/<variant>-<precision>``.
         precision: numeric format of the graphs the engines are built from.
         calib_dir: folder of calibration images, required for ``int8``.
         int8_target: the runtime the ``int8`` Q/DQ placement is tuned for: ``tensorrt`` (Q/DQ on
-            MatMul/Conv inputs only; TensorRT fuses them) or ``onnxruntime`` (outputs quantized
-            too, so ONNX Runtime's CPU provider runs integer kernels); see
-            ``samexport.precision.int8.RECIPES``.
+            MatMul/Conv inputs only; TensorRT fuses them), ``onnxruntime`` (outputs quantized
+            too, so ONNX Runtime's CPU provider runs integer kernels) or ``openvino`` (inputs
+            only, 8-bit weights, FP32 graph); see ``samexport.precision.int8.RECIPES``.
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
@@ -226,29 +273,21 @@ def build(
     folder of the user's, the current folder, a mount point) is refused before any work
     (``samexport.artifacts.check_output_destination``).
     """
-    from samexport.export.attention import MIN_OPSET, check_attention_mode
+    from samexport.export.attention import MIN_OPSET
     from samexport.export.to_onnx import DEFAULT_OPSET
 
-    variant = get_variant(variant) if isinstance(variant, str) else variant
+    variant = get_model(variant)
+    steps = BUILD_STEPS[variant.contract.name]
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
-    check_attention_mode(attention, opset, variant.family)
-    if attention == "plugin" and precision == "int8":
-        raise SamExportError(
-            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
-            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
-        )
-    if precision == "int8":
-        if calib_dir is None:
-            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
-        from samexport.precision.int8 import check_calibration_images, recipe_for
-
-        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
-        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
-        check_calibration_images(calib_dir, recipe.max_images)
+    steps.check_request(
+        variant, precision=precision, attention=attention, opset=opset, int8_target=int8_target, calib_dir=calib_dir
+    )
     engine_config = engine_config or BuildConfig()
-    if engines != "skip":
+    if engines == "require" and steps.no_engines:
+        raise SamExportError(f"TensorRT engines were required but cannot be built: {steps.no_engines}")
+    if engines != "skip" and not steps.no_engines:
         if engine_builder not in BUILDERS:
             raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
         check_engine_request(attention, engine_config, BUILDERS[engine_builder])
@@ -272,11 +311,11 @@ def build(
 
         check_calibration_cache(calib_cache, replace_malformed=True)  # now, not after the export
     on_step(f"loading {variant.name} weights")
-    sam = load_sam(checkpoint, variant)
+    sam = steps.load(checkpoint, variant)
 
     started = time.perf_counter()
     with staged_directory(destination) as staging:
-        graphs = _write_graphs(
+        graphs = steps.write_graphs(
             sam, staging, precision, opset=opset, attention=attention, calib_dir=Path(calib_dir) if calib_dir else None,
             calib_cache=calib_cache, int8_target=int8_target, on_step=on_step,
         )
@@ -286,14 +325,19 @@ def build(
         parity_report = None
         if parity:
             on_step("parity check against the PyTorch weights")
-            parity_report = quick_parity(
-                sam, _runnable_graphs(staging, attention), precision, memory_arena=runtime.onnxruntime_memory_arena
+            parity_report = steps.quick_parity(
+                sam, _runnable_graphs(staging, attention), precision, runtime.onnxruntime_memory_arena
             )
         reference_record = None
-        if references:
+        if references and steps.record_references is None:
+            on_step(f"no stored references: samexport stores none for {variant.name} yet")
+        elif references:
             on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
-            reference_record = record_references(TorchBackend(sam), staging)
-        built, skipped = _build_engines(staging, engine_config, engines, attention, engine_builder, on_step)
+            reference_record = steps.record_references(sam, staging)
+        built, skipped = _build_engines(
+            staging, engine_config, engines, attention, engine_builder, on_step, no_engines=steps.no_engines
+        )
+        encoder_record, decoder_record = steps.graph_records()
         manifest = Manifest(
             variant=variant.name,
             precision=precision,
@@ -301,14 +345,8 @@ def build(
             opset=opset,
             graphs=graphs,
             checkpoint={"file": checkpoint.name, "sha256": checkpoint_sha},
-            encoder=_graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS),
-            decoder={
-                **_graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-                "halves": {
-                    "scores": _graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-                    "masks": _graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
-                },
-            },
+            encoder=encoder_record,
+            decoder=decoder_record,
             runtime=runtime,
             engine_config=engine_config.to_dict(),
             engines=built,
@@ -349,11 +387,14 @@ def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step:
             f"{checkpoint} is not the checkpoint {folder} was built from (sha256 {digest[:12]}..., the "
             f"manifest records {manifest.checkpoint['sha256'][:12]}... for {manifest.checkpoint.get('file')})"
         )
+    steps = BUILD_STEPS[manifest.contract.name]
+    if steps.record_references is None:
+        raise SamExportError(f"samexport stores no PyTorch references for {manifest.variant} yet")
     on_step(f"loading {manifest.variant} weights")
-    sam = load_sam(checkpoint, manifest.variant)
+    sam = steps.load(checkpoint, get_model(manifest.variant))
     on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
     old = manifest.references["file"] if manifest.references else None
-    record = record_references(TorchBackend(sam), folder)
+    record = steps.record_references(sam, folder)
     try:
         written = write_manifest(folder, manifest.replace(references=record))
     except BaseException:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from samexport.checkpoint import check_finite
 from samexport.errors import SamExportError, require
 from samexport.models.sam2_configs import describe_hiera
-from samexport.sam2_variants import Sam2Variant, get_sam2_variant, sam2_variant_of
+from samexport.variants import Sam2Variant, get_sam2_variant, sam2_variant_of
 
 if TYPE_CHECKING:
     import torch

@@ -1,6 +1,13 @@
-"""SAM model variants as data: one frozen record per model, one registry they are all read from.
+"""Model variants as data: one frozen record per model, one registry they are all read from.
 
-A variant is an image encoder of some *family* (``vit`` for SAM's own encoders, ``tiny_vit`` for
+Two model families share it (:data:`MODELS`, :func:`get_model`): SAM's (:class:`Variant`,
+:data:`VARIANTS`: SAM ViT-B/L/H and MobileSAM) and SAM 2.1's image path (:class:`Sam2Variant`,
+:data:`SAM2_VARIANTS`: Hiera-T/S/B+/L). Each record's ``contract`` is its family's
+:class:`~samexport.constants.GraphContract`: the tensors its encoder emits and its decoder takes,
+which build, manifest and runtime read instead of asking which model they hold. Doors that serve
+SAM only (``get_variant``, ``load_sam``, ``SamPredictor``) refuse a SAM 2.1 name saying where it goes.
+
+A SAM variant is an image encoder of some *family* (``vit`` for SAM's own encoders, ``tiny_vit`` for
 MobileSAM) with a shape (the family's config), the prompt encoder and mask decoder every SAM
 shares, and the record of its official checkpoint. What differs between encoder families
 (checkpoint identification, FLOP count, ``--attention`` modes, FP16 islands) lives with the family
@@ -16,13 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.models.encoder_configs import MOBILE_SAM_TINY_VIT, ViTConfig
 from samexport.models.families import TINY_VIT, VIT, EncoderFamily
+from samexport.models.sam2_configs import HIERA_BASE_PLUS, HIERA_LARGE, HIERA_SMALL, HIERA_TINY, HieraConfig
 from samexport.precision import DEFAULT_FP32_OPS
 
 if TYPE_CHECKING:
     from samexport.models.sam import Sam
+    from samexport.models.sam2 import Sam2Image
 
 SAM_CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 SAM_SHA256_SOURCE = (
@@ -90,6 +100,8 @@ class Variant:
         """Op types the FP16 encoder graph keeps in FP32: the defaults plus the family's own."""
         return DEFAULT_FP32_OPS | self.family.extra_fp32_ops
 
+    contract = C.SAM_GRAPHS  # the graph contract every SAM variant shares
+
 
 def _sam_checkpoint(filename: str, sha256: str) -> CheckpointRecord:
     return CheckpointRecord(filename, SAM_CHECKPOINT_BASE_URL + filename, sha256, SAM_SHA256_SOURCE)
@@ -152,14 +164,107 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 
+
+# -- SAM 2.1 (image path) -------------------------------------------------------------------------
+
+SAM2_CHECKPOINT_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+SAM2_SHA256_SOURCE = (
+    "none published: Meta's sam2 repository (README and checkpoints/download_ckpts.sh, base URL "
+    f"{SAM2_CHECKPOINT_BASE_URL}) gives URLs only, no checksums, so a download is checked against "
+    "its Content-Length only; pass --checkpoint to use a file you verified"
+)
+# The official package's config for each size (``sam2/configs/sam2.1/``), for the oracle.
+OFFICIAL_SAM2_CONFIGS = {
+    HIERA_TINY: "configs/sam2.1/sam2.1_hiera_t.yaml",
+    HIERA_SMALL: "configs/sam2.1/sam2.1_hiera_s.yaml",
+    HIERA_BASE_PLUS: "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    HIERA_LARGE: "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+
+
+@dataclass(frozen=True)
+class Sam2Variant:
+    """One SAM 2.1 image model (Hiera encoder, SAM 2.1's decoder; see :mod:`samexport.models.sam2`).
+
+    Attributes:
+        name: registry key, e.g. ``"sam2.1_hiera_tiny"`` (the checkpoint's file stem).
+        encoder: the Hiera trunk's shape.
+        checkpoint: the official checkpoint (sha256 ``None``: none published).
+        description: one line for ``--help``.
+    """
+
+    name: str
+    encoder: HieraConfig
+    checkpoint: CheckpointRecord
+    description: str = ""
+
+    contract = C.SAM2_GRAPHS
+    aliases: tuple[str, ...] = ()
+    # Op types the FP16 encoder graph keeps in FP32 (samexport.precision; see docs/sam2.md).
+    fp32_ops = DEFAULT_FP32_OPS
+
+    @property
+    def official_config(self) -> str:
+        """The ``sam2`` package's config name for this size (``build_sam2``'s first argument)."""
+        return OFFICIAL_SAM2_CONFIGS[self.encoder]
+
+    def build(self) -> Sam2Image:
+        """The image model with default-initialised weights, in train mode (needs torch)."""
+        from samexport.models.sam2 import build_sam2_image  # imports torch
+
+        return build_sam2_image(self.encoder)
+
+
+def _sam2_variant(size: str, encoder: HieraConfig, description: str) -> Sam2Variant:
+    filename = f"sam2.1_hiera_{size}.pt"
+    return Sam2Variant(
+        name=f"sam2.1_hiera_{size}",
+        encoder=encoder,
+        checkpoint=CheckpointRecord(filename, SAM2_CHECKPOINT_BASE_URL + filename, None, SAM2_SHA256_SOURCE),
+        description=description,
+    )
+
+
+SAM2_VARIANTS: dict[str, Sam2Variant] = {
+    v.name: v
+    for v in (
+        _sam2_variant("tiny", HIERA_TINY, "SAM 2.1 Hiera-T (31.4M parameters in the image path)"),
+        _sam2_variant("small", HIERA_SMALL, "SAM 2.1 Hiera-S (38.5M)"),
+        _sam2_variant("base_plus", HIERA_BASE_PLUS, "SAM 2.1 Hiera-B+ (73.3M)"),
+        _sam2_variant("large", HIERA_LARGE, "SAM 2.1 Hiera-L (216.9M)"),
+    )
+}
+
+ModelVariant = Variant | Sam2Variant
+# The one registry: every model samexport builds, SAM's family and SAM 2.1's.
+MODELS: dict[str, ModelVariant] = {**VARIANTS, **SAM2_VARIANTS}
+
 ALIASES: dict[str, str] = {alias: v.name for v in VARIANTS.values() for alias in v.aliases}
 
 
+def get_model(name: str | ModelVariant) -> ModelVariant:
+    """Any registered model (SAM's family or SAM 2.1's) called ``name`` or one of its aliases; a
+    record is returned as is. An unknown name lists the valid ones."""
+    if isinstance(name, (Variant, Sam2Variant)):
+        return name
+    try:
+        return MODELS[ALIASES.get(name, name)]
+    except KeyError:
+        raise SamExportError(f"unknown variant {name!r}; valid variants: {', '.join(MODELS)}") from None
+
+
 def get_variant(name: str | Variant) -> Variant:
-    """The registered variant called ``name`` (or one of its aliases); a :class:`Variant` is
-    returned as is. An unknown name lists the valid ones."""
+    """The registered SAM-family variant called ``name`` (or one of its aliases); a
+    :class:`Variant` is returned as is. An unknown name lists the valid ones; a SAM 2.1 name says
+    which API serves it."""
     if isinstance(name, Variant):
         return name
+    if isinstance(name, Sam2Variant) or name in SAM2_VARIANTS:
+        label = name if isinstance(name, str) else name.name
+        raise SamExportError(
+            f"{label} is a SAM 2.1 model: use samexport.SAM2ImagePredictor (and load_sam2 for its "
+            "checkpoint); SamPredictor and load_sam serve SAM and MobileSAM"
+        )
     try:
         return VARIANTS[ALIASES.get(name, name)]
     except KeyError:
@@ -177,7 +282,26 @@ def build_sam(variant: str | Variant) -> Sam:
 def variants_help() -> str:
     """One line per variant for ``--help``, e.g. ``vit_b (SAM ViT-B ...)``."""
     parts = []
-    for v in VARIANTS.values():
+    for v in MODELS.values():
         alias = f", alias {', '.join(v.aliases)}" if v.aliases else ""
         parts.append(f"{v.name} ({v.description}{alias})" if v.description else v.name)
     return "; ".join(parts)
+
+
+def get_sam2_variant(name: str | Sam2Variant) -> Sam2Variant:
+    """The SAM 2.1 variant called ``name``; a :class:`Sam2Variant` is returned as is. An unknown
+    name lists the valid ones."""
+    if isinstance(name, Sam2Variant):
+        return name
+    try:
+        return SAM2_VARIANTS[name]
+    except KeyError:
+        raise SamExportError(f"unknown SAM 2.1 variant {name!r}; valid: {', '.join(SAM2_VARIANTS)}") from None
+
+
+def sam2_variant_of(encoder: HieraConfig) -> Sam2Variant:
+    """The registered SAM 2.1 variant with this Hiera shape."""
+    for variant in SAM2_VARIANTS.values():
+        if variant.encoder == encoder:
+            return variant
+    raise SamExportError(f"no SAM 2.1 variant has the Hiera shape {encoder}")

@@ -126,3 +126,24 @@ def built_artifact(request, tmp_path_factory):
         return found[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_checkpoint(tmp_path_factory) -> Path:
+    """sam2.1_hiera_tiny with seeded random weights (every parameter perturbed), saved as
+    ``{"model": ...}`` like ``sam2.1_hiera_tiny.pt`` (video parts included)."""
+    from samexport.testing import save_random_checkpoint
+
+    return save_random_checkpoint("sam2.1_hiera_tiny", tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
+    """``samexport build --variant sam2.1_hiera_tiny`` (fp32, with its quick parity check; minutes
+    on 2 loaded cores: the tests using it are slow)."""
+    from samexport.pipeline import build
+
+    return build(
+        "sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint,
+        output=tmp_path_factory.mktemp("sam2_artifact") / "sam2.1_hiera_tiny-fp32",
+    ).artifact_dir

@@ -258,7 +258,7 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
     path.write_text(json.dumps({**data, "format": 1}))  # format 1 was written before file records
     with caplog.at_level(logging.WARNING, logger="samexport.artifacts"):
         predictor = SamPredictor(artifact)
-    assert predictor.backend.name.startswith("onnxruntime")
+    assert "onnxruntime" in predictor.backend.name  # alone, or the decoder of openvino+onnxruntime
     assert "records no file sizes or hashes" in caplog.text
 
 

@@ -25,7 +25,7 @@ from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
-from samexport.errors import InvalidInputError, require
+from samexport.errors import InvalidInputError, NoImageSetError, require
 from samexport.runtime.backends import Backend
 from samexport.runtime.predictor import SamPredictor, prompts_per_call
 from samexport.runtime.prompts import even_chunks
@@ -225,22 +225,44 @@ class AutomaticMaskGenerator:
             ``crop_box`` (X, Y, W, H of the crop that produced it).
         """
         image = check_image(image)
-        masks = self._generate_masks(image)
-        if self.min_mask_region_area > 0:
-            masks = self._remove_small_regions(masks, image.shape[:2])
-        return [self._record(masks, i, image.shape[:2]) for i in range(len(masks))]
+        return self._records(self._generate_masks(image, image.shape[:2]), image.shape[:2])
 
-    def _generate_masks(self, image: np.ndarray) -> _Masks:
+    def generate_embedded(self) -> list[dict[str, Any]]:
+        """The records :meth:`generate` gives, for the image whose embedding the predictor already
+        holds (``set_image`` or ``set_embedding``, e.g. from a cache), without running the encoder
+        again. The predictor keeps its image.
+
+        Raises:
+            InvalidInputError: ``crop_n_layers > 0`` (each crop is encoded from the pixels: use
+                :meth:`generate`).
+            NoImageSetError: the predictor holds no image.
+        """
+        if self.crop_n_layers:
+            raise InvalidInputError(
+                f"generate_embedded needs crop_n_layers=0 (got {self.crop_n_layers}): crops are encoded "
+                "from the pixels, so give the image to generate()"
+            )
+        if not self.predictor.is_image_set:
+            raise NoImageSetError("no image is set: call set_image or set_embedding on the predictor first")
+        size = tuple(self.predictor.original_size)
+        return self._records(self._generate_masks(None, size), size)
+
+    def _records(self, masks: _Masks, size: tuple[int, int]) -> list[dict[str, Any]]:
+        if self.min_mask_region_area > 0:
+            masks = self._remove_small_regions(masks, size)
+        return [self._record(masks, i, size) for i in range(len(masks))]
+
+    def _generate_masks(self, image: np.ndarray | None, size: tuple[int, int]) -> _Masks:
+        """``image`` None: the one crop (the whole image) is the predictor's current embedding."""
         from tqdm.auto import tqdm
 
-        size = image.shape[:2]
         crop_boxes, layers = self._crop_boxes(size)
         batches = sum(-(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
         parts = []
         with tqdm(total=batches, disable=not self.progress, desc="segment-all", unit="batch") as bar:
             for i, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
                 bar.set_postfix_str(f"crop {i + 1}/{len(crop_boxes)}")
-                parts.append(self._process_crop(image, crop_box, layer, bar))
+                parts.append(self._process_crop(image, size, crop_box, layer, bar))
         masks = _Masks.concat(parts)
         if len(crop_boxes) > 1 and len(masks):
             # Prefer masks from smaller crops: scores 1 / crop area, float32 as the official.
@@ -267,11 +289,13 @@ class AutomaticMaskGenerator:
             f"crops would have no pixels; use crop_n_layers <= {fits} for it"
         )
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, bar) -> _Masks:
+    def _process_crop(
+        self, image: np.ndarray | None, size: tuple[int, int], crop_box: list[int], layer: int, bar
+    ) -> _Masks:
         x0, y0, x1, y1 = crop_box
-        crop = image[y0:y1, x0:x1]
-        self.predictor.set_image(crop)
-        crop_size = crop.shape[:2]
+        if image is not None:
+            self.predictor.set_image(image[y0:y1, x0:x1])
+        crop_size = (y1 - y0, x1 - x0)
         measurer = MaskMeasurer(self.predictor.input_size, crop_size, self.stability_score_offset)
         points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[::-1]
         parts = []
@@ -285,9 +309,10 @@ class AutomaticMaskGenerator:
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
             for piece in even_chunks(len(batch), limit):
-                parts.append(self._process_batch(batch[piece], measurer, crop_box, image.shape[:2]))
+                parts.append(self._process_batch(batch[piece], measurer, crop_box, size))
             bar.update(1)
-        self.predictor.reset_image()
+        if image is not None:
+            self.predictor.reset_image()
         masks = _Masks.concat(parts)
         masks = masks.take(ops.nms(masks.boxes, masks.iou, self.box_nms_thresh))
         # Back to the image frame.

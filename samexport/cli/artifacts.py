@@ -15,6 +15,7 @@ from samexport.cli.options import engine_options
 from samexport.errors import SamExportError
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
+from samexport.runtime.backends import describe_auto
 from samexport.variants import variants_help
 
 
@@ -35,12 +36,13 @@ def build(
         Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
     ] = None,
     int8_for: Annotated[
-        Optional[Literal["tensorrt", "onnxruntime"]],
+        Optional[Literal["tensorrt", "onnxruntime", "openvino"]],
         typer.Option(
             "--int8-for",
             help="Which runtime the INT8 Q/DQ placement is tuned for: tensorrt (Q/DQ on MatMul/Conv "
-            "inputs only; TensorRT fuses them) or onnxruntime (outputs quantized too, so ONNX Runtime's "
-            "CPU provider uses integer kernels). Default: tensorrt.",
+            "inputs only; TensorRT fuses them), onnxruntime (outputs quantized too, so ONNX Runtime's "
+            "CPU provider uses integer kernels; 7-bit weights) or openvino (inputs only, 8-bit weights, "
+            "FP32 graph: CPUs with VNNI or AMX). Default: tensorrt.",
         ),
     ] = None,
     engines: Annotated[
@@ -175,8 +177,10 @@ def verification_line(verdict: dict | None) -> str:
 
 @clean_errors
 def info(artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")]) -> None:
-    """Print an artifact directory's manifest."""
-    typer.echo(json.dumps(read_manifest(artifact_dir).to_dict(), indent=2))
+    """Print an artifact directory's manifest, and what `--backend auto` runs it on here
+    (``auto_backend_here``: e.g. ``openvino-cpu-f32+onnxruntime-cpu``, encoder + decoder)."""
+    manifest = read_manifest(artifact_dir)
+    typer.echo(json.dumps({**manifest.to_dict(), "auto_backend_here": describe_auto(artifact_dir, manifest)}, indent=2))
 
 
 @clean_errors

@@ -143,6 +143,8 @@ def build_verified_engines(
     flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
+    if manifest.contract is not C.SAM_GRAPHS:
+        raise SamExportError(f"{folder} holds {manifest.variant}: samexport builds no TensorRT engines for SAM 2.1 yet")
     if fallback:
         require_onnx()  # said before a long build, not after it
     if verify and runs(flavour, runner):

@@ -102,13 +102,24 @@ class Int8Recipe:
     float_tail: int = 0
 
 
-Int8Target = Literal["tensorrt", "onnxruntime"]
+Int8Target = Literal["tensorrt", "onnxruntime", "openvino"]
 # For ONNX Runtime, also quantizing the attention MatMuls was slower (vit_b 3.8 s vs 3.1 s) and
 # less accurate (cosine 0.988); per-tensor weights were no faster. reduce_range is for
 # correctness on CPUs without VNNI (see Int8Recipe), not speed.
+# For OpenVINO (CPU with VNNI or AMX): Q/DQ on the inputs only, 8-bit weights, FP32 scales.
+# OpenVINO runs the MatMuls as integer kernels from the inputs' Q/DQ alone, so quantizing the
+# outputs (what ONNX Runtime needs) only adds rounding; on a VNNI CPU the 8-bit weights do not
+# saturate. mobile_sam encoder on OpenVINO CPU (f32 hint, 5 round-robin rounds, 2-core
+# AVX512_VNNI/BF16 EPYC; docs/openvino.md, "INT8"): this recipe 2.02x ONNX Runtime fp32 at
+# embedding cosine 0.99992 against fp32, the onnxruntime recipe 2.05x at 0.99975, the same with
+# 8-bit weights 2.08x at 0.99984, NNCF's post-training quantization (TRANSFORMER, SmoothQuant)
+# 2.19x at 0.99979, the tensorrt recipe (FP16 Q/DQ) 1.59x at 0.99992: the same speed, the
+# accuracy of the TensorRT placement. OpenVINO's documentation says its 8-bit kernels saturate
+# on CPUs without VNNI as ONNX Runtime's do: there, use the onnxruntime recipe (7-bit weights).
 RECIPES: dict[str, Int8Recipe] = {
     "tensorrt": Int8Recipe(),
     "onnxruntime": Int8Recipe(quantize_outputs=True, reduce_range=True, fp16=False),
+    "openvino": Int8Recipe(fp16=False),
 }
 """The recipe for each runtime the Q/DQ placement is tuned for."""
 

@@ -19,6 +19,7 @@ from samexport import constants as C
 from samexport.artifacts import read_manifest, verify_artifact
 from samexport.errors import SamExportError, require
 from samexport.runtime.openvino_backend import OpenVINOBackend
+from samexport.runtime.split_backend import SplitBackend
 from samexport.runtime.tensorrt_backend import TensorRTBackend, why_engines_cannot_run
 from samexport.utils import sha256_file
 
@@ -47,6 +48,22 @@ class Backend(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Prompts in the 1024 frame (shapes in ``constants.DECODER_INPUTS``) ->
         (low_res_masks Bx4x256x256, iou_predictions Bx4), float32 (the official order)."""
+
+
+class GraphRunner(Protocol):
+    """The backend seam every model family uses: the two graphs run by their
+    :class:`~samexport.constants.GraphContract` (``contract``), the per-image features kept by
+    the predictor and fed back to the decoder in order. ``Backend.encode`` / ``decode`` are SAM's
+    special case (one feature, two outputs)."""
+
+    name: str
+    contract: C.GraphContract
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        """image 1x3x1024x1024 float32 -> ``contract.encoder_outputs``, float32, in order."""
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``run_encoder``'s features and ``contract.prompt_inputs`` -> ``contract.decoder_outputs``."""
 
 
 class DecoderHalves(Protocol):
@@ -125,13 +142,16 @@ class OnnxRuntimeBackend:
     (:class:`DecoderHalves`) when given their graphs."""
 
     def __init__(
-        self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = "auto",
+        self, encoder_path: Path | str | None, decoder_path: Path | str, *, device: str = "auto",
         threads: int | None = None, memory_arena: bool = True,
-        decoder_halves: tuple[Path | str, Path | str] | None = None,
+        decoder_halves: tuple[Path | str, Path | str] | None = None, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``memory_arena=False`` for FP16 graphs on CPU: ONNX Runtime runs them in fp32 behind
         inserted Casts, and with its arena the vit_b encoder grew past 18 GiB (4.4 GiB without).
-        ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use."""
+        ``decoder_halves``: (``decoder_scores.onnx``, ``decoder_masks.onnx``), opened on first use.
+        ``encoder_path=None``: the decoder only (:class:`~samexport.runtime.split_backend.SplitBackend`
+        runs the encoder elsewhere); ``encode`` then raises. ``contract``: what the graphs take and
+        give (the manifest's ``contract``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -142,9 +162,10 @@ class OnnxRuntimeBackend:
         providers = onnxruntime_providers(device)
         halves = tuple(decoder_halves or ())
         for path in (encoder_path, decoder_path, *halves):
-            if not Path(path).is_file():
+            if path is not None and not Path(path).is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
-        self.encoder = _open_session(ort, encoder_path, options, providers=providers)
+        self.contract = contract
+        self.encoder = None if encoder_path is None else _open_session(ort, encoder_path, options, providers=providers)
         self.decoder = self._open_decoder(ort, decoder_path, options, providers)
         self._halves_paths, self._halves_lock = halves, threading.Lock()
         self._halves = None
@@ -154,7 +175,7 @@ class OnnxRuntimeBackend:
         # Graphs exported before the mask axis existed name it num_prompts: they need M = B.
         mask_axis = next(i.shape[0] for i in self.decoder.get_inputs() if i.name == C.MASK_INPUT.name)
         self.shares_mask_input = mask_axis == C.NUM_MASKS
-        active = self.encoder.get_providers()[0].replace("ExecutionProvider", "").lower()
+        active = self.decoder.get_providers()[0].replace("ExecutionProvider", "").lower()
         self.name = f"onnxruntime-{active}"
 
     @staticmethod
@@ -165,12 +186,21 @@ class OnnxRuntimeBackend:
         )
 
     def encode(self, image: np.ndarray) -> np.ndarray:
+        if self.encoder is None:
+            raise SamExportError("this backend was opened without the encoder (encoder_path=None)")
         return self.encoder.run([C.IMAGE_EMBEDDINGS.name], {C.IMAGE.name: image})[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         masks, iou = _run(self.decoder, C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs, self._run_options)
         return masks, iou
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(_run(self.encoder, self.contract.encoder_inputs, self.contract.encoder_outputs, (image,)))
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        contract = self.contract
+        return tuple(_run(self.decoder, contract.decoder_inputs, contract.decoder_outputs, (*features, *prompts), self._run_options))
 
     def _decoder_halves(self):
         if not self.has_decoder_halves:
@@ -217,6 +247,7 @@ class TorchBackend:
     name = "torch"
     shares_mask_input = True
     has_decoder_halves = True
+    contract = C.SAM_GRAPHS
 
     def __init__(self, sam: Sam) -> None:
         from samexport.export.wrappers import DecoderGraph, EncoderGraph
@@ -244,6 +275,12 @@ class TorchBackend:
     def decode_masks(self, mask_tokens, image_tokens):
         return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
 
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (self.encode(image),)
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.decode(*features, *prompts)
+
 
 _BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -266,12 +303,62 @@ def backend_lock(backend: object) -> threading.Lock | None:
     return lock
 
 
+def cpu_auto_uses_openvino() -> bool:
+    """Whether ``auto`` (with no usable TensorRT engines) splits the graphs between OpenVINO and
+    ONNX Runtime here: OpenVINO is installed and ONNX Runtime has no CUDA provider (on a GPU
+    machine ONNX Runtime's CUDA provider runs both graphs, as before)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    return "CUDAExecutionProvider" not in onnxruntime_providers("auto")
+
+
+def describe_auto(folder: Path | str, manifest=None) -> str:
+    """What ``backend="auto"`` opens for this artifact on this machine, said without opening it
+    (``samexport info``): ``tensorrt``, ``onnxruntime-cuda``, ``onnxruntime-cpu``, or
+    ``openvino-cpu-f32+onnxruntime-cpu`` (encoder + decoder, :func:`_cpu_auto`)."""
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    if manifest.engines and why_engines_cannot_run(manifest) is None:
+        return "tensorrt"
+    if not manifest.runtime.onnxruntime_encoder:
+        return "none (the encoder runs only on TensorRT)"
+    if cpu_auto_uses_openvino():
+        return "openvino-cpu-f32+onnxruntime-cpu"
+    return "onnxruntime-cuda" if "CUDAExecutionProvider" in onnxruntime_providers("auto") else "onnxruntime-cpu"
+
+
+def _cpu_auto(folder: Path, manifest, *, threads: int | None) -> Backend:
+    """``auto`` on a CPU with OpenVINO: the encoder on OpenVINO in f32 (the graph's precision,
+    never bf16 unasked), the decoder and its halves on ONNX Runtime: per graph, the runtime that
+    was faster at f32 here (docs/openvino.md, "What auto does"). A graph OpenVINO cannot compile
+    leaves everything on ONNX Runtime, logged."""
+    halves = manifest.decoder_halves()
+    try:
+        encoder = OpenVINOBackend(
+            folder / C.ENCODER_ONNX, None, threads=threads, precision="f32", files=manifest.files,
+        )
+    except SamExportError as exc:
+        logging.getLogger(__name__).info("auto: ONNX Runtime for both graphs (OpenVINO: %s)", exc)
+        encoder = None
+    decoder = OnnxRuntimeBackend(
+        None if encoder else folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", threads=threads,
+        memory_arena=manifest.runtime.onnxruntime_memory_arena,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None,
+    )
+    if encoder is None:
+        return decoder
+    return SplitBackend(encoder, decoder, encoder_lock=backend_lock(encoder), decoder_lock=backend_lock(decoder))
+
+
 def open_backend(artifact_dir: Path | str, backend: BackendName = "auto", *, threads: int | None = None) -> Backend:
     """The backend for an artifact directory.
 
     ``auto`` takes the TensorRT engines when the directory has them and this machine can run them
     (``tensorrt`` installed, a GPU present, plans built for this TensorRT and GPU and not test
-    builds), else ONNX Runtime (its CUDA provider when present). ``openvino`` takes options after a
+    builds), else ONNX Runtime's CUDA provider when present, else, with OpenVINO installed, the
+    encoder on OpenVINO (f32) and the decoder on ONNX Runtime (:func:`cpu_auto_uses_openvino`,
+    a :class:`~samexport.runtime.split_backend.SplitBackend`), else ONNX Runtime. ``openvino`` takes options after a
     colon: ``openvino:device=GPU,precision=bf16`` (:mod:`samexport.runtime.openvino_backend`).
     ``threads`` sets ONNX Runtime's intra-op threads and OpenVINO's CPU threads (None: their
     default); TensorRT ignores it.
@@ -297,7 +384,13 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             backend = "tensorrt"
         else:
             logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
+    contract = manifest.contract
     if backend == "tensorrt":
+        if contract is not C.SAM_GRAPHS:
+            raise SamExportError(
+                f"{folder} holds {manifest.variant}, for which samexport builds no TensorRT engines yet; "
+                "use backend='onnxruntime' or 'openvino'"
+            )
         return TensorRTBackend(folder, manifest)
     if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(
@@ -313,11 +406,13 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),
             precision=options.get("precision", C.OPENVINO_DEFAULT_PRECISION),
             decoder_halves=tuple(folder / name for name in halves) if halves else None,
-            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files,
+            shares_mask_input=mask_axis == C.NUM_MASKS, files=manifest.files, contract=contract,
         )
+    if backend == C.AUTO_BACKEND and contract is C.SAM_GRAPHS and cpu_auto_uses_openvino():
+        return _cpu_auto(folder, manifest, threads=threads)
     device = C.BACKENDS[backend].onnxruntime_device if backend != C.AUTO_BACKEND else "auto"
     return OnnxRuntimeBackend(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device=device, threads=threads,
         memory_arena=manifest.runtime.onnxruntime_memory_arena,
-        decoder_halves=tuple(folder / name for name in halves) if halves else None,
+        decoder_halves=tuple(folder / name for name in halves) if halves else None, contract=contract,
     )

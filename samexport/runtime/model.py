@@ -120,6 +120,8 @@ def open_model(
         )
     manifest = read_manifest(path)
     found = manifest.variant
+    if manifest.contract is not C.SAM_GRAPHS:
+        raise SamExportError(f"{path} holds the SAM 2.1 model {found}: open it with samexport.SAM2ImagePredictor({str(path)!r})")
     if variant is not None and get_variant(variant).name != found:
         raise SamExportError(
             f"{path} was built for variant {found!r}, not {variant!r}: use "

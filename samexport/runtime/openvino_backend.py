@@ -89,17 +89,20 @@ class OpenVINOBackend:
     thread_safe = False  # one infer request per graph: SamPredictor serialises calls
 
     def __init__(
-        self, encoder_path: Path | str, decoder_path: Path | str, *, device: str = C.OPENVINO_DEFAULT_DEVICE,
+        self, encoder_path: Path | str, decoder_path: Path | str | None, *, device: str = C.OPENVINO_DEFAULT_DEVICE,
         precision: str = C.OPENVINO_DEFAULT_PRECISION, threads: int | None = None,
         decoder_halves: tuple[Path | str, Path | str] | None = None, shares_mask_input: bool = True,
-        files: Mapping[str, Mapping] | None = None, cache: bool = True,
+        files: Mapping[str, Mapping] | None = None, cache: bool = True, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``files``: the manifest's file records (name -> sha256), which key the compile cache;
         ``cache=False`` compiles every time. ``shares_mask_input``: the decoder's mask input has
-        its own ``num_masks`` axis (the manifest's decoder inputs say so)."""
+        its own ``num_masks`` axis (the manifest's decoder inputs say so). ``decoder_path=None``:
+        the encoder only (:class:`~samexport.runtime.split_backend.SplitBackend` runs the decoder
+        elsewhere); ``decode`` then raises. ``contract``: what the graphs take and give
+        (:class:`~samexport.runtime.backends.GraphRunner`)."""
         ov = require("openvino", "openvino")
         halves = tuple(Path(p) for p in decoder_halves or ())
-        paths = (Path(encoder_path), Path(decoder_path), *halves)
+        paths = (Path(encoder_path), *(() if decoder_path is None else (Path(decoder_path),)), *halves)
         for path in paths:
             if not path.is_file():
                 raise SamExportError(f"ONNX graph not found: {path}")
@@ -115,8 +118,9 @@ class OpenVINOBackend:
         if threads and base == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
         self._files, self._cache = dict(files or {}), cache
+        self.contract = contract
         self.encoder = self._compile(paths[0])
-        self.decoder = self._compile(paths[1])
+        self.decoder = None if decoder_path is None else self._compile(Path(decoder_path))
         self._halves_paths, self._halves = halves, None
         self.has_decoder_halves = bool(halves)
         self.shares_mask_input = shares_mask_input
@@ -142,9 +146,18 @@ class OpenVINOBackend:
         return self.encoder.run(C.ENCODER_INPUTS, C.ENCODER_OUTPUTS, (image,))[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        if self.decoder is None:
+            raise SamExportError("this backend was opened without the decoder (decoder_path=None)")
         inputs = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         masks, iou = self.decoder.run(C.DECODER_INPUTS, C.DECODER_OUTPUTS, inputs)
         return masks, iou
+
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return tuple(self.encoder.run(self.contract.encoder_inputs, self.contract.encoder_outputs, (image,)))
+
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        contract = self.contract
+        return tuple(self.decoder.run(contract.decoder_inputs, contract.decoder_outputs, (*features, *prompts)))
 
     def _decoder_halves(self) -> tuple[_CompiledGraph, _CompiledGraph]:
         if not self.has_decoder_halves:

@@ -123,6 +123,8 @@ class SamPredictor(OfficialImageAttributes):
                 f"SamModel (samexport.sam_model_registry[...] or samexport.load) or a backend; got "
                 f"{type(sam_model).__name__}"
             )
+        if getattr(model.backend, "contract", C.SAM_GRAPHS) is not C.SAM_GRAPHS:
+            raise SamExportError("SamPredictor runs SAM and MobileSAM; this backend holds SAM 2.1: use samexport.SAM2ImagePredictor")
         if isinstance(decode_budget_bytes, bool) or not isinstance(decode_budget_bytes, int) or decode_budget_bytes < 1:
             raise InvalidInputError(f"decode_budget_bytes must be a positive int; got {decode_budget_bytes!r}")
         self.model = model

@@ -6,7 +6,8 @@ API (version 1, JSON; OpenAPI at ``/docs``):
   whether it was a cache hit, timings.
 - ``POST /v1/masks`` (JSON): one prompt (points + labels, box, mask input, multimask) on an
   ``image_id`` or an inline base64 ``image`` -> masks (COCO RLE or PNG), scores, timings.
-- ``POST /v1/automatic`` (multipart ``image`` + options): the mask generator's records.
+- ``POST /v1/automatic`` (multipart ``image`` or ``image_id`` + options): the mask generator's
+  records, from the cached embedding (the encoder runs at most once per image).
 - ``GET /v1/health``, ``GET /v1/info``; ``GET /`` the click-to-segment page.
 """
 
@@ -18,6 +19,7 @@ import binascii
 import contextlib
 import io
 import time
+from concurrent.futures import Future
 from importlib import resources
 from typing import Any, Literal, Optional
 
@@ -98,6 +100,14 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": " ".join(detail.split())}, status_code=status, headers=headers)
 
 
+async def _resolve(pending):
+    """The result of a service call: a ``concurrent.futures.Future`` (:class:`SegmentService`) or
+    an awaitable (the Ray Serve front, whose work runs in other deployments)."""
+    if isinstance(pending, Future):
+        return await asyncio.wrap_future(pending)
+    return await pending
+
+
 def _page(name: str) -> str:
     return resources.files("samexport.serve").joinpath("static", name).read_text(encoding="utf-8")
 
@@ -107,8 +117,9 @@ def create_app(
     service: SegmentService | None = None,
 ):
     """The ASGI application serving ``model`` (an artifact directory, a ``SamModel`` or a
-    backend) or an existing ``service``; the service is closed (queued work finished) when the
-    application shuts down."""
+    backend) or an existing ``service`` (a :class:`SegmentService`, or anything with its methods,
+    such as the Ray Serve front in :mod:`samexport.serve.ray_app`); the service is closed
+    (queued work finished) when the application shuts down."""
     if (model is None) == (service is None):
         raise SamExportError("create_app takes a model or a service, one of them")
     service = service or SegmentService(model, config, backend=backend)
@@ -144,7 +155,7 @@ def create_app(
 
     async def _embed(data: bytes):
         future, hit = await run_in_threadpool(service.embed, data)  # may ask a shared store
-        return await asyncio.wrap_future(future), hit
+        return await _resolve(future), hit
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -157,7 +168,7 @@ def create_app(
     @app.get(f"/{API_VERSION}/health")
     async def health() -> dict[str, Any]:
         """Liveness: ``ok`` while the service accepts work."""
-        return {"status": "ok", "pending_prompts": service.batcher.pending}
+        return {"status": "ok", "pending_prompts": service.pending}
 
     @app.get(f"/{API_VERSION}/info")
     async def info() -> dict[str, Any]:
@@ -194,9 +205,12 @@ def create_app(
         if request.image is not None:
             entry, hit = await _embed(_b64("image", request.image))
             encode_ms = 0.0 if hit else entry.encode_ms
+            pending = service.predict(entry, prompt)
         else:
-            entry = await run_in_threadpool(service.lookup, request.image_id)
-        result = await asyncio.wrap_future(service.predict(entry, prompt))
+            with service.arriving():  # the batcher may keep its batch open for this prompt
+                entry = await run_in_threadpool(service.lookup, request.image_id)
+                pending = service.predict(entry, prompt)
+        result = await _resolve(pending)
         answer = await run_in_threadpool(_mask_answer, result, request)
         height, width = entry.original_size
         return {
@@ -208,19 +222,33 @@ def create_app(
 
     @app.post(f"/{API_VERSION}/automatic")
     async def automatic(
-        image: UploadFile = File(..., description="the image file"),
+        image: Optional[UploadFile] = File(None, description="the image file (or give image_id)"),
+        image_id: Optional[str] = Form(None, pattern=IMAGE_ID_PATTERN, description="id from POST /v1/images"),
         points_per_side: int = Form(32, ge=1, description="grid points along each side"),
         pred_iou_thresh: float = Form(0.88, ge=0, le=1),
         stability_score_thresh: float = Form(0.95, ge=0, le=1),
         box_nms_thresh: float = Form(0.7, ge=0, le=1),
         min_mask_region_area: int = Form(0, ge=0),
     ) -> dict[str, Any]:
-        """Segment everything: the automatic mask generator's records (uncompressed COCO RLE)."""
+        """Segment everything: the automatic mask generator's records (uncompressed COCO RLE),
+        from the image's cached embedding (an uploaded image is embedded and cached first)."""
+        start = time.perf_counter()
+        if (image is None) == (image_id is None):
+            raise SamExportError("give image (a file) or image_id (from POST /v1/images), one of them")
         options = dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                        stability_score_thresh=stability_score_thresh, box_nms_thresh=box_nms_thresh,
                        min_mask_region_area=min_mask_region_area)
-        records, (height, width), ms = await asyncio.wrap_future(service.automatic(await image.read(), options))
-        return {"width": width, "height": height, "annotations": records, "timings_ms": {"total": ms}}
+        service.check_automatic(options)  # before an upload is encoded
+        encode_ms, hit = 0.0, True
+        if image is not None:
+            entry, hit = await _embed(await image.read())
+            encode_ms = 0.0 if hit else entry.encode_ms
+        else:
+            entry = await run_in_threadpool(service.lookup, image_id)
+        records, ms = await _resolve(service.automatic(entry, options))
+        height, width = entry.original_size
+        return {"image_id": entry.image_id, "width": width, "height": height, "cached": hit, "annotations": records,
+                "timings_ms": {"encode": encode_ms, "generate": ms, "total": (time.perf_counter() - start) * 1000}}
 
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     return app

@@ -3,7 +3,11 @@
 Requests arrive one prompt each. :class:`PromptBatcher` queues them (a bounded queue: a full one
 refuses with :class:`Overloaded`), and one worker thread takes the first waiting request, waits up
 to ``window_s`` for more, groups what it has by image and prompt shape, and hands each group to
-``decode`` as one batch: one decoder call for all the prompts on one image, with one shared
+``decode`` as one batch. With ``adaptive`` (the default) the window is only an upper bound: the
+batch closes as soon as nothing is queued and no prompt is on its way (requests announce
+themselves with :meth:`PromptBatcher.arriving` while they are parsed and looked up), so a lone
+client never waits for company that is not coming, while prompts that queue up during a decode
+go together into the next call. Each group is one decoder call for all the prompts on one image, with one shared
 no-mask input (see ``SamPredictor.predict_batch``). Prompts of different shapes (number of points,
 box or not, mask input or not, one mask or three) are not padded into one call: padding points
 would change the decoder's attention and so the masks.
@@ -11,6 +15,7 @@ would change the decoder's attention and so the masks.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -46,6 +51,7 @@ class PromptJob:
 
 
 _STOP = object()
+_NUDGE = object()  # wakes the worker when an announced prompt went away without being queued
 
 
 class PromptBatcher:
@@ -57,19 +63,23 @@ class PromptBatcher:
         window_s: how long the worker waits after the first job for others to join its batch.
         max_batch: most jobs per ``decode`` call (1: every prompt decoded alone).
         max_pending: most jobs queued or being decoded; more are refused with :class:`Overloaded`.
+        adaptive: stop waiting before the window ends once no job is queued or announced
+            (:meth:`arriving`); False waits the whole window whenever the batch is not full.
     """
 
     def __init__(
         self, decode: Callable[[Sequence[PromptJob]], Sequence[Any]], *, window_s: float, max_batch: int,
-        max_pending: int,
+        max_pending: int, adaptive: bool = True,
     ) -> None:
         if window_s < 0 or max_batch < 1 or max_pending < 1:
             raise ValueError("window_s must be >= 0, max_batch and max_pending >= 1")
         self._decode = decode
         self.window_s, self.max_batch, self.max_pending = float(window_s), int(max_batch), int(max_pending)
+        self.adaptive = bool(adaptive)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0
+        self._arriving = 0
         self._closed = False
         self.calls = 0  # decode calls made
         self.jobs = 0  # jobs decoded
@@ -96,6 +106,22 @@ class PromptBatcher:
         self._queue.put(job)
         return job
 
+    @contextlib.contextmanager
+    def arriving(self):
+        """Announce a prompt that is on its way (being checked, its image looked up) for the
+        time of the ``with`` block, in which it is :meth:`submit`-ted or dropped: an adaptive
+        worker keeps its batch open for it (up to the window)."""
+        with self._lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._arriving -= 1
+                last = self._arriving == 0
+            if last:
+                self._queue.put(_NUDGE)  # a worker waiting for it re-checks at once
+
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, finish the queued ones, stop the worker."""
         with self._lock:
@@ -111,6 +137,8 @@ class PromptBatcher:
         deadline = time.perf_counter() + self.window_s
         while len(jobs) < self.max_batch:
             remaining = deadline - time.perf_counter()
+            if self.adaptive and self._arriving == 0:
+                remaining = 0.0  # take what is queued now, wait for nothing more
             try:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
@@ -118,7 +146,8 @@ class PromptBatcher:
             if job is _STOP:
                 stop = True
                 break
-            jobs.append(job)
+            if job is not _NUDGE:
+                jobs.append(job)
         return jobs, stop
 
     def _run(self) -> None:
@@ -127,6 +156,8 @@ class PromptBatcher:
             first = self._queue.get()
             if first is _STOP:
                 break
+            if first is _NUDGE:
+                continue
             jobs, stop = self._collect(first)
             groups: dict[Hashable, list[PromptJob]] = {}
             for job in jobs:
@@ -138,7 +169,7 @@ class PromptBatcher:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job is not _STOP:
+            if job is not _STOP and job is not _NUDGE:
                 self._decode_group([job])
 
     def _decode_group(self, group: list[PromptJob]) -> None:

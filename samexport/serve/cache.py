@@ -43,6 +43,20 @@ class CachedImage:
     def nbytes(self) -> int:
         return int(self.embedding.nbytes)
 
+    def ref(self) -> ImageRef:
+        """This entry without its embedding (what a front that does not decode needs)."""
+        return ImageRef(self.image_id, self.original_size, self.input_size, self.encode_ms)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A cached image's id and sizes, without the embedding (see :class:`CachedImage`)."""
+
+    image_id: str
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    encode_ms: float
+
 
 class EmbeddingCache:
     """A thread-safe LRU map ``image_id -> CachedImage`` holding at most ``budget_bytes`` of

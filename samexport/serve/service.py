@@ -39,6 +39,8 @@ class ServeConfig:
     Attributes:
         cache_bytes: embedding cache budget (4 MiB per image).
         batch_window_ms: how long the decoder waits after a prompt for others on the same image.
+        adaptive_window: close a batch as soon as no other prompt is queued or on its way (the
+            window is then only the upper bound); False waits the whole window.
         max_batch: most prompts in one decoder call (1: one by one).
         max_queue: most prompt requests waiting; more get 503.
         max_image_jobs: most encodes / automatic mask generations waiting or running; more get 503.
@@ -51,6 +53,7 @@ class ServeConfig:
 
     cache_bytes: int = 512 << 20
     batch_window_ms: float = 5.0
+    adaptive_window: bool = True
     max_batch: int = 32
     max_queue: int = 256
     max_image_jobs: int = 8
@@ -62,6 +65,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if name == "adaptive_window":
+                continue
             if value < 0 or (value == 0 and name not in ("cache_bytes", "batch_window_ms")):
                 raise InvalidInputError(f"{name} must be {'>= 0' if name in ('cache_bytes', 'batch_window_ms') else '> 0'}; got {value}")
 
@@ -134,6 +139,14 @@ def check_prompt(points, labels, box, mask_input, multimask: bool, max_points: i
     return Prompt(points, labels, box, mask_input, bool(multimask))
 
 
+def check_automatic(options: dict[str, Any], config: ServeConfig) -> None:
+    """An :class:`InvalidInputError` if automatic mask generation ``options`` ask for more than
+    ``config`` allows."""
+    side = options.get("points_per_side", 32)
+    if not isinstance(side, int) or not 1 <= side <= config.max_points_per_side:
+        raise InvalidInputError(f"points_per_side must be 1..{config.max_points_per_side}; got {side!r}")
+
+
 @dataclass(frozen=True)
 class PromptResult:
     """Masks for one prompt: ``masks`` CxHxW bool, ``scores`` C float32, ``low_res`` Cx256x256
@@ -170,7 +183,7 @@ class SegmentService:
         self.cache = EmbeddingCache(self.config.cache_bytes)
         self.batcher = PromptBatcher(
             self._decode, window_s=self.config.batch_window_ms / 1000, max_batch=self.config.max_batch,
-            max_pending=self.config.max_queue,
+            max_pending=self.config.max_queue, adaptive=self.config.adaptive_window,
         )
         self._images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samexport-serve-image")
         self._lock = threading.Lock()
@@ -286,6 +299,16 @@ class SegmentService:
 
     # -- prompts ---------------------------------------------------------------------------
 
+    def arriving(self):
+        """A context in which a prompt request is announced to the batcher while it is checked
+        and its image looked up (see :meth:`PromptBatcher.arriving`)."""
+        return self.batcher.arriving()
+
+    @property
+    def pending(self) -> int:
+        """Prompt requests queued or being decoded."""
+        return self.batcher.pending
+
     def predict(self, image: CachedImage, prompt: Prompt) -> Future:
         """Future of the :class:`PromptResult` for ``prompt`` on ``image``, decoded with the
         prompts of the same shape that arrive on the same image within the batch window."""
@@ -314,21 +337,25 @@ class SegmentService:
 
     # -- automatic mask generation ---------------------------------------------------------
 
-    def automatic(self, data: bytes, options: dict[str, Any]) -> Future:
-        """Future of ``(records, (H, W), milliseconds)``: the mask generator's records
-        (uncompressed RLE) for an uploaded image; ``options`` are
-        :class:`~samexport.amg.AutomaticMaskGenerator` keywords."""
-        side = options.get("points_per_side", 32)
-        if not isinstance(side, int) or not 1 <= side <= self.config.max_points_per_side:
-            raise InvalidInputError(f"points_per_side must be 1..{self.config.max_points_per_side}; got {side!r}")
-        return self._submit_image_job(self._generate, data, dict(options))
+    def automatic(self, image: CachedImage, options: dict[str, Any]) -> Future:
+        """Future of ``(records, milliseconds)``: the mask generator's records (uncompressed RLE)
+        for a cached image, from its embedding (the encoder is not run again); ``options`` are
+        :class:`~samexport.amg.AutomaticMaskGenerator` keywords (no crop layers: they would need
+        the pixels encoded crop by crop)."""
+        self.check_automatic(options)
+        return self._submit_image_job(self._generate, image, dict(options))
 
-    def _generate(self, data: bytes, options: dict[str, Any]):
-        pixels = self.decode_image(data)
+    def check_automatic(self, options: dict[str, Any]) -> None:
+        """An :class:`InvalidInputError` if ``options`` ask for more than the limits allow."""
+        check_automatic(options, self.config)
+
+    def _generate(self, image: CachedImage, options: dict[str, Any]):
         start = time.perf_counter()
-        generator = AutomaticMaskGenerator(SamPredictor(self.model), output_mode="uncompressed_rle", **options)
-        records = generator.generate(pixels)
-        return records, pixels.shape[:2], (time.perf_counter() - start) * 1000
+        predictor = SamPredictor(self.model)
+        predictor.set_embedding(image.embedding, image.original_size, image.input_size)
+        generator = AutomaticMaskGenerator(predictor=predictor, output_mode="uncompressed_rle", **options)
+        records = generator.generate_embedded()
+        return records, (time.perf_counter() - start) * 1000
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from support.official import (
 from samexport.amg import AutomaticMaskGenerator
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer
-from samexport.errors import InvalidInputError
+from samexport.errors import InvalidInputError, NoImageSetError
 from samexport.runtime.predictor import SamPredictor
 from samexport.testing import make_image
 
@@ -215,6 +215,29 @@ def test_output_modes_agree(scene, synthetic_predictor):
         rle = {"size": c["segmentation"]["size"], "counts": c["segmentation"]["counts"].encode()}
         np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), mask)
         json.dumps({k: v for k, v in c.items()})
+
+
+def test_generate_embedded_equals_generate(scene):
+    """From an embedding already set (as a serving cache restores it): the records of
+    ``generate``, with no encoder run, and the predictor keeps its image."""
+    params = dict(points_per_side=8, pred_iou_thresh=0.6, stability_score_thresh=0.8, min_mask_region_area=50)
+    backend = SyntheticBackend()
+    want = AutomaticMaskGenerator(SamPredictor(backend), **params).generate(scene)
+    source = SamPredictor(backend)
+    source.set_image(scene)
+    predictor = SamPredictor(backend)
+    predictor.set_embedding(source.image_state.embedding, scene.shape[:2])
+    encodes = []
+    backend.encode = lambda *args: encodes.append(args)  # any encoder run from here is recorded
+    got = AutomaticMaskGenerator(predictor, **params).generate_embedded()
+    assert len(got) == len(want) > 3 and not encodes and predictor.is_image_set
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.pop("segmentation"), w.pop("segmentation"))
+        assert g == w
+    with pytest.raises(InvalidInputError, match="crop_n_layers=0"):
+        AutomaticMaskGenerator(predictor, crop_n_layers=1).generate_embedded()
+    with pytest.raises(NoImageSetError, match="no image is set"):
+        AutomaticMaskGenerator(SamPredictor(backend)).generate_embedded()
 
 
 def test_missing_optional_dependencies(monkeypatch, synthetic_predictor):

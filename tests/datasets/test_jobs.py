@@ -429,7 +429,7 @@ def test_ray_segment_all_equals_local(local_ray, tiny_artifact, image_folder, tm
 
 @pytest.mark.parametrize("backend, cluster_gpus, expected", [
     ("tensorrt", 0, 1.0), ("onnxruntime-cuda", 0, 1.0), ("onnxruntime-cpu", 4, 0.0),
-    ("auto", 4, 1.0), ("auto", 0, 0.0),
+    ("auto", 4, 1.0), ("auto", 0, 0.0), ("openvino:device=CPU,precision=bf16", 4, 0.0),
 ])
 def test_ray_workers_get_a_gpu_for_the_gpu_backends(backend, cluster_gpus, expected):
     """The backends table says which backends need a GPU; "auto" takes one where the cluster has one."""

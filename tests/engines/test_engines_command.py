@@ -246,4 +246,4 @@ def test_auto_backend_skips_test_build_engines(tiny_artifact, tmp_path, monkeypa
                         lambda flavour="tensorrt": Availability(True, "", "10.3.0.30", orin))
     monkeypatch.setattr("samexport.runtime.tensorrt_backend.cuda_devices", lambda: [orin])
     assert "test build" in why_engines_cannot_run(manifest)
-    assert SamPredictor(artifact).backend.name.startswith("onnxruntime")
+    assert "onnxruntime" in SamPredictor(artifact).backend.name  # alone, or the decoder of openvino+onnxruntime

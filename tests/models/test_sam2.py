@@ -12,19 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import SAM2_OFFICIAL_MISSING
 
 from samexport.errors import SamExportError
 from samexport.models.sam2_configs import describe_hiera, hiera_encoder_macs
 from samexport.models.sam2_decoder import select_masks
 from samexport.sam2_checkpoint import identify_sam2_variant, load_sam2, read_sam2_state_dict
 from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points, select_sam2_masks
-from samexport.sam2_variants import SAM2_VARIANTS, get_sam2_variant
+from samexport.variants import SAM2_VARIANTS, get_sam2_variant
 from samexport.testing import make_image, random_sam2_state_dict, save_random_checkpoint
 
-OFFICIAL_MISSING = (
-    "the official SAM 2.1 package is not installed: "
-    "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 (see .ci/run)"
-)
 LANDSCAPE, PORTRAIT = (600, 900), (1100, 700)  # neither 1024 nor square
 # Every size on one image; tiny on both aspect ratios too (the aspect ratio enters through the
 # preprocessing and the prompt coordinates, which do not depend on the size). The three larger
@@ -67,7 +64,7 @@ def _ours(model, features, original_size, *, mask_input=None, multimask_output, 
 @pytest.fixture(scope="module")
 def pair(request, tmp_path_factory):
     """(variant name, official SAM2ImagePredictor, samexport model, checkpoint path)."""
-    pytest.importorskip("sam2", reason=OFFICIAL_MISSING)
+    pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
@@ -165,7 +162,7 @@ def test_identifies_every_size_from_tensors(name):
 def test_state_dict_layout_equals_official(name):
     """Our image model's keys and shapes are exactly the official model's image subset, and the
     random checkpoint holds every official key (video parts included)."""
-    pytest.importorskip("sam2", reason=OFFICIAL_MISSING)
+    pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
     from sam2.build_sam import build_sam2
 
     from samexport.models.sam2 import image_subset
@@ -217,7 +214,7 @@ def test_wrong_size_is_named(tmp_path):
 @pytest.mark.parametrize("shape", [(600, 900), (1024, 1024), (2000, 300)])
 def test_preprocessing_equals_official(shape):
     """The NumPy resize + normalisation against ``SAM2Transforms`` (torchvision)."""
-    pytest.importorskip("sam2", reason=OFFICIAL_MISSING)
+    pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
     from sam2.utils.transforms import SAM2Transforms
 
     image = make_image(*shape, seed=1)
@@ -228,7 +225,7 @@ def test_preprocessing_equals_official(shape):
 def test_mask_upsampling_equals_official():
     """``postprocess_sam2_masks`` against ``SAM2Transforms.postprocess_masks`` (predictor defaults:
     no hole or sprinkle filling)."""
-    pytest.importorskip("sam2", reason=OFFICIAL_MISSING)
+    pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
     from sam2.utils.transforms import SAM2Transforms
 
     logits = np.random.default_rng(0).normal(0, 5, (1, 3, 256, 256)).astype(np.float32)

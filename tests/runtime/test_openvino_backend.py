@@ -134,11 +134,13 @@ def test_no_bf16_on_the_device(tiny_artifact, monkeypatch):
 @pytest.fixture(scope="module")
 def built(built_artifact, request):
     """(variant, precision) -> (artifact dir, checkpoint): the session's shared artifacts (conftest's
-    ``built_artifact``), int8 with the ONNX Runtime recipe calibrated on the six sample photos."""
+    ``built_artifact``), int8 calibrated on the six sample photos."""
 
     def get(variant: str, precision: str):
-        extra = dict(int8_target="onnxruntime", calibration=SAMPLE_PHOTOS) if precision == "int8" else {}
-        return built_artifact(variant, precision, **extra), request.getfixturevalue(f"{variant}_checkpoint")
+        """``precision``: fp32, fp16, or int8-<target> (the ``--int8-for`` recipe)."""
+        base, _, target = precision.partition("-")
+        extra = dict(int8_target=target, calibration=SAMPLE_PHOTOS) if base == "int8" else {}
+        return built_artifact(variant, base, **extra), request.getfixturevalue(f"{variant}_checkpoint")
 
     return get
 
@@ -147,8 +149,9 @@ PARITY_CASES = [
     *(pytest.param(variant, precision, inference, id=f"{variant}-{precision}-{inference}",
                    marks=[needs_bf16] if inference == "bf16" else [])
       for variant in ("tiny", "mobile_sam")
-      for precision, inference in (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8", "f32"))),
-    pytest.param("tiny", "int8", "bf16", id="tiny-int8-bf16", marks=[needs_bf16]),
+      for precision, inference in (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-onnxruntime", "f32"),
+                                   ("int8-tensorrt", "f32"), ("int8-openvino", "f32"))),
+    pytest.param("tiny", "int8-onnxruntime", "bf16", id="tiny-int8-onnxruntime-bf16", marks=[needs_bf16]),
     pytest.param("vit_b", "fp32", "f32", id="vit_b-fp32-f32"),
     pytest.param("vit_b", "fp32", "bf16", id="vit_b-fp32-bf16", marks=[needs_bf16]),
 ]
@@ -164,7 +167,7 @@ def test_parity_against_torch(built, photo, variant, precision, inference):
     artifact, checkpoint = built(variant, precision)
     report = parity(artifact, checkpoint, f"openvino:precision={inference}", photo)
     assert report.candidate == f"openvino-cpu-{inference}"
-    assert report.precision == tolerance_key(precision, inference)
+    assert report.precision == tolerance_key(precision.split("-")[0], inference)
     assert report, (report.summary, report.failures)
 
 

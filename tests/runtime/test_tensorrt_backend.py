@@ -91,7 +91,7 @@ def test_asking_for_tensorrt_without_engines_says_why(tiny_artifact):
     with pytest.raises(SamExportError, match=r"has no TensorRT encoder or decoder engine .*samexport engines"):
         SamPredictor(tiny_artifact, backend="tensorrt")
     # auto falls back to ONNX Runtime, for the same reason
-    assert SamPredictor(tiny_artifact).backend.name.startswith("onnxruntime")
+    assert "onnxruntime" in SamPredictor(tiny_artifact).backend.name  # alone, or the decoder of openvino+onnxruntime
 
 
 @pytest.mark.gpu

@@ -154,11 +154,63 @@ def test_automatic_equals_generator(client, tiny_artifact, image):
         assert g["predicted_iou"] == pytest.approx(w["predicted_iou"], abs=1e-6)
 
 
-def test_health_info_docs_page(client):
+class CountingEncoder:
+    """A backend that counts encoder runs, passing everything through."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.encodes = inner, 0
+
+    def encode(self, *args, **kwargs):
+        self.encodes += 1
+        return self.inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_automatic_reuses_the_cached_embedding(tiny_artifact, image):
+    from samexport.runtime.backends import open_backend
+
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    form = {k: str(v) for k, v in options.items()}
+    want = AutomaticMaskGenerator(SamPredictor(tiny_artifact), output_mode="uncompressed_rle", **options).generate(
+        decoded(image)
+    )
+    backend = CountingEncoder(open_backend(tiny_artifact))
+    with TestClient(create_app(backend, ServeConfig(batch_window_ms=0))) as client:
+        image_id = upload(client, image).json()["image_id"]
+        assert backend.encodes == 1
+        by_id = client.post("/v1/automatic", data={"image_id": image_id, **form})
+        by_upload = client.post("/v1/automatic", files={"image": ("x.png", image, "image/png")}, data=form)
+        prompt = client.post("/v1/masks", json={"image_id": image_id, "points": [[30.0, 40.0]], "labels": [1]})
+        assert prompt.status_code == 200
+        assert backend.encodes == 1  # upload, two generations and a prompt: one encoder run
+        for answer in (by_id, by_upload):
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["cached"] and body["image_id"] == image_id and body["timings_ms"]["encode"] == 0
+            got = body["annotations"]
+            assert len(got) == len(want) > 0
+            for g, w in zip(got, want):
+                assert g["segmentation"] == w["segmentation"] and g["bbox"] == w["bbox"]
+                assert g["predicted_iou"] == pytest.approx(w["predicted_iou"], abs=1e-6)
+                assert g["stability_score"] == pytest.approx(w["stability_score"], abs=1e-6)
+        neither = client.post("/v1/automatic", data=form)
+        both = client.post("/v1/automatic", files={"image": ("x.png", image, "image/png")},
+                           data={"image_id": image_id, **form})
+        unknown = client.post("/v1/automatic", data={"image_id": "0" * 64, **form})
+        for answer in (neither, both):
+            assert answer.status_code == 400 and "one of them" in answer.json()["detail"]
+        assert unknown.status_code == 404 and "upload the image again" in unknown.json()["detail"]
+
+
+def test_health_info_docs_page(client, tiny_artifact):
+    from samexport.runtime.backends import describe_auto
+
     assert client.get("/v1/health").json()["status"] == "ok"
     info = client.get("/v1/info").json()
     assert info["variant"] == "tiny" and info["manifest"]["variant"] == "tiny"
-    assert info["backend"].startswith("onnxruntime")
+    assert info["backend"] == describe_auto(tiny_artifact)  # what auto opened here
     assert client.get("/docs").status_code == 200
     assert "/v1/masks" in client.get("/openapi.json").json()["paths"]
     page, script = client.get("/"), client.get("/page.js")

@@ -57,7 +57,7 @@ def test_concurrent_prompts_share_decoder_calls(tiny_artifact, image, image_png)
     backend = CountingBackend(open_backend(tiny_artifact))
     reference = SamPredictor(tiny_artifact)
     reference.set_image(image)
-    config = ServeConfig(batch_window_ms=1500, max_batch=32)
+    config = ServeConfig(batch_window_ms=1500, adaptive_window=False, max_batch=32)
     with serving(create_app(backend, config)) as base, httpx.Client(base_url=base, timeout=120) as client:
         image_id = client.post("/v1/images", files={"image": ("x.png", image_png, "image/png")}).json()["image_id"]
         bodies = [{"image_id": image_id, "points": [p], "labels": [1]} for p in POINTS]
@@ -76,7 +76,7 @@ def test_concurrent_prompts_share_decoder_calls(tiny_artifact, image, image_png)
 
 
 def test_overload_answers_503_with_retry_after(tiny_artifact, image_png):
-    config = ServeConfig(batch_window_ms=2000, max_queue=2)
+    config = ServeConfig(batch_window_ms=2000, adaptive_window=False, max_queue=2)
     with serving(create_app(tiny_artifact, config)) as base, httpx.Client(base_url=base, timeout=120) as client:
         image_id = client.post("/v1/images", files={"image": ("x.png", image_png, "image/png")}).json()["image_id"]
         answers = post_all(f"{base}/v1/masks", [{"image_id": image_id, "points": [p], "labels": [1]} for p in POINTS[:6]])

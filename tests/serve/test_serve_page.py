@@ -1,12 +1,14 @@
 """The click-to-segment page in a real browser: Debian's headless ``chromium`` driven by Selenium
 through ``chromium-driver``, against ``samexport serve`` on 127.0.0.1. The page uploads an image,
 takes clicks and a drag, and the overlay it draws must be, pixel for pixel, the mask the API
-returns for the same prompt.
+returns for the same prompt; the mask it downloads as PNG is that mask too; the latency of each
+stage is shown; a bad file shows the server's reason.
 
 CI installs the browser with ``apt-get install -y chromium chromium-driver``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -85,6 +87,8 @@ def test_page_draws_the_apis_mask(tiny_artifact, browser, tmp_path):
     pixels = (np.random.default_rng(5).random((90, 120, 3)) * 255).astype(np.uint8)
     path = tmp_path / "photo.png"
     Image.fromarray(pixels).save(path)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
     with serving(create_app(tiny_artifact, ServeConfig(batch_window_ms=0))) as base, \
             httpx.Client(base_url=base, timeout=120) as client:
         browser.get(f"{base}/")
@@ -125,5 +129,25 @@ def test_page_draws_the_apis_mask(tiny_artifact, browser, tmp_path):
         assert page["box"] is not None and np.allclose(page["box"], [10.5, 10.5, 70.5, 60.5], atol=0.6)
         masks, scores = api_masks(client, page)
         np.testing.assert_array_equal(overlay(browser), masks[page["chosen"]])
+        # each stage's latency is shown, and the server's share is within the round trip
         timings = browser.find_element(By.ID, "timings").text
-        assert "decoder" in timings and "round trip" in timings
+        stage = {name: float(re.search(rf"{name} ([0-9.]+) ms", timings).group(1))
+                 for name in ("round trip", "server", "queue", "decoder", "output", "upload \\+ encode", "encoder")}
+        assert stage["queue"] + stage["decoder"] + stage["output"] <= stage["server"] <= stage["round trip"]
+        assert stage["encoder"] > 0 and "batch of 1" in timings
+
+        # the download button saves the chosen mask as a PNG, 255 on the object
+        browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        browser.find_element(By.ID, "download").click()
+        name = f"mask-{page['imageId'][:12]}-{page['chosen'] + 1}.png"
+        WebDriverWait(browser, 60, poll_frequency=0.05).until(lambda _d: (downloads / name).is_file())
+        saved = np.asarray(Image.open(downloads / name).convert("L"))
+        assert set(np.unique(saved)) == {0, 255}
+        np.testing.assert_array_equal(saved == 255, masks[page["chosen"]])
+
+        # a file that is not an image: the server's one-line reason, shown as an error
+        path.with_suffix(".txt").write_text("not a picture")
+        browser.find_element(By.ID, "file").send_keys(str(path.with_suffix(".txt")))
+        status = browser.find_element(By.ID, "status")
+        WebDriverWait(browser, 60, poll_frequency=0.05).until(lambda _d: status.get_attribute("data-state") == "error")
+        assert status.text.startswith("400: ") and "not an image" in status.text

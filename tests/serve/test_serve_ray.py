@@ -4,6 +4,7 @@ another), and the Ray Serve deployment on a local Ray answers as ``SamPredictor`
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -70,36 +71,72 @@ def test_a_lost_shared_store_is_a_miss(tiny_artifact, image_png):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_serve_answers_as_the_predictor(tiny_artifact, image, image_png):
+@pytest.mark.slow
+def test_ray_serve_encoder_and_decoder_deployments(tiny_artifact, image, image_png):
+    """Local Ray (2 CPUs, a small object store), 2 encoder + 2 decoder replicas: an image
+    embedded by an encoder replica is prompted on both decoder replicas (neither encodes), the
+    answers equal ``SamPredictor``'s, concurrent prompts too, and automatic generation reuses the
+    embedding."""
     ray = pytest.importorskip("ray", reason="the ray-serve extra is not installed")
     serve = pytest.importorskip("ray.serve", reason="the ray-serve extra (ray[serve]) is not installed")
-    from samexport.serve.ray_app import APP_NAME, STORE_NAME, application
+    from samexport.amg import AutomaticMaskGenerator
+    from samexport.serve.ray_app import APP_NAME, DECODER, ENCODER, STORE_NAME, application
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(num_cpus=2, object_store_memory=128 << 20, include_dashboard=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(str(tiny_artifact), ServeConfig(batch_window_ms=0), replicas=2), name=APP_NAME,
-                  route_prefix="/")
+        serve.run(application(str(tiny_artifact), ServeConfig(batch_window_ms=0), replicas=2, cpus_per_replica=0.25),
+                  name=APP_NAME, route_prefix="/")
         reference = SamPredictor(tiny_artifact)
         reference.set_image(image)
+        points = [[5.0 + 4.5 * i, 4.0 + 3 * i] for i in range(16)]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
             upload = client.post("/v1/images", files={"image": ("x.png", image_png, "image/png")})
             assert upload.status_code == 200, upload.text
             image_id = upload.json()["image_id"]
-            for i in range(8):  # spread over both replicas by Ray Serve's router
-                point = [5.0 + 9 * i, 4.0 + 6 * i]
+            for point in points:  # one by one: Ray Serve's router spreads them over both decoders
                 answer = client.post("/v1/masks", json={"image_id": image_id, "points": [point], "labels": [1]})
                 assert answer.status_code == 200, answer.text
                 masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
                 np.testing.assert_array_equal(np.float32(answer.json()["scores"]), scores)
                 for got, want in zip(answer.json()["masks"], masks):
                     np.testing.assert_array_equal(rle_to_mask(got["rle"]), want)
+            with ThreadPoolExecutor(8) as pool:  # together: batched within each decoder replica
+                answers = list(pool.map(lambda p: client.post(
+                    "/v1/masks", json={"image_id": image_id, "points": [p], "labels": [1]}), points[:8]))
+            for point, answer in zip(points, answers):
+                assert answer.status_code == 200, answer.text
+                masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
+                np.testing.assert_allclose(answer.json()["scores"], scores, rtol=0, atol=1e-5)
+            options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+            generated = client.post("/v1/automatic", data={"image_id": image_id, **{k: str(v) for k, v in options.items()}})
+            assert generated.status_code == 200, generated.text
+            want = AutomaticMaskGenerator(reference, output_mode="uncompressed_rle", **options).generate(image)
+            got = generated.json()["annotations"]
+            assert len(got) == len(want) > 0
+            assert [g["segmentation"] for g in got] == [w["segmentation"] for w in want]
             bad = client.post("/v1/masks", json={"image_id": image_id, "points": [[1, 2]], "labels": [7]})
             assert bad.status_code == 400 and "labels must be" in bad.json()["detail"]
+            unknown = client.post("/v1/masks", json={"image_id": "0" * 64, "box": [1, 2, 3, 4]})
+            assert unknown.status_code == 404 and "upload the image again" in unknown.json()["detail"]
             assert client.get("/").status_code == 200
+            assert client.get("/v1/info").json()["ray"]["store"]["entries"] == 1
+
+        def replicas(name: str) -> dict:
+            handle, seen = serve.get_deployment_handle(name, app_name=APP_NAME), {}
+            for _ in range(40):
+                stats = handle.stats.remote().result()
+                seen[stats["actor"]] = stats
+            return seen
+
+        decoders, encoders = replicas(DECODER), replicas(ENCODER)
+        assert len(decoders) == 2 and len(encoders) == 2
+        assert sum(e["encodes"] for e in encoders.values()) == 1  # the image was encoded once, in all
+        assert all(d["encodes"] == 0 and d["prompts"] > 0 for d in decoders.values()), decoders
+        assert sum(d["prompts"] for d in decoders.values()) == 24
         stats = ray.get(ray.get_actor(STORE_NAME).stats.remote())
         assert stats["entries"] == 1
     finally:

@@ -27,6 +27,12 @@ from samexport import constants as C
 from samexport.cli import app
 
 
+# Why tests against the official SAM 2.1 package skip where it is absent.
+SAM2_OFFICIAL_MISSING = (
+    "the official SAM 2.1 package is not installed: "
+    "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 (see .ci/run)"
+)
+
 HAVE_RTX = any(importlib.util.find_spec(m) is not None for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
 
 

@@ -4,7 +4,8 @@
   const $ = (id) => document.getElementById(id);
   const picture = $("picture"), maskCanvas = $("mask"), promptCanvas = $("prompts");
   const state = { imageId: null, width: 0, height: 0, points: [], labels: [], box: null,
-                  answer: null, chosen: 0, drag: null, request: 0, uploadMs: 0 };
+                  answer: null, chosen: 0, drag: null, request: 0, uploadMs: 0,
+                  encodeMs: 0, cached: false };
   window.samexportPage = state;  // for tests and the curious
 
   function setStatus(text, kind) {
@@ -44,13 +45,19 @@
       $("clear").disabled = false;
       drawMask();
       drawPrompts();
-      $("timings").textContent = `upload + encode ${state.uploadMs.toFixed(1)} ms ` +
-        `(encoder ${answer.timings_ms.encode.toFixed(1)} ms${answer.cached ? ", cached" : ""})`;
+      state.encodeMs = answer.timings_ms.encode;
+      state.cached = answer.cached;
+      $("timings").textContent = uploadTimings();
       setStatus("click the image", "ready");
     } catch (error) {
       setStatus(error.message, "error");
     }
   });
+
+  function uploadTimings() {
+    return `image: upload + encode ${state.uploadMs.toFixed(1)} ms | ` +
+      (state.cached ? "encoder 0.0 ms (cached)" : `encoder ${state.encodeMs.toFixed(1)} ms`);
+  }
 
   function imagePoint(event) {
     const rect = promptCanvas.getBoundingClientRect();
@@ -111,9 +118,9 @@
       drawMask();
       const t = answer.timings_ms;
       $("timings").textContent =
-        `round trip ${roundTrip.toFixed(1)} ms | server ${t.total.toFixed(1)} ms: queue ${t.queue.toFixed(1)}, ` +
-        `decoder ${t.decode.toFixed(1)} (batch of ${answer.batch_size}), output ${t.output.toFixed(1)} | ` +
-        `upload + encode ${state.uploadMs.toFixed(1)} ms`;
+        `prompt: round trip ${roundTrip.toFixed(1)} ms | server ${t.total.toFixed(1)} ms: queue ${t.queue.toFixed(1)} ms, ` +
+        `decoder ${t.decode.toFixed(1)} ms (batch of ${answer.batch_size}), output ${t.output.toFixed(1)} ms\n` +
+        uploadTimings();
       setStatus("done", "done");
     } catch (error) {
       if (request === state.request) setStatus(error.message, "error");

@@ -1,0 +1,80 @@
+"""``samexport build`` for a second model family: SAM 2.1 through its ``ModelSteps`` record.
+
+The artifact ``samexport.build("sam2.1_hiera_tiny", ...)`` makes is read back: its manifest records
+the family's graph contract (the encoder's three outputs, the decoder's seven inputs and three
+outputs) and a passing quick parity check against the PyTorch weights, and says why it has no
+engines and no stored references; each runtime door opens it or refuses it by that contract.
+What SAM 2.1 cannot build yet is refused before any work.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from samexport import constants as C
+from samexport.artifacts import read_manifest
+from samexport.errors import SamExportError
+from samexport.pipeline import BUILD_STEPS, build
+from samexport.variants import MODELS, SAM2_VARIANTS, VARIANTS, get_model, get_variant
+
+
+def test_one_registry_with_a_contract_per_family():
+    assert set(MODELS) == set(VARIANTS) | set(SAM2_VARIANTS)
+    assert {m.contract.name for m in MODELS.values()} == set(BUILD_STEPS) == set(C.GRAPH_CONTRACTS)
+    assert get_model("vit_t") is VARIANTS["mobile_sam"] and get_model("sam2.1_hiera_small") is SAM2_VARIANTS["sam2.1_hiera_small"]
+    assert C.SAM2_GRAPHS.decoder_inputs == C.SAM2_DECODER_INPUTS and C.SAM_GRAPHS.decoder_inputs == C.DECODER_INPUTS
+    with pytest.raises(SamExportError, match="unknown variant 'sam3'; valid variants: vit_b.*sam2.1_hiera_large"):
+        get_model("sam3")
+    with pytest.raises(SamExportError, match="sam2.1_hiera_tiny is a SAM 2.1 model: use samexport.SAM2ImagePredictor"):
+        get_variant("sam2.1_hiera_tiny")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "int8", "calib_dir": "."}, "precision int8 is not built for SAM 2.1 yet; valid: fp32, fp16"),
+        ({"attention": "plugin"}, "--attention plugin does not apply to SAM 2.1"),
+        ({"engines": "require"}, "engines were required but cannot be built: samexport builds no TensorRT engines for SAM 2.1"),
+    ],
+)
+def test_sam2_build_refuses_before_any_work(tmp_path, kwargs, message):
+    output = tmp_path / "out"
+    with pytest.raises(SamExportError, match=message):
+        build("sam2.1_hiera_tiny", checkpoint=tmp_path / "not-read.pt", output=output, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
+    manifest = read_manifest(sam2_tiny_artifact)
+    assert manifest.variant == "sam2.1_hiera_tiny" and manifest.contract is C.SAM2_GRAPHS
+    assert manifest.graphs == {"encoder": "fp32", "decoder": "fp32"}
+    assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
+    assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
+    assert manifest.decoder_halves() is None and manifest.references is None and manifest.engines == {}
+    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX}
+    assert all("no TensorRT engines for SAM 2.1" in reason for reason in manifest.skipped_engines.values())
+    parity = manifest.parity
+    assert parity["passed"], parity
+    summary = parity["summary"]  # ONNX Runtime CPU vs eager PyTorch, fp32
+    assert summary["embedding_rel_max_abs"] < 1e-4 and summary["logits_rel_max_abs"] < 1e-4, summary
+    assert summary["mask_iou_min"] > 0.999, summary
+
+
+@pytest.mark.slow
+def test_sam2_artifact_opens_only_through_its_contract(sam2_tiny_artifact):
+    import samexport
+    from samexport.runtime.backends import open_backend
+
+    backend = open_backend(sam2_tiny_artifact, "onnxruntime-cpu")
+    assert backend.contract is C.SAM2_GRAPHS
+    assert isinstance(samexport.SAM2ImagePredictor(sam2_tiny_artifact).backend.contract, C.GraphContract)
+    with pytest.raises(SamExportError, match="holds the SAM 2.1 model sam2.1_hiera_tiny: open it with samexport.SAM2ImagePredictor"):
+        samexport.SamPredictor(sam2_tiny_artifact)
+    with pytest.raises(SamExportError, match="no TensorRT engines yet"):
+        open_backend(sam2_tiny_artifact, "tensorrt")
+    from samexport.parity.engines import build_verified_engines
+
+    with pytest.raises(SamExportError, match="builds no TensorRT engines for SAM 2.1 yet"):
+        build_verified_engines(sam2_tiny_artifact, builder="tensorrt-rtx")
