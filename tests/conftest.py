@@ -95,6 +95,67 @@ def vit_b_artifact(vit_b_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vit_b_fp16_encoder(vit_b_artifact, tmp_path_factory) -> Path:
+    """``vit_b_artifact``'s encoder converted to FP16 as ``build --fp16`` converts it."""
+    from samexport import constants as C
+    from samexport.precision.fp16 import convert_to_fp16
+
+    return convert_to_fp16(vit_b_artifact / C.ENCODER_ONNX, tmp_path_factory.mktemp("vit_b-fp16") / C.ENCODER_ONNX)
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_checkpoint(tmp_path_factory) -> Path:
+    """Full-size MobileSAM with seeded random weights, saved like ``mobile_sam.pt`` (~40 MB)."""
+    return save_random_checkpoint("mobile_sam", tmp_path_factory.mktemp("mobile_sam") / "mobile_sam.pt")
+
+
+@pytest.fixture(scope="session")
+def mobile_sam_artifact(mobile_sam_checkpoint, tmp_path_factory) -> Path:
+    """``samexport build --variant vit_t`` (fp32, quick parity on, no engines), through the CLI."""
+    from typer.testing import CliRunner
+
+    from samexport.cli import app
+
+    out = tmp_path_factory.mktemp("artifacts") / "mobile_sam-fp32"
+    result = CliRunner().invoke(app, ["build", "--variant", "vit_t", "--checkpoint", str(mobile_sam_checkpoint),
+                                      "--output", str(out), "--no-engines"])
+    assert result.exit_code == 0, result.output
+    assert "parity vs PyTorch (fp32 tolerances): passed" in result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_artifact(request, tmp_path_factory):
+    """``get(variant, precision, int8_target="tensorrt", calibration=("chelsea", "rocket"))``: an
+    artifact of ``tiny``, ``mobile_sam`` or ``vit_b`` (the session's checkpoints), built on first
+    use and shared by every test that reads it, as full-size builds take minutes. The fp32 ones
+    are the session's ``*_artifact`` fixtures; the others are built without the quick parity check
+    and engines (the tests that read them run their own checks). Tests must not change them:
+    copy one first (``shutil.copytree``)."""
+    from support import write_calibration_folder
+
+    from samexport.pipeline import build
+
+    root = tmp_path_factory.mktemp("built")
+    found: dict[tuple, Path] = {}
+
+    def get(variant: str, precision: str, int8_target: str = "tensorrt", calibration=("chelsea", "rocket")) -> Path:
+        if precision == "fp32":
+            return request.getfixturevalue(f"{variant}_artifact")
+        key = (variant, precision) + ((int8_target, tuple(calibration)) if precision == "int8" else ())
+        if key not in found:
+            name = "-".join(map(str, key[:3])) + (f"-{len(found)}" if precision == "int8" else "")
+            calib = write_calibration_folder(root / f"{name}-calib", calibration) if precision == "int8" else None
+            found[key] = build(
+                variant, checkpoint=request.getfixturevalue(f"{variant}_checkpoint"), output=root / name,
+                precision=precision, calib_dir=calib, int8_target=int8_target, parity=False, engines="skip",
+            ).artifact_dir
+        return found[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def sam2_tiny_checkpoint(tmp_path_factory) -> Path:
     """sam2.1_hiera_tiny with seeded random weights (every parameter perturbed), saved as
     ``{"model": ...}`` like ``sam2.1_hiera_tiny.pt`` (video parts included)."""

@@ -29,11 +29,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_fp16_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    from samexport.pipeline import build
-
-    out = tmp_path_factory.mktemp("artifacts") / "tiny-fp16"
-    return build("tiny", checkpoint=tiny_checkpoint, output=out, precision="fp16", engines="skip").artifact_dir
+def tiny_fp16_artifact(built_artifact) -> Path:
+    return built_artifact("tiny", "fp16")  # shared: the tests that change it work on a copy
 
 
 def test_form_names_agree():

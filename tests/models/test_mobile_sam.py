@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from samexport import constants as C
 from samexport.artifacts import onnxruntime_memory_arena
 from samexport.errors import SamExportError
-from samexport.testing import make_image, mask_iou, random_state_dict
+from samexport.testing import make_image, mask_iou
 from samexport.variants import VARIANTS
 
 torch = pytest.importorskip("torch")
@@ -54,10 +54,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("mobile_sam") / "mobile_sam.pt"
-    torch.save(random_state_dict("mobile_sam"), path)
-    return path
+def checkpoint(mobile_sam_checkpoint) -> Path:
+    return mobile_sam_checkpoint  # conftest: random_state_dict("mobile_sam") saved as mobile_sam.pt
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +74,9 @@ def ours(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def artifact(checkpoint, tmp_path_factory) -> Path:
-    """``samexport build --variant vit_t`` (fp32, quick parity on, no engines)."""
-    from samexport.cli import app
-
-    out = tmp_path_factory.mktemp("artifacts") / "mobile_sam-fp32"
-    result = runner.invoke(app, ["build", "--variant", "vit_t", "--checkpoint", str(checkpoint),
-                                 "--output", str(out), "--no-engines"])
-    assert result.exit_code == 0, result.output
-    assert "parity vs PyTorch (fp32 tolerances): passed" in result.output
-    return out
+def artifact(mobile_sam_artifact) -> Path:
+    """``samexport build --variant vit_t`` (fp32, quick parity on, no engines): conftest's, shared."""
+    return mobile_sam_artifact
 
 
 @pytest.fixture(scope="module")

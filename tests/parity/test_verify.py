@@ -37,19 +37,9 @@ def rewrite_records(folder: Path) -> Manifest:
 
 
 @pytest.fixture(scope="module")
-def tiny_variants(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+def tiny_variants(built_artifact) -> dict[str, Path]:
     """fp16 and int8 tiny artifacts (quick parity off: the references are what is tested)."""
-    from support import write_calibration_folder
-
-    from samexport.pipeline import build
-
-    root = tmp_path_factory.mktemp("tiny-precisions")
-    calib = write_calibration_folder(root / "calib", ("chelsea", "rocket"))
-    return {
-        precision: build("tiny", checkpoint=tiny_checkpoint, output=root / precision, precision=precision,
-                         calib_dir=calib if precision == "int8" else None, parity=False, engines="skip").artifact_dir
-        for precision in ("fp16", "int8")
-    }
+    return {precision: built_artifact("tiny", precision) for precision in ("fp16", "int8")}
 
 
 def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
@@ -232,19 +222,11 @@ def test_damaged_references_are_refused(tiny_artifact, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mobile_sam", "vit_b"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_verify_full_size(variant, precision, tmp_path_factory):
+def test_verify_full_size(variant, precision, built_artifact):
     """The real sizes: verify passes fp32 / fp16 / int8 artifacts of mobile_sam and vit_b on ONNX
-    Runtime; the references stay under 12 MiB."""
-    from support import write_calibration_folder
-
-    from samexport.pipeline import build
-    from samexport.testing import save_random_checkpoint
-
-    root = tmp_path_factory.mktemp(f"{variant}-{precision}")
-    checkpoint = save_random_checkpoint(variant, root / f"{variant}.pth")
-    calib = write_calibration_folder(root / "calib", ("chelsea", "rocket")) if precision == "int8" else None
-    folder = build(variant, checkpoint=checkpoint, output=root / "artifact", precision=precision, calib_dir=calib,
-                   parity=False, engines="skip").artifact_dir
+    Runtime; the references stay under 12 MiB. (The artifacts are the session's, shared with the
+    other full-size tests: conftest's ``built_artifact``.)"""
+    folder = built_artifact(variant, precision)
     record = read_manifest(folder).references
     assert record["bytes"] < 12 << 20
     result = invoke("verify", folder, "--backend", "onnxruntime-cpu", "--json")

@@ -235,26 +235,27 @@ def test_parity_tiny(tiny_sam, tiny_forms, mode):
 
 
 @pytest.mark.slow
-def test_parity_mobile_sam(tmp_path_factory):
-    pytest.importorskip("torch")
+def test_parity_mobile_sam(mobile_sam_checkpoint, mobile_sam_artifact, tmp_path_factory):
+    """From the session's MobileSAM export (plain attention, opset 18, as ``_export`` makes it)."""
     from samexport.checkpoint import load_sam
-    from samexport.testing import save_random_checkpoint
 
     folder = tmp_path_factory.mktemp("mobile_sam-fp32-attention")
-    sam = load_sam(save_random_checkpoint("mobile_sam", folder / "mobile_sam.pt"), "mobile_sam")
-    _, fp16 = _export(sam, folder)
+    sam = load_sam(mobile_sam_checkpoint, "mobile_sam")
+    fp16 = convert_to_fp16(mobile_sam_artifact / C.ENCODER_ONNX, folder / "plain-fp16.onnx", fp32_ops=sam.variant.fp32_ops)
     report = upcast_attention(fp16, folder / "safe.onnx")
     assert report.cores == sum(len(layer.blocks) for layer in sam.image_encoder.layers[1:])
     assert_parity(sam, fp16, folder / "safe.onnx")
 
 
 @pytest.mark.slow
-def test_parity_vit_b(vit_b_checkpoint, tmp_path_factory):
+def test_parity_vit_b(vit_b_checkpoint, vit_b_fp16_encoder, tmp_path_factory):
+    """From the session's vit_b export converted to FP16 (plain attention, opset 18, the default
+    FP32 islands: what ``_export`` makes)."""
     from samexport.checkpoint import load_sam
 
     folder = tmp_path_factory.mktemp("vit_b-fp32-attention")
     sam = load_sam(vit_b_checkpoint, "vit_b")
-    _, fp16 = _export(sam, folder)
+    fp16 = vit_b_fp16_encoder
     report = upcast_attention(fp16, folder / "safe.onnx")
     assert report.cores == 12
     assert_parity(sam, fp16, folder / "safe.onnx")

@@ -61,11 +61,11 @@ def reference(fp32, image) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def fp16(fp32, tmp_path_factory) -> tuple[Path, Path]:
+def fp16(fp32, vit_b_fp16_encoder, tmp_path_factory) -> tuple[Path, Path]:
     from samexport.precision.fp16 import convert_to_fp16
 
     folder = tmp_path_factory.mktemp("vit_b-fp16")
-    return convert_to_fp16(fp32[0], folder / C.ENCODER_ONNX), convert_to_fp16(fp32[1], folder / C.DECODER_ONNX)
+    return vit_b_fp16_encoder, convert_to_fp16(fp32[1], folder / C.DECODER_ONNX)
 
 
 @pytest.fixture(scope="module")

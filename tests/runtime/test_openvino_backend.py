@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import SAMPLE_PHOTOS
 
 from samexport import constants as C
 from samexport.errors import SamExportError
@@ -131,34 +132,15 @@ def test_no_bf16_on_the_device(tiny_artifact, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, tiny_checkpoint, request):
-    """(variant, precision) -> (artifact dir, checkpoint), built on first use."""
-    from samexport.pipeline import build
-    from samexport.testing import save_random_checkpoint
-
-    from support import write_calibration_folder
-
-    folder = tmp_path_factory.mktemp("openvino-artifacts")
-    found: dict[tuple[str, str], tuple] = {}
+def built(built_artifact, request):
+    """(variant, precision) -> (artifact dir, checkpoint): the session's shared artifacts (conftest's
+    ``built_artifact``), int8 calibrated on the six sample photos."""
 
     def get(variant: str, precision: str):
         """``precision``: fp32, fp16, or int8-<target> (the ``--int8-for`` recipe)."""
-        if (variant, precision) not in found:
-            if variant == "tiny":
-                checkpoint = tiny_checkpoint
-            elif variant == "vit_b":
-                checkpoint = request.getfixturevalue("vit_b_checkpoint")
-            else:
-                checkpoint = folder / f"{variant}.pth"
-                if not checkpoint.exists():
-                    save_random_checkpoint(variant, checkpoint)
-            extra = {}
-            if precision.startswith("int8-"):
-                extra = dict(calib_dir=write_calibration_folder(folder / "calib"), int8_target=precision.split("-")[1])
-            out = build(variant, checkpoint=checkpoint, output=folder / f"{variant}-{precision}",
-                        precision=precision.split("-")[0], engines="skip", **extra).artifact_dir
-            found[(variant, precision)] = out, checkpoint
-        return found[(variant, precision)]
+        base, _, target = precision.partition("-")
+        extra = dict(int8_target=target, calibration=SAMPLE_PHOTOS) if base == "int8" else {}
+        return built_artifact(variant, base, **extra), request.getfixturevalue(f"{variant}_checkpoint")
 
     return get
 
