@@ -22,6 +22,23 @@ class PromptParity:
     mask_iou_mean: float
     num_masks: int
 
+    @classmethod
+    def between(
+        cls, prompt, ref_logits: np.ndarray, cand_logits: np.ndarray, ref_iou: np.ndarray,
+        cand_iou: np.ndarray, mask_ious: np.ndarray,
+    ) -> PromptParity:
+        """The figures for ``prompt`` (a ``parity.prompts.Prompt``) from both sides' low-res
+        logits and IoU scores and the IoUs of their thresholded masks (every model family)."""
+        return cls(
+            prompt=prompt.name,
+            num_prompts=prompt.num_prompts,
+            logits=ArrayErrors.between(ref_logits, cand_logits),
+            iou_score_max_abs=float(np.abs(cand_iou.astype(np.float64) - ref_iou).max()),
+            mask_iou_min=float(mask_ious.min()),
+            mask_iou_mean=float(mask_ious.mean()),
+            num_masks=int(mask_ious.size),
+        )
+
 
 @dataclass(frozen=True)
 class ImageParity:

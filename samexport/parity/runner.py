@@ -76,15 +76,7 @@ def _compare_prompt(ref, cand, prompt: Prompt) -> PromptParity:
     ref_masks = transforms.postprocess_masks(ref_logits, ref.input_size, ref.original_size)
     cand_masks = transforms.postprocess_masks(cand_logits, cand.input_size, cand.original_size)
     ious = mask_ious(ref_masks > C.MASK_THRESHOLD, cand_masks > C.MASK_THRESHOLD)
-    return PromptParity(
-        prompt=prompt.name,
-        num_prompts=prompt.num_prompts,
-        logits=ArrayErrors.between(ref_logits, cand_logits),
-        iou_score_max_abs=float(np.abs(cand_iou.astype(np.float64) - ref_iou).max()),
-        mask_iou_min=float(ious.min()),
-        mask_iou_mean=float(ious.mean()),
-        num_masks=int(ious.size),
-    )
+    return PromptParity.between(prompt, ref_logits, cand_logits, ref_iou, cand_iou, ious)
 
 
 def quick_parity(

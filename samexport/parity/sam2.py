@@ -79,15 +79,7 @@ def _compare_prompt(ref: SAM2ImagePredictor, cand: SAM2ImagePredictor, prompt: P
         postprocess_sam2_masks(ref_logits, size, threshold=C.MASK_THRESHOLD),
         postprocess_sam2_masks(cand_logits, size, threshold=C.MASK_THRESHOLD),
     )
-    return PromptParity(
-        prompt=prompt.name,
-        num_prompts=prompt.num_prompts,
-        logits=ArrayErrors.between(ref_logits, cand_logits),
-        iou_score_max_abs=float(np.abs(cand_iou.astype(np.float64) - ref_iou).max()),
-        mask_iou_min=float(ious.min()),
-        mask_iou_mean=float(ious.mean()),
-        num_masks=int(ious.size),
-    )
+    return PromptParity.between(prompt, ref_logits, cand_logits, ref_iou, cand_iou, ious)
 
 
 def sam2_quick_parity(
