@@ -27,7 +27,8 @@ from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
 from samexport.errors import InvalidInputError, NoImageSetError, require
 from samexport.runtime.backends import Backend
-from samexport.runtime.predictor import SamPredictor, prompts_per_call
+from samexport.runtime.decode_budget import prompts_per_call
+from samexport.runtime.predictor import SamPredictor
 from samexport.runtime.prompts import even_chunks
 from samexport.transforms import check_image
 

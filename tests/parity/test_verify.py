@@ -47,7 +47,7 @@ def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
     rounding (<= 2**-11 of the value), and the file is listed with its sha256."""
     from samexport.download import sha256_file
     from samexport.parity.references import load_references
-    from samexport.runtime.backends import TorchBackend
+    from samexport.runtime.torch_backend import TorchBackend
 
     manifest = read_manifest(tiny_artifact)
     record = manifest.references
@@ -81,7 +81,8 @@ def assert_figures_match_parity(folder: Path, sam, report: dict) -> None:
     same images and prompts, within the float16 storage error the manifest states."""
     from samexport.parity import run_parity
     from samexport.parity.references import load_references
-    from samexport.runtime.backends import TorchBackend, open_backend
+    from samexport.runtime.backends import open_backend
+    from samexport.runtime.torch_backend import TorchBackend
 
     manifest = read_manifest(folder)
     references = load_references(folder, manifest)
