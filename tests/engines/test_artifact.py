@@ -51,6 +51,7 @@ def test_engines_step_refuses_a_damaged_graph_before_building(artifact):
     assert (artifact / C.MANIFEST).read_bytes() == before
 
 
+@pytest.mark.slow  # ~31 s of CPU: two TensorRT-RTX plans and a rebuild
 @needs_rtx
 def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact, tiny_checkpoint):
     from samexport.engines.artifact import build_artifact_engines
@@ -77,9 +78,16 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
 @needs_rtx
 def test_a_build_checks_its_engine_request_once_at_the_door(tiny_checkpoint, tmp_path, monkeypatch):
     """``build`` checks the engine request before the export and hands the checked request down:
-    the plan builder does not check it again (it stops here at its first plan)."""
+    the plan builder does not check it again (it stops here at its first plan; the graphs are not
+    exported, which this test does not need)."""
+    import dataclasses
+
     import samexport.engines.artifact as engines_artifact
     import samexport.pipeline as pipeline
+    from samexport.records import GraphPrecisions
+
+    def no_graphs(sam, staging, precision, **kwargs):
+        return GraphPrecisions(encoder=precision, decoder=precision)
 
     class FirstPlan(Exception):
         pass
@@ -97,6 +105,8 @@ def test_a_build_checks_its_engine_request_once_at_the_door(tiny_checkpoint, tmp
     monkeypatch.setattr(pipeline, "check_engine_request", counted)
     monkeypatch.setattr(engines_artifact, "check_engine_request", counted)
     monkeypatch.setattr(engines_artifact, "build_engine", first_plan)
+    steps = pipeline.BUILD_STEPS["sam"]
+    monkeypatch.setitem(pipeline.BUILD_STEPS, "sam", dataclasses.replace(steps, write_graphs=no_graphs))
     with pytest.raises(FirstPlan, match=C.ENCODER_ONNX):
         build("tiny", checkpoint=tiny_checkpoint, output=tmp_path / "out", parity=False, references=False,
               engine_builder="tensorrt-rtx")
