@@ -348,7 +348,7 @@ class SamPredictor(OfficialImageAttributes):
         prompt = prompt_batch(check_prompts(point_coords, point_labels, boxes, mask_input), state.original_size, self._no_mask_input)
         chunks = self._chunk_inputs(prompt)
         index, logits, iou, self._needed_share = decode_where(
-            self.backend, state.embedding, len(prompt.coords), chunks, needed, self._locked, self._needed_share
+            self.backend, (state.embedding,), len(prompt.coords), chunks, needed, self._locked, self._needed_share
         )
         return index, logits, iou
 
@@ -362,6 +362,12 @@ class SamPredictor(OfficialImageAttributes):
         for part in even_chunks(coords.shape[0], self.max_prompts_per_call):
             mask_part, has_mask_part = (masks, has_mask) if shared else (masks[part], has_mask[part])
             yield part, (coords[part], labels[part], mask_part, has_mask_part)
+
+    def mask_upsampling(self) -> transforms.MaskUpsampling:
+        """How the current image's low-res logits reach its pixels (``postprocess_masks``), for
+        the mask generator's measurement."""
+        state = self._current()
+        return transforms.sam_mask_upsampling(state.input_size, state.original_size)
 
     @property
     def max_prompts_per_call(self) -> int:
