@@ -45,7 +45,8 @@ def _watchdog(limit_mib: float) -> None:
 def measure(artifact: str, case: str, *, count: int, points_per_batch: int, budget_mib: int | None,
             height: int = 300, width: int = 400, abort_above_mib: float | None = None) -> dict:
     from samexport.amg import AutomaticMaskGenerator
-    from samexport.runtime.predictor import DEFAULT_DECODE_BUDGET, SamPredictor
+    from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET
+    from samexport.runtime.predictor import SamPredictor
 
     budget = DEFAULT_DECODE_BUDGET if budget_mib is None else budget_mib << 20
     predictor = SamPredictor(artifact, decode_budget_bytes=budget)

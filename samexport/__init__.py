@@ -5,8 +5,9 @@ Heavy dependencies (torch, onnxruntime, tensorrt) are imported only when used, s
 
 Code written for ``segment_anything`` changes its import line to ``from samexport import ...``:
 ``SamPredictor``, ``SamAutomaticMaskGenerator`` and ``sam_model_registry`` (whose builders take an
-artifact directory from ``samexport build``) have the official names and calls; so has SAM 2.1's
-``SAM2ImagePredictor`` (``from sam2.sam2_image_predictor import ...`` becomes ``from samexport import ...``).
+artifact directory from ``samexport build``) have the official names and calls; so have SAM 2.1's
+``SAM2ImagePredictor`` and ``SAM2AutomaticMaskGenerator`` (``from sam2.sam2_image_predictor import ...``
+becomes ``from samexport import ...``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "AutomaticMaskGenerator",
     "SamAutomaticMaskGenerator",
     "SamExportError",
+    "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
     "SamModel",
     "SamPredictor",
@@ -34,6 +36,7 @@ from samexport.variants import VARIANTS
 if TYPE_CHECKING:
     from samexport.amg import AutomaticMaskGenerator
     from samexport.amg import AutomaticMaskGenerator as SamAutomaticMaskGenerator
+    from samexport.amg import SAM2AutomaticMaskGenerator
     from samexport.pipeline import build
     from samexport.compat import SamModel, load, sam_model_registry
     from samexport.runtime.predictor import SamPredictor
@@ -53,6 +56,10 @@ def __getattr__(name: str):
         from samexport.amg import AutomaticMaskGenerator
 
         return AutomaticMaskGenerator
+    if name == "SAM2AutomaticMaskGenerator":
+        from samexport.amg import SAM2AutomaticMaskGenerator
+
+        return SAM2AutomaticMaskGenerator
     if name in ("SamModel", "load", "sam_model_registry"):
         from samexport import compat
 

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from samexport.constants import IMAGE_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING
+from samexport.constants import IMAGE_SIZE, LOW_RES_MASK_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING
 
 # The official image predictor's single-mask fallback (build_sam2's apply_postprocessing): with one
 # mask asked for, token 0 unless its stability score is below the threshold. The same numbers as
@@ -25,7 +25,7 @@ from samexport.constants import IMAGE_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TO
 STABILITY_DELTA = 0.05
 STABILITY_THRESHOLD = 0.98
 from samexport.errors import InvalidInputError
-from samexport.transforms import _linear_taps, check_image
+from samexport.transforms import MaskUpsampling, _linear_taps, check_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +38,7 @@ __all__ = [
     "sam2_prompt_points",
     "postprocess_sam2_masks",
     "select_sam2_masks",
+    "sam2_mask_upsampling",
 ]
 
 
@@ -214,3 +215,15 @@ def select_sam2_masks(
     token = np.where(stable, 0, 1 + iou[:, 1:].argmax(axis=1))
     rows = np.arange(len(masks))
     return masks[rows, token][:, None], iou[rows, token][:, None]
+
+
+@lru_cache(maxsize=8)
+def sam2_mask_upsampling(original_size: tuple[int, int]) -> MaskUpsampling:
+    """SAM 2.1's :class:`~samexport.transforms.MaskUpsampling` for an HxW image: one bilinear
+    resize of the whole 256x256 map (:func:`postprocess_sam2_masks`)."""
+    height, width = (int(v) for v in original_size)
+
+    def whole(logits: np.ndarray) -> np.ndarray:
+        return postprocess_sam2_masks(logits, (height, width))
+
+    return MaskUpsampling(_upsample_weights(height, LOW_RES_MASK_SIZE), _upsample_weights(width, LOW_RES_MASK_SIZE), whole)

@@ -14,8 +14,9 @@ Each function reproduces the corresponding official step (``ResizeLongestSide`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ __all__ = [
     "transform_boxes",
     "to_input_frame",
     "postprocess_masks",
+    "MaskUpsampling",
+    "sam_mask_upsampling",
 ]
 
 # Image.Resampling is Pillow >= 9.1; the module-level constant works on all supported versions.
@@ -377,3 +380,37 @@ def postprocess_masks(
         return np.zeros((*leading, *original_size), dtype=np.float32 if threshold is None else bool)
     out = _mask_upsampler(input_size, original_size)(logits, threshold)
     return out.reshape(*leading, *original_size)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskUpsampling:
+    """How a model family's 256x256 mask logits reach the pixels of one image (or crop): linear
+    and separable, ``out = rows @ logits @ cols.T``, what the mask generator's windowed
+    measurement (:class:`samexport.amg.measure.MaskMeasurer`) reads; ``whole`` upsamples a batch
+    ``Nx256x256 -> NxHxW`` float32 the predictor's own way. SAM's is :func:`sam_mask_upsampling`,
+    SAM 2.1's ``samexport.sam2_transforms.sam2_mask_upsampling``.
+
+    Attributes:
+        rows: ``H x 256`` non-negative weights, each row summing to 1.
+        cols: ``W x 256``, the same for the columns.
+        whole: the batched upsampling these weights describe.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    whole: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+
+@lru_cache(maxsize=8)
+def sam_mask_upsampling(input_size: tuple[int, int], original_size: tuple[int, int]) -> MaskUpsampling:
+    """SAM's :class:`MaskUpsampling` (``Sam.postprocess_masks``: 256 -> 1024, crop to
+    ``input_size``, resize to ``original_size``) for one image."""
+    input_size, original_size = tuple(input_size), tuple(original_size)
+    return MaskUpsampling(
+        chain_weights(original_size[0], input_size[0]), chain_weights(original_size[1], input_size[1]),
+        partial(postprocess_masks, input_size=input_size, original_size=original_size),
+    )

@@ -1,5 +1,11 @@
 """Automatic mask generation ("segment everything") on the batched decoder."""
 
-from samexport.amg.generator import OUTPUT_MODES, AutomaticMaskGenerator, OutputMode
+from samexport.amg.generator import (
+    OUTPUT_MODES,
+    AutomaticMaskGenerator,
+    OutputMode,
+    SAM2AutomaticMaskGenerator,
+    generator_class,
+)
 
-__all__ = ["AutomaticMaskGenerator", "OUTPUT_MODES", "OutputMode"]
+__all__ = ["OUTPUT_MODES", "AutomaticMaskGenerator", "OutputMode", "SAM2AutomaticMaskGenerator", "generator_class"]

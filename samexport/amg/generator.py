@@ -1,6 +1,9 @@
-"""``AutomaticMaskGenerator``: the official ``SamAutomaticMaskGenerator`` over ``SamPredictor``.
+"""``AutomaticMaskGenerator``: the official ``SamAutomaticMaskGenerator`` over ``SamPredictor``,
+and ``SAM2AutomaticMaskGenerator``: the official SAM 2.1 one over ``SAM2ImagePredictor``.
 
-Same algorithm and outputs as ``segment_anything.SamAutomaticMaskGenerator``, run differently:
+Same algorithm and outputs as ``segment_anything.SamAutomaticMaskGenerator`` (and, on a SAM 2.1
+artifact, ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``, which differs only in its
+predictor: prompt transform, mask upsampling, defaults), run differently:
 
 - a batch of grid points is one call to the batched decoder (``SamPredictor.decode_low_res_where``);
 - the predicted-IoU filter runs on the decoder's scores before any mask is made: with the
@@ -21,14 +24,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from samexport import constants as C
 from samexport.amg import ops
 from samexport.amg.measure import MaskMeasurer, MaskPatch
 from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
-from samexport.errors import InvalidInputError, NoImageSetError, require
+from samexport.errors import InvalidInputError, NoImageSetError, SamExportError, require
 from samexport.runtime.backends import Backend
-from samexport.runtime.predictor import SamPredictor, prompts_per_call
+from samexport.runtime.decode_budget import prompts_per_call
+from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictors import open_predictor
 from samexport.runtime.prompts import even_chunks
+from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 from samexport.transforms import check_image
 
 OutputMode = Literal["binary_mask", "uncompressed_rle", "coco_rle"]
@@ -97,9 +104,10 @@ class AutomaticMaskGenerator:
     Args:
         model: what the official takes as ``model`` (a :class:`~samexport.SamModel` from
             ``samexport.sam_model_registry[...]`` or ``samexport.load``), or a
-            :class:`~samexport.SamPredictor`, or anything ``SamPredictor`` accepts (an artifact
-            directory, a backend). A given predictor's current image is replaced while
-            generating. ``predictor=`` is accepted as another name for it.
+            :class:`~samexport.SamPredictor` or :class:`~samexport.SAM2ImagePredictor`, or
+            anything they accept (an artifact directory, a backend; SAM 2.1's run on
+            ``SAM2ImagePredictor``, :func:`~samexport.runtime.predictors.open_predictor`). A given predictor's current image is
+            replaced while generating. ``predictor=`` is accepted as another name for it.
         points_per_side: grid points along each side of the image (``points_per_side**2`` in
             all); ``None`` when ``point_grids`` is given.
         points_per_batch: prompts per decoder call; larger is faster on a GPU, uses more memory.
@@ -174,7 +182,13 @@ class AutomaticMaskGenerator:
         if output_mode == "coco_rle":
             require("pycocotools.mask", "coco")
 
-        self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
+        self.predictor = open_predictor(model)
+        if min_mask_region_area > 0 and isinstance(self.predictor, SAM2ImagePredictor):
+            raise SamExportError(
+                "min_mask_region_area > 0 is not implemented for SAM 2.1 (the official generator "
+                "also fills holes in its predictor's masks, max_hole_area); leave it at 0"
+            )
+        self.mask_threshold = float(getattr(self.predictor, "mask_threshold", C.MASK_THRESHOLD))
         self.points_per_batch = int(points_per_batch)
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
@@ -296,7 +310,7 @@ class AutomaticMaskGenerator:
         if image is not None:
             self.predictor.set_image(image[y0:y1, x0:x1])
         crop_size = (y1 - y0, x1 - x0)
-        measurer = MaskMeasurer(self.predictor.input_size, crop_size, self.stability_score_offset)
+        measurer = MaskMeasurer(self.predictor.mask_upsampling(), self.stability_score_offset, self.mask_threshold)
         points = self.point_grids[layer] * np.array(crop_size, dtype=np.float64)[::-1]
         parts = []
         # A batch goes to the predictor in equal pieces within its decode budget: the logits of
@@ -383,3 +397,74 @@ class AutomaticMaskGenerator:
             "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
         }
 
+
+
+class SAM2AutomaticMaskGenerator(AutomaticMaskGenerator):
+    """Masks for everything in an image on SAM 2.1, like the official
+    ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator``: its arguments, order and
+    defaults (``pred_iou_thresh=0.8``, ``mask_threshold``), over :class:`~samexport.SAM2ImagePredictor`.
+    The algorithm is :class:`AutomaticMaskGenerator`'s: the official SAM 2.1 generator is SAM's
+    with SAM 2.1's predictor (prompts normalised by the crop's size, masks upsampled by one
+    bilinear resize) and ``mask_threshold`` for the stability score and the masks.
+
+    Args:
+        model: a SAM 2.1 artifact directory, a backend of SAM 2.1's contract, or a
+            :class:`~samexport.SAM2ImagePredictor`.
+        mask_threshold: the logit above which a pixel is in a mask (stability score, masks, boxes).
+        use_m2m, multimask_output: only the official defaults (False, True) are implemented;
+            others are refused.
+        min_mask_region_area: must be 0 (the official's hole filling is not implemented).
+        The others: as :class:`AutomaticMaskGenerator`.
+    """
+
+    def __init__(
+        self,
+        model: SAM2ImagePredictor | Path | str | Any,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.8,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        mask_threshold: float = 0.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: OutputMode = "binary_mask",
+        use_m2m: bool = False,
+        multimask_output: bool = True,
+        *,
+        progress: bool = False,
+    ) -> None:
+        if use_m2m or not multimask_output:
+            raise SamExportError(
+                "SAM2AutomaticMaskGenerator: use_m2m=True and multimask_output=False are not "
+                "implemented in samexport; leave them at the official defaults (False, True)"
+            )
+        _check_number("mask_threshold", mask_threshold, -np.inf)
+        predictor = open_predictor(model)
+        if not isinstance(predictor, SAM2ImagePredictor):
+            raise SamExportError(
+                "SAM2AutomaticMaskGenerator runs SAM 2.1 (samexport build --variant sam2.1_hiera_tiny); "
+                "this model is SAM or MobileSAM: use samexport.SamAutomaticMaskGenerator"
+            )
+        super().__init__(
+            predictor, points_per_side=points_per_side, points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor, point_grids=point_grids,
+            min_mask_region_area=min_mask_region_area, output_mode=output_mode, progress=progress,
+        )
+        self.mask_threshold = float(mask_threshold)
+
+
+def generator_class(contract: C.GraphContract) -> type[AutomaticMaskGenerator]:
+    """The mask generator with the official options and defaults of a model family:
+    :class:`SAM2AutomaticMaskGenerator` for SAM 2.1's graph contract, else
+    :class:`AutomaticMaskGenerator` (SAM, MobileSAM)."""
+    return SAM2AutomaticMaskGenerator if contract is C.SAM2_GRAPHS else AutomaticMaskGenerator

@@ -1,7 +1,9 @@
 """Stability scores, boxes and binary masks of low-res logits, upsampled only where it matters.
 
-The official generator upsamples every mask to the (crop) image size (``Sam.postprocess_masks``)
-and then counts pixels above ``-offset``, ``0`` and ``+offset``. Upsampling is a product
+The official generators upsample every mask to the (crop) image size (SAM's
+``Sam.postprocess_masks``, SAM 2.1's one bilinear resize) and then count pixels above
+``threshold - offset``, ``threshold`` and ``threshold + offset``. Each family's upsampling is a
+:class:`samexport.transforms.MaskUpsampling` (its per-axis weights and its batched form). Upsampling is a product
 ``R @ logits @ C.T`` whose rows of ``R`` and ``C`` are non-negative and sum to 1, so every
 upsampled pixel is a convex combination of the few low-res logits in its support. A pixel whose
 support lies entirely at or below ``t - margin`` is therefore below ``t``: only the output window
@@ -9,7 +11,7 @@ fed by low-res logits above the lowest threshold can hold a counted pixel. :clas
 computes the upsampled logits in that window only and reads every decision off them, so the
 stability score, box and mask are those of the full upsampling (to float32 rounding) at a
 fraction of the cost for masks smaller than the image. Masks that spread over much of the image
-are upsampled whole, in batches, through ``transforms.postprocess_masks``.
+are upsampled whole, in batches, through the family's ``MaskUpsampling.whole``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from samexport.constants import LOW_RES_MASK_SIZE, MASK_THRESHOLD
-from samexport.transforms import chain_weights, postprocess_masks
+from samexport.transforms import MaskUpsampling
 
 # Logits this far below the lowest threshold cannot reach it after interpolation: float32
 # rounding of a convex combination is ~1e-7 relative, far below this for logits up to ~1e4.
@@ -33,7 +35,7 @@ _CHUNK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class _Axis:
-    """One axis of ``postprocess_masks``: ``weights`` is ``out x 256`` float32, output ``o``
+    """One axis of a :class:`MaskUpsampling`: ``weights`` is ``out x 256`` float32, output ``o``
     reads low-res indices ``[first[o], last[o])`` (non-decreasing in ``o``)."""
 
     weights: np.ndarray
@@ -41,8 +43,7 @@ class _Axis:
     last: np.ndarray
 
     @classmethod
-    def build(cls, original: int, resized: int) -> _Axis:
-        weights = chain_weights(original, resized)
+    def build(cls, weights: np.ndarray) -> _Axis:
         if (weights < 0).any():
             raise RuntimeError("interpolation weights must be non-negative")
         nonzero = weights != 0
@@ -65,9 +66,9 @@ class _Axis:
 
 
 @lru_cache(maxsize=8)
-def _axes(input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[_Axis, _Axis]:
-    rows = _Axis.build(original_size[0], input_size[0])
-    cols = _Axis.build(original_size[1], input_size[1])
+def _axes(upsampling: MaskUpsampling) -> tuple[_Axis, _Axis]:
+    rows = _Axis.build(upsampling.rows)
+    cols = _Axis.build(upsampling.cols)
     cols_t = np.ascontiguousarray(cols.weights.T)  # 256 x W, the layout the column pass reads
     cols_t.setflags(write=False)
     return rows, _Axis(cols_t, cols.first, cols.last)
@@ -112,8 +113,8 @@ class MaskPatch:
 class Measurements:
     """Per mask: pixel counts above ``+offset`` and ``-offset``, box, and the mask itself."""
 
-    high_counts: np.ndarray  # N int64: pixels above MASK_THRESHOLD + offset
-    low_counts: np.ndarray  # N int64: pixels above MASK_THRESHOLD - offset
+    high_counts: np.ndarray  # N int64: pixels above threshold + offset
+    low_counts: np.ndarray  # N int64: pixels above threshold - offset
     boxes: np.ndarray  # Nx4 int64 (X0, Y0, X1, Y1) inclusive, zeros for an empty mask
     patches: list[MaskPatch]
 
@@ -128,19 +129,21 @@ class MaskMeasurer:
     """Measure decoder masks of one image (or crop) at its own resolution.
 
     Args:
-        input_size: ``(h, w)`` of the image in the 1024 frame (``preprocess_shape(H, W)``).
-        original_size: ``(H, W)`` of the image (or crop) the masks are for.
+        upsampling: how the masks reach the image (or crop) they are for: the predictor's
+            ``mask_upsampling()`` (SAM: ``transforms.sam_mask_upsampling(input_size,
+            original_size)``; SAM 2.1: ``sam2_transforms.sam2_mask_upsampling(original_size)``).
         stability_offset: logit offset of the stability score (>= 0).
+        threshold: the logit above which a pixel is in the mask (0.0, both families' default).
     """
 
-    def __init__(
-        self, input_size: tuple[int, int], original_size: tuple[int, int], stability_offset: float
-    ) -> None:
-        self.input_size, self.original_size = tuple(input_size), tuple(original_size)
-        self.rows, self.cols = _axes(self.input_size, self.original_size)
-        self.high = MASK_THRESHOLD + stability_offset
-        self.low = MASK_THRESHOLD - stability_offset
-        self.floor = min(self.high, self.low, MASK_THRESHOLD) - _WINDOW_MARGIN
+    def __init__(self, upsampling: MaskUpsampling, stability_offset: float, threshold: float = MASK_THRESHOLD) -> None:
+        self.upsampling = upsampling
+        self.original_size = upsampling.original_size
+        self.rows, self.cols = _axes(upsampling)
+        self.threshold = float(threshold)
+        self.high = self.threshold + stability_offset
+        self.low = self.threshold - stability_offset
+        self.floor = min(self.high, self.low, self.threshold) - _WINDOW_MARGIN
 
     def window(self, logits: np.ndarray) -> tuple[int, int, int, int, int, int, int, int] | None:
         """``(y0, y1, r0, r1, x0, x1, c0, c1)``: the output rows/columns of one 256x256 mask that
@@ -161,7 +164,7 @@ class MaskMeasurer:
 
         Masks whose window is small are upsampled in their window, one mask at a time (small
         matmuls, mostly under BLAS's threading threshold); the others through the batched
-        ``postprocess_masks`` in chunks of bounded memory: a multithreaded BLAS call per mask
+        ``upsampling.whole`` in chunks of bounded memory: a multithreaded BLAS call per mask
         costs a thread handoff each, measured 20x slower per mask on the busy 2-core machine.
         """
         size = (LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE)
@@ -187,7 +190,7 @@ class MaskMeasurer:
         chunk = max(1, _CHUNK_BYTES // (4 * height * width))
         for start in range(0, len(large), chunk):
             index = large[start : start + chunk]
-            upsampled = postprocess_masks(logits[index], self.input_size, self.original_size)
+            upsampled = self.upsampling.whole(logits[index])
             for i, mask in zip(index, upsampled):
                 self._read(result, i, 0, 0, mask)
         return result
@@ -196,7 +199,7 @@ class MaskMeasurer:
         """Fill mask ``i`` of ``result`` from its upsampled logits, placed at ``(top, left)``."""
         result.high_counts[i] = np.count_nonzero(upsampled > self.high)
         result.low_counts[i] = np.count_nonzero(upsampled > self.low)
-        foreground = upsampled > MASK_THRESHOLD
+        foreground = upsampled > self.threshold
         rows = np.flatnonzero(foreground.any(axis=1))
         if rows.size == 0:
             return

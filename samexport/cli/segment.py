@@ -11,14 +11,14 @@ import typer
 
 from samexport import constants as C
 from samexport import imageio
-from samexport.amg import AutomaticMaskGenerator
+from samexport.amg import generator_class
 from samexport.amg.overlay import draw_masks
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import parse_numbers, parse_point
 from samexport.constants import MAX_CROP_N_LAYERS
 from samexport.datasets import embed as run_embed, segment_all as run_segment_all
 from samexport.errors import SamExportError
-from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictors import contract_of, open_predictor
 
 # Kept in step with samexport.datasets.images.DEFAULT_MAX_FILE_BYTES (not imported: --help stays light).
 DEFAULT_MAX_FILE_BYTES = 512 << 20
@@ -61,15 +61,16 @@ def predict(
     box_array = np.array(parse_numbers(box, "--box", (4,)), np.float32) if box else None
 
     picture = imageio.read_image(image)
-    predictor = SamPredictor(artifact_dir, backend=backend)
+    predictor = open_predictor(artifact_dir, backend=backend)  # SamPredictor, or SAM2ImagePredictor for SAM 2.1
     predictor.set_image(picture)
     masks, scores, _ = predictor.predict(coords, labels, box_array, multimask_output=multimask)
     best = int(np.argmax(scores))
-    imageio.write_mask(output, masks[best])
-    typer.echo(f"wrote {output} (score {scores[best]:.3f}, {int(masks[best].sum())} pixels, backend {predictor.backend.name})")
+    mask = masks[best].astype(bool)  # SAM 2.1's predictor gives 0/1 float32, as the official
+    imageio.write_mask(output, mask)
+    typer.echo(f"wrote {output} (score {scores[best]:.3f}, {int(mask.sum())} pixels, backend {predictor.backend.name})")
     if overlay:
         imageio.overlay(
-            picture, [masks[best]], points=coords, labels=labels,
+            picture, [mask], points=coords, labels=labels,
             boxes=None if box_array is None else box_array[None],
         ).save(overlay)
         typer.echo(f"wrote {overlay}")
@@ -92,7 +93,11 @@ def segment_all(
     ] = None,
     points_per_side: Annotated[int, typer.Option(help="Grid points along each image side.", min=1)] = 32,
     points_per_batch: Annotated[int, typer.Option(help="Prompts per decoder call.", min=1)] = 64,
-    pred_iou_thresh: Annotated[float, typer.Option(help="Keep masks with predicted IoU above this (0-1).")] = 0.88,
+    pred_iou_thresh: Annotated[
+        Optional[float],
+        typer.Option(help="Keep masks with predicted IoU above this (0-1). Default: the official generator's, "
+                     "0.88 for SAM and MobileSAM, 0.8 for SAM 2.1.", show_default=False),
+    ] = None,
     stability_score_thresh: Annotated[float, typer.Option(help="Keep masks with stability score at least this (0-1).")] = 0.95,
     stability_score_offset: Annotated[float, typer.Option(help="Logit offset of the stability score.")] = 1.0,
     box_nms_thresh: Annotated[float, typer.Option(help="Box IoU above which duplicates are dropped (0-1).")] = 0.7,
@@ -134,6 +139,8 @@ def segment_all(
         box_nms_thresh=box_nms_thresh, crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
         crop_n_points_downscale_factor=crop_n_points_downscale_factor, min_mask_region_area=min_mask_region_area,
     )
+    if pred_iou_thresh is None:  # the family's generator's default
+        del generator_options["pred_iou_thresh"]
     dataset_options = dict(executor=executor, workers=workers, batch_size=batch_size, threads=threads,
                            ray_address=ray_address, retry_errors=retry_errors or None, max_file_mb=max_file_mb)
     if len(images) > 1 or images[0].is_dir():
@@ -154,8 +161,9 @@ def segment_all(
     if overlay:
         imageio.check_picture_path(overlay)
     picture = imageio.read_image(image)
-    generator = AutomaticMaskGenerator(
-        SamPredictor(artifact_dir, backend=backend), **generator_options, output_mode=modes[rle], progress=progress,
+    predictor = open_predictor(artifact_dir, backend=backend)
+    generator = generator_class(contract_of(predictor))(
+        predictor, **generator_options, output_mode=modes[rle], progress=progress,
     )
     start = time.perf_counter()
     records = generator.generate(picture)

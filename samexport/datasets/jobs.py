@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from samexport import constants as C
+from samexport.artifacts import read_manifest
 from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, file_changed, scan_images
 from samexport.datasets.local_executor import run_local, sigterm_as_interrupt
 from samexport.datasets.ray_executor import run_ray
@@ -66,6 +67,15 @@ def _positive(name: str, value: Any) -> int:
 
 
 # -- the jobs ----------------------------------------------------------------------------------
+
+
+def _contract(artifact_dir: Path | str) -> C.GraphContract:
+    """The artifact's graph contract; SAM's when its manifest cannot be read (the job then says
+    why, in its own order of checks)."""
+    try:
+        return read_manifest(Path(artifact_dir)).contract
+    except (SamExportError, OSError, ValueError):
+        return C.SAM_GRAPHS
 
 
 def _run(
@@ -185,6 +195,11 @@ def embed(
     Raises:
         SamExportError: no images, a folder that is not ours or not this job's, a missing extra.
     """
+    if _contract(artifact_dir) is not C.SAM_GRAPHS:
+        raise SamExportError(
+            f"{artifact_dir} holds SAM 2.1, whose image features (the embedding and two "
+            "high-resolution maps) the embed job's rows do not store yet; segment_all runs on it"
+        )
     return _run(
         "embed", artifact_dir, images, output_dir, parameters={"backend": backend}, generator_options={},
         executor=executor, workers=workers, batch_size=batch_size, backend=backend, threads=threads,
@@ -222,7 +237,7 @@ def segment_all(
         the others: as :func:`embed`.
     """
     require("pycocotools.mask", "coco")
-    options = resolve_generator_options(generator_options)
+    options = resolve_generator_options(generator_options, _contract(artifact_dir))
     return _run(
         "segment_all", artifact_dir, images, output_dir, parameters={"backend": backend, **options},
         generator_options=options, executor=executor, workers=workers, batch_size=batch_size,

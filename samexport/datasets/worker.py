@@ -17,23 +17,26 @@ from typing import Any
 import numpy as np
 
 from samexport import constants as C
-from samexport.amg import AutomaticMaskGenerator
+from samexport.amg import generator_class
 from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, display_path, is_utf8, read_file
 from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
 from samexport.datasets.store import stage_part
 from samexport.errors import SamExportError
 from samexport.runtime.backends import open_backend
-from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictors import AnyPredictor, contract_of
+from samexport.runtime.predictors import open_predictor as family_predictor
 from samexport.utils import sha256_file
 
 # AutomaticMaskGenerator options a segment_all job accepts (JSON-friendly; they go in the manifest).
 _NOT_JOB_OPTIONS = {"self", "model", "predictor", "point_grids", "output_mode", "progress"}
 
 
-def generator_defaults() -> dict[str, Any]:
-    """``AutomaticMaskGenerator``'s keyword options and their defaults, as a segment_all job uses them."""
+def generator_defaults(contract: C.GraphContract = C.SAM_GRAPHS) -> dict[str, Any]:
+    """The keyword options and defaults of the family's mask generator (``AutomaticMaskGenerator``,
+    or ``SAM2AutomaticMaskGenerator`` for SAM 2.1: :func:`~samexport.amg.generator_class`), as a
+    segment_all job uses them."""
 
-    signature = inspect.signature(AutomaticMaskGenerator.__init__)
+    signature = inspect.signature(generator_class(contract).__init__)
     return {
         name: p.default for name, p in signature.parameters.items()
         if name not in _NOT_JOB_OPTIONS and p.default is not inspect.Parameter.empty
@@ -45,28 +48,32 @@ class _NoBackend:
 
     name = "none"
 
+    def __init__(self, contract: C.GraphContract = C.SAM_GRAPHS) -> None:
+        self.contract = contract
+
     def encode(self, image):  # pragma: no cover - never called
         raise RuntimeError("not a real backend")
 
     decode = encode
 
 
-def resolve_generator_options(options: dict[str, Any]) -> dict[str, Any]:
-    """All mask-generator options of a job (defaults filled in), checked by the generator itself.
+def resolve_generator_options(options: dict[str, Any], contract: C.GraphContract = C.SAM_GRAPHS) -> dict[str, Any]:
+    """All mask-generator options of a job (defaults filled in), checked by the generator itself
+    (the family's: ``contract``, the artifact's graph contract).
 
     Raises:
         SamExportError: an option the job does not take (e.g. ``point_grids``, ``output_mode``).
         ValueError: an option's value is invalid (the generator's message).
     """
 
-    defaults = generator_defaults()
+    defaults = generator_defaults(contract)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise SamExportError(
             f"segment_all does not take {', '.join(unknown)}; options: {', '.join(defaults)}"
         )
     resolved = {**defaults, **options}
-    AutomaticMaskGenerator(_NoBackend(), **resolved)  # raises ValueError on a bad value
+    generator_class(contract)(_NoBackend(contract), **resolved)  # raises ValueError on a bad value
     return resolved
 
 
@@ -94,10 +101,11 @@ class JobSpec:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
-def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None):
-    """``SamPredictor(artifact_dir, backend)`` with ``threads`` ONNX Runtime threads when set."""
+def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None) -> AnyPredictor:
+    """The artifact's predictor (``SamPredictor``, or ``SAM2ImagePredictor`` for SAM 2.1) on
+    ``backend`` with ``threads`` ONNX Runtime threads when set."""
 
-    return SamPredictor(open_backend(artifact_dir, backend, threads=threads))
+    return family_predictor(open_backend(artifact_dir, backend, threads=threads))
 
 
 def _coco_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +180,8 @@ class ImageWorker:
         self.predictor = open_predictor(spec.artifact_dir, spec.backend, spec.threads)
         self.generator = None
         if spec.job == "segment_all":
-            self.generator = AutomaticMaskGenerator(self.predictor, **spec.generator_options, output_mode="coco_rle")
+            family = generator_class(contract_of(self.predictor))
+            self.generator = family(self.predictor, **spec.generator_options, output_mode="coco_rle")
         self.schema = arrow_schema(spec.job)
 
     def row(self, key: str, data: bytes | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ HALVES_BREAK_EVEN = 0.6  # share of a chunk's prompts needed above which the nex
 
 def decode_where(
     backend,
-    embedding: np.ndarray,
+    features: tuple[np.ndarray, ...],
     batch: int,
     chunks: Iterable[tuple[slice, tuple[np.ndarray, ...]]],
     needed: Callable[[np.ndarray], np.ndarray],
@@ -38,18 +38,24 @@ def decode_where(
     share: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(index, logits Ix4x256x256, iou Bx4, share) for ``batch`` prompts decoded in ``chunks``
-    of (rows, decoder inputs after the embedding); ``needed`` maps a chunk's Kx4 IoU predictions
-    to K bools; ``locked()`` guards each backend call. ``share``: the share of the prompts
-    needed in the chunk before the first (a previous call's last, returned)."""
+    of (rows, the decoder's prompt inputs); ``features``: the image's, as the encoder gave them
+    (the backend's ``contract.encoder_outputs``; SAM: the embedding alone); ``needed`` maps a
+    chunk's Kx4 IoU predictions to K bools; ``locked()`` guards each backend call. ``share``: the
+    share of the prompts needed in the chunk before the first (a previous call's last, returned).
+    A backend of another contract than SAM's runs through ``run_decoder``, whose first two
+    outputs are the logits and IoU predictions of every contract."""
     has_halves = bool(getattr(backend, "has_decoder_halves", False))
+    sam = getattr(backend, "contract", C.SAM_GRAPHS) is C.SAM_GRAPHS
     index, logits, iou = [], [], np.empty((batch, C.NUM_MASK_TOKENS), np.float32)
     for part, inputs in chunks:
         halves = has_halves and share <= HALVES_BREAK_EVEN
         with locked():
             if halves:
-                scores, mask_tokens, image_tokens = backend.decode_scores(embedding, *inputs)
+                scores, mask_tokens, image_tokens = backend.decode_scores(*features, *inputs)
+            elif sam:
+                low_res, scores = backend.decode(*features, *inputs)
             else:
-                low_res, scores = backend.decode(embedding, *inputs)
+                low_res, scores = backend.run_decoder(features, *inputs)[:2]
         wanted = np.asarray(needed(scores))
         if wanted.dtype != bool or wanted.shape != (len(scores),):
             raise InvalidInputError(

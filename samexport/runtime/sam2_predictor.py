@@ -22,7 +22,7 @@ decoder graph needs at least one point); both are refused with a clear error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,13 @@ import numpy as np
 from samexport import constants as C
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.runtime.backends import BackendName, GraphRunner, backend_lock, open_backend
-from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points, select_sam2_masks
-from samexport.transforms import check_image
+from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET, prompts_per_call
+from samexport.runtime.prefilter import decode_where
+from samexport.runtime.prompts import even_chunks
+from samexport.sam2_transforms import (
+    postprocess_sam2_masks, preprocess_sam2, sam2_mask_upsampling, sam2_prompt_points, select_sam2_masks,
+)
+from samexport.transforms import MaskUpsampling, check_image
 from samexport.validate import real_array
 
 LOW_RES_CLAMP = 32.0  # the official predictor clamps the low-res logits it returns to +-32
@@ -51,6 +56,9 @@ class SAM2ImagePredictor:
             hole/sprinkle filling is not implemented.
         backend: for an artifact directory: ``auto``, ``onnxruntime-cpu``, ``openvino``, ...
             (``samexport.constants.ARTIFACT_BACKENDS``).
+        decode_budget_bytes: :meth:`decode_low_res_where` (the mask generator's) decodes at most
+            ``samexport.runtime.decode_budget.prompts_per_call(decode_budget_bytes)`` prompts a call,
+            as ``SamPredictor`` does (its per-prompt figure, measured for SAM's decoder).
     """
 
     def __init__(
@@ -61,7 +69,10 @@ class SAM2ImagePredictor:
         max_sprinkle_area: float = 0.0,
         *,
         backend: BackendName = "auto",
+        decode_budget_bytes: int = DEFAULT_DECODE_BUDGET,
     ) -> None:
+        if isinstance(decode_budget_bytes, bool) or not isinstance(decode_budget_bytes, int) or decode_budget_bytes < 1:
+            raise InvalidInputError(f"decode_budget_bytes must be a positive int; got {decode_budget_bytes!r}")
         if max_hole_area or max_sprinkle_area:
             raise SamExportError(
                 "SAM2ImagePredictor: max_hole_area / max_sprinkle_area (the official optional mask "
@@ -76,7 +87,9 @@ class SAM2ImagePredictor:
             )
         self.backend = runner
         self.mask_threshold = float(mask_threshold)
+        self.decode_budget_bytes = decode_budget_bytes
         self._lock = backend_lock(runner)
+        self._needed_share = 0.0  # of the last decode_low_res_where chunk (prefilter.decode_where)
         self.reset_predictor()
 
     def _locked(self):
@@ -88,6 +101,19 @@ class SAM2ImagePredictor:
         self._orig_hw: list[tuple[int, int]] = []
         self._is_image_set = False
         self._is_batch = False
+
+    def reset_image(self) -> None:
+        """``reset_predictor`` under ``SamPredictor``'s name (what the mask generator calls)."""
+        self.reset_predictor()
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._is_image_set
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """(H, W) of the image set (the last one after ``set_image_batch``); None without one."""
+        return self._orig_hw[-1] if self._is_image_set else None
 
     def _encode(self, image: Any) -> tuple[np.ndarray, ...]:
         image = check_image(np.asarray(image))  # a PIL image too, as the official
@@ -201,7 +227,49 @@ class SAM2ImagePredictor:
         self._require_image()
         return self._decode(-1, point_coords, point_labels, boxes, mask_input, normalize_coords)
 
-    def _decode(self, index, point_coords, point_labels, box, mask_input, normalize_coords) -> tuple[np.ndarray, ...]:
+    def mask_upsampling(self) -> MaskUpsampling:
+        """How the (last) image's low-res logits reach its pixels (``postprocess_sam2_masks``),
+        for the mask generator's measurement."""
+        self._require_image()
+        return sam2_mask_upsampling(self._orig_hw[-1])
+
+    @property
+    def max_prompts_per_call(self) -> int:
+        """Most prompts one decoder call of :meth:`decode_low_res_where` takes."""
+        return prompts_per_call(self.decode_budget_bytes)
+
+    def decode_low_res_where(
+        self,
+        needed: Callable[[np.ndarray], np.ndarray],
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        *,
+        normalize_coords: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decode_low_res` for the prompts whose logits are needed, judged from their IoU
+        predictions, as ``SamPredictor.decode_low_res_where`` (the mask generator's
+        ``pred_iou_thresh``), in calls of at most :attr:`max_prompts_per_call` prompts.
+
+        Returns:
+            (index I, logits Ix4x256x256, iou Bx4): the prompts kept (ascending), their logits
+            and every prompt's IoU predictions.
+        """
+        self._require_image()
+        coords, labels, masks, has_mask = self._prompt_inputs(-1, point_coords, point_labels, boxes, mask_input, normalize_coords)
+
+        def chunks() -> Iterator[tuple[slice, tuple[np.ndarray, ...]]]:
+            for part in even_chunks(len(coords), self.max_prompts_per_call):
+                yield part, (coords[part], labels[part], masks[part], has_mask[part])
+
+        index, logits, iou, self._needed_share = decode_where(
+            self.backend, self._image_features[-1], len(coords), chunks(), needed, self._locked, self._needed_share
+        )
+        return index, logits, iou
+
+    def _prompt_inputs(self, index, point_coords, point_labels, box, mask_input, normalize_coords) -> tuple[np.ndarray, ...]:
+        """The decoder's prompt inputs (coords, labels, mask_input, has_mask_input) for image ``index``."""
         coords, labels = sam2_prompt_points(
             self._orig_hw[index], point_coords=point_coords, point_labels=point_labels, box=box,
             normalize_coords=normalize_coords,
@@ -211,9 +279,12 @@ class SAM2ImagePredictor:
                 "SAM2ImagePredictor needs a point or a box: a mask_input alone (or no prompt) has no "
                 "form in the exported decoder graph yet"
             )
-        masks_in, has_mask = self._mask_input(mask_input, len(coords))
+        return (coords, labels, *self._mask_input(mask_input, len(coords)))
+
+    def _decode(self, index, point_coords, point_labels, box, mask_input, normalize_coords) -> tuple[np.ndarray, ...]:
+        inputs = self._prompt_inputs(index, point_coords, point_labels, box, mask_input, normalize_coords)
         with self._locked():
-            return tuple(self.backend.run_decoder(self._image_features[index], coords, labels, masks_in, has_mask))
+            return tuple(self.backend.run_decoder(self._image_features[index], *inputs))
 
     def _predict(self, index, point_coords, point_labels, box, mask_input, multimask_output, return_logits, normalize_coords):
         original_size = self._orig_hw[index]

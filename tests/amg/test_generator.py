@@ -35,6 +35,7 @@ from samexport.amg.measure import MaskMeasurer
 from samexport.errors import InvalidInputError, NoImageSetError
 from samexport.runtime.predictor import SamPredictor
 from samexport.testing import make_image
+from samexport.transforms import sam_mask_upsampling
 
 torch = pytest.importorskip("torch")
 segment_anything = pytest.importorskip("segment_anything")
@@ -124,7 +125,7 @@ def test_measurer_equals_full_upsampling(input_size, original_size):
     embedding = synthetic_embedding(torch.from_numpy(preprocess(make_image(300, 450))))
     logits = synthetic_decode(embedding, points)[0].reshape(-1, 256, 256).numpy()
     logits = np.concatenate([logits, np.full((1, 256, 256), -5.0, np.float32), -logits[:2]])
-    measured = MaskMeasurer(input_size, original_size, 1.0).measure(logits)
+    measured = MaskMeasurer(sam_mask_upsampling(input_size, original_size), 1.0).measure(logits)
     full = postprocess_masks(logits, input_size, original_size)
     np.testing.assert_array_equal(measured.high_counts, (full > 1).sum(axis=(1, 2)))
     np.testing.assert_array_equal(measured.low_counts, (full > -1).sum(axis=(1, 2)))
