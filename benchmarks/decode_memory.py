@@ -50,7 +50,8 @@ def measure(artifact: str, case: str, *, count: int, points_per_batch: int, budg
             height: int = 300, width: int = 400, abort_above_mib: float | None = None) -> dict:
     from samexport import constants as C
     from samexport.amg import generator_class
-    from samexport.runtime.predictor import DEFAULT_DECODE_BUDGET, SamPredictor
+    from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET
+    from samexport.runtime.predictor import SamPredictor
     from samexport.runtime.predictors import contract_of
     from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 

@@ -59,7 +59,8 @@ def main() -> None:
     from samexport.export.to_onnx import export_decoder, export_encoder
     from samexport.variants import build_sam
     from samexport.runtime.backends import OnnxRuntimeBackend
-    from samexport.runtime.predictor import SamPredictor, budget_for_prompts
+    from samexport.runtime.decode_budget import budget_for_prompts
+    from samexport.runtime.predictor import SamPredictor
     from samexport.testing import random_state_dict
     from samexport.variants import get_variant
 

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def export_graphs(modes: list[str], folder: Path, variant: str) -> dict[str, Path]:
     """One ``encoder.onnx`` per attention mode, from the same random weights."""
-    from samexport.export.attention import MIN_OPSET
-    from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
+    from samexport import constants as C
+    from samexport.export.to_onnx import export_encoder
     from samexport.variants import build_sam
     from samexport.testing import random_state_dict
 
@@ -45,7 +45,7 @@ def export_graphs(modes: list[str], folder: Path, variant: str) -> dict[str, Pat
         path = folder / f"encoder-{variant}-{mode}.onnx"
         if not path.exists():
             print(f"exporting the {variant} encoder, --attention {mode}", flush=True)
-            export_encoder(sam, path, opset=max(DEFAULT_OPSET, MIN_OPSET[mode]), attention=mode)
+            export_encoder(sam, path, opset=C.default_opset(mode), attention=mode)
         graphs[mode] = path
     return graphs
 

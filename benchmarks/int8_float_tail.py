@@ -41,7 +41,9 @@ def main() -> None:
     from fp16_islands import fp32_artifact
     from PIL import Image
 
+    import samexport.precision.calibration as calibration
     import samexport.precision.int8 as int8
+    import samexport.precision.recipes as recipes
     from samexport import constants as C
     from samexport.image_sources import sample_images
     from samexport.parity import run_parity
@@ -51,7 +53,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="mobile_sam")
-    parser.add_argument("--target", default="onnxruntime", choices=sorted(int8.RECIPES))
+    parser.add_argument("--target", default="onnxruntime", choices=sorted(recipes.RECIPES))
     parser.add_argument("--group", type=int, default=9, help="consecutive nodes per float group (0: none)")
     parser.add_argument("--tails", type=int, nargs="*", default=[2, 6])
     parser.add_argument("--timing-runs", type=int, default=5)
@@ -61,7 +63,7 @@ def main() -> None:
     variant = get_variant(args.variant)
     artifact = fp32_artifact(variant.name, args.work)
     encoder, decoder = artifact / C.ENCODER_ONNX, artifact / C.DECODER_ONNX
-    recipe = int8.recipe_for(args.target)  # as is: the sets below are what is measured
+    recipe = recipes.recipe_for(args.target)  # as is: the sets below are what is measured
     photos, _ = sample_images(("astronaut", "coffee", "chelsea"))
     images = {"astronaut": photos["astronaut"], "portrait": make_image(700, 450, seed=11)}
     reference = OnnxRuntimeBackend(encoder, decoder, device="cpu")
@@ -82,8 +84,8 @@ def main() -> None:
         for name in ("coffee", "chelsea"):
             Image.fromarray(photos[name]).save(calib / f"{name}.png")
         # Ranges for every node the recipe quantizes; a subset of them is used per set.
-        ranges = int8.collect_ranges(
-            encoder, int8.calibrated_tensors(model, recipe), int8.encoder_feeds(int8.list_images(calib))
+        ranges = calibration.collect_ranges(
+            encoder, int8.calibrated_tensors(model, recipe), calibration.encoder_feeds(calibration.list_images(calib))
         )
         for label, spec in sets.items():
             chosen = dataclasses.replace(recipe, float_tail=spec.get("float_tail", 0))

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from samexport.precision import calibration as c
 from samexport.precision import int8 as q
+from samexport.precision.recipes import RECIPES, TINY_VIT_ONNXRUNTIME_FLOAT_TAIL
 from samexport.transforms import preprocess
 
 p = argparse.ArgumentParser()
@@ -41,13 +43,13 @@ p.add_argument("--hints", default="f32,bf16")
 a = p.parse_args()
 a.out.mkdir(parents=True, exist_ok=True)
 ranges = json.loads(Path(a.ranges).read_text())["ranges"]
-tail = q.TINY_VIT_ONNXRUNTIME_FLOAT_TAIL if a.family == "tiny_vit" else 0
-base = q.RECIPES["onnxruntime"]
+tail = TINY_VIT_ONNXRUNTIME_FLOAT_TAIL if a.family == "tiny_vit" else 0
+base = RECIPES["onnxruntime"]
 recipes = {
     "ort7": replace(base, float_tail=tail),                          # today's --int8-for onnxruntime
     "ort8": replace(base, reduce_range=False, float_tail=tail),      # same, 8-bit weights (VNNI)
-    "in8": replace(q.RECIPES["tensorrt"], fp16=False, float_tail=tail),               # inputs only, fp32 scales
-    "trt": replace(q.RECIPES["tensorrt"], float_tail=tail),                                   # --int8-for tensorrt (fp16 Q/DQ)
+    "in8": replace(RECIPES["tensorrt"], fp16=False, float_tail=tail),               # inputs only, fp32 scales
+    "trt": replace(RECIPES["tensorrt"], float_tail=tail),                                   # --int8-for tensorrt (fp16 Q/DQ)
 }
 t0 = time.time()
 if not a.skip_build:
@@ -73,8 +75,8 @@ if not a.skip_build:
     if not nncf_path.exists():
         import nncf
         import openvino as ov
-        images = q.list_images(a.calib)
-        feeds = list(q.encoder_feeds(images))
+        images = c.list_images(a.calib)
+        feeds = list(c.encoder_feeds(images))
         t1 = time.time()
         ov_model = ov.Core().read_model(a.fp32)
         quant = nncf.quantize(ov_model, nncf.Dataset(feeds, lambda f: f["image"]),

@@ -4,8 +4,8 @@
 checkpoint's hash, the staging folder, the manifest, the engines); a :class:`ModelSteps` record
 gives the steps that depend on the model: checking the request, loading the checkpoint, writing
 the graphs, the quick parity check, the stored references and the graph records of the manifest.
-SAM's record is in :mod:`samexport.pipeline` (its steps live there); SAM 2.1's is
-:data:`SAM2_STEPS` here.
+SAM's record is :data:`SAM_STEPS`, SAM 2.1's :data:`SAM2_STEPS`; :data:`samexport.pipeline.BUILD_STEPS`
+keys them by family.
 
 SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the default FP32
 islands, see docs/sam2.md), the quick parity check; no int8, no TensorRT engines, no stored
@@ -18,13 +18,26 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from samexport import constants as C
+from samexport.checkpoint import load_sam
 from samexport.errors import SamExportError
+from samexport.parity import quick_parity
+from samexport.parity.references import record_references
 from samexport.parity.sam2 import sam2_quick_parity
+from samexport.precision.calibration import check_calibration_images
+from samexport.precision.recipes import Int8Recipe, Int8Target, recipe_for
 from samexport.records import GraphPrecisions
+from samexport.runtime.torch_backend import TorchBackend
 from samexport.sam2_checkpoint import load_sam2
+from samexport.variants import Variant
+
+if TYPE_CHECKING:
+    from samexport.export.attention import CheckedAttention
+    from samexport.models import Sam
+
+Precision = C.Precision
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,114 @@ class ModelSteps:
 def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
     """A graph's manifest record: its file and tensor specs."""
     return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+
+
+def _check_sam_request(
+    variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
+) -> dict:
+    """What SAM's family cannot build, refused before any work; returns the checked values
+    :func:`_write_graphs` takes (``checked_attention``, ``recipe``), so it checks nothing again."""
+    from samexport.export.attention import check_attention_mode
+
+    checked = {"checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None}
+    if attention == "plugin" and precision == "int8":
+        raise SamExportError(
+            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
+            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
+        )
+    if precision == "int8":
+        if calib_dir is None:
+            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
+        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
+        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
+        check_calibration_images(calib_dir, recipe.max_images)
+        checked["recipe"] = recipe
+    return checked
+
+
+def _write_graphs(
+    sam: Sam,
+    staging: Path,
+    precision: Precision,
+    *,
+    opset: int,
+    attention: str,
+    calib_dir: Path | None,
+    calib_cache: Path | None,
+    int8_target: Int8Target,
+    on_step: Callable[[str], None],
+    checked_attention: CheckedAttention,
+    recipe: Int8Recipe | None,
+) -> GraphPrecisions:
+    """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
+
+    fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
+    ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
+    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
+    """
+    from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
+
+    encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
+    if precision == "fp32":
+        on_step(f"exporting {encoder.name} (opset {opset})")
+        export_encoder(sam, encoder, opset=opset, attention=checked_attention)
+        on_step(f"exporting {decoder.name} (opset {opset})")
+        export_decoder(sam, decoder, opset=opset)
+        on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
+        export_decoder_halves(sam, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
+        return GraphPrecisions(encoder="fp32", decoder="fp32")
+
+    from samexport.precision.fp16 import convert_to_fp16
+
+    work = staging / ".fp32"
+    work.mkdir()
+    on_step(f"exporting fp32 graphs (opset {opset})")
+    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=checked_attention)
+    export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
+    export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
+    on_step("converting the decoder to fp16 (fp32 islands kept)")
+    for name in (C.DECODER_ONNX, C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX):
+        convert_to_fp16(work / name, staging / name)
+    if precision == "fp16":
+        on_step("converting the encoder to fp16 (fp32 islands kept)")
+        convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
+        graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
+    else:
+        from samexport.precision.int8 import quantize_encoder_int8
+
+        on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
+        quantize_encoder_int8(
+            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
+            fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
+        )
+        graphs = GraphPrecisions(
+            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
+            int8_target=int8_target, calibration_images=str(calib_dir),
+        )
+    shutil.rmtree(work)
+    return graphs
+
+
+def _sam_graph_records() -> tuple[dict, dict]:
+    encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
+    decoder = {
+        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
+        "halves": {
+            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+        },
+    }
+    return encoder, decoder
+
+
+SAM_STEPS = ModelSteps(
+    check_request=_check_sam_request,
+    load=load_sam,
+    write_graphs=_write_graphs,
+    quick_parity=lambda sam, folder, precision, arena: quick_parity(sam, folder, precision, memory_arena=arena),
+    record_references=lambda sam, staging: record_references(TorchBackend(sam), staging),
+    graph_records=_sam_graph_records,
+)
 
 
 SAM2_PRECISIONS = ("fp32", "fp16")

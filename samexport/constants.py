@@ -44,6 +44,15 @@ with crops a few pixels wide on small images. The official examples use 1."""
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ATTENTION_MODES: tuple[str, ...] = ("plain", "fused-pattern", "onnx-attention", "plugin")
+# ONNX opsets: the export's default, and the lowest per attention mode (``Attention`` is new in
+# opset 23); a build without ``--opset`` takes :func:`default_opset`.
+DEFAULT_OPSET = 18
+MIN_OPSET: dict[str, int] = {"plain": 17, "fused-pattern": 17, "onnx-attention": 23, "plugin": 17}
+
+
+def default_opset(attention: str) -> int:
+    """The opset a build exports with for ``attention`` when none is asked for."""
+    return max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
 
 # The fused attention plugin node (``--attention plugin``): op type, TensorRT plugin name/namespace.
 PLUGIN_NAME = "SamRelPosAttention"

@@ -11,34 +11,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from samexport import constants as C
 from samexport.artifacts import (
     Manifest, RuntimeNeeds, check_replaceable_artifact, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
 )
-from samexport.build_steps import SAM2_STEPS, ModelSteps, graph_record
-from samexport.checkpoint import load_sam
+from samexport.build_steps import SAM2_STEPS, SAM_STEPS, ModelSteps
 from samexport.download import resolve_checkpoint
 from samexport.engines import load_tensorrt, tensorrt_availability
-from samexport.engines.artifact import BUILDERS, build_plans, check_engine_request, discard_plans
+from samexport.engines.artifact import BUILDERS, PlanRequest, build_plans, check_engine_request, discard_plans
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
-from samexport.parity import quick_parity
 from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runner, verdict_record
-from samexport.parity.references import record_references
 from samexport.parity.verify import VerificationError
+from samexport.precision.calibration import check_calibration_cache
+from samexport.precision.recipes import Int8Target
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
-from samexport.records import GraphPrecisions, ParityRecord
-from samexport.runtime.backends import TorchBackend
+from samexport.records import ParityRecord
 from samexport.staging import check_output_destination, staged_directory
 from samexport.utils import default_cache_dir, package_versions, sha256_file
-from samexport.variants import ModelVariant, Variant, get_model
-
-if TYPE_CHECKING:
-    from samexport.models import Sam
-    from samexport.export.attention import CheckedAttention
-    from samexport.precision.int8 import Int8Recipe, Int8Target
+from samexport.variants import ModelVariant, get_model
 
 Precision = C.Precision
 PRECISIONS = C.PRECISIONS
@@ -60,137 +53,24 @@ class BuildResult:
         return None if parity is None else parity.passed
 
 
-def _write_graphs(
-    sam: Sam,
-    staging: Path,
-    precision: Precision,
-    *,
-    opset: int,
-    attention: str,
-    calib_dir: Path | None,
-    calib_cache: Path | None,
-    int8_target: Int8Target,
-    on_step: Callable[[str], None],
-    checked_attention: CheckedAttention,
-    recipe: Int8Recipe | None,
-) -> GraphPrecisions:
-    """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
-
-    fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
-    ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
-    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
-    """
-    from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
-
-    encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
-    if precision == "fp32":
-        on_step(f"exporting {encoder.name} (opset {opset})")
-        export_encoder(sam, encoder, opset=opset, attention=checked_attention)
-        on_step(f"exporting {decoder.name} (opset {opset})")
-        export_decoder(sam, decoder, opset=opset)
-        on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
-        export_decoder_halves(sam, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
-        return GraphPrecisions(encoder="fp32", decoder="fp32")
-
-    from samexport.precision.fp16 import convert_to_fp16
-
-    work = staging / ".fp32"
-    work.mkdir()
-    on_step(f"exporting fp32 graphs (opset {opset})")
-    export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=checked_attention)
-    export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
-    export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
-    on_step("converting the decoder to fp16 (fp32 islands kept)")
-    for name in (C.DECODER_ONNX, C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX):
-        convert_to_fp16(work / name, staging / name)
-    if precision == "fp16":
-        on_step("converting the encoder to fp16 (fp32 islands kept)")
-        convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
-        graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
-    else:
-        from samexport.precision.int8 import quantize_encoder_int8
-
-        on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
-        quantize_encoder_int8(
-            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
-            fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
-        )
-        graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
-            int8_target=int8_target, calibration_images=str(calib_dir),
-        )
-    shutil.rmtree(work)
-    return graphs
-
-
-def _sam_graph_records() -> tuple[dict, dict]:
-    encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
-    decoder = {
-        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-        "halves": {
-            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
-        },
-    }
-    return encoder, decoder
-
-
-def _check_sam_request(
-    variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
-) -> dict:
-    """What SAM's family cannot build, refused before any work; returns the checked values
-    :func:`_write_graphs` takes (``checked_attention``, ``recipe``), so it checks nothing again."""
-    from samexport.export.attention import check_attention_mode
-
-    checked = {"checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None}
-    if attention == "plugin" and precision == "int8":
-        raise SamExportError(
-            "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
-            "Runtime, which has no kernel for the plugin node; use --attention fused-pattern"
-        )
-    if precision == "int8":
-        if calib_dir is None:
-            raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
-        from samexport.precision.int8 import check_calibration_images, recipe_for
-
-        recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
-        # Fail now, not after the export, if the folder has no images or one cannot be decoded.
-        check_calibration_images(calib_dir, recipe.max_images)
-        checked["recipe"] = recipe
-    return checked
-
-
-SAM_STEPS = ModelSteps(
-    check_request=_check_sam_request,
-    load=load_sam,
-    write_graphs=_write_graphs,
-    quick_parity=lambda sam, folder, precision, arena: quick_parity(sam, folder, precision, memory_arena=arena),
-    record_references=lambda sam, staging: record_references(TorchBackend(sam), staging),
-    graph_records=_sam_graph_records,
-)
 # One record per model family (``GraphContract.name``): what a build does differently for it.
 BUILD_STEPS: dict[str, ModelSteps] = {"sam": SAM_STEPS, "sam2": SAM2_STEPS}
 
 
 def _build_engines(
-    staging: Path, config: BuildConfig, request: EngineRequest, attention: str, builder: str,
-    on_step: Callable[[str], None], no_engines: str | None = None,
+    staging: Path, plans: PlanRequest | None, on_step: Callable[[str], None], why_none: str | None = None,
 ) -> tuple[dict, dict[str, str]]:
-    """Build both plans (the same code as ``samexport engines``) if this machine can; else say
-    why not for each engine (``no_engines``: the model family's reason it gets none)."""
-    if request == "skip":
-        return {}, {name: "skipped (--no-engines)" for name in ENGINE_NAMES}
-    if no_engines:
-        return {}, {name: no_engines for name in ENGINE_NAMES}
+    """Build both plans (the same code as ``samexport engines``) as ``plans`` (the request checked
+    at the door) asks, if this machine can; else say why not for each engine (``why_none``: why
+    there is no request: ``--no-engines``, or the model family gets none)."""
+    if plans is None:
+        return {}, {name: why_none for name in ENGINE_NAMES}
 
-    if BUILDERS[builder] == "tensorrt":
+    if plans.flavour == "tensorrt":
         availability = tensorrt_availability()
         if not availability:
             return {}, {name: availability.reason for name in ENGINE_NAMES}
-    engines = build_plans(
-        staging, staging, config, attention=attention, flavour=BUILDERS[builder],
-        plugins=tensorrt_plugins_for(attention), on_step=on_step,
-    )
+    engines = build_plans(staging, staging, plans, plugins=tensorrt_plugins_for(plans.attention), on_step=on_step)
     return engines, {}
 
 
@@ -258,7 +138,7 @@ def build(
         int8_target: the runtime the ``int8`` Q/DQ placement is tuned for: ``tensorrt`` (Q/DQ on
             MatMul/Conv inputs only; TensorRT fuses them), ``onnxruntime`` (outputs quantized
             too, so ONNX Runtime's CPU provider runs integer kernels) or ``openvino`` (inputs
-            only, 8-bit weights, FP32 graph); see ``samexport.precision.int8.RECIPES``.
+            only, 8-bit weights, FP32 graph); see ``samexport.precision.recipes.RECIPES``.
         engine_config: TensorRT build settings (profiles, workspace, ...); default ``BuildConfig()``.
         engines: ``auto`` builds engines where TensorRT and a GPU are available, ``require``
             fails the build (before writing anything) where they are not, ``skip`` never builds.
@@ -279,24 +159,22 @@ def build(
     folder of the user's, the current folder, a mount point) is refused before any work
     (``samexport.staging.check_output_destination``).
     """
-    from samexport.export.attention import MIN_OPSET
-    from samexport.export.to_onnx import DEFAULT_OPSET
-
     variant = get_model(variant)
     steps = BUILD_STEPS[variant.contract.name]
     if precision not in PRECISIONS:
         raise SamExportError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    opset = opset or max(DEFAULT_OPSET, MIN_OPSET.get(attention, DEFAULT_OPSET))
+    opset = opset or C.default_opset(attention)
     checked = steps.check_request(
         variant, precision=precision, attention=attention, opset=opset, int8_target=int8_target, calib_dir=calib_dir
     )
     engine_config = engine_config or BuildConfig()
     if engines == "require" and steps.no_engines:
         raise SamExportError(f"TensorRT engines were required but cannot be built: {steps.no_engines}")
+    plans = None  # the engine request, checked here once (the builders check it no more)
     if engines != "skip" and not steps.no_engines:
         if engine_builder not in BUILDERS:
             raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
-        check_engine_request(attention, engine_config, BUILDERS[engine_builder])
+        plans = check_engine_request(attention, engine_config, BUILDERS[engine_builder])
         if engines == "require":
             if BUILDERS[engine_builder] == "tensorrt_rtx":
                 load_tensorrt("tensorrt_rtx")
@@ -315,8 +193,6 @@ def build(
     # One file per recipe, so alternating tensorrt and onnxruntime builds do not recalibrate.
     calib_cache = default_cache_dir() / "calibration" / f"{variant.name}-{checkpoint_sha[:16]}-{int8_target}.json"
     if precision == "int8":
-        from samexport.precision.int8 import check_calibration_cache
-
         check_calibration_cache(calib_cache, replace_malformed=True)  # now, not after the export
     on_step(f"loading {variant.name} weights")
     sam = steps.load(checkpoint, variant)
@@ -341,7 +217,7 @@ def build(
             on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
             reference_record = steps.record_references(sam, staging)
         built, skipped = _build_engines(
-            staging, engine_config, engines, attention, engine_builder, on_step, no_engines=steps.no_engines
+            staging, plans, on_step, why_none="skipped (--no-engines)" if engines == "skip" else steps.no_engines
         )
         encoder_record, decoder_record = steps.graph_records()
         manifest = Manifest(

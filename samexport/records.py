@@ -24,7 +24,7 @@ class GraphPrecisions:
             no code reads meaning from it).
         decoder: ``fp32`` or ``fp16``.
         fp16_encoder: the encoder graph computes in FP16: ``fp16``, or int8 whose Q/DQ sit on an
-            FP16 graph (the TensorRT recipe, ``samexport.precision.int8.Int8Recipe.fp16``).
+            FP16 graph (the TensorRT recipe, ``samexport.precision.recipes.Int8Recipe.fp16``).
         int8_target: the runtime the int8 Q/DQ placement is tuned for (None unless int8).
         calibration_images: the folder the int8 encoder was calibrated on (None unless int8).
         extra: keys this version does not know, written back as they were.

@@ -177,6 +177,27 @@ def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """A private samexport cache (``SAMEXPORT_CACHE``: the verified-files and calibration caches)
+    in ``tmp_path / "cache"``, and an empty in-memory verified-files cache."""
+    import samexport.integrity as integrity
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SAMEXPORT_CACHE", str(folder))
+    monkeypatch.setattr(integrity, "_verified", {})
+    return folder
+
+
+@pytest.fixture
+def artifact(tiny_artifact, tmp_path, private_cache) -> Path:
+    """A private copy of ``tiny_artifact`` (``cp -p`` semantics: same mtimes) that a test may
+    change, with a private cache."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_artifact, tmp_path / "tiny-fp32"))
+
+
+@pytest.fixture
 def no_export(monkeypatch):
     """Loading the weights (the export's first step) fails loudly, to show that a refusal came
     before it. The build loads through its family's steps (``pipeline.BUILD_STEPS``), so the guard

@@ -1,14 +1,29 @@
-"""The typed manifest: JSON round trip, validation, format 1 upgrade, what the runtime reads."""
+"""samexport.artifacts: the typed manifest (JSON round trip, validation, format 1 upgrade, what the
+runtime reads), the manifest on disk (file records, digest, edits refused) and what a rebuild may
+replace."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 
 import pytest
 
 from samexport import constants as C
-from samexport.artifacts import MANIFEST_FORMAT, Manifest, RuntimeNeeds, read_manifest, write_manifest
-from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
+from samexport.artifacts import (
+    DIGEST_KEY,
+    MANIFEST_FORMAT,
+    Manifest,
+    RuntimeNeeds,
+    read_manifest,
+    verify_artifact,
+    write_manifest,
+)
 from samexport.errors import SamExportError
+from samexport.pipeline import build
+from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
+from samexport.utils import sha256_file
 
 
 def manifest_data(**changes) -> dict:
@@ -149,7 +164,123 @@ def test_bad_sections_are_refused(section, value, message):
 
 def test_enumerations_are_defined_once():
     pytest.importorskip("torch")
-    from samexport.pipeline import PRECISIONS
     from samexport.export.attention import ATTENTION_MODES
+    from samexport.pipeline import PRECISIONS
 
     assert ATTENTION_MODES == C.ATTENTION_MODES and PRECISIONS == C.PRECISIONS
+
+
+# Manifests on disk: file records, digests, edits; what a rebuild may replace.
+
+
+def _rewrite(artifact: Path, change) -> None:
+    path = artifact / C.MANIFEST
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_manifest_records_size_and_sha256_of_every_graph_and_the_references(tiny_artifact):
+    manifest = read_manifest(tiny_artifact)
+    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references["file"]}  # the stored references too
+    for name, record in manifest.files.items():
+        assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
+    assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())
+
+
+def test_an_edited_manifest_is_refused(artifact):
+    path = artifact / C.MANIFEST
+    data = json.loads(path.read_text())
+    for key, value in (("variant", "vit_b"), ("precision", "fp16")):
+        path.write_text(json.dumps({**data, key: value}))  # valid values, so only the digest tells
+        with pytest.raises(SamExportError, match="was changed after samexport wrote it"):
+            read_manifest(artifact)
+    path.write_text(json.dumps({**data, "precision": "fp4"}))
+    with pytest.raises(SamExportError, match="was changed after samexport wrote it"):
+        read_manifest(artifact)
+    edited = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # digest removed too: format 2 demands one
+    with pytest.raises(SamExportError, match="no 'manifest_sha256'.*the manifest was edited"):
+        read_manifest(artifact)
+    del edited["files"]
+    path.write_text(json.dumps({**edited, "precision": "fp4"}))  # records removed too (issue 25 item 9)
+    with pytest.raises(SamExportError, match="has manifest format 2 but no 'files'"):
+        read_manifest(artifact)
+    del edited["runtime"]
+    path.write_text(json.dumps({**edited, "format": 1, "precision": "fp4"}))  # an old manifest: the schema refuses
+    with pytest.raises(SamExportError, match="unknown precision 'fp4'"):
+        read_manifest(artifact)
+
+
+def test_a_format_2_manifest_without_records_is_refused(artifact):
+    from samexport.artifacts import DIGEST_KEY, read_manifest
+    from samexport.runtime.backends import open_backend
+
+    _rewrite(artifact, lambda data: (data.pop("files"), data.pop(DIGEST_KEY)))
+    with pytest.raises(SamExportError, match="has manifest format 2 but no 'files' or 'manifest_sha256'"):
+        read_manifest(artifact)
+    with pytest.raises(SamExportError, match="the manifest was edited"):
+        open_backend(artifact, "onnxruntime-cpu")
+
+
+def test_a_manifest_dressed_as_format_1_is_refused(artifact):
+    from samexport.artifacts import DIGEST_KEY, read_manifest
+
+    _rewrite(artifact, lambda data: (data.pop("files"), data.pop(DIGEST_KEY), data.update(format=1)))
+    with pytest.raises(SamExportError, match="claims manifest format 1 but has the 'runtime' section"):
+        read_manifest(artifact)
+
+
+def test_a_graph_without_a_record_is_refused(artifact):
+    """A record deleted and the digest recomputed: the graph would go unchecked."""
+    from samexport.artifacts import DIGEST_KEY, _digest, read_manifest
+
+    def drop_decoder(data):
+        del data["files"][C.DECODER_ONNX], data[DIGEST_KEY]
+        data[DIGEST_KEY] = _digest(data)
+
+    _rewrite(artifact, drop_decoder)
+    with pytest.raises(SamExportError, match="records no size or hash for decoder.onnx"):
+        read_manifest(artifact)
+
+
+def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplog):
+    from samexport.runtime.predictor import SamPredictor
+
+    path = artifact / C.MANIFEST
+    data = json.loads(path.read_text())
+    del data["files"], data[DIGEST_KEY], data["runtime"]
+    path.write_text(json.dumps({**data, "format": 1}))  # format 1 was written before file records
+    with caplog.at_level(logging.WARNING, logger="samexport.artifacts"):
+        predictor = SamPredictor(artifact)
+    assert "onnxruntime" in predictor.backend.name  # alone, or the decoder of openvino+onnxruntime
+    assert "records no file sizes or hashes" in caplog.text
+
+
+def test_verify_artifact_names_a_missing_plan(artifact):
+    manifest = read_manifest(artifact)
+    records = {**manifest.files, "plans-x/encoder.plan": {"bytes": 1, "sha256": "0" * 64}}
+    with pytest.raises(SamExportError, match="incomplete: plans-x/encoder.plan is missing"):
+        verify_artifact(artifact, manifest.replace(files=records))
+
+
+def test_an_artifact_holding_user_files_is_not_replaced(artifact, tiny_checkpoint, no_export):
+    (artifact / "notes.txt").write_text("the user's own file")
+    with pytest.raises(SamExportError, match=r"1 entry samexport did not write \(notes.txt\)"):
+        build("tiny", checkpoint=tiny_checkpoint, output=artifact)
+    assert (artifact / "notes.txt").read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("name", ["encoder.onnx.bak", "decoder.onnx~", "encoder.onnx.data.old", ".manifest.json.partial-mine"])
+def test_a_rebuild_keeps_user_files_named_like_graphs(artifact, tiny_checkpoint, name):
+    (artifact / name).write_text("mine")
+    with pytest.raises(SamExportError, match=rf"1 entry samexport did not write \({name}\)"):
+        build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False)
+    assert (artifact / name).read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_rebuild_replaces_its_own_external_data(artifact, tiny_checkpoint):
+    (artifact / f"{C.ENCODER_ONNX}.data").write_bytes(b"weights of an earlier vit_h build")
+    build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False)
+    assert not (artifact / f"{C.ENCODER_ONNX}.data").exists()

@@ -11,7 +11,7 @@ from samexport.image_sources import IMAGE_SUFFIXES, image_files
 
 def test_every_folder_lister_takes_the_same_files(tmp_path):
     from samexport.datasets.images import list_images as dataset_images
-    from samexport.precision.int8 import list_images as calibration_images
+    from samexport.precision.calibration import list_images as calibration_images
 
     names = [f"a{suffix}" for suffix in sorted(IMAGE_SUFFIXES)] + ["upper.PNG"]
     for name in [*names, "notes.txt", "model.onnx"]:

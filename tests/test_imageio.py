@@ -21,7 +21,7 @@ from samexport import imageio
 from samexport.datasets.images import ImageError, decode_image
 from samexport.errors import SamExportError
 from samexport.image_sources import read_images
-from samexport.precision.int8 import encoder_feeds
+from samexport.precision.calibration import encoder_feeds
 from samexport.transforms import preprocess
 
 # EXIF orientation tag value -> how the stored pixels must be turned to be seen upright.

@@ -31,7 +31,8 @@ from samexport.compat import SamModel
 from samexport.constants import LABEL_FOREGROUND, MAX_CROP_N_LAYERS
 from samexport.errors import InvalidInputError, NoImageSetError, SamExportError, require
 from samexport.runtime.backends import Backend
-from samexport.runtime.predictor import SamPredictor, prompts_per_call
+from samexport.runtime.decode_budget import prompts_per_call
+from samexport.runtime.predictor import SamPredictor
 from samexport.runtime.predictors import open_predictor
 from samexport.runtime.prompts import even_chunks
 from samexport.runtime.sam2_predictor import SAM2ImagePredictor

@@ -39,7 +39,8 @@ from samexport.checkpoint import load_sam, read_state_dict
 from samexport.engines import tensorrt_availability
 from samexport.errors import SamExportError
 from samexport.image_sources import read_images
-from samexport.runtime.backends import TorchBackend, onnxruntime_providers, open_backend
+from samexport.runtime.backends import onnxruntime_providers, open_backend
+from samexport.runtime.torch_backend import TorchBackend
 from samexport.runtime.predictor import SamPredictor
 from samexport.utils import package_versions
 from samexport.variants import get_variant

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from samexport import constants as C
@@ -40,8 +41,19 @@ MARKER = PLANS_MARKER  # JSON {"pid": ...}: this folder is ours, written by that
 BUILDERS: dict[str, TensorRTFlavour] = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 
 
-def check_engine_request(attention: str, config: BuildConfig, flavour: TensorRTFlavour) -> None:
-    """Refuse, before any work, a combination that cannot give a usable plan.
+@dataclass(frozen=True)
+class PlanRequest:
+    """What to build plans with, checked once at the door (:func:`check_engine_request` makes it):
+    the engine settings, the encoder's attention form and the TensorRT flavour. The builders below
+    take it as it is and check nothing of it again."""
+
+    config: BuildConfig
+    attention: str
+    flavour: TensorRTFlavour
+
+
+def check_engine_request(attention: str, config: BuildConfig, flavour: TensorRTFlavour) -> PlanRequest:
+    """Refuse, before any work, a combination that cannot give a usable plan; the checked request.
 
     Raises:
         SamExportError: hardware compatibility with the attention plugin (its PTX is compiled for
@@ -59,19 +71,19 @@ def check_engine_request(attention: str, config: BuildConfig, flavour: TensorRTF
             "TensorRT-RTX cannot build --attention plugin encoders (no tensorrt.plugin API); "
             "test-build a fused-pattern export instead, or build with TensorRT >= 10.9 on a GPU"
         )
+    return PlanRequest(config=config, attention=attention, flavour=flavour)
 
 
 def build_plans(
     graphs_dir: Path,
     target_dir: Path,
-    config: BuildConfig,
+    request: PlanRequest,
     *,
-    attention: str = "plain",
-    flavour: TensorRTFlavour = "tensorrt",
     plugins: Sequence[Callable[[], object]] = (),
     on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, dict]:
-    """Build ``encoder.plan`` and ``decoder.plan`` from the graphs in ``graphs_dir``.
+    """Build ``encoder.plan`` and ``decoder.plan`` from the graphs in ``graphs_dir`` as ``request``
+    (checked at the door by :func:`check_engine_request`) asks.
 
     ``plugins`` are called before the graphs are parsed, to register the TensorRT plugins their
     nodes need (as Polygraphy's ``LoadPlugins`` loads them): for ``--attention plugin`` graphs,
@@ -83,10 +95,9 @@ def build_plans(
 
     Raises:
         SamExportError: Polygraphy or the TensorRT flavour is missing, or a GPU for a real build
-            (checked before anything is written); see also :func:`check_engine_request` and
-            ``build_engine``.
+            (checked before anything is written); see also ``build_engine``.
     """
-    check_engine_request(attention, config, flavour)
+    config, attention, flavour = request.config, request.attention, request.flavour
     # Every dependency before the first write: a missing Polygraphy must not cost a staging folder
     # made and removed in the artifact (nor fail on a read-only one with another message).
     require("polygraphy", "tensorrt")
@@ -134,9 +145,8 @@ PlanCheck = Callable[[Path, Manifest], dict]
 
 
 def build_candidate_plans(
-    folder: Path, manifest: Manifest, config: BuildConfig, *, flavour: TensorRTFlavour = "tensorrt",
-    graphs_dir: Path | None = None, plugins: Sequence[Callable[[], object]] = (),
-    on_step: Callable[[str], None] = lambda message: None,
+    folder: Path, request: PlanRequest, *, graphs_dir: Path | None = None,
+    plugins: Sequence[Callable[[], object]] = (), on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, dict]:
     """Build plans into a new ``plans-<id>/`` folder of the artifact ``folder`` without committing
     them: the manifest is not touched, so the artifact still names its old plans. Returns the
@@ -144,14 +154,13 @@ def build_candidate_plans(
     :func:`discard_plans` follows.
 
     Args:
+        request: the settings, checked at the door (``check_engine_request`` with the manifest's
+            attention form).
         graphs_dir: where ``encoder.onnx`` / ``decoder.onnx`` come from; default ``folder``
             itself (another folder: e.g. a derived encoder graph, built with the same settings).
         plugins: TensorRT plugin loaders for the graphs' nodes (see :func:`build_plans`).
     """
-    return build_plans(
-        graphs_dir or folder, folder, config, attention=manifest.attention, flavour=flavour, plugins=plugins,
-        on_step=on_step,
-    )
+    return build_plans(graphs_dir or folder, folder, request, plugins=plugins, on_step=on_step)
 
 
 def discard_plans(folder: Path, records: dict[str, dict]) -> None:
@@ -222,10 +231,9 @@ def build_artifact_engines(
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     # The plans are built from these graphs and the new manifest hashes them again: check first.
+    request = check_engine_request(manifest.attention, config, BUILDERS[builder])
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
-    records = build_candidate_plans(
-        folder, manifest, config, flavour=BUILDERS[builder], plugins=plugins, on_step=on_step
-    )
+    records = build_candidate_plans(folder, request, plugins=plugins, on_step=on_step)
     verdict = check_candidate_plans(folder, manifest, records, check)
     return commit_plans(folder, manifest, config, records, verdict)
 

@@ -40,6 +40,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.models import tiny_vit
 from samexport.models.families import EncoderFamily, family_of
@@ -48,8 +49,6 @@ from samexport.plugins import onnx_node  # registers the plugin's torch op
 
 AttentionMode = Literal["plain", "fused-pattern", "onnx-attention", "plugin"]
 ATTENTION_MODES: tuple[str, ...] = get_args(AttentionMode)
-# Lowest ONNX opset per mode (``Attention`` is new in opset 23).
-MIN_OPSET: dict[str, int] = {"plain": 17, "fused-pattern": 17, "onnx-attention": 23, "plugin": 17}
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ def check_attention_mode(mode: str, opset: int, family: EncoderFamily) -> Checke
     if mode not in ATTENTION_MODES:
         raise SamExportError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
     family.check_attention_mode(mode)
-    if opset < MIN_OPSET[mode]:
-        raise SamExportError(f"--attention {mode} needs ONNX opset >= {MIN_OPSET[mode]}, got opset {opset}")
+    if opset < C.MIN_OPSET[mode]:
+        raise SamExportError(f"--attention {mode} needs ONNX opset >= {C.MIN_OPSET[mode]}, got opset {opset}")
     return CheckedAttention(mode, opset, family)
 
 

@@ -21,7 +21,7 @@ from samexport.export.attention import AttentionMode, CheckedAttention, attentio
 from samexport.export.wrappers import DecoderGraph, DecoderMasksGraph, DecoderScoresGraph, EncoderGraph
 from samexport.models import Sam
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = C.DEFAULT_OPSET
 PROTOBUF_LIMIT = 2**31 - 1
 # torch.export needs example sizes that are not 0 or 1 to treat an axis as dynamic.
 EXAMPLE_PROMPTS, EXAMPLE_POINTS = 2, 3

@@ -16,7 +16,7 @@ An :class:`EncoderFamily` answers, for its encoders:
 
 What a higher layer does differently per family lives in that layer, in a small table keyed by
 the family's name: how export rewrites the attention (:mod:`samexport.export.attention`), how the
-int8 recipe changes (:data:`samexport.precision.int8.FAMILY_RECIPES`). The configs themselves
+int8 recipe changes (:data:`samexport.precision.recipes.FAMILY_RECIPES`). The configs themselves
 (:class:`ViTConfig`, :class:`TinyViTConfig`) are in :mod:`samexport.models.encoder_configs`. This module imports no torch at import time (the
 registry, the CLI help and the benchmarks read it on machines without torch); building and
 oracles import it when called.

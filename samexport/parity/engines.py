@@ -23,7 +23,7 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, verify_artifact
 from samexport.engines.artifact import (
-    BUILDERS, build_candidate_plans, check_candidate_plans, commit_plans,
+    BUILDERS, PlanRequest, build_candidate_plans, check_candidate_plans, check_engine_request, commit_plans,
 )
 from samexport.engines.builder import BuildConfig
 from samexport.engines.fallback import EXPORTED_FORM, FP32_ATTENTION_FORM, fp32_attention_graphs, require_onnx
@@ -151,13 +151,12 @@ def build_verified_engines(
         if not manifest.references:
             raise SamExportError(no_references_message(folder) + ", or build the plans with --no-verify (recorded as unverified)")
         load_references(folder, manifest)  # damaged or unreadable: said before a long build
+    request = check_engine_request(manifest.attention, config, flavour)  # once, for both attempts
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     check = plan_check(runner, flavour=flavour) if verify else lambda _, candidate: verdict_record(candidate, UNVERIFIED)
     # First attempt: the artifact's own graphs. With ``fallback``, a second attempt from the FP32
     # attention form after a VerificationError (see _fallback).
-    records = build_candidate_plans(
-        folder, manifest, config, flavour=flavour, plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step
-    )
+    records = build_candidate_plans(folder, request, plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step)
     if verify and runs(flavour, runner):
         on_step("running the new plans on the stored PyTorch references")
     try:
@@ -165,14 +164,14 @@ def build_verified_engines(
     except VerificationError as failure:
         if not fallback:
             raise
-        records, verdict = _fallback(folder, manifest, config, flavour, check, failure, on_step)
+        records, verdict = _fallback(folder, manifest, request, check, failure, on_step)
     else:
         verdict = {**verdict, "encoder_form": EXPORTED_FORM} if verdict else verdict
     return commit_plans(folder, manifest, config, records, verdict)
 
 
 def _fallback(
-    folder: Path, manifest: Manifest, config: BuildConfig, flavour: str, check, failure: VerificationError,
+    folder: Path, manifest: Manifest, request: PlanRequest, check, failure: VerificationError,
     on_step: Callable[[str], None],
 ) -> tuple[dict[str, dict], dict]:
     """``--fallback`` after the primary plans failed (they are already removed): build the plans
@@ -183,8 +182,8 @@ def _fallback(
     on_step(f"the plans failed verification ({describe_failure(failure.report)}); --fallback: the FP32 attention form")
     try:
         with fp32_attention_graphs(folder, on_step=on_step) as (graphs, graph_record):
-            records = build_candidate_plans(folder, manifest, config, flavour=flavour, graphs_dir=graphs,
-                plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step,
+            records = build_candidate_plans(
+                folder, request, graphs_dir=graphs, plugins=tensorrt_plugins_for(manifest.attention), on_step=on_step,
             )
     except SamExportError as exc:
         raise VerificationError(f"{failure}\n--fallback could not build the FP32 attention form: {exc}", failure.report) from None

@@ -17,12 +17,12 @@ from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
-from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend, open_backend
+from samexport.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
 from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.torch_backend import TorchBackend
 
 if TYPE_CHECKING:
     from samexport.models import Sam
-    from samexport.runtime.backends import Backend
 
 Precision = C.Precision
 

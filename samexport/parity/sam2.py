@@ -23,14 +23,13 @@ from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
-from samexport.runtime.backends import OnnxRuntimeBackend
+from samexport.runtime.backends import GraphRunner, OnnxRuntimeBackend
 from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 from samexport.sam2_transforms import postprocess_sam2_masks
 
 if TYPE_CHECKING:
     from samexport.models.sam2 import Sam2Image
-    from samexport.runtime.backends import GraphRunner
 
 
 def _worst(errors: Sequence[ArrayErrors]) -> ArrayErrors:

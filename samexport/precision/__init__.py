@@ -2,6 +2,7 @@
 
 - :mod:`samexport.precision.fp16`: ``convert_to_fp16(src, dst, fp32_ops=...)``.
 - :mod:`samexport.precision.int8`: ``quantize_encoder_int8(src, dst, calib_dir, cache_path=...)``.
+- :mod:`samexport.precision.calibration`: the calibration images, ranges and cache it uses.
 
 Submodules import ``onnx`` / ``onnxruntime``; this package itself imports nothing heavy: it holds
 the op types FP16 graphs keep in FP32 by default, which the variant registry reads.

@@ -28,168 +28,29 @@ the recipe, so rebuilding does not recalibrate. Quantization itself is ONNX Runt
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Collection
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from samexport import constants as C
 from samexport.errors import SamExportError
-from samexport.image_sources import image_files
-from samexport.imageio import read_image
-from samexport.models.families import EncoderFamily
+from samexport.precision.calibration import (
+    MalformedCacheError, check_calibration_cache, check_calibration_images, collect_ranges, encoder_feeds,
+    load_cached_ranges, save_ranges,
+)
 from samexport.precision.fp16 import DEFAULT_FP32_OPS, convert_to_fp16
-from samexport.staging import write_atomically
-from samexport.transforms import preprocess
+from samexport.precision.recipes import Int8Recipe
 from samexport.utils import sha256_file
 
 log = logging.getLogger(__name__)
 
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 x and scales from opset 19
 CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Int8Recipe:
-    """What gets quantized. Part of the calibration cache key.
-
-    Attributes:
-        op_types: op types whose inputs get Q/DQ.
-        quantize_activation_matmuls: also quantize MatMuls of two activations (attention
-            ``q @ k^T`` and ``attn @ v``); off by default (softmax outputs lose most of their
-            resolution in symmetric INT8).
-        quantize_outputs: also put Q/DQ on the outputs of the quantized ops. TensorRT fuses
-            ``DQ -> MatMul`` either way, so off (fewer quantization points) is the TensorRT
-            choice; ONNX Runtime's CPU provider only runs integer kernels (``QLinearMatMul``)
-            with outputs quantized: vit_b encoder 3.1 s with, 5.5 s without, fp32 4.8 s
-            (2-core CPU, median of 7), at embedding cosine >= 0.998 vs >= 0.9992.
-        reduce_range: 7-bit weights (int8 in ``[-64, 64]``, activations keep 8 bits), so that
-            ONNX Runtime's x86 ``u8s8`` integer kernels cannot saturate their int16 pair sums
-            (255 * 64 * 2 < 32767). Without it, on CPUs without VNNI (e.g. AVX2-only AMD EPYC)
-            the tiny model's embedding cosine was 0.983 where the same graph run as float
-            Q/DQ gave 0.9996; with it 0.9996 either way, on the same integer kernels (same speed).
-            Only matters with ``quantize_outputs`` (the integer kernels run only then); TensorRT
-            and the float ``DQ -> MatMul`` path are unaffected, so off by default.
-        fp16: after inserting Q/DQ, convert the graph with
-            :func:`samexport.precision.fp16.convert_to_fp16` (the same FP32 islands as the fp16
-            build): activations between the Q/DQ nodes and the Q/DQ scales become FP16, the INT8
-            weights and zero points stay INT8, and the default opset is raised to 19 (the first
-            with FP16 ``QuantizeLinear``/``DequantizeLinear``; the ONNX-TensorRT parser takes
-            opsets 9 to 20 from TensorRT 10.0 and lists FP16 for both ops). TensorRT builds
-            strongly typed, so without this every op that is not quantized runs in FP32/TF32.
-            The ranges still come from the FP32 graph, so this is not part of the cache key.
-            On for TensorRT; off for ONNX Runtime, whose CPU integer kernels want FP32 scales.
-        max_images: use at most this many images of the folder (sorted by name).
-        float_tail: leave the last this many quantizable nodes (graph order) in floating point:
-            the encoder's output side, whose error reaches the embedding undamped. Set per
-            encoder family (:data:`FAMILY_RECIPES`).
-    """
-
-    op_types: tuple[str, ...] = ("MatMul", "Conv", "Gemm")
-    quantize_activation_matmuls: bool = False
-    quantize_outputs: bool = False
-    reduce_range: bool = False
-    fp16: bool = True
-    max_images: int = 64
-    float_tail: int = 0
-
-
-Int8Target = Literal["tensorrt", "onnxruntime", "openvino"]
-# For ONNX Runtime, also quantizing the attention MatMuls was slower (vit_b 3.8 s vs 3.1 s) and
-# less accurate (cosine 0.988); per-tensor weights were no faster. reduce_range is for
-# correctness on CPUs without VNNI (see Int8Recipe), not speed.
-# For OpenVINO (CPU with VNNI or AMX): Q/DQ on the inputs only, 8-bit weights, FP32 scales.
-# OpenVINO runs the MatMuls as integer kernels from the inputs' Q/DQ alone, so quantizing the
-# outputs (what ONNX Runtime needs) only adds rounding; on a VNNI CPU the 8-bit weights do not
-# saturate. mobile_sam encoder on OpenVINO CPU (f32 hint, 5 round-robin rounds, 2-core
-# AVX512_VNNI/BF16 EPYC; docs/openvino.md, "INT8"): this recipe 2.02x ONNX Runtime fp32 at
-# embedding cosine 0.99992 against fp32, the onnxruntime recipe 2.05x at 0.99975, the same with
-# 8-bit weights 2.08x at 0.99984, NNCF's post-training quantization (TRANSFORMER, SmoothQuant)
-# 2.19x at 0.99979, the tensorrt recipe (FP16 Q/DQ) 1.59x at 0.99992: the same speed, the
-# accuracy of the TensorRT placement. OpenVINO's documentation says its 8-bit kernels saturate
-# on CPUs without VNNI as ONNX Runtime's do: there, use the onnxruntime recipe (7-bit weights).
-RECIPES: dict[str, Int8Recipe] = {
-    "tensorrt": Int8Recipe(),
-    "onnxruntime": Int8Recipe(quantize_outputs=True, reduce_range=True, fp16=False),
-    "openvino": Int8Recipe(fp16=False),
-}
-"""The recipe for each runtime the Q/DQ placement is tuned for."""
-
-# The ONNX Runtime int8 recipe (integer kernels, outputs quantized too) keeps TinyViT's last 6
-# quantizable nodes in float: the last block's attention projection, local convolution and MLP,
-# and the neck's two convolutions. Quantized, they cost the worst mask IoU most: 0.798 with all
-# 69 nodes quantized, 0.822 with the neck in float, 0.876 with these 6, embedding cosine
-# 0.99936 -> 0.99975 (random weights, astronaut + portrait, the prompt suite against fp32).
-# Single nodes gave 0.79-0.81 each, and runs of 9 elsewhere in the graph 0.79-0.83. No slower:
-# 1.70 s against 1.74 s all quantized (fp32 1.56 s; 2 cores, same run). Measured by
-# benchmarks/int8_float_tail.py (results/mobile_sam-int8-onnxruntime-float-tail.json).
-# TensorRT's recipe (outputs not quantized) gives embedding cosine 0.9997 as it is.
-TINY_VIT_ONNXRUNTIME_FLOAT_TAIL = 6
-
-
-def _tiny_vit_recipe(recipe: Int8Recipe) -> Int8Recipe:
-    if not recipe.quantize_outputs:
-        return recipe
-    return replace(recipe, float_tail=TINY_VIT_ONNXRUNTIME_FLOAT_TAIL)
-
-
-FAMILY_RECIPES: dict[str, Callable[[Int8Recipe], Int8Recipe]] = {"tiny_vit": _tiny_vit_recipe}
-"""How an encoder family (by name) adjusts a :data:`RECIPES` entry; a family not listed takes it
-as it is."""
-
-
-def recipe_for(target: Int8Target, family: EncoderFamily | None = None) -> Int8Recipe:
-    """The :data:`RECIPES` entry for ``target`` as the encoder ``family`` (an
-    :class:`~samexport.models.families.EncoderFamily`, None: as is) adjusts it; an unknown
-    target lists the valid ones."""
-    if target not in RECIPES:
-        raise SamExportError(f"unknown int8 target {target!r}; valid: {', '.join(RECIPES)}")
-    recipe = RECIPES[target]
-    adjust = None if family is None else FAMILY_RECIPES.get(family.name)
-    return recipe if adjust is None else adjust(recipe)
-
-
-def list_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
-    """Image files of ``calib_dir`` (not recursive), sorted by name; raises if there are none."""
-    return image_files(calib_dir, what="calibration")[:limit]
-
-
-def check_calibration_images(calib_dir: Path | str, limit: int | None = None) -> list[Path]:
-    """:func:`list_images`, each image decoded in full once, before any export work.
-
-    A file ``samexport.imageio.read_image`` (what calibration reads with) refuses (truncated,
-    not an image, too large, a float image outside 0..1) is refused by name rather than skipped: the calibration ranges, and their cache key, are those of the
-    images the user chose, and a skipped file would silently calibrate on fewer.
-
-    Raises:
-        SamExportError: no images, or an image that cannot be read (the message names it).
-    """
-
-    paths = list_images(calib_dir, limit)
-    for path in paths:
-        try:
-            read_image(path)  # what encoder_feeds reads: the same decoder, the same refusals
-        except SamExportError as exc:
-            raise SamExportError(
-                f"calibration image {path} cannot be read ({exc}); fix or remove it from {calib_dir}"
-            ) from None
-    return paths
-
-
-def encoder_feeds(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
-    """Encoder inputs, one image at a time: image file (read by ``samexport.imageio.read_image``,
-    as every samexport command reads images) -> ``samexport.transforms.preprocess``."""
-
-    for path in paths:
-        yield {C.IMAGE.name: preprocess(read_image(path))}
 
 
 def quantized_nodes(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()) -> list[onnx.NodeProto]:
@@ -217,43 +78,6 @@ def calibrated_tensors(model: onnx.ModelProto, recipe: Int8Recipe = Int8Recipe()
     return list(names)
 
 
-def collect_ranges(model_path: Path | str, tensors: list[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Max ``|x|`` of each tensor over all ``feeds``, running the model one feed at a time.
-
-    The graph gets one scalar ``ReduceMax(Abs(x))`` output per tensor, so only scalars leave
-    the session and memory stays at one inference.
-    """
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    outputs = []
-    for i, name in enumerate(tensors):
-        absolute, peak = f"__calib_abs_{i}", f"__calib_absmax_{i}"
-        model.graph.node.extend([
-            helper.make_node("Abs", [name], [absolute], name=absolute),
-            helper.make_node("ReduceMax", [absolute], [peak], name=peak, keepdims=0),
-        ])
-        model.graph.output.append(helper.make_tensor_value_info(peak, TensorProto.FLOAT, []))
-        outputs.append(peak)
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = False  # return each image's activations to the system
-    with tempfile.TemporaryDirectory(prefix="samexport-calib-") as tmp:
-        # From a file, so no serialized copy of the weights is held next to the session's.
-        augmented = Path(tmp) / "augmented.onnx"
-        onnx.save(model, str(augmented), save_as_external_data=True, location="augmented.onnx.data")
-        del model
-        session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
-    peaks = np.zeros(len(tensors), dtype=np.float32)
-    count = 0
-    for feed in feeds:
-        values = session.run(outputs, feed)
-        peaks = np.maximum(peaks, np.asarray(values, dtype=np.float32))
-        count += 1
-    if count == 0:
-        raise SamExportError("calibration got no inputs")
-    return {name: float(v) for name, v in zip(tensors, peaks)}
-
-
 def cache_key(model_path: Path | str, images: list[Path], recipe: Int8Recipe) -> dict:
     """What the ranges depend on: the graph, the image contents (in order), the recipe (less
     :attr:`Int8Recipe.fp16`: the ranges come from the FP32 graph either way)."""
@@ -265,77 +89,6 @@ def cache_key(model_path: Path | str, images: list[Path], recipe: Int8Recipe) ->
         "images": [[p.name, sha256_file(p)] for p in images],
         "recipe": fields,
     }
-
-
-class MalformedCacheError(SamExportError):
-    """A calibration cache file that is not one (not JSON, or not a ``key`` and ``ranges``)."""
-
-
-def check_calibration_cache(cache_path: Path | str, *, replace_malformed: bool = False) -> None:
-    """Check, before any export work, that the calibration cache can be read and then written: not
-    a folder, its folder writable (or creatable), and, when it exists, readable and a cache.
-
-    Args:
-        replace_malformed: the file is samexport's own (the build's cache in samexport's cache
-            folder), so a malformed one is reported as a warning and replaced by the calibration;
-            otherwise (a path the caller chose) it is an error.
-
-    Raises:
-        SamExportError: the path cannot be used; a malformed file unless ``replace_malformed``.
-    """
-    cache_path = Path(cache_path)
-    if cache_path.is_dir():
-        raise SamExportError(f"calibration cache {cache_path} is a folder; remove it or choose another cache path")
-    folder = cache_path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise SamExportError(f"calibration cache {cache_path} cannot be written: {folder} is not a writable folder")
-    try:
-        load_cached_ranges(cache_path, {})
-    except MalformedCacheError as exc:
-        if not replace_malformed:
-            raise
-        log.warning("%s; samexport wrote it, so it is recalibrated and replaced", exc)
-
-
-def load_cached_ranges(cache_path: Path, key: dict) -> dict[str, float] | None:
-    """The cached ranges when ``cache_path`` holds ranges for exactly ``key``, else None (also
-    when there is no cache file yet).
-
-    Raises:
-        MalformedCacheError: the file is not a calibration cache (not JSON, or not an object with
-            a ``key`` and finite numeric ``ranges``); the message names it.
-        SamExportError: the file cannot be read.
-    """
-    try:
-        text = cache_path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise SamExportError(f"cannot read calibration cache {cache_path}: {exc}") from None
-    malformed = f"calibration cache {cache_path} is malformed"
-    try:
-        cached = json.loads(text)
-    except ValueError as exc:
-        raise MalformedCacheError(f"{malformed} (not valid JSON: {exc}); delete it to recalibrate") from None
-    ranges = cached.get("ranges") if isinstance(cached, dict) else None
-    if not isinstance(ranges, dict) or "key" not in cached or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0 for v in ranges.values()
-    ):
-        raise MalformedCacheError(
-            f"{malformed} (expected an object with 'key' and numeric 'ranges', got "
-            f"{type(cached).__name__}); delete it to recalibrate"
-        )
-    if cached["key"] != json.loads(json.dumps(key)):
-        return None
-    return {k: float(v) for k, v in ranges.items()}
-
-
-def save_ranges(cache_path: Path, key: dict, ranges: dict[str, float]) -> None:
-    """Write the cache atomically (:func:`samexport.staging.write_atomically`)."""
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(cache_path, json.dumps({"key": key, "ranges": ranges}, indent=1))
 
 
 def quantizer_arguments(model: onnx.ModelProto, ranges: dict[str, float], recipe: Int8Recipe, nodes: list[str]) -> dict:

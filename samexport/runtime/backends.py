@@ -1,4 +1,6 @@
-"""Inference backends behind ``SamPredictor``: ONNX Runtime, and the torch reference.
+"""Inference backends behind ``SamPredictor``: the protocols, ONNX Runtime, and opening an
+artifact's backend (TensorRT, OpenVINO, their split; the torch reference is in
+:mod:`samexport.runtime.torch_backend`).
 
 A backend runs the two graphs and nothing else: ``encode`` takes the preprocessed 1x3x1024x1024
 image, ``decode`` a batch of prompts already in the 1024 frame. Pre- and postprocessing live in
@@ -11,20 +13,17 @@ import logging
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from samexport import constants as C
 from samexport.artifacts import read_manifest, verify_artifact
-from samexport.errors import SamExportError, require
+from samexport.errors import SamExportError
 from samexport.runtime.openvino_backend import OpenVINOBackend
 from samexport.runtime.split_backend import SplitBackend
 from samexport.runtime.tensorrt_backend import TensorRTBackend, why_engines_cannot_run
 from samexport.utils import sha256_file
-
-if TYPE_CHECKING:
-    from samexport.models import Sam
 
 BackendName = str  # one of constants.ARTIFACT_BACKENDS
 
@@ -241,47 +240,6 @@ def _decoder_run_options():
     return options
 
 
-class TorchBackend:
-    """The PyTorch reference: the same graph modules that are exported, run eagerly on CPU."""
-
-    name = "torch"
-    shares_mask_input = True
-    has_decoder_halves = True
-    contract = C.SAM_GRAPHS
-
-    def __init__(self, sam: Sam) -> None:
-        from samexport.export.wrappers import DecoderGraph, EncoderGraph
-
-        self._torch = require("torch", "torch")
-        self.encoder = EncoderGraph(sam).eval()
-        self.decoder = DecoderGraph(sam).eval()
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        with self._torch.no_grad():
-            return self.encoder(self._torch.from_numpy(image)).numpy()
-
-    def _call(self, function, *arrays) -> tuple[np.ndarray, ...]:
-        torch = self._torch
-        with torch.no_grad():
-            outputs = function(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
-        return tuple(o.numpy() for o in (outputs if isinstance(outputs, tuple) else (outputs,)))
-
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        return self._call(self.decoder, image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-
-    def decode_scores(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        return self._call(self.decoder.scores, image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-
-    def decode_masks(self, mask_tokens, image_tokens):
-        return self._call(self.decoder.masks, mask_tokens, image_tokens)[0]
-
-    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
-        return (self.encode(image),)
-
-    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self.decode(*features, *prompts)
-
-
 _BACKEND_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -291,7 +249,7 @@ def backend_lock(backend: object) -> threading.Lock | None:
     several threads at once (ONNX Runtime sessions and eager torch modules may; a TensorRT
     execution context, with its fixed device buffers, may not; unknown backends get a lock).
     One lock per backend object, shared by every predictor that uses it."""
-    if isinstance(backend, (OnnxRuntimeBackend, TorchBackend)) or getattr(backend, "thread_safe", False):
+    if isinstance(backend, OnnxRuntimeBackend) or getattr(backend, "thread_safe", False):
         return None
     with _LOCKS_GUARD:
         try:

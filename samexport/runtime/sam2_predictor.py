@@ -31,7 +31,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.runtime.backends import BackendName, GraphRunner, backend_lock, open_backend
-from samexport.runtime.predictor import DEFAULT_DECODE_BUDGET, prompts_per_call
+from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET, prompts_per_call
 from samexport.runtime.prefilter import decode_where
 from samexport.runtime.prompts import even_chunks
 from samexport.sam2_transforms import (
@@ -57,7 +57,7 @@ class SAM2ImagePredictor:
         backend: for an artifact directory: ``auto``, ``onnxruntime-cpu``, ``openvino``, ...
             (``samexport.constants.ARTIFACT_BACKENDS``).
         decode_budget_bytes: :meth:`decode_low_res_where` (the mask generator's) decodes at most
-            ``samexport.runtime.predictor.prompts_per_call(decode_budget_bytes)`` prompts a call,
+            ``samexport.runtime.decode_budget.prompts_per_call(decode_budget_bytes)`` prompts a call,
             as ``SamPredictor`` does, with SAM's figures. Measured for SAM 2.1's decoder (tiny,
             ONNX Runtime CPU, ``benchmarks/decode_memory.py ARTIFACT amg``, 576 points a batch,
             300x400 image): 1611 MiB of growth at the 2 GiB default, within it; 854 MiB at a 768

@@ -68,7 +68,7 @@ def test_generator_equals_official_on_torch(sam2_tiny_checkpoint, scene, officia
 def test_generator_equals_official_on_artifact(sam2_tiny_artifact, scene, official_records):
     """The artifact directory itself (ONNX Runtime CPU), with prompts split over decoder calls
     (``points_per_batch=7``, a budget of 5 prompts a call): the same masks."""
-    from samexport.runtime.predictor import budget_for_prompts
+    from samexport.runtime.decode_budget import budget_for_prompts
 
     predictor = SAM2ImagePredictor(sam2_tiny_artifact, backend="onnxruntime-cpu", decode_budget_bytes=budget_for_prompts(5))
     assert predictor.max_prompts_per_call == 5

@@ -102,7 +102,8 @@ def tiny_graphs(tiny_onnx, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     from support import write_calibration_folder
 
     from samexport.precision.fp16 import convert_to_fp16
-    from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+    from samexport.precision.int8 import quantize_encoder_int8
+    from samexport.precision.recipes import recipe_for
 
     folder = tmp_path_factory.mktemp("engine-graphs")
     encoder, decoder = tiny_onnx

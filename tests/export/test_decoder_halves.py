@@ -16,8 +16,10 @@ import pytest
 from samexport import constants as C
 from samexport.amg import AutomaticMaskGenerator
 from samexport.errors import InvalidInputError
-from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
-from samexport.runtime.predictor import SamPredictor, budget_for_prompts
+from samexport.runtime.backends import OnnxRuntimeBackend
+from samexport.runtime.decode_budget import budget_for_prompts
+from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.torch_backend import TorchBackend
 from samexport.testing import make_image
 
 pytest.importorskip("torch")

@@ -99,3 +99,19 @@ def test_marked_not_for_tensorrt_and_cli(tiny_artifact, tmp_path):
     assert result.exit_code == 1 and "is a directory" in result.output
     with pytest.raises(SamExportError, match="not a samexport build"):
         export_official_decoder(tmp_path, tmp_path / "x.onnx")
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_official_decoder_export_replaces_only_its_own_file(tiny_artifact, tmp_path):
+    from samexport.export.official_onnx import export_official_decoder
+
+    target = tmp_path / "decoder.onnx"
+    target.write_bytes(b"the user's own model")
+    with pytest.raises(SamExportError, match="is not an official-interface decoder samexport wrote"):
+        export_official_decoder(tiny_artifact, target)
+    assert target.read_bytes() == b"the user's own model"
+    ours = export_official_decoder(tiny_artifact, tmp_path / "ours.onnx")
+    first = ours.read_bytes()
+    export_official_decoder(tiny_artifact, ours, return_single_mask=False)  # ours: replaced
+    assert ours.read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["decoder.onnx", "ours.onnx"]

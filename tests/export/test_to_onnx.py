@@ -9,7 +9,8 @@ import torch
 
 from samexport import constants as C
 from samexport.export.wrappers import DecoderGraph, EncoderGraph
-from samexport.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from samexport.runtime.backends import OnnxRuntimeBackend
+from samexport.runtime.torch_backend import TorchBackend
 from samexport.testing import mask_iou
 
 # ONNX Runtime CPU reproduces torch to float32 rounding: ~5e-6 on an embedding of absmax ~5 and

@@ -144,7 +144,7 @@ def test_predictor_passes_one_mask_input_per_chunk_with_the_results_of_one_per_p
     """Batches in chunks (budget: 2 prompts per call) with one shared zero mask input give the
     results of one zero mask input per prompt; a given mask input is still one per prompt."""
     from samexport.runtime.backends import open_backend
-    from samexport.runtime.predictor import budget_for_prompts
+    from samexport.runtime.decode_budget import budget_for_prompts
 
     backend = open_backend(tiny_artifact, "onnxruntime")
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)

@@ -85,7 +85,8 @@ def graphs(artifact, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     from support import write_calibration_folder
 
     from samexport.precision.fp16 import convert_to_fp16
-    from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+    from samexport.precision.int8 import quantize_encoder_int8
+    from samexport.precision.recipes import recipe_for
 
     folder = tmp_path_factory.mktemp("mobile_sam-graphs")
     encoder, decoder = artifact / C.ENCODER_ONNX, artifact / C.DECODER_ONNX
@@ -216,11 +217,10 @@ def test_attention_modes_agree(ours):
 @pytest.mark.parametrize("mode", [m for m in VARIANT.family.attention_modes if m != "plain"])
 def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
     """The other modes' exported graphs on ONNX Runtime (~40 s each)."""
-    from samexport.export.attention import MIN_OPSET
-    from samexport.export.to_onnx import DEFAULT_OPSET, export_encoder
+    from samexport.export.to_onnx import export_encoder
     from support import session
 
-    path = export_encoder(ours, tmp_path / "encoder.onnx", opset=max(DEFAULT_OPSET, MIN_OPSET[mode]), attention=mode)
+    path = export_encoder(ours, tmp_path / "encoder.onnx", opset=C.default_opset(mode), attention=mode)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert ("Attention" in ops) == (mode == "onnx-attention") and "BatchNormalization" not in ops
     image = np.random.default_rng(5).standard_normal((1, 3, 1024, 1024)).astype(np.float32)

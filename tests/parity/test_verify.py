@@ -42,12 +42,13 @@ def tiny_variants(built_artifact) -> dict[str, Path]:
     return {precision: built_artifact("tiny", precision) for precision in ("fp16", "int8")}
 
 
+@pytest.mark.slow  # ~15 s of CPU: torch and ONNX Runtime over the whole reference set
 def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
     """Stored embeddings and logits are torch's FP32 outputs for the stored inputs, to float16
     rounding (<= 2**-11 of the value), and the file is listed with its sha256."""
     from samexport.download import sha256_file
     from samexport.parity.references import load_references
-    from samexport.runtime.backends import TorchBackend
+    from samexport.runtime.torch_backend import TorchBackend
 
     manifest = read_manifest(tiny_artifact)
     record = manifest.references
@@ -81,7 +82,8 @@ def assert_figures_match_parity(folder: Path, sam, report: dict) -> None:
     same images and prompts, within the float16 storage error the manifest states."""
     from samexport.parity import run_parity
     from samexport.parity.references import load_references
-    from samexport.runtime.backends import TorchBackend, open_backend
+    from samexport.runtime.backends import open_backend
+    from samexport.runtime.torch_backend import TorchBackend
 
     manifest = read_manifest(folder)
     references = load_references(folder, manifest)
@@ -105,6 +107,7 @@ def assert_figures_match_parity(folder: Path, sam, report: dict) -> None:
             assert ours["mask_iou_min"] == pytest.approx(theirs.mask_iou_min, abs=2e-3)
 
 
+@pytest.mark.slow  # ~16 s of CPU: torch and ONNX Runtime over the whole reference set
 def test_verify_fp32_reports_parity_figures(tiny_artifact, tiny_sam):
     """``verify --json`` passes with the figures and checks of ``parity``."""
     result = invoke("verify", tiny_artifact, "--backend", "onnxruntime-cpu", "--json")
@@ -182,6 +185,7 @@ def test_perturbed_backend_against_fp16_limit(rel, passes, tiny_variants):
         assert "at image '" in message
 
 
+@pytest.mark.slow  # ~15 s of CPU: torch and ONNX Runtime over the whole reference set
 def test_artifact_without_references_then_added(tiny_artifact, tiny_checkpoint, tmp_path):
     from samexport.testing import save_random_checkpoint
 

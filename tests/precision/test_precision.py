@@ -191,7 +191,8 @@ def test_int8_tensorrt_recipe_is_fp16_between_qdq(tiny_int8, tiny_int8_ort, tiny
 @pytest.fixture(scope="session")
 def tiny_int8_ort(tiny_onnx, calib_dir, tmp_path_factory) -> Path:
     """int8 encoder with the ONNX Runtime recipe (outputs of the quantized ops quantized too)."""
-    from samexport.precision.int8 import quantize_encoder_int8, recipe_for
+    from samexport.precision.int8 import quantize_encoder_int8
+    from samexport.precision.recipes import recipe_for
 
     folder = tmp_path_factory.mktemp("int8_ort")
     return quantize_encoder_int8(tiny_onnx[0], folder / "encoder.onnx", calib_dir, recipe=recipe_for("onnxruntime"))
@@ -230,7 +231,8 @@ def test_float_tail_leaves_the_last_quantizable_nodes_in_float(tiny_onnx, calib_
     others still do; and only those N are left out."""
     import dataclasses
 
-    from samexport.precision.int8 import quantize_encoder_int8, quantized_nodes, recipe_for
+    from samexport.precision.int8 import quantize_encoder_int8, quantized_nodes
+    from samexport.precision.recipes import recipe_for
 
     recipe = dataclasses.replace(recipe_for("onnxruntime"), float_tail=2)
     candidates = [n.name for n in quantized_nodes(onnx.load(str(tiny_onnx[0])), recipe_for("onnxruntime"))]
@@ -246,7 +248,7 @@ def test_float_tail_leaves_the_last_quantizable_nodes_in_float(tiny_onnx, calib_
 
 
 def test_tinyvit_keeps_its_output_side_in_float_for_onnxruntime_only():
-    from samexport.precision.int8 import TINY_VIT_ONNXRUNTIME_FLOAT_TAIL, recipe_for
+    from samexport.precision.recipes import TINY_VIT_ONNXRUNTIME_FLOAT_TAIL, recipe_for
     from samexport.variants import VARIANTS
 
     tiny_vit, vit = VARIANTS["mobile_sam"].family, VARIANTS["vit_b"].family
@@ -263,7 +265,8 @@ def test_quantizer_keywords_bind_to_the_installed_qdq_quantizer():
 
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-    from samexport.precision.int8 import RECIPES, quantizer_arguments
+    from samexport.precision.int8 import quantizer_arguments
+    from samexport.precision.recipes import RECIPES
 
     for recipe in RECIPES.values():
         arguments = quantizer_arguments(object(), {"x": 1.0}, recipe, ["node"])

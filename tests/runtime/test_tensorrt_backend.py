@@ -103,7 +103,7 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
     from samexport.testing import make_image, mask_iou
 
     from samexport.pipeline import build
-    from samexport.runtime.backends import TorchBackend
+    from samexport.runtime.torch_backend import TorchBackend
 
     availability = tensorrt_availability()
     if not availability:
