@@ -219,6 +219,8 @@ def main() -> None:
 
     from skimage import data
 
+    from samexport.bench.run import cpu_flags
+
     image = data.astronaut()
     params = dict(
         points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
@@ -232,7 +234,7 @@ def main() -> None:
         "variant": args.variant,
         "image": f"skimage.data.astronaut() {image.shape[0]}x{image.shape[1]}",
         "params": params,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_flags": cpu_flags(),
                     "load_average_at_start": os.getloadavg()},
     }
 

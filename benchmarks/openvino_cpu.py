@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--artifacts", default="vit_b-fp32,vit_b-int8,mobile_sam-fp32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--note", default="")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="open each (artifact, backend) predictor in its turn of every round, warm it up "
+                             "untimed and close it after its turn, instead of holding them all for the run: a "
+                             "vit_b predictor holds 2-3 GB, so all of them at once need ~20 GB")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -72,15 +76,22 @@ def main() -> None:
     # All artifacts in every round (per-round ratios across artifacts: int8 against fp32); the raw
     # calls use a second infer request on the backend's own compiled model (the same graph).
     names = args.artifacts.split(",")
-    predictors = {(name, label): SamPredictor(open_backend(args.work / name, spec))
-                  for name in names for label, spec in specs.items()}
-    auto_names = {name: predictors[(name, "auto")].backend.name for name in names}
     point = prompts["decoder_point"]
-    for predictor in predictors.values():  # warm-up
-        predictor.set_image(image)
+
+    def opened(name, label):
+        predictor = SamPredictor(open_backend(args.work / name, specs[label]))
+        predictor.set_image(image)  # warm-up
         predictor.predict(point_coords=point["point_coords"][0], point_labels=point["point_labels"][0])
+        return predictor
+
+    keys = [(name, label) for name in names for label in specs]
+    held = {} if args.one_at_a_time else {key: opened(*key) for key in keys}
+    auto_names = {}
     for round_ in range(args.rounds):
-        for (name, label), predictor in predictors.items():
+        for name, label in keys:
+            predictor = held.get((name, label)) or opened(name, label)
+            if label == "auto":
+                auto_names[name] = predictor.backend.name
             timed((name, label, "encoder"), lambda: predictor.set_image(image))
             timed((name, label, "predict_point_1"), lambda: predictor.predict(
                 point_coords=point["point_coords"][0], point_labels=point["point_labels"][0]))
@@ -100,8 +111,9 @@ def main() -> None:
                 decoder.infer(decoder_feed)
                 timed((name, label, "raw_decoder_box_1"), lambda: decoder.infer(decoder_feed))
                 timed((name, label, "ours_decoder_box_1_backend"), lambda: backend.decode(*decoder_feed.values()))
+            predictor = backend = encoder = decoder = None  # with --one-at-a-time: closed after its turn
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
-    del predictors
+    del held
     load_after = os.getloadavg()
     document = _document(args, times, specs, image_name, load_before, load_after, cpu_flags(),
                          package_versions("samexport", "openvino", "onnxruntime", "numpy"))
@@ -158,7 +170,7 @@ def _document(args, times, specs, image_name, load_before, load_after, flags, ve
             for label in specs:
                 samples = times[(name, label, stage)]
                 row[label] = {**_stats(samples), "speedup_vs_onnxruntime": _ratio(base, samples)}
-            if name.endswith("-int8") and (fp32 := name.replace("-int8", "-fp32")) in artifacts:
+            if "-int8" in name and (fp32 := name.split("-int8")[0] + "-fp32") in artifacts:  # -int8, -int8ov, ...
                 fp32_base = times[(fp32, "onnxruntime-cpu", stage)]
                 for label in specs:
                     row[label]["speedup_vs_onnxruntime_fp32_artifact"] = _ratio(fp32_base, times[(name, label, stage)])
