@@ -7,6 +7,10 @@ prints the growth as JSON. Issue 25, item 13.
     python benchmarks/decode_memory.py ARTIFACT boxes --count 256
     python benchmarks/decode_memory.py ARTIFACT amg --points-per-batch 576
     python benchmarks/decode_memory.py ARTIFACT boxes --count 256 --budget-mib 512
+
+A SAM 2.1 artifact runs the ``amg`` case on ``SAM2ImagePredictor`` and its generator (the family's,
+``samexport.amg.generator_class``); its ``boxes`` case is refused (``SAM2ImagePredictor.predict``
+decodes a prompt batch in one call, with no budget).
 """
 
 from __future__ import annotations
@@ -44,16 +48,27 @@ def _watchdog(limit_mib: float) -> None:
 
 def measure(artifact: str, case: str, *, count: int, points_per_batch: int, budget_mib: int | None,
             height: int = 300, width: int = 400, abort_above_mib: float | None = None) -> dict:
-    from samexport.amg import AutomaticMaskGenerator
+    from samexport import constants as C
+    from samexport.amg import generator_class
     from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET
     from samexport.runtime.predictor import SamPredictor
+    from samexport.runtime.predictors import contract_of
+    from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 
     budget = DEFAULT_DECODE_BUDGET if budget_mib is None else budget_mib << 20
-    predictor = SamPredictor(artifact, decode_budget_bytes=budget)
+    contract = contract_of(artifact)
+    if contract is C.SAM2_GRAPHS and case != "amg":
+        raise SystemExit("a SAM 2.1 artifact runs the amg case only")
+    family = SAM2ImagePredictor if contract is C.SAM2_GRAPHS else SamPredictor
+    predictor = family(artifact, decode_budget_bytes=budget)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     predictor.set_image(image)
-    predictor.predict_batch(boxes=np.array([[10, 10, 200, 150]] * 2))  # warm up the decoder
+    warm_up = np.array([[10, 10, 200, 150]] * 2)
+    if contract is C.SAM2_GRAPHS:
+        predictor.predict(box=warm_up)
+    else:
+        predictor.predict_batch(boxes=warm_up)
     before = _rss_mib()
     if abort_above_mib is not None:
         _watchdog(before + abort_above_mib)
@@ -65,12 +80,12 @@ def measure(artifact: str, case: str, *, count: int, points_per_batch: int, budg
         masks, _, _ = predictor.predict_batch(boxes=boxes)
         result = {"masks_shape": list(masks.shape), "output_mib": masks.nbytes / 2**20}
     else:
-        generator = AutomaticMaskGenerator(predictor, points_per_side=24, points_per_batch=points_per_batch,
-                                           pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        generator = generator_class(contract)(predictor, points_per_side=24, points_per_batch=points_per_batch,
+                                              pred_iou_thresh=0.0, stability_score_thresh=0.0)
         records = generator.generate(image)
         result = {"masks": len(records), "output_mib": 0.0}
     return {
-        "case": case, "count": count if case == "boxes" else 24 * 24, "points_per_batch": points_per_batch,
+        "model": contract.name, "case": case, "count": count if case == "boxes" else 24 * 24, "points_per_batch": points_per_batch,
         "budget_mib": budget / 2**20, "baseline_mib": round(before, 1), "growth_mib": round(_rss_mib() - before, 1),
         "seconds": round(time.perf_counter() - started, 2), **result,
     }

@@ -58,7 +58,11 @@ class SAM2ImagePredictor:
             (``samexport.constants.ARTIFACT_BACKENDS``).
         decode_budget_bytes: :meth:`decode_low_res_where` (the mask generator's) decodes at most
             ``samexport.runtime.decode_budget.prompts_per_call(decode_budget_bytes)`` prompts a call,
-            as ``SamPredictor`` does (its per-prompt figure, measured for SAM's decoder).
+            as ``SamPredictor`` does, with SAM's figures. Measured for SAM 2.1's decoder (tiny,
+            ONNX Runtime CPU, ``benchmarks/decode_memory.py ARTIFACT amg``, 576 points a batch,
+            300x400 image): 1611 MiB of growth at the 2 GiB default, within it; 854 MiB at a 768
+            MiB budget, over it: SAM 2.1's fixed part is larger than SAM's 256 MiB, so budgets
+            under ~1 GiB are not met. ``predict`` decodes its prompt batch in one call.
     """
 
     def __init__(
