@@ -74,6 +74,7 @@ def samgeo(package, registry_entry, checkpoint, image) -> dict:
     return out
 
 
+@pytest.mark.slow  # ~12 s of CPU
 def test_samgeo(builds, scene):
     with torch.no_grad():
         official = samgeo(*builds["official"], scene)

@@ -95,6 +95,7 @@ def predictor_notebook(package, sam, image) -> dict:
     return out
 
 
+@pytest.mark.slow  # ~11 s of CPU
 def test_predictor_notebook(both, truck):
     (ours_pkg, ours), (theirs_pkg, theirs) = both
     mine, official = predictor_notebook(ours_pkg, ours, truck), predictor_notebook(theirs_pkg, theirs, truck)
