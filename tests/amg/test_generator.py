@@ -314,7 +314,7 @@ def test_crop_layers_that_leave_empty_crops_are_refused(synthetic_predictor):
     generator = AutomaticMaskGenerator(synthetic_predictor, points_per_side=2, crop_n_layers=3)
     with pytest.raises(InvalidInputError, match=r"crop_n_layers=3 is too many for a 2x3 image: .* <= 1"):
         generator.generate(np.zeros((2, 3, 3), np.uint8))
-    assert len(generator.generate(np.zeros((8, 8, 3), np.uint8))) >= 0  # every crop has pixels
+    generator.generate(np.zeros((8, 8, 3), np.uint8))  # 3 layers leave every crop pixels: no error
 
 
 def test_explicit_point_grids(scene, synthetic_predictor):
