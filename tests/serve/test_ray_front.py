@@ -17,7 +17,7 @@ pytest.importorskip("multipart", reason="the serve extra (python-multipart) is n
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from samexport.amg.ops import rle_to_mask  # noqa: E402
+from support import assert_point_answer_equals  # noqa: E402
 from samexport.runtime.predictor import SamPredictor  # noqa: E402
 from samexport.serve.app import create_app  # noqa: E402
 from samexport.serve.batcher import Overloaded  # noqa: E402
@@ -90,12 +90,7 @@ def test_front_over_encoder_and_decoder_replicas(tiny_artifact, front, image, im
         assert upload.status_code == 200 and not upload.json()["cached"]
         image_id = upload.json()["image_id"]
         for point in ([10.0, 20.0], [70.0, 5.0]):
-            answer = client.post("/v1/masks", json={"image_id": image_id, "points": [point], "labels": [1]})
-            assert answer.status_code == 200, answer.text
-            masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
-            np.testing.assert_array_equal(np.float32(answer.json()["scores"]), scores)
-            for got, want in zip(answer.json()["masks"], masks):
-                np.testing.assert_array_equal(rle_to_mask(got["rle"]), want)
+            assert_point_answer_equals(client, image_id, point, reference)
         assert encoder.service.encodes == 1 and decoder.service.encodes == 0  # found in the store
         again = client.post("/v1/images", files={"image": ("x.png", image_png, "image/png")})
         assert again.json()["cached"] and encoder.service.encodes == 1

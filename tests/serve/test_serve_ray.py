@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
 
-from samexport.amg.ops import rle_to_mask  # noqa: E402
+from support import assert_point_answer_equals  # noqa: E402
 from samexport.runtime.predictor import SamPredictor  # noqa: E402
 from samexport.serve.ray_app import SharedEmbeddings  # noqa: E402
 from samexport.serve.service import SegmentService, ServeConfig, check_prompt  # noqa: E402
@@ -98,12 +98,7 @@ def test_ray_serve_encoder_and_decoder_deployments(tiny_artifact, image, image_p
             assert upload.status_code == 200, upload.text
             image_id = upload.json()["image_id"]
             for point in points:  # one by one: Ray Serve's router spreads them over both decoders
-                answer = client.post("/v1/masks", json={"image_id": image_id, "points": [point], "labels": [1]})
-                assert answer.status_code == 200, answer.text
-                masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
-                np.testing.assert_array_equal(np.float32(answer.json()["scores"]), scores)
-                for got, want in zip(answer.json()["masks"], masks):
-                    np.testing.assert_array_equal(rle_to_mask(got["rle"]), want)
+                assert_point_answer_equals(client, image_id, point, reference)
             with ThreadPoolExecutor(8) as pool:  # together: batched within each decoder replica
                 answers = list(pool.map(lambda p: client.post(
                     "/v1/masks", json={"image_id": image_id, "points": [p], "labels": [1]}), points[:8]))

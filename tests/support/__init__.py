@@ -271,3 +271,16 @@ def prompt_suite(height: int, width: int, rng: np.random.Generator, *, ten_point
              mask_input=(rng.standard_normal((1, 256, 256)) * 3).astype(np.float32)),
         dict(point_coords=p3[0], point_labels=p3[1], return_logits=True),
     ]
+
+
+def assert_point_answer_equals(client, image_id: str, point: list[float], reference) -> None:
+    """``POST /v1/masks`` with one foreground point on ``image_id`` answers what ``reference``
+    (a ``SamPredictor`` with the same image set) predicts: scores and masks (RLE) equal."""
+    from samexport.amg.ops import rle_to_mask
+
+    answer = client.post("/v1/masks", json={"image_id": image_id, "points": [point], "labels": [1]})
+    assert answer.status_code == 200, answer.text
+    masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
+    np.testing.assert_array_equal(np.float32(answer.json()["scores"]), scores)
+    for got, want in zip(answer.json()["masks"], masks):
+        np.testing.assert_array_equal(rle_to_mask(got["rle"]), want)
