@@ -8,7 +8,8 @@ SAM's record is :data:`SAM_STEPS`, SAM 2.1's :data:`SAM2_STEPS`; :data:`samexpor
 keys them by family.
 
 SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the default FP32
-islands, see docs/sam2.md), the quick parity check; no int8, no TensorRT engines, no stored
+islands, see docs/sam2.md), int8 encoders for the CPU runtimes (``--int8-for onnxruntime`` /
+``openvino``), the quick parity check; no TensorRT int8 recipe, no TensorRT engines, no stored
 references yet (each refused or recorded as such, never silently skipped).
 """
 
@@ -179,23 +180,42 @@ SAM_STEPS = ModelSteps(
 )
 
 
-SAM2_PRECISIONS = ("fp32", "fp16")
+SAM2_PRECISIONS = ("fp32", "fp16", "int8")
+# The int8 recipes built for SAM 2.1: the CPU runtimes'. TensorRT's (FP16 Q/DQ for strongly typed
+# engines) waits for SAM 2.1's engines.
+SAM2_INT8_TARGETS = ("onnxruntime", "openvino")
 
 
-def _check_sam2_request(variant, *, precision: str, attention: str, **_: Any) -> dict:
+def _check_sam2_request(
+    variant, *, precision: str, attention: str, int8_target: str = "tensorrt", calib_dir: Path | str | None = None, **_: Any
+) -> dict:
     if precision not in SAM2_PRECISIONS:
         raise SamExportError(
             f"{variant.name}: precision {precision} is not built for SAM 2.1 yet; valid: {', '.join(SAM2_PRECISIONS)}"
         )
     if attention != "plain":
         raise SamExportError(f"--attention {attention} does not apply to SAM 2.1's Hiera encoders; modes: plain")
-    return {}
+    if precision != "int8":
+        return {"recipe": None}
+    recipe = recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
+    if int8_target not in SAM2_INT8_TARGETS:
+        raise SamExportError(
+            f"{variant.name}: int8 for {int8_target} is not built for SAM 2.1 (samexport builds no TensorRT engines "
+            f"for it yet); pass --int8-for {' or '.join(SAM2_INT8_TARGETS)}"
+        )
+    if calib_dir is None:
+        raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
+    check_calibration_images(calib_dir, recipe.max_images)
+    return {"recipe": recipe}
 
 
 def _write_sam2_graphs(
-    model, staging: Path, precision: str, *, opset: int, on_step: Callable[[str], None], **_: Any
+    model, staging: Path, precision: str, *, opset: int, on_step: Callable[[str], None], recipe: Int8Recipe | None,
+    calib_dir: Path | None = None, calib_cache: Path | None = None, int8_target: str = "", **_: Any,
 ) -> GraphPrecisions:
-    """fp32: both graphs as exported. fp16: both converted with FP32 islands."""
+    """fp32: both graphs as exported. fp16: both converted with FP32 islands. int8: the encoder
+    INT8 Q/DQ calibrated on ``calib_dir`` (SAM 2.1's preprocessing) with the recipe for
+    ``int8_target``, the decoder FP16, as SAM's int8 build."""
     from samexport.export.sam2_onnx import export_sam2_decoder, export_sam2_encoder
 
     folder = staging if precision == "fp32" else staging / ".fp32"
@@ -208,11 +228,28 @@ def _write_sam2_graphs(
         return GraphPrecisions(encoder="fp32", decoder="fp32")
     from samexport.precision.fp16 import convert_to_fp16
 
-    on_step("converting both graphs to fp16 (fp32 islands kept)")
-    for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
-        convert_to_fp16(folder / name, staging / name)
+    if precision == "fp16":
+        on_step("converting both graphs to fp16 (fp32 islands kept)")
+        for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
+            convert_to_fp16(folder / name, staging / name)
+        graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
+    else:
+        from samexport.precision.int8 import quantize_encoder_int8
+        from samexport.sam2_transforms import preprocess_sam2
+
+        on_step("converting the decoder to fp16 (fp32 islands kept)")
+        convert_to_fp16(folder / C.DECODER_ONNX, staging / C.DECODER_ONNX)
+        on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
+        quantize_encoder_int8(
+            folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, calib_dir, cache_path=calib_cache, recipe=recipe,
+            replace_malformed_cache=True, preprocess=preprocess_sam2,
+        )
+        graphs = GraphPrecisions(
+            encoder="int8 (Q/DQ)", decoder="fp16", fp16_encoder=False, int8_target=int8_target,
+            calibration_images=str(calib_dir),
+        )
     shutil.rmtree(folder)
-    return GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
+    return graphs
 
 
 def _sam2_graph_records() -> tuple[dict, dict]:

@@ -32,7 +32,9 @@ def test_one_registry_with_a_contract_per_family():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"precision": "int8", "calib_dir": "."}, "precision int8 is not built for SAM 2.1 yet; valid: fp32, fp16"),
+        ({"precision": "int4"}, "unknown precision 'int4'"),
+        ({"precision": "int8", "calib_dir": "."}, "int8 for tensorrt is not built for SAM 2.1 .*--int8-for onnxruntime or openvino"),
+        ({"precision": "int8", "int8_target": "openvino"}, "int8 needs calibration images: pass --calib-dir"),
         ({"attention": "plugin"}, "--attention plugin does not apply to SAM 2.1"),
         ({"engines": "require"}, "engines were required but cannot be built: samexport builds no TensorRT engines for SAM 2.1"),
     ],

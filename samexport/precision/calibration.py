@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,12 @@ def check_calibration_images(calib_dir: Path | str, limit: int | None = None) ->
     return paths
 
 
-def encoder_feeds(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
+def encoder_feeds(
+    paths: Iterable[Path], preprocess: Callable[[np.ndarray], np.ndarray] = preprocess
+) -> Iterator[dict[str, np.ndarray]]:
     """Encoder inputs, one image at a time: image file (read by ``samexport.imageio.read_image``,
-    as every samexport command reads images) -> ``samexport.transforms.preprocess``."""
+    as every samexport command reads images) -> ``preprocess``, the model family's (SAM's
+    ``samexport.transforms.preprocess`` by default; SAM 2.1's ``preprocess_sam2``)."""
 
     for path in paths:
         yield {C.IMAGE.name: preprocess(read_image(path))}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -157,6 +157,7 @@ def quantize_encoder_int8(
     recipe: Int8Recipe = Int8Recipe(),
     fp32_ops: Collection[str] | None = None,
     replace_malformed_cache: bool = False,
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Path:
     """Calibrate the fp32 encoder ``src`` on the images of ``calib_dir`` and write INT8 Q/DQ ``dst``.
 
@@ -171,6 +172,8 @@ def quantize_encoder_int8(
             ``fp32_ops``); None: :data:`samexport.precision.fp16.DEFAULT_FP32_OPS`.
         replace_malformed_cache: ``cache_path`` is samexport's own file: a malformed one is
             replaced (with a warning) instead of refused (see :func:`check_calibration_cache`).
+        preprocess: HxWx3 uint8 -> the encoder's input, the model family's preprocessing; None:
+            SAM's (``samexport.transforms.preprocess``). SAM 2.1 passes ``preprocess_sam2``.
     """
     images = check_calibration_images(calib_dir, recipe.max_images)
     if cache_path is not None:
@@ -193,7 +196,8 @@ def quantize_encoder_int8(
         tensors = calibrated_tensors(model, recipe)
         del model
         log.info("calibrating %d tensors on %d images", len(tensors), len(images))
-        ranges = collect_ranges(src, tensors, encoder_feeds(images))
+        feeds = encoder_feeds(images) if preprocess is None else encoder_feeds(images, preprocess)
+        ranges = collect_ranges(src, tensors, feeds)
         if cache_path is not None:
             save_ranges(cache_path, key, ranges)
     if not recipe.fp16:

@@ -93,22 +93,31 @@ def test_predict_equals_official(official, ours, shape):
     _check_predict(official, ours, shape)
 
 
+@pytest.fixture(scope="module")
+def sam2_small_checkpoint(tmp_path_factory):
+    from samexport.testing import save_random_checkpoint
+
+    name = "sam2.1_hiera_small"
+    return save_random_checkpoint(name, tmp_path_factory.mktemp("sam2_small") / f"{name}.pt")
+
+
 @pytest.mark.slow
-def test_small_predict_equals_official(tmp_path):
+def test_small_predict_equals_official(sam2_small_checkpoint, tmp_path):
     """sam2.1_hiera_small: its artifact on ONNX Runtime CPU against the official predictor."""
+    from samexport import SAM2ImagePredictor
+    from samexport.pipeline import build
+
+    name = "sam2.1_hiera_small"
+    artifact = build(name, checkpoint=sam2_small_checkpoint, output=tmp_path / "small", parity=False, references=False).artifact_dir
+    _check_predict(_official(name, sam2_small_checkpoint), SAM2ImagePredictor(artifact, backend="onnxruntime-cpu"), SHAPES[1])
+
+
+def _official(name: str, checkpoint):
     pytest.importorskip("sam2", reason=SAM2_OFFICIAL_MISSING)
     from sam2.build_sam import build_sam2
     from sam2.sam2_image_predictor import SAM2ImagePredictor as Official
 
-    from samexport import SAM2ImagePredictor
-    from samexport.pipeline import build
-    from samexport.testing import save_random_checkpoint
-
-    name = "sam2.1_hiera_small"
-    checkpoint = save_random_checkpoint(name, tmp_path / f"{name}.pt")
-    artifact = build(name, checkpoint=checkpoint, output=tmp_path / "small", parity=False, references=False).artifact_dir
-    official = Official(build_sam2(get_sam2_variant(name).official_config, str(checkpoint), device="cpu"))
-    _check_predict(official, SAM2ImagePredictor(artifact, backend="onnxruntime-cpu"), SHAPES[1])
+    return Official(build_sam2(get_sam2_variant(name).official_config, str(checkpoint), device="cpu"))
 
 
 def _check_predict(official, ours, shape) -> None:
@@ -190,3 +199,112 @@ def test_refusals_are_clear(sam2_tiny_checkpoint):
         predictor.predict(point_coords=[[1, 2]], point_labels=[1], mask_input=np.zeros((1, 64, 64)))
     with pytest.raises(RuntimeError, match="predict_batch needs images set with .set_image_batch"):
         predictor.predict_batch([np.zeros((1, 2))], [np.ones(1)])
+
+
+# -- fp16 and int8 against the official predictor ---------------------------------------------------
+
+# (variant, precision, --int8-for, backend): each int8 recipe on the runtime it is placed for.
+REDUCED = [
+    ("sam2.1_hiera_tiny", "int8", "onnxruntime", "onnxruntime-cpu"),
+    ("sam2.1_hiera_tiny", "int8", "openvino", "openvino:precision=f32"),
+    ("sam2.1_hiera_small", "fp16", None, "onnxruntime-cpu"),
+    ("sam2.1_hiera_small", "int8", "onnxruntime", "onnxruntime-cpu"),
+    ("sam2.1_hiera_small", "int8", "openvino", "openvino:precision=f32"),
+]
+REDUCED_SHAPES = [(300, 450), (560, 360), (64, 640)]  # landscape, portrait, a strip
+
+
+@pytest.fixture(scope="module")
+def official_outputs(sam2_tiny_checkpoint, sam2_small_checkpoint):
+    """``get(variant, shape)``: the official predictor's features and multimask outputs on the test
+    image of that shape for :func:`_prompts` (and a point with the mask of a previous call), each
+    computed once for every candidate that is compared with it."""
+    checkpoints = {"sam2.1_hiera_tiny": sam2_tiny_checkpoint, "sam2.1_hiera_small": sam2_small_checkpoint}
+    found: dict = {}
+
+    def get(name: str, shape):
+        if (name, shape) not in found:
+            official = _official(name, checkpoints[name])
+            official.set_image(make_image(*shape, seed=7))
+            features = (official._features["image_embed"], *official._features["high_res_feats"])
+            suite = _prompts(*shape)
+            _, _, previous = official.predict(**suite["point"], multimask_output=False)
+            suite["point+mask"] = {**suite["point"], "mask_input": previous}
+            found[(name, shape)] = (
+                tuple(f.numpy() for f in features), suite,
+                {label: official.predict(**prompt, multimask_output=True) for label, prompt in suite.items()},
+            )
+        return found[(name, shape)]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reduced_artifact(sam2_tiny_checkpoint, sam2_small_checkpoint, tmp_path_factory):
+    """``get(variant, precision, target)``: ``samexport build`` of that precision (calibrated on two
+    sample photos, none of them the test images), built once; the tiny int8 one for ONNX Runtime
+    with the build's own parity check (recorded in the manifest)."""
+    from support import write_calibration_folder
+
+    from samexport.pipeline import build
+
+    checkpoints = {"sam2.1_hiera_tiny": sam2_tiny_checkpoint, "sam2.1_hiera_small": sam2_small_checkpoint}
+    root = tmp_path_factory.mktemp("sam2_reduced")
+    calib = write_calibration_folder(root / "calib", ("chelsea", "rocket"))
+    found: dict = {}
+
+    def get(name: str, precision: str, target: str | None):
+        if (name, precision, target) not in found:
+            extra = {"calib_dir": calib, "int8_target": target} if precision == "int8" else {}
+            quick = (name, precision, target) == ("sam2.1_hiera_tiny", "int8", "onnxruntime")
+            found[(name, precision, target)] = build(
+                name, checkpoint=checkpoints[name], output=root / f"{name}-{precision}-{target}", precision=precision,
+                parity=quick, references=False, **extra,
+            )
+        return found[(name, precision, target)]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "precision", "target", "backend"), REDUCED, ids=lambda v: str(v).split(":")[0])
+def test_reduced_precision_matches_official(name, precision, target, backend, reduced_artifact, official_outputs):
+    """fp16 and int8 artifacts against the official predictor at ``samexport.parity``'s tolerances for
+    their precision (the ones SAM's fp16 / int8 builds are held to): the embedding and both
+    high-resolution maps (max error over scale, cosine), and for every prompt with multimask on the
+    low-res logits (max error over scale), the scores, and the IoU of each full-size mask."""
+    from samexport import SAM2ImagePredictor
+    from samexport.parity.metrics import ArrayErrors, get_tolerances, mask_ious
+
+    if backend.startswith("openvino"):
+        pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
+    result = reduced_artifact(name, precision, target)
+    graphs = result.manifest.graphs
+    if precision == "int8":
+        assert (graphs.encoder, graphs.decoder, graphs.int8_target) == ("int8 (Q/DQ)", "fp16", target)
+    if result.manifest.parity is not None:  # the build's own check, against PyTorch
+        assert result.manifest.parity.passed and result.manifest.parity.precision == precision, result.manifest.parity
+    limits = get_tolerances(precision)
+    ours = SAM2ImagePredictor(result.artifact_dir, backend=backend)
+    features, logits, scores, ious = [], [], [], []
+    for shape in REDUCED_SHAPES:
+        official_features, suite, theirs = official_outputs(name, shape)
+        ours.set_image(make_image(*shape, seed=7))
+        features += [ArrayErrors.between(r, c) for r, c in zip(official_features, ours._image_features[0])]
+        for label, prompt in suite.items():
+            masks, score, low_res = ours.predict(**prompt, multimask_output=True)
+            masks_o, score_o, low_res_o = theirs[label]
+            logits.append(ArrayErrors.between(low_res_o, low_res).rel_max_abs)
+            scores.append(float(np.abs(score - score_o).max()))
+            ious.extend(np.ravel(mask_ious(masks_o > 0, masks > 0)))
+    figures = {
+        "features_rel_max_abs": max(f.rel_max_abs for f in features), "features_cosine": min(f.cosine for f in features),
+        "logits_rel_max_abs": max(logits), "score_max_abs": max(scores),
+        "mask_iou_min": float(min(ious)), "mask_iou_mean": float(np.mean(ious)),
+    }
+    print(f"{name} {precision} {target} on {backend}: {figures}")
+    assert figures["features_rel_max_abs"] <= limits.embedding_rel_max_abs, figures
+    assert figures["features_cosine"] >= limits.embedding_cosine, figures
+    assert figures["logits_rel_max_abs"] <= limits.logits_rel_max_abs, figures
+    assert figures["score_max_abs"] <= limits.iou_score_max_abs, figures
+    assert figures["mask_iou_min"] >= limits.mask_iou_min and figures["mask_iou_mean"] >= limits.mask_iou_mean, figures

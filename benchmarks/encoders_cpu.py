@@ -1,0 +1,198 @@
+"""Image encoders of SAM 2.1 (four sizes), vit_b and mobile_sam on the CPU backends, in one run.
+
+    python benchmarks/encoders_cpu.py --work /tmp/encw --rounds 3
+
+Builds one fp32 artifact per variant from seeded random weights (``samexport.testing``'s
+``save_random_checkpoint``, the official checkpoint layouts; latency does not depend on the
+weights), without the build's parity check or stored references, one variant at a time. Then
+times the encoder graph (``backend.run_encoder`` on the family's preprocessed 1x3x1024x1024
+input of one photo: SAM 2.1's three outputs, SAM's one) on ONNX Runtime (``onnxruntime-cpu``),
+OpenVINO f32 and, where the CPU has it, OpenVINO bf16, with samexport's session options.
+
+Every round runs every (variant, backend) once, in the same order, so a loaded machine slows them
+alike; each (variant, backend) is opened in its turn, warmed up with one untimed call and closed
+after its turn (``--one-at-a-time`` in ``openvino_cpu.py``): one model in memory at a time.
+Reports medians over the rounds and, per backend, the median of the per-round ratios against
+vit_b on ONNX Runtime (and against vit_b on the same backend). Records the CPU flags and the load
+average before and after. Writes ``benchmarks/results/cpu-encoders-sam2.{json,md}``; deletes the
+artifacts and checkpoints it made unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+            "vit_b", "mobile_sam")
+BASELINE = ("vit_b", "onnxruntime-cpu")
+
+
+def _build(variant: str, work: Path) -> Path:
+    from samexport.pipeline import build
+    from samexport.testing import save_random_checkpoint
+
+    out = work / f"{variant}-fp32"
+    if not (out / "manifest.json").exists():
+        checkpoint = work / f"{variant}_random.pt"
+        if not checkpoint.exists():
+            save_random_checkpoint(variant, checkpoint)
+        print(f"building {out}", flush=True)
+        build(variant, checkpoint=checkpoint, output=out, engines="skip", parity=False, references=False)
+        checkpoint.unlink()  # the artifact is all the benchmark needs; checkpoints are ~0.1-0.9 GB
+    return out
+
+
+def _input(variant: str, image):
+    from samexport.sam2_transforms import preprocess_sam2
+    from samexport.transforms import preprocess
+    from samexport.variants import get_model
+
+    return preprocess_sam2(image) if get_model(variant).contract.name != "sam" else preprocess(image)
+
+
+def _gflop(variant: str) -> float:
+    from samexport.bench.flops import encoder_gflop
+    from samexport.models.sam2_configs import hiera_encoder_macs
+    from samexport.variants import get_model
+
+    model = get_model(variant)
+    if model.contract.name == "sam":
+        return encoder_gflop(variant)
+    return 2 * hiera_encoder_macs(model.encoder) / 1e9
+
+
+def _ratio(numerators: list[float], denominators: list[float]) -> dict:
+    per_round = [n / d for n, d in zip(numerators, denominators)]
+    return {"median_of_per_round": round(statistics.median(per_round), 4), "per_round": [round(r, 4) for r in per_round]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/samexport-encoders")))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--note", default="")
+    parser.add_argument("--keep", action="store_true", help="keep the artifacts in --work (default: delete them)")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    if "vit_b" not in variants or args.rounds < 1:
+        parser.error("--variants must include vit_b (the baseline) and --rounds be at least 1")
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from openvino_cpu import cpu_flags_bf16
+
+    from samexport.bench.inputs import default_bench_image
+    from samexport.bench.run import cpu_flags
+    from samexport.runtime.backends import open_backend
+    from samexport.utils import package_versions
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    uptime_before = _uptime()
+    artifacts = {variant: _build(variant, args.work) for variant in variants}
+    image_name, image = default_bench_image()
+    specs = {"onnxruntime-cpu": "onnxruntime-cpu", "openvino f32": "openvino:precision=f32"}
+    if cpu_flags_bf16():
+        specs["openvino bf16"] = "openvino:precision=bf16"
+    times: dict[tuple[str, str], list[float]] = {}
+    load_before = os.getloadavg()
+    for round_ in range(args.rounds):
+        for variant in variants:
+            x = _input(variant, image)
+            for label, spec in specs.items():
+                backend = open_backend(artifacts[variant], spec)
+                backend.run_encoder(x)  # warm-up, untimed
+                start = time.perf_counter()
+                backend.run_encoder(x)
+                times.setdefault((variant, label), []).append(time.perf_counter() - start)
+                backend = None  # closed after its turn: one model in memory at a time
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+            f"{v} {label} {times[(v, label)][-1] * 1e3:.0f} ms" for v in variants for label in specs), flush=True)
+    load_after = os.getloadavg()
+    uptime_after = _uptime()
+
+    results = {}
+    for variant in variants:
+        row = {"gflop": round(_gflop(variant), 1)}
+        for label in specs:
+            runs = times[(variant, label)]
+            row[label] = {
+                "median_ms": round(statistics.median(runs) * 1e3, 1), "min_ms": round(min(runs) * 1e3, 1),
+                "max_ms": round(max(runs) * 1e3, 1), "runs_ms": [round(t * 1e3, 1) for t in runs],
+                "over_vit_b_onnxruntime": _ratio(runs, times[BASELINE]),
+                "over_vit_b_same_backend": _ratio(runs, times[("vit_b", label)]),
+            }
+        results[variant] = row
+    document = {
+        "what": "image encoder graph latency (backend.run_encoder on the family's preprocessed 1x3x1024x1024 input; "
+                "SAM 2.1: embedding + two high-resolution maps, SAM: the embedding), fp32 artifacts, "
+                "samexport's session options; each (variant, backend) opened in its turn, one untimed warm-up call, "
+                "one timed call per round",
+        "command": shlex.join(["python", "benchmarks/encoders_cpu.py", *sys.argv[1:]]),
+        "note": args.note, "rounds": args.rounds, "image": image_name,
+        "weights": "seeded random (samexport.testing.save_random_checkpoint, official checkpoint layouts); "
+                   "latency does not depend on them",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+                    "openvino_bf16": "openvino bf16" in specs,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in load_after],
+                    "uptime_before": uptime_before, "uptime_after": uptime_after},
+        "versions": package_versions("samexport", "onnxruntime", "openvino", "onnx", "torch", "numpy"),
+        "backends": specs, "results": results,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu-encoders-sam2.json").write_text(json.dumps(document, indent=2) + "\n")
+    (args.out / "cpu-encoders-sam2.md").write_text(to_markdown(document))
+    print(to_markdown(document))
+    if not args.keep:
+        for path in artifacts.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _uptime() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def to_markdown(doc: dict) -> str:
+    labels = list(doc["backends"])
+    machine = doc["machine"]
+    lines = [
+        "# Image encoders on the CPU: SAM 2.1 (four sizes), vit_b, mobile_sam",
+        "",
+        f"{doc['what']}. {doc['rounds']} round-robin rounds in one run; median ms, and in brackets the median "
+        f"of the per-round ratios against vit_b on ONNX Runtime (< 1: faster). Image: {doc['image']}. "
+        f"Weights: {doc['weights']}. Machine: {machine['cores']} cores, CPU flags {', '.join(machine['cpu_flags'])}; "
+        f"`uptime` before: `{machine['uptime_before']}`, after: `{machine['uptime_after']}`"
+        + (f"; {doc['note']}" if doc["note"] else "") + f". Versions: {doc['versions']}.",
+        "",
+        "| variant | GFLOP | " + " | ".join(labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
+    for variant, row in doc["results"].items():
+        cells = [f"{row[label]['median_ms']:.0f} ms ({row[label]['over_vit_b_onnxruntime']['median_of_per_round']:.2f})"
+                 for label in labels]
+        lines.append(f"| {variant} | {row['gflop']} | " + " | ".join(cells) + " |")
+    lines += ["", "Against vit_b on the same backend (median of per-round ratios):", ""]
+    for variant, row in doc["results"].items():
+        if variant != "vit_b":
+            lines.append(f"- {variant}: " + ", ".join(
+                f"{label} {row[label]['over_vit_b_same_backend']['median_of_per_round']:.2f}" for label in labels))
+    lines += ["", f"Command: `{doc['command']}`", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
