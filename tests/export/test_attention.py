@@ -239,7 +239,7 @@ def test_rtx_builds_fused_pattern(graphs, fp16_graphs, precision, tmp_path, capl
 
 @needs_rtx
 def test_rtx_builds_onnx_attention_fp16(fp16_graphs, tmp_path):
-    assert rtx_build(fp16_graphs["onnx-attention"], tmp_path)["plan_bytes"] > 0
+    assert rtx_build(fp16_graphs["onnx-attention"], tmp_path).plan_bytes > 0
 
 
 @needs_rtx
