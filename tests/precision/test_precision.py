@@ -356,6 +356,7 @@ def test_a_build_checks_the_calibration_inputs_once(tiny_onnx, tiny_int8, calib_
     again, and gives the graph the public one gives."""
     from samexport import build_steps
     from samexport.precision import calibration, int8
+    from samexport.precision.recipes import Int8Recipe
     from samexport.variants import get_model
 
     checked = build_steps._check_sam_request(
@@ -370,8 +371,9 @@ def test_a_build_checks_the_calibration_inputs_once(tiny_onnx, tiny_int8, calib_
         monkeypatch.setattr(module, "check_calibration_images", checked_again)
         monkeypatch.setattr(module, "check_calibration_cache", checked_again)
     monkeypatch.setattr(calibration, "read_image", checked_again)  # no image decoded: the cache matches
-    again = int8.quantize_checked_encoder_int8(
+    again = int8.quantize_checked_encoder_int8(  # tiny_int8's recipe: the default
         tiny_onnx[0], tmp_path / "again.onnx", calibration.list_images(calib_dir), cache_path=tiny_int8[1],
+        recipe=Int8Recipe(),
     )
     assert onnx.load(str(again)).graph == onnx.load(str(tiny_int8[0])).graph
     with pytest.raises(AssertionError, match="checked again"):  # the public door does check
