@@ -166,8 +166,8 @@ def test_sam2_verify_imports_neither_torch_nor_export_code(sam2_tiny_artifact):
 @pytest.mark.slow  # the SAM 2.1 artifact: minutes to build (session fixture), torch and ONNX Runtime
 def test_sam2_tampered_reference_fails_on_the_high_res_map(sam2_tiny_artifact, tmp_path):
     """One stored high-resolution map (the landscape's 64x128x128) scaled by 1.003, the file
-    records rewritten to match: verify fails on embedding_rel_max_abs (~3e-3 against 1e-3) at that
-    image, and on nothing else."""
+    records rewritten to match: verify fails on embedding_rel_max_abs (3e-3 +- the float16
+    rounding, against 1e-3; measured 3.7e-3) at that image, and on nothing else."""
     from samexport.parity.verify import verify_with_references
     from samexport.runtime.backends import open_backend
 
@@ -179,7 +179,8 @@ def test_sam2_tampered_reference_fails_on_the_high_res_map(sam2_tiny_artifact, t
     report = verify_with_references(forged, manifest, open_backend(forged, "onnxruntime-cpu"))
     assert not report.passed and [c.metric for c in report.failures] == ["embedding_rel_max_abs"]
     landscape, portrait = report.images
-    assert landscape.embedding.rel_max_abs == pytest.approx(3e-3, rel=0.2)
+    # 3e-3 moved by the float16 rounding of the stored map, before and after scaling (2**-11 each)
+    assert abs(landscape.embedding.rel_max_abs - 3e-3) <= 2 * 2**-11 + 1e-4
     assert portrait.embedding.rel_max_abs < 1e-3
     result = invoke("verify", forged, "--backend", "onnxruntime-cpu")
     assert result.exit_code == 1
@@ -190,7 +191,7 @@ def test_sam2_tampered_reference_fails_on_the_high_res_map(sam2_tiny_artifact, t
 @pytest.mark.slow  # the SAM 2.1 artifact: minutes to build (session fixture), torch and ONNX Runtime
 def test_sam2_tampered_decoder_fails_on_the_iou_scores(sam2_tiny_artifact, tmp_path):
     """decoder.onnx with the IoU head's last bias moved by 0.01 (file records rewritten): the
-    features and masks still agree, the IoU scores do not."""
+    features, logits and masks still agree, the IoU scores do not."""
     import onnx
     from onnx import numpy_helper
 
@@ -205,7 +206,9 @@ def test_sam2_tampered_decoder_fails_on_the_iou_scores(sam2_tiny_artifact, tmp_p
     report = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
     assert not report["passed"]
     failed = {c["metric"]: c["value"] for c in report["checks"] if not c["passed"]}
-    assert list(failed) == ["iou_score_max_abs"] and failed["iou_score_max_abs"] == pytest.approx(0.01, rel=0.05)
+    # The head ends in a sigmoid (iou_prediction_use_sigmoid), of slope at most 1/4: the scores move
+    # by at most 0.0025 (measured 0.0025: the random model's IoU logits sit near 0), over the 1e-3 limit.
+    assert list(failed) == ["iou_score_max_abs"] and 1e-3 < failed["iou_score_max_abs"] <= 0.0025 + 1e-6
 
 
 def test_references_of_another_family_are_refused(tiny_artifact, tmp_path):
@@ -270,3 +273,16 @@ def test_format_1_references_still_verify(tiny_artifact, tmp_path):
     assert report.passed and report.to_dict() == now.to_dict()
     result = invoke("verify", old, "--backend", "onnxruntime-cpu", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["passed"]
+
+
+@pytest.mark.slow  # the SAM 2.1 artifact: minutes to build (session fixture), OpenVINO over the reference set
+def test_sam2_verify_on_openvino_f32(sam2_tiny_artifact):
+    """The same stored references check the graphs on OpenVINO CPU in f32, at the fp32 limits."""
+    pytest.importorskip("openvino", reason="needs the openvino extra")
+    result = invoke("verify", sam2_tiny_artifact, "--backend", "openvino:precision=f32", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and report["precision"] == "fp32"
+    summary, limits = report["summary"], report["tolerances"]
+    assert summary["embedding_rel_max_abs"] <= limits["embedding_rel_max_abs"] == 1e-3
+    assert summary["logits_rel_max_abs"] <= limits["logits_rel_max_abs"] and summary["mask_iou_min"] >= limits["mask_iou_min"]
