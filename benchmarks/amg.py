@@ -2,6 +2,15 @@
 
     python benchmarks/amg.py --workdir /tmp/samexport-amg --json benchmarks/results/amg-vit_b-cpu.json
     python benchmarks/amg.py --backend onnxruntime-cpu --backend openvino:precision=bf16 --rounds 1
+    python benchmarks/amg.py --checkpoint weights/sam_tiny_shapes.pth --scene-seed 1000107 \
+        --json benchmarks/results/amg-tiny-trained-cpu.json      # the trained tiny SAM, a held-out scene
+
+``--checkpoint`` takes trained weights instead (``--variant`` defaults to ``tiny`` then; the
+artifact is built per checkpoint sha256, which the results record), and ``--scene-seed`` a
+procedural scene of ``samexport.testing_scenes`` (held out from ``HELD_OUT_SEED`` up) instead of
+the astronaut: the trained tiny SAM (``weights/``) keeps masks, so the prefilter's pass rate
+(``prefilter_pass_rate``: prompts through the masks half over grid prompts) is a real one, and
+``shapes_found`` counts the scene's instances matched by a kept mask with IoU >= 0.7.
 
 Both generators run in this process on the same image (scikit-image's astronaut, 512x512) with the
 same seeded random weights (``samexport.testing.random_state_dict``, the weights of the test
@@ -83,15 +92,26 @@ class _Timer:
         module.register_forward_hook(done)
 
 
-def _artifact(variant: str, workdir: Path) -> tuple[Path, Path]:
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _artifact(variant: str, workdir: Path, checkpoint: Path | None = None) -> tuple[Path, Path]:
+    """The checkpoint and its fp32 artifact: seeded random weights unless ``checkpoint`` is given
+    (then one artifact per checkpoint content, so new weights get a new build)."""
     from samexport.artifacts import read_manifest
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint
 
-    checkpoint = workdir / f"sam_{variant}_random.pth"
-    if not checkpoint.is_file():
-        save_random_checkpoint(variant, checkpoint)
-    artifact = workdir / f"{variant}-fp32"
+    if checkpoint is None:
+        checkpoint = workdir / f"sam_{variant}_random.pth"
+        if not checkpoint.is_file():
+            save_random_checkpoint(variant, checkpoint)
+        artifact = workdir / f"{variant}-fp32"
+    else:
+        artifact = workdir / f"{variant}-{sha256(checkpoint)[:12]}-fp32"
     if not (artifact / "manifest.json").is_file() or read_manifest(artifact).decoder_halves() is None:
         build(variant, checkpoint=checkpoint, output=artifact)  # replaces a build without the halves
     return checkpoint, artifact
@@ -197,7 +217,10 @@ def _match(ours: list[dict], theirs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="vit_b")
+    parser.add_argument("--variant", help="default vit_b, or tiny with --checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="trained weights (official layout) instead of random ones")
+    parser.add_argument("--scene-seed", type=int,
+                        help="a samexport.testing_scenes scene (held out from HELD_OUT_SEED up) instead of the astronaut")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/samexport-amg"))
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
@@ -221,18 +244,33 @@ def main() -> None:
 
     from samexport.bench.run import cpu_flags
 
-    image = data.astronaut()
-    params = dict(
-        points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
-        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-    )
-    checkpoint, artifact = _artifact(args.variant, args.workdir)
+    if args.variant is None:
+        args.variant = "tiny" if args.checkpoint else "vit_b"
+    scene = None
+    if args.scene_seed is not None:
+        from samexport.testing_scenes import HELD_OUT_SEED, make_scene
+
+        scene = make_scene(args.scene_seed)
+        image = scene.image
+        image_name = (f"samexport.testing_scenes.make_scene({args.scene_seed}) {image.shape[0]}x{image.shape[1]}, "
+                      f"{len(scene.masks)} shapes" + (", held out" if args.scene_seed >= HELD_OUT_SEED else
+                                                       ", A TRAINING SCENE"))
+    else:
+        image = data.astronaut()
+        image_name = f"skimage.data.astronaut() {image.shape[0]}x{image.shape[1]}"
+    params = {
+        "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
+        "pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_score_thresh,
+    }
+    checkpoint, artifact = _artifact(args.variant, args.workdir, args.checkpoint)
     if args.pred_iou_quantile is not None:
         params["pred_iou_thresh"] = _iou_quantile(artifact, image, params, args.pred_iou_quantile)
     results = {
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "variant": args.variant,
-        "image": f"skimage.data.astronaut() {image.shape[0]}x{image.shape[1]}",
+        "weights": (f"{args.checkpoint} sha256 {sha256(args.checkpoint)}" if args.checkpoint
+                    else "seeded random (samexport.testing)"),
+        "image": image_name,
         "params": params,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_flags": cpu_flags(),
                     "load_average_at_start": os.getloadavg()},
@@ -262,6 +300,18 @@ def main() -> None:
     for key, side in runs.items():
         results[key] = sorted(side, key=lambda run: run["seconds"])[len(side) // 2]  # the median round
         results[key]["seconds_per_round"] = [run["seconds"] for run in side]
+    first = results[side_names[backends[0]]]
+    if first["decoder_halves"] and first["prompts"]:
+        results["prefilter_pass_rate"] = first["prompts_through_masks_half"] / first["prompts"]
+        print(f"prefilter pass rate: {first['prompts_through_masks_half']} of {first['prompts']} prompts", flush=True)
+    if scene is not None:
+        from samexport.testing import mask_iou
+
+        results["shapes_found"] = {}
+        for key, kept in records.items():
+            best = [max((mask_iou(r["segmentation"], truth) for r in kept), default=0.0) for truth in scene.masks]
+            results["shapes_found"][key] = {"iou_at_least_0.7": sum(iou >= 0.7 for iou in best),
+                                            "of": len(scene.masks), "best_iou_per_shape": [round(i, 3) for i in best]}
 
     def ratio(slow: str, fast: str) -> float:
         return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs[slow], runs[fast]))

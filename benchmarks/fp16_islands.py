@@ -2,6 +2,7 @@
 
     python benchmarks/fp16_islands.py                      # mobile_sam, WORK=/tmp/samexport-bench
     python benchmarks/fp16_islands.py --variant vit_b
+    python benchmarks/fp16_islands.py --checkpoint weights/sam_tiny_shapes.pth --scenes 4   # trained tiny, held-out scenes
 
 Builds (or reuses) the fp32 artifact of ``--variant`` from seeded random weights
 (``samexport.testing``, every parameter perturbed), then converts its ``encoder.onnx`` to FP16
@@ -10,6 +11,11 @@ set, none at all, and the variant's set less one of its op types that the graph 
 the fp32 decoder, so the figures are the encoder's alone, through ``samexport.parity`` against
 the fp32 artifact on the scikit-image sample photos and the whole prompt suite (ONNX Runtime
 CPU). Writes ``benchmarks/results/{variant}-fp16-islands.json``.
+
+``--checkpoint`` takes trained weights instead of random ones (``--variant`` defaults to ``tiny``
+then; the results record the checkpoint's sha256), and ``--scenes N`` compares on N held-out
+scenes of ``samexport.testing_scenes`` instead of the photos (the trained tiny SAM knows only
+those). Trained weights are what has the activation outliers that FP16 islands exist for.
 
 ONNX Runtime's CPU provider runs FP16 graphs in fp32 behind casts, so the casts' rounding is
 what is measured: an overflow (inf/NaN) shows as ``finite: false``; TensorRT's FP16 kernels may
@@ -36,13 +42,20 @@ def island_sets(own: frozenset[str], present: set[str]) -> dict[str, frozenset[s
     return sets
 
 
-def fp32_artifact(variant: str, work: Path) -> Path:
+def fp32_artifact(variant: str, work: Path, checkpoint: Path | None = None) -> Path:
+    """The fp32 artifact of seeded random weights, or of ``checkpoint`` (one per its sha256)."""
+    import hashlib
+
     from samexport.pipeline import build
     from samexport.testing import save_random_checkpoint
 
-    out = work / f"{variant}-fp32"
+    if checkpoint is None:
+        out = work / f"{variant}-fp32"
+    else:
+        out = work / f"{variant}-{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]}-fp32"
     if not (out / "manifest.json").exists():
-        checkpoint = save_random_checkpoint(variant, work / f"{variant}_random.pth")
+        if checkpoint is None:
+            checkpoint = save_random_checkpoint(variant, work / f"{variant}_random.pth")
         print(f"building {out}", flush=True)
         build(variant, checkpoint=checkpoint, output=out, precision="fp32", engines="skip", parity=False)
     return out
@@ -59,14 +72,22 @@ def main() -> None:
     from samexport.variants import get_variant
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="mobile_sam")
+    parser.add_argument("--variant", help="default mobile_sam, or tiny with --checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="trained weights (official layout) instead of random ones")
+    parser.add_argument("--scenes", type=int, default=0, help="compare on this many held-out procedural scenes")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/samexport-bench")))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    variant = get_variant(args.variant)
-    artifact = fp32_artifact(variant.name, args.work)
+    variant = get_variant(args.variant or ("tiny" if args.checkpoint else "mobile_sam"))
+    artifact = fp32_artifact(variant.name, args.work, args.checkpoint)
     encoder, decoder = artifact / C.ENCODER_ONNX, artifact / C.DECODER_ONNX
-    images, skipped = sample_images()
+    if args.scenes:
+        from samexport.testing_scenes import HELD_OUT_SEED, make_scene
+
+        images = {f"scene {seed}": make_scene(seed).image for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + args.scenes)}
+        skipped = {}
+    else:
+        images, skipped = sample_images()
     reference = OnnxRuntimeBackend(encoder, decoder, device="cpu")
 
     results = {}
@@ -80,16 +101,24 @@ def main() -> None:
             results[name] = {"fp32_ops": sorted(ops), "finite": finite} | {f: summary[f] for f in FIGURES}
             print(f"{name}: " + ", ".join(f"{f} {summary[f]:.6g}" for f in FIGURES), flush=True)
 
+    import hashlib
+    import sys
+
+    weights = "random weights"
+    if args.checkpoint:
+        weights = f"{args.checkpoint} sha256 {hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()}"
     document = {
-        "command": "python benchmarks/fp16_islands.py --variant " + variant.name,
+        "command": " ".join(["python benchmarks/fp16_islands.py", *sys.argv[1:]]) if len(sys.argv) > 1
+        else "python benchmarks/fp16_islands.py --variant " + variant.name,
         "variant": variant.name,
-        "what": "FP16 encoder (fp32 decoder) against the fp32 artifact, ONNX Runtime CPU, random weights",
+        "what": f"FP16 encoder (fp32 decoder) against the fp32 artifact, ONNX Runtime CPU, {weights}",
         "images": sorted(images),
         "images_skipped": skipped,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "results": results,
     }
-    output = args.output or ROOT / "benchmarks" / "results" / f"{variant.name}-fp16-islands.json"
+    trained = "-trained" if args.checkpoint else ""
+    output = args.output or ROOT / "benchmarks" / "results" / f"{variant.name}{trained}-fp16-islands.json"
     output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {output}")
 

@@ -4,9 +4,10 @@ A build is written into a hidden staging folder next to its destination and rena
 when complete, manifest last, so a crash never leaves a directory that looks like a finished build
 (``samexport.staging.staged_directory``). The destination is checked before any work
 (``samexport.staging.check_output_destination``): samexport replaces only its own artifacts
-(:func:`check_replaceable_artifact`), never a user's folder or file. The manifest records the size and sha256 of
-every file the runtime loads (``Manifest.files``, see ``samexport.integrity``), recomputed on
-every rewrite.
+(``samexport.replaceable.check_replaceable_artifact``), never a user's folder or file. The
+manifest records the size and sha256 of every file the runtime loads (``Manifest.files``, see
+``samexport.integrity``), recomputed on every rewrite. The manifest's sections are typed
+(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan).
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
-from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
-from samexport.staging import marker_pid, write_atomically
+from samexport.records import (
+    EngineRecord,
+    GraphPrecisions,
+    ParityRecord,
+    engine_records,
+)
+from samexport.staging import write_atomically
 from samexport.variants import get_model
 
 log = logging.getLogger(__name__)
@@ -36,11 +42,6 @@ PLAN_FILES = ("encoder.plan", "decoder.plan")
 # named by content so that replacing them never overwrites the file the current manifest names.
 REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
-# references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<8 hex>, or
-# .NAME.partial-<pid> from samexport before staging.atomic_file wrote it)
-_REFERENCES_FILE = re.compile(rf"\.?{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz(\.partial-[0-9a-f]+)?")
-# write_manifest's temporary file (samexport.staging.temporary_name)
-_PARTIAL_MANIFEST = re.compile(rf"\.{re.escape(C.MANIFEST)}\.[0-9a-f]{{32}}\.partial")
 
 
 def default_artifact_dir(variant: str, precision: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -110,7 +111,7 @@ class Manifest:
     decoder: dict
     runtime: RuntimeNeeds
     engine_config: dict = field(default_factory=dict)
-    engines: dict = field(default_factory=dict)
+    engines: dict[str, EngineRecord] = field(default_factory=dict)
     skipped_engines: dict = field(default_factory=dict)
     engines_verification: dict | None = None
     parity: ParityRecord | None = None
@@ -129,6 +130,7 @@ class Manifest:
                 data[item.name] = getattr(self, item.name)
         data["graphs"] = self.graphs.to_dict()
         data["parity"] = None if self.parity is None else self.parity.to_dict()
+        data["engines"] = {name: record.to_dict() for name, record in self.engines.items()}
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -197,11 +199,13 @@ class Manifest:
             raise SamExportError(f"{source}: 'runtime' must be an object, got {data.get('runtime')!r}")
         graphs = GraphPrecisions.from_dict(data["graphs"], source=source)
         parity = None if data.get("parity") is None else ParityRecord.from_dict(data["parity"], source=source)
+        engines = engine_records(data["engines"], source=source)
         known = {item.name for item in fields(cls)}
         return cls(
-            **{key: data[key] for key in known - {"runtime", "extra", "format", "graphs", "parity"} if key in data},
+            **{key: data[key] for key in known - {"runtime", "extra", "format", "graphs", "parity", "engines"} if key in data},
             graphs=graphs,
             parity=parity,
+            engines=engines,
             runtime=runtime,
             extra={key: value for key, value in data.items() if key not in known},
             format=MANIFEST_FORMAT,
@@ -213,7 +217,7 @@ class Manifest:
     def engine(self, name: str) -> EngineRecord:
         """The record of the ``encoder`` or ``decoder`` plan (a ``KeyError`` when there is none:
         check ``name in manifest.engines`` first)."""
-        return EngineRecord.from_dict(self.engines[name], name=name)
+        return self.engines[name]
 
     @property
     def contract(self) -> C.GraphContract:
@@ -233,7 +237,7 @@ def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     ``manifest.engines`` names and the references file ``manifest.references`` names."""
     folder = Path(folder)
     names = {name for name in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES) if (folder / name).is_file()}
-    names |= {record["plan"] for record in manifest.engines.values() if isinstance(record, dict) and "plan" in record}
+    names |= {record.plan for record in manifest.engines.values()}
     if manifest.references:
         names.add(manifest.references["file"])
     return sorted(names)
@@ -346,57 +350,3 @@ def verify_artifact(folder: Path | str, manifest: Manifest, *, names: list[str] 
         )
         return
     verify_files(folder, manifest.files, source=str(folder / C.MANIFEST), names=names)
-
-
-def _foreign_entries(folder: Path, manifest: Manifest) -> list[str]:
-    """Entries of an artifact folder that samexport did not write (a user's notes, data): ours
-    are known by exact name (a graph, its external data, the manifest, a plan folder holding our
-    marker, a manifest a killed write left, a references file by its exact pattern), never by a name's prefix, so ``encoder.onnx.bak``
-    is the user's."""
-    ours = {C.MANIFEST, *PLAN_FILES, *C.GRAPH_FILES, *C.GRAPH_DATA_FILES, *(name.split("/")[0] for name in manifest.files)}
-    ours |= {str(r["plan"]).split("/")[0] for r in manifest.engines.values() if isinstance(r, dict) and "plan" in r}
-    foreign = []
-    for entry in sorted(folder.iterdir()):
-        name = entry.name
-        if name in ours and (entry.is_file() or name.startswith(PLANS_PREFIX)):
-            continue
-        if name.startswith((PLANS_PREFIX, PLANS_PARTIAL_PREFIX)) and marker_pid(entry, PLANS_MARKER) is not None:
-            continue
-        if _PARTIAL_MANIFEST.fullmatch(name) and entry.is_file():
-            continue
-        if _REFERENCES_FILE.fullmatch(name) and entry.is_file():
-            continue  # references `samexport references` wrote, left unlisted by a crash
-
-        foreign.append(name)
-    return foreign
-
-
-def check_replaceable_artifact(folder: Path, where: str) -> None:
-    """Accept a non-empty ``folder`` a build may replace: an artifact samexport wrote (a valid
-    ``manifest.json``) holding nothing samexport did not write. The build passes it to
-    ``samexport.staging.check_output_destination`` / ``staged_directory``.
-
-    Raises:
-        SamExportError: ``folder`` has no manifest or a foreign one, or holds a user's files;
-            ``where`` names it in the message.
-    """
-    manifest_path = folder / C.MANIFEST
-    if not manifest_path.is_file():
-        raise SamExportError(
-            f"{where} exists and is not a samexport artifact (it has files but no {C.MANIFEST}); "
-            "samexport replaces only its own builds: choose a new folder, or move that one away yourself"
-        )
-    try:
-        manifest = Manifest.from_dict(json.loads(manifest_path.read_text()), source=str(manifest_path))
-    except (ValueError, UnicodeDecodeError, SamExportError) as exc:
-        raise SamExportError(
-            f"{where} is not an artifact samexport can replace: {manifest_path} is not a samexport "
-            f"manifest ({str(exc).splitlines()[0]}); choose a new folder, or move that one away yourself"
-        ) from None
-    foreign = _foreign_entries(folder, manifest)
-    if foreign:
-        raise SamExportError(
-            f"{where} is an artifact, but it also holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
-            f"samexport did not write ({', '.join(foreign[:3])}); replacing it would delete them: "
-            "move them out, or choose another --output"
-        )

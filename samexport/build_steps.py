@@ -77,10 +77,14 @@ def _check_sam_request(
     variant: Variant, *, precision: Precision, attention: str, opset: int, int8_target: str, calib_dir: Path | str | None,
 ) -> dict:
     """What SAM's family cannot build, refused before any work; returns the checked values
-    :func:`_write_graphs` takes (``checked_attention``, ``recipe``), so it checks nothing again."""
+    :func:`_write_graphs` takes (``checked_attention``, ``recipe``, ``calibration_images``), so it
+    checks nothing again."""
     from samexport.export.attention import check_attention_mode
 
-    checked = {"checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None}
+    checked = {
+        "checked_attention": check_attention_mode(attention, opset, variant.family), "recipe": None,
+        "calibration_images": None,
+    }
     if attention == "plugin" and precision == "int8":
         raise SamExportError(
             "--int8 with --attention plugin is not supported: calibration runs the encoder in ONNX "
@@ -91,7 +95,7 @@ def _check_sam_request(
             raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
         recipe = recipe_for(int8_target, variant.family)  # an unknown target fails now, listing the valid ones
         # Fail now, not after the export, if the folder has no images or one cannot be decoded.
-        check_calibration_images(calib_dir, recipe.max_images)
+        checked["calibration_images"] = check_calibration_images(calib_dir, recipe.max_images)
         checked["recipe"] = recipe
     return checked
 
@@ -109,12 +113,14 @@ def _write_graphs(
     on_step: Callable[[str], None],
     checked_attention: CheckedAttention,
     recipe: Int8Recipe | None,
+    calibration_images: list[Path] | None,
 ) -> GraphPrecisions:
     """Export fp32 graphs, then convert them to ``precision``; returns what the manifest records.
 
     fp16: both graphs FP16 with FP32 islands. int8: the encoder INT8 Q/DQ calibrated on
     ``calib_dir`` with the recipe for ``int8_target`` (for TensorRT on the FP16 graph, with the
-    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute).
+    same FP32 islands), the decoder FP16 (it is ~0.4% of the compute). The images
+    (``calibration_images``) and the cache (``calib_cache``) were checked at the build's door.
     """
     from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
 
@@ -144,11 +150,11 @@ def _write_graphs(
         convert_to_fp16(work / C.ENCODER_ONNX, encoder, fp32_ops=sam.variant.fp32_ops)
         graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
     else:
-        from samexport.precision.int8 import quantize_encoder_int8
+        from samexport.precision.int8 import quantize_checked_encoder_int8
 
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
-        quantize_encoder_int8(
-            work / C.ENCODER_ONNX, encoder, calib_dir, cache_path=calib_cache, recipe=recipe,
+        quantize_checked_encoder_int8(
+            work / C.ENCODER_ONNX, encoder, calibration_images, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
         )
         graphs = GraphPrecisions(

@@ -15,7 +15,7 @@ from typing import Literal
 
 from samexport import constants as C
 from samexport.artifacts import (
-    Manifest, RuntimeNeeds, check_replaceable_artifact, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
+    Manifest, RuntimeNeeds, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
 )
 from samexport.build_steps import SAM2_STEPS, SAM_STEPS, ModelSteps
 from samexport.download import resolve_checkpoint
@@ -27,6 +27,7 @@ from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runn
 from samexport.parity.verify import VerificationError
 from samexport.precision.calibration import check_calibration_cache
 from samexport.precision.recipes import Int8Target
+from samexport.replaceable import check_replaceable_artifact
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.records import ParityRecord
 from samexport.staging import check_output_destination, staged_directory

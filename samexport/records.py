@@ -5,7 +5,8 @@ are, what the build's parity check found, what each engine plan is. Each reads a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from samexport import constants as C
 from samexport.errors import SamExportError
@@ -91,44 +92,116 @@ class ParityRecord:
         return cls(data["passed"], data["summary"], data.get("precision"), details)
 
 
+class ShapeRange(NamedTuple):
+    """One input's shapes in an optimization profile: the smallest, the tuned-for and the largest."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+# Keys of an engine record in ``manifest.json`` that EngineRecord reads into attributes (any
+# other key is kept in ``extra`` and written back).
+_ENGINE_KEYS = (
+    "builder", "test_build", "tensorrt_module", "tensorrt_version", "gpu", "compute_capability", "strongly_typed",
+    "tf32", "inputs", "outputs", "profiles", "config", "build_seconds", "plan_bytes", "plan", "graph",
+)
+
+
 @dataclass(frozen=True)
 class EngineRecord:
-    """One entry of ``manifest.engines`` (written by ``samexport.engines.builder.build_engine``),
-    read as attributes: ``Manifest.engine(name)``.
+    """One entry of ``manifest.engines``: written by ``samexport.engines.builder.build_engine``
+    (the plan's path made relative to the artifact by ``samexport.engines.artifact``), read as
+    attributes everywhere (``Manifest.engines[name]``, ``Manifest.engine(name)``).
 
     Attributes:
         plan: the plan's path, relative to the artifact.
-        profiles: the optimization profiles, each ``{input name: [min, opt, max] shapes}``
-            (none for the encoder, whose shapes are fixed).
+        builder: ``tensorrt``, or ``tensorrt_rtx`` for a test build (no GPU needed).
+        test_build: built to prove the graph builds (TensorRT-RTX, or no GPU); the runtime refuses it.
         tensorrt_module, tensorrt_version: the TensorRT that built the plan.
         gpu, compute_capability: the building GPU (None for a build without one).
+        profiles: the optimization profiles, each input name -> :class:`ShapeRange` (none for the
+            encoder, whose shapes are fixed).
+        config: the build settings as written (``samexport.engines.builder.BuildConfig.to_dict``).
         plan_bytes: the plan's size.
-        data: the whole entry as written.
+        graph: the graph the plan was built from when it is not the artifact's exported one (the
+            FP32 attention form of ``--fallback``, ``samexport.parity.engines``); None otherwise.
+        strongly_typed, tf32, inputs, outputs, build_seconds: how it was built, for people.
+        extra: keys this version does not know, written back as they were.
     """
 
     plan: str
-    profiles: tuple[dict, ...]
-    tensorrt_module: str | None
-    tensorrt_version: str | None
-    gpu: str | None
-    compute_capability: str | None
-    plan_bytes: int | None
-    data: dict
+    builder: str = "tensorrt"
+    test_build: bool = False
+    tensorrt_module: str | None = None
+    tensorrt_version: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
+    profiles: tuple[dict[str, ShapeRange], ...] = ()
+    config: dict = field(default_factory=dict)
+    plan_bytes: int | None = None
+    graph: dict | None = None
+    strongly_typed: bool = True
+    tf32: bool = False
+    inputs: tuple[dict, ...] = ()
+    outputs: tuple[dict, ...] = ()
+    build_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = {
+            "builder": self.builder, "test_build": self.test_build, "tensorrt_module": self.tensorrt_module,
+            "tensorrt_version": self.tensorrt_version, "gpu": self.gpu, "compute_capability": self.compute_capability,
+            "strongly_typed": self.strongly_typed, "tf32": self.tf32, "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "profiles": [{name: [list(shape) for shape in shapes] for name, shapes in p.items()} for p in self.profiles],
+            "config": self.config, "build_seconds": self.build_seconds, "plan_bytes": self.plan_bytes, "plan": self.plan,
+        }
+        if self.graph is not None:
+            data["graph"] = self.graph
+        return {**data, **self.extra}
 
     @classmethod
-    def from_dict(cls, data: dict, *, name: str = "engine") -> EngineRecord:
+    def from_dict(cls, data: object, *, name: str = "engine") -> EngineRecord:
+        """Validate the JSON form; an entry written before ``test_build`` existed is a test build
+        when TensorRT-RTX built it."""
         if not (isinstance(data, dict) and isinstance(data.get("plan"), str)):
             raise SamExportError(f"the {name} engine's record names no plan: {str(data)[:200]}")
+        try:
+            profiles = tuple(
+                {tensor: ShapeRange(*(tuple(int(n) for n in shape) for shape in shapes)) for tensor, shapes in profile.items()}
+                for profile in data.get("profiles") or ()
+            )
+        except (AttributeError, TypeError, ValueError):
+            raise SamExportError(f"the {name} engine's record has bad profiles: {str(data.get('profiles'))[:200]}") from None
+        config = data.get("config") or {}
+        if not isinstance(config, dict):
+            raise SamExportError(f"the {name} engine's record has a bad config: {str(config)[:200]}")
+        builder = data.get("builder", "tensorrt")
         return cls(
-            data["plan"], tuple(data.get("profiles") or ()), data.get("tensorrt_module"),
-            data.get("tensorrt_version"), data.get("gpu"), data.get("compute_capability"),
-            data.get("plan_bytes"), data,
+            plan=data["plan"], builder=builder, test_build=bool(data.get("test_build", builder == "tensorrt_rtx")),
+            tensorrt_module=data.get("tensorrt_module"), tensorrt_version=data.get("tensorrt_version"),
+            gpu=data.get("gpu"), compute_capability=data.get("compute_capability"), profiles=profiles,
+            config=config, plan_bytes=data.get("plan_bytes"), graph=data.get("graph"),
+            strongly_typed=bool(data.get("strongly_typed", True)), tf32=bool(data.get("tf32", False)),
+            inputs=tuple(data.get("inputs") or ()), outputs=tuple(data.get("outputs") or ()),
+            build_seconds=data.get("build_seconds"),
+            extra={key: value for key, value in data.items() if key not in _ENGINE_KEYS},
         )
 
+    def replace(self, **changes) -> EngineRecord:
+        return replace(self, **changes)
+
     @property
-    def test_build(self) -> bool:
-        """A plan built to prove the graph builds (TensorRT-RTX, or no GPU); the runtime refuses it."""
-        return bool(self.data.get("test_build"))
+    def version_compatible(self) -> bool:
+        """Built version-compatible (``--version-compatible``): later TensorRT releases of the
+        line may run it."""
+        return bool(self.config.get("version_compatible"))
+
+    @property
+    def hardware_compatibility(self) -> str:
+        """``none``, ``ampere_plus`` or ``same_compute_capability`` (``--hardware-compatible``)."""
+        return self.config.get("hardware_compatibility", "none")
 
     @property
     def max_prompts(self) -> int | None:
@@ -136,4 +209,12 @@ class EngineRecord:
         ``point_coords`` batch axis), or None for a plan without profiles (the encoder)."""
         if not self.profiles:
             return None
-        return int(self.profiles[0][C.POINT_COORDS.name][2][0])
+        return self.profiles[0][C.POINT_COORDS.name].max[0]
+
+
+def engine_records(data: dict, *, source: str = C.MANIFEST) -> dict[str, EngineRecord]:
+    """``manifest.engines`` in its JSON form -> records by engine name (``encoder``, ``decoder``)."""
+    try:
+        return {name: EngineRecord.from_dict(record, name=name) for name, record in data.items()}
+    except SamExportError as exc:
+        raise SamExportError(f"{source}: {exc}") from None

@@ -164,7 +164,7 @@ def check_output_destination(destination: Path | str, replaceable: ReplaceableCh
     """Refuse, before any work, a destination a build must not (or cannot) replace.
 
     A build may write a new folder or an empty folder, and replace a non-empty one only where
-    ``replaceable`` accepts it (the build passes ``samexport.artifacts.check_replaceable_artifact``:
+    ``replaceable`` accepts it (the build passes ``samexport.replaceable.check_replaceable_artifact``:
     an artifact samexport wrote, holding nothing it did not write; by default none). It refuses an
     existing file, a symbolic link, the current folder or one above it, and a mount point (the
     final rename cannot move a mount point).

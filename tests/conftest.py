@@ -31,12 +31,33 @@ def tiny_sam(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx(tiny_sam, tmp_path_factory) -> tuple[Path, Path]:
-    """(encoder.onnx, decoder.onnx) exported from the tiny model, fp32."""
-    from samexport.export.to_onnx import export_decoder, export_encoder
+def tiny_onnx(tiny_artifact) -> tuple[Path, Path]:
+    """(encoder.onnx, decoder.onnx): the fp32 graphs of ``tiny_artifact``, which the build exports
+    from ``tiny_checkpoint`` with ``export_encoder`` / ``export_decoder`` at the default opset and
+    plain attention (checked here), so the session exports them once. Read-only: copy to change."""
+    from samexport import constants as C
+    from samexport.artifacts import read_manifest
 
-    folder = tmp_path_factory.mktemp("onnx")
-    return export_encoder(tiny_sam, folder / "encoder.onnx"), export_decoder(tiny_sam, folder / "decoder.onnx")
+    manifest = read_manifest(tiny_artifact)
+    assert (manifest.precision, manifest.attention, manifest.opset) == ("fp32", "plain", C.DEFAULT_OPSET)
+    return tiny_artifact / C.ENCODER_ONNX, tiny_artifact / C.DECODER_ONNX
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_encoders(tiny_sam, tiny_onnx, tmp_path_factory) -> dict[str, Path]:
+    """attention mode -> the tiny encoder exported fp32 in that mode at ``support.ATTENTION_OPSETS[mode]``
+    (plain: ``tiny_onnx``'s, the same export), shared by the attention tests. Read-only."""
+    from support import ATTENTION_OPSETS
+
+    from samexport import constants as C
+    from samexport.export.to_onnx import export_encoder
+
+    assert ATTENTION_OPSETS["plain"] == C.DEFAULT_OPSET
+    folder = tmp_path_factory.mktemp("attention-encoders")
+    return {
+        mode: tiny_onnx[0] if mode == "plain" else export_encoder(tiny_sam, folder / f"{mode}.onnx", opset=opset, attention=mode)
+        for mode, opset in ATTENTION_OPSETS.items()
+    }
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,8 @@ def test_written_manifest_is_read_back_and_replaced_atomically(tmp_path):
     assert read_manifest(tmp_path) == written == manifest.replace(files=written.files)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "encoder.plan").write_bytes(b"plan")
-    write_manifest(tmp_path, manifest.replace(engines={"encoder": {"plan": "p/encoder.plan"}}))
-    assert read_manifest(tmp_path).engines == {"encoder": {"plan": "p/encoder.plan"}}
+    write_manifest(tmp_path, manifest.replace(engines={"encoder": EngineRecord("p/encoder.plan")}))
+    assert read_manifest(tmp_path).engines == {"encoder": EngineRecord("p/encoder.plan")}
     assert set(read_manifest(tmp_path).files) == {C.ENCODER_ONNX, C.DECODER_ONNX, "p/encoder.plan"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([C.ENCODER_ONNX, C.DECODER_ONNX, C.MANIFEST, "p"])
     (tmp_path / C.MANIFEST).write_text("[]")
@@ -146,6 +146,54 @@ def test_sections_written_before_they_were_typed_are_read_as_records():
     assert manifest.to_dict()["graphs"] == {**OLD_GRAPHS, "fp16_encoder": True}
 
 
+# A decoder record as samexport wrote it before engine records were typed (build_engine's dict,
+# the plan path made relative to the artifact), and a TensorRT-RTX one from before "test_build".
+OLD_ENGINE_RECORDS = {
+    "decoder": {
+        "builder": "tensorrt", "test_build": False, "tensorrt_module": "tensorrt", "tensorrt_version": "10.3.0.26",
+        "gpu": "Orin", "compute_capability": "8.7", "strongly_typed": True, "tf32": False,
+        "inputs": [{"name": "point_coords", "dtype": "float", "shape": [-1, -1, 2]}],
+        "outputs": [{"name": "masks", "dtype": "float", "shape": [-1, -1, 256, 256]}],
+        "profiles": [{"point_coords": [[1, 1, 2], [1, 4, 2], [32, 16, 2]]}],
+        "config": {"version_compatible": True, "hardware_compatibility": "ampere_plus"},
+        "build_seconds": 12.5, "plan_bytes": 4, "plan": "plans-1/decoder.plan",
+    },
+    "encoder": {
+        "builder": "tensorrt_rtx", "tensorrt_module": "tensorrt_rtx_bindings", "tensorrt_version": "1.7.1.116",
+        "gpu": None, "compute_capability": None, "profiles": [], "plan_bytes": 4, "plan": "plans-1/encoder.plan",
+        "graph": {"form": "fp32-attention", "sha256": "1" * 64},
+    },
+}
+
+
+def test_a_manifest_written_before_engine_records_were_typed_still_loads(tmp_path):
+    """Read from disk as an older samexport wrote it (the same JSON, digest and file records):
+    every engine record is an EngineRecord, and the decoder's is written back as it was."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    (tmp_path / "plans-1").mkdir()
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"):
+        (tmp_path / name).write_bytes(b"data")
+    data = manifest_data(engines=OLD_ENGINE_RECORDS)
+    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"])
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
+
+    manifest = read_manifest(tmp_path)
+    assert all(isinstance(record, EngineRecord) for record in manifest.engines.values())
+    decoder, encoder = manifest.engine("decoder"), manifest.engine("encoder")
+    assert decoder.max_prompts == 32 and decoder.profiles[0]["point_coords"].opt == (1, 4, 2)
+    assert decoder.version_compatible and decoder.hardware_compatibility == "ampere_plus"
+    assert decoder.inputs[0]["name"] == "point_coords" and decoder.build_seconds == 12.5
+    assert decoder.to_dict() == OLD_ENGINE_RECORDS["decoder"]
+    assert encoder.test_build and encoder.builder == "tensorrt_rtx" and encoder.max_prompts is None
+    assert encoder.graph == {"form": "fp32-attention", "sha256": "1" * 64} and encoder.hardware_compatibility == "none"
+    # Written back by this samexport and read again: the same records.
+    assert read_manifest(tmp_path) == manifest
+    assert write_manifest(tmp_path, manifest).engines == manifest.engines == read_manifest(tmp_path).engines
+    assert json.loads((tmp_path / C.MANIFEST).read_text())["engines"]["decoder"] == OLD_ENGINE_RECORDS["decoder"]
+
+
 @pytest.mark.parametrize(
     ("section", "value", "message"),
     [
@@ -159,6 +207,10 @@ def test_bad_sections_are_refused(section, value, message):
         Manifest.from_dict(manifest_data(**{section: value}))
     with pytest.raises(SamExportError, match="names no plan"):
         EngineRecord.from_dict({"gpu": "x"}, name="decoder")
+    with pytest.raises(SamExportError, match=f"{C.MANIFEST}: the decoder engine's record names no plan"):
+        Manifest.from_dict(manifest_data(engines={"decoder": {"gpu": "x"}}))
+    with pytest.raises(SamExportError, match="the decoder engine's record has bad profiles"):
+        EngineRecord.from_dict({"plan": "d.plan", "profiles": [{"point_coords": [[1, 1, 2]]}]}, name="decoder")
     assert ParityRecord.from_dict(OLD_PARITY).precision == "int8"
 
 

@@ -32,6 +32,7 @@ from samexport.artifacts import (
 from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine
 from samexport.errors import SamExportError, require
+from samexport.records import EngineRecord
 from samexport.staging import remove_stale_folders, write_marker
 
 PLAN_NAMES = dict(zip(("encoder", "decoder"), PLAN_FILES))
@@ -81,7 +82,7 @@ def build_plans(
     *,
     plugins: Sequence[Callable[[], object]] = (),
     on_step: Callable[[str], None] = lambda message: None,
-) -> dict[str, dict]:
+) -> dict[str, EngineRecord]:
     """Build ``encoder.plan`` and ``decoder.plan`` from the graphs in ``graphs_dir`` as ``request``
     (checked at the door by :func:`check_engine_request`) asks.
 
@@ -132,9 +133,7 @@ def build_plans(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    for record in records.values():
-        record["plan"] = f"{final.name}/{record['plan']}"
-    return records
+    return {name: record.replace(plan=f"{final.name}/{record.plan}") for name, record in records.items()}
 
 
 # Checks plans before they are committed: called with the artifact folder and a manifest naming
@@ -147,7 +146,7 @@ PlanCheck = Callable[[Path, Manifest], dict]
 def build_candidate_plans(
     folder: Path, request: PlanRequest, *, graphs_dir: Path | None = None,
     plugins: Sequence[Callable[[], object]] = (), on_step: Callable[[str], None] = lambda message: None,
-) -> dict[str, dict]:
+) -> dict[str, EngineRecord]:
     """Build plans into a new ``plans-<id>/`` folder of the artifact ``folder`` without committing
     them: the manifest is not touched, so the artifact still names its old plans. Returns the
     engine records (plan paths relative to ``folder``); :func:`commit_plans` or
@@ -163,25 +162,25 @@ def build_candidate_plans(
     return build_plans(graphs_dir or folder, folder, request, plugins=plugins, on_step=on_step)
 
 
-def discard_plans(folder: Path, records: dict[str, dict]) -> None:
+def discard_plans(folder: Path, records: dict[str, EngineRecord]) -> None:
     """Remove the plans folder :func:`build_candidate_plans` wrote (ours only: marker present)."""
-    _remove_previous_plans(Path(folder), [r["plan"] for r in records.values() if "plan" in r])
+    _remove_previous_plans(Path(folder), [record.plan for record in records.values()])
 
 
 def commit_plans(
-    folder: Path, manifest: Manifest, config: BuildConfig, records: dict[str, dict], verification: dict | None,
+    folder: Path, manifest: Manifest, config: BuildConfig, records: dict[str, EngineRecord], verification: dict | None,
 ) -> Manifest:
     """Make ``records`` the artifact's plans: replace ``manifest.json`` atomically (file records
     recomputed, ``engines_verification`` set), then remove the plans the old manifest named."""
-    previous = [record.get("plan") for record in manifest.engines.values()]
+    previous = [record.plan for record in manifest.engines.values()]
     write_manifest(folder, manifest.replace(
         engine_config=config.to_dict(), engines=records, skipped_engines={}, engines_verification=verification,
     ))
-    _remove_previous_plans(folder, [p for p in previous if p and p not in {r.get("plan") for r in records.values()}])
+    _remove_previous_plans(folder, [p for p in previous if p not in {record.plan for record in records.values()}])
     return read_manifest(folder)
 
 
-def check_candidate_plans(folder: Path, manifest: Manifest, records: dict[str, dict], check: PlanCheck | None) -> dict | None:
+def check_candidate_plans(folder: Path, manifest: Manifest, records: dict[str, EngineRecord], check: PlanCheck | None) -> dict | None:
     """Run ``check`` on plans :func:`build_candidate_plans` wrote; on any failure (the check
     refuses them, or is interrupted) remove them and re-raise, leaving the artifact as it was.
     Returns the verdict (None without a check)."""

@@ -29,6 +29,7 @@ from typing import Literal
 from samexport import constants as C
 from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
+from samexport.records import EngineRecord, ShapeRange
 from samexport.staging import write_atomically
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def build_engine(
     *,
     profiles: list[Profile] | None = None,
     flavour: TensorRTFlavour = "tensorrt",
-) -> dict:
+) -> EngineRecord:
     """Parse ``onnx_path`` strongly typed, build it, write the plain plan to ``plan_path``.
 
     Args:
@@ -114,9 +115,10 @@ def build_engine(
         flavour: ``"tensorrt"``, or ``"tensorrt_rtx"`` to build without a GPU (test builds).
 
     Returns:
-        Build record for ``manifest.json``: builder, TensorRT module and version, whether it is a
-        test build, GPU name and compute capability (None when built without a GPU), TF32,
-        profiles, IO tensors, settings, seconds, plan size.
+        The plan's record for ``manifest.json`` (:class:`~samexport.records.EngineRecord`, the plan
+        named by its file name): builder, TensorRT module and version, whether it is a test build,
+        GPU name and compute capability (None when built without a GPU), TF32, profiles, IO
+        tensors, settings, seconds, plan size.
 
     Raises:
         SamExportError: the graph does not parse (with every parser error), a dynamic input has
@@ -161,23 +163,26 @@ def build_engine(
         gpu = cuda_devices()[0]
     except NoGpuError:
         pass
-    return {
-        "builder": flavour,
-        "test_build": flavour == "tensorrt_rtx",
-        "tensorrt_module": trt.__name__,
-        "tensorrt_version": trt.__version__,
-        "gpu": gpu.name if gpu else None,
-        "compute_capability": gpu.compute_capability if gpu else None,
-        "strongly_typed": True,
-        "tf32": False,
-        "inputs": [_io(network.get_input(i)) for i in range(network.num_inputs)],
-        "outputs": [_io(network.get_output(i)) for i in range(network.num_outputs)],
-        "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in (profiles or [])],
-        "config": config.to_dict(),
-        "build_seconds": round(seconds, 3),
-        "plan_bytes": data.nbytes,
-        "plan": plan_path.name,
-    }
+    return EngineRecord(
+        plan=plan_path.name,
+        builder=flavour,
+        test_build=flavour == "tensorrt_rtx",
+        tensorrt_module=trt.__name__,
+        tensorrt_version=trt.__version__,
+        gpu=gpu.name if gpu else None,
+        compute_capability=gpu.compute_capability if gpu else None,
+        profiles=tuple(
+            {name: ShapeRange(*(tuple(shape) for shape in shapes)) for name, shapes in profile.items()}
+            for profile in profiles or []
+        ),
+        config=config.to_dict(),
+        plan_bytes=data.nbytes,
+        strongly_typed=True,
+        tf32=False,
+        inputs=tuple(_io(network.get_input(i)) for i in range(network.num_inputs)),
+        outputs=tuple(_io(network.get_output(i)) for i in range(network.num_outputs)),
+        build_seconds=round(seconds, 3),
+    )
 
 
 def is_jetson() -> bool:

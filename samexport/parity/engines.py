@@ -31,6 +31,7 @@ from samexport.errors import SamExportError
 from samexport.parity.references import load_references, no_references_message
 from samexport.parity.report import ParityReport
 from samexport.parity.verify import BackendOpener, VerificationError, describe_failure, verify_with_references
+from samexport.records import EngineRecord
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.runtime.tensorrt_backend import TensorRTBackend
 
@@ -173,7 +174,7 @@ def build_verified_engines(
 def _fallback(
     folder: Path, manifest: Manifest, request: PlanRequest, check, failure: VerificationError,
     on_step: Callable[[str], None],
-) -> tuple[dict[str, dict], dict]:
+) -> tuple[dict[str, EngineRecord], dict]:
     """``--fallback`` after the primary plans failed (they are already removed): build the plans
     again from the FP32 attention form of the encoder (``samexport.engines.fallback``), check
     them the same way, and return (records, verdict) to commit. The verdict records the form
@@ -187,7 +188,7 @@ def _fallback(
             )
     except SamExportError as exc:
         raise VerificationError(f"{failure}\n--fallback could not build the FP32 attention form: {exc}", failure.report) from None
-    records["encoder"]["graph"] = graph_record
+    records["encoder"] = records["encoder"].replace(graph=graph_record)
     on_step("running the FP32 attention form's plans on the stored PyTorch references")
     try:
         verdict = check_candidate_plans(folder, manifest, records, check)

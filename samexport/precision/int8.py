@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -160,6 +160,9 @@ def quantize_encoder_int8(
 ) -> Path:
     """Calibrate the fp32 encoder ``src`` on the images of ``calib_dir`` and write INT8 Q/DQ ``dst``.
 
+    The door for a direct caller: checks the images and the cache, then
+    :func:`quantize_checked_encoder_int8` (which a build calls with the images it checked itself).
+
     Args:
         src: fp32 ``encoder.onnx`` (input ``image`` 1x3x1024x1024).
         dst: output path.
@@ -175,6 +178,26 @@ def quantize_encoder_int8(
     images = check_calibration_images(calib_dir, recipe.max_images)
     if cache_path is not None:
         check_calibration_cache(cache_path, replace_malformed=replace_malformed_cache)
+    return quantize_checked_encoder_int8(
+        src, dst, images, cache_path=cache_path, recipe=recipe, fp32_ops=fp32_ops,
+        replace_malformed_cache=replace_malformed_cache,
+    )
+
+
+def quantize_checked_encoder_int8(
+    src: Path | str,
+    dst: Path | str,
+    images: Sequence[Path],
+    *,
+    cache_path: Path | str | None = None,
+    recipe: Int8Recipe,
+    fp32_ops: Collection[str] | None = None,
+    replace_malformed_cache: bool = False,
+) -> Path:
+    """:func:`quantize_encoder_int8` on inputs already checked: ``images`` as
+    :func:`check_calibration_images` returned them and ``cache_path`` passed by
+    :func:`check_calibration_cache` (``samexport build`` checks both at its door, before the
+    export, and checks nothing again here)."""
     ranges = None
     key = None
     if cache_path is not None:

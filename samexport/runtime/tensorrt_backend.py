@@ -29,6 +29,7 @@ from samexport import constants as C
 from samexport.artifacts import Manifest, verify_artifact
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt, tensorrt_availability
 from samexport.errors import InvalidInputError, SamExportError
+from samexport.records import EngineRecord
 
 ENGINE_NAMES = ("encoder", "decoder")
 # TensorRT documents one cross-major combination for version-compatible plans in the releases
@@ -43,7 +44,7 @@ def tensorrt_release(version: str) -> tuple[int, ...]:
 
 
 def check_engine_compatibility(
-    record: dict, *, name: str, tensorrt_version: str, gpu: GpuInfo, gpu_specific_kernels: bool = False
+    record: EngineRecord, *, name: str, tensorrt_version: str, gpu: GpuInfo, gpu_specific_kernels: bool = False
 ) -> None:
     """Refuse a plan this TensorRT or this GPU cannot run, saying what to rebuild.
 
@@ -56,7 +57,7 @@ def check_engine_compatibility(
     holds PTX compiled for the building GPU only, so hardware compatibility does not extend to it.
 
     Args:
-        record: the engine's entry in ``manifest.json`` (as written by ``build_engine``).
+        record: the engine's record (``Manifest.engines[name]``, written by ``build_engine``).
         name: ``"encoder"`` or ``"decoder"``, for the message.
         tensorrt_version: version of the TensorRT that would deserialize the plan.
         gpu: the GPU it would run on.
@@ -68,27 +69,26 @@ def check_engine_compatibility(
             version, or another GPU; the message says what to rebuild.
     """
     rebuild = "rebuild the engines on this machine with `samexport engines ARTIFACT_DIR`"
-    if record.get("test_build") or record.get("builder") == "tensorrt_rtx":
+    if record.test_build or record.builder == "tensorrt_rtx":
         raise SamExportError(
-            f"the {name} engine is a test build ({record.get('tensorrt_module', 'TensorRT-RTX')} "
-            f"{record.get('tensorrt_version')}, built to prove the graph builds, not to run): {rebuild}"
+            f"the {name} engine is a test build ({record.tensorrt_module or 'TensorRT-RTX'} "
+            f"{record.tensorrt_version}, built to prove the graph builds, not to run): {rebuild}"
         )
-    built_cc = record.get("compute_capability")
+    built_cc = record.compute_capability
     if built_cc is None:
         raise SamExportError(f"the {name} engine was built without a GPU (test build): {rebuild}")
-    built, running = tensorrt_release(record["tensorrt_version"]), tensorrt_release(tensorrt_version)
-    config = record.get("config", {})
-    if config.get("version_compatible"):
+    built, running = tensorrt_release(record.tensorrt_version or ""), tensorrt_release(tensorrt_version)
+    if record.version_compatible:
         same_line = running[0] == built[0] or (built[0], running[0]) in _CROSS_MAJOR_VERSION_COMPATIBLE
         version_ok = same_line and running >= built
     else:
         version_ok = running == built
     if not version_ok:
         raise SamExportError(
-            f"the {name} engine was built with TensorRT {record['tensorrt_version']}, this is TensorRT "
+            f"the {name} engine was built with TensorRT {record.tensorrt_version}, this is TensorRT "
             f"{tensorrt_version}: {rebuild}"
         )
-    level = config.get("hardware_compatibility", "none")
+    level = record.hardware_compatibility
     major = int(gpu.compute_capability.split(".")[0])
     if level == "ampere_plus" and not gpu_specific_kernels:
         hardware_ok = major >= 8
@@ -97,7 +97,7 @@ def check_engine_compatibility(
     if not hardware_ok:
         plugin = " (its attention plugin kernel is compiled for that GPU only)" if gpu_specific_kernels else ""
         raise SamExportError(
-            f"the {name} engine was built for {record.get('gpu')} (compute capability {built_cc}){plugin}, "
+            f"the {name} engine was built for {record.gpu} (compute capability {built_cc}){plugin}, "
             f"this GPU is {gpu.name} ({gpu.compute_capability}): {rebuild}"
         )
 

@@ -59,7 +59,7 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
 
     config = BuildConfig(workspace_bytes=1 << 30, prompts=(1, 1, 4), points=(1, 2, 4))
     manifest = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
-    plans = sorted(record["plan"] for record in manifest.engines.values())
+    plans = sorted(record.plan for record in manifest.engines.values())
     # the graphs, the stored PyTorch references and the new plans
     assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, manifest.references["file"], *plans])
     for name in plans:

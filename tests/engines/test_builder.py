@@ -122,17 +122,18 @@ def test_rtx_builds_tiny_engines(tiny_graphs, precision, tmp_path):
     config = BuildConfig()
     encoder, decoder = tiny_graphs[precision]
     info = build_engine(encoder, tmp_path / "encoder.plan", config, flavour="tensorrt_rtx")
-    assert info["inputs"] == [{"name": C.IMAGE.name, "dtype": "float", "shape": list(C.IMAGE.shape)}]
-    assert [o["name"] for o in info["outputs"]] == [C.IMAGE_EMBEDDINGS.name]
-    assert info["tensorrt_version"] and info["strongly_typed"]
-    assert (tmp_path / "encoder.plan").stat().st_size == info["plan_bytes"] > 0
+    assert info.inputs == ({"name": C.IMAGE.name, "dtype": "float", "shape": list(C.IMAGE.shape)},)
+    assert [o["name"] for o in info.outputs] == [C.IMAGE_EMBEDDINGS.name]
+    assert info.tensorrt_version and info.strongly_typed
+    assert (tmp_path / "encoder.plan").stat().st_size == info.plan_bytes > 0
 
     info = build_engine(decoder, tmp_path / "decoder.plan", config, profiles=[config.decoder_profile()], flavour="tensorrt_rtx")
-    shapes = {i["name"]: i["shape"] for i in info["inputs"]}
+    shapes = {i["name"]: i["shape"] for i in info.inputs}
     assert shapes[C.POINT_COORDS.name] == [-1, -1, 2] and shapes[C.HAS_MASK_INPUT.name] == [-1]
-    assert info["profiles"][0][C.POINT_COORDS.name] == [[1, 1, 2], [1, 2, 2], [64, 16, 2]]
-    assert [o["name"] for o in info["outputs"]] == [s.name for s in C.DECODER_OUTPUTS]
-    assert all(o["dtype"] == "float" for o in info["outputs"])  # fp32 API whatever the precision
+    assert info.profiles[0][C.POINT_COORDS.name] == ((1, 1, 2), (1, 2, 2), (64, 16, 2))
+    assert info.max_prompts == 64 and info.to_dict()["profiles"][0][C.POINT_COORDS.name] == [[1, 1, 2], [1, 2, 2], [64, 16, 2]]
+    assert [o["name"] for o in info.outputs] == [s.name for s in C.DECODER_OUTPUTS]
+    assert all(o["dtype"] == "float" for o in info.outputs)  # fp32 API whatever the precision
 
 
 @needs_rtx
@@ -144,7 +145,7 @@ def test_rtx_plan_is_plain(tiny_onnx, tmp_path):
     plan = tmp_path / "encoder.plan"
     info = build_engine(tiny_onnx[0], plan, BuildConfig(), flavour="tensorrt_rtx")
     data = plan.read_bytes()
-    assert data[:4] == b"vtrt" and len(data) == info["plan_bytes"]
+    assert data[:4] == b"vtrt" and len(data) == info.plan_bytes
 
 
 @needs_rtx
@@ -210,7 +211,7 @@ def test_gpu_engines_match_torch(tiny_sam, tiny_graphs, precision, tmp_path):
     encoder, decoder = tiny_graphs[precision]
     build_engine(encoder, tmp_path / "e.plan", config)
     info = build_engine(decoder, tmp_path / "d.plan", config, profiles=[config.decoder_profile()])
-    assert info["gpu"] and info["compute_capability"]
+    assert info.gpu and info.compute_capability
 
     image = preprocess(sample_photo(HELD_OUT_PHOTO))
     with torch.no_grad():

@@ -94,9 +94,9 @@ def test_rebuild_replaces_our_plans_and_keeps_the_rest(tiny_artifact, tmp_path):
     (artifact / "notes.txt").write_text("the user's own file")
     config = BuildConfig(workspace_bytes=1 << 30, prompts=(1, 1, 4), points=(1, 2, 4))
     first = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
-    first_folder = (artifact / first.engines["encoder"]["plan"]).parent
+    first_folder = (artifact / first.engines["encoder"].plan).parent
     second = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
-    second_folder = (artifact / second.engines["encoder"]["plan"]).parent
+    second_folder = (artifact / second.engines["encoder"].plan).parent
     assert second_folder != first_folder and not first_folder.exists() and second_folder.is_dir()
     assert (artifact / "notes.txt").read_text() == "the user's own file"
     references = second.references["file"]  # the stored PyTorch references (samexport.parity.references)

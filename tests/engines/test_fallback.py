@@ -102,7 +102,7 @@ def forms_runner(failing: set[str]):
     calls: list[str] = []
 
     def open_runner(folder: Path, manifest):
-        form = manifest.engines["encoder"].get("graph", {}).get("form", "exported")
+        form = (manifest.engines["encoder"].graph or {}).get("form", "exported")
         calls.append(form)
         return (bad if form in failing else good)(folder, manifest)
 
@@ -125,7 +125,7 @@ def test_passing_plans_record_the_exported_form(tiny_fp16_artifact, tmp_path):
     assert runner.calls == ["exported"]
     assert manifest.engines_verification["status"] == "passed"
     assert manifest.engines_verification["encoder_form"] == "exported"
-    assert "graph" not in manifest.engines["encoder"] and "fallback_from" not in manifest.engines_verification
+    assert manifest.engines["encoder"].graph is None and "fallback_from" not in manifest.engines_verification
 
 
 @pytest.mark.slow
@@ -145,7 +145,7 @@ def test_failing_primary_then_the_fallback_is_committed(tiny_fp16_artifact, tmp_
     assert verdict["fallback_from"]["encoder_form"] == "exported"
     assert "embedding" in verdict["fallback_from"]["failure"]
     assert verdict["fallback_from"]["summary"]["embedding_rel_max_abs"] == pytest.approx(FP16_BREAK, rel=0.2)
-    graph = manifest.engines["encoder"]["graph"]
+    graph = manifest.engines["encoder"].graph
     with fp32_attention_graphs(folder) as (_, fresh):  # deterministic: the same graph again
         assert graph["sha256"] == fresh["sha256"]
     assert graph["derived_from_sha256"] == sha256_file(folder / C.ENCODER_ONNX)
@@ -154,8 +154,8 @@ def test_failing_primary_then_the_fallback_is_committed(tiny_fp16_artifact, tmp_
     after = snapshot(folder)
     assert {k: v for k, v in after.items() if k.endswith(".onnx") or ".onnx." in k} == graphs_before
     plan_folders = {p.name for p in folder.iterdir() if p.name.startswith(("plans-", ".plans-"))}
-    assert plan_folders == {Path(r["plan"]).parent.name for r in manifest.engines.values()}
-    assert all(r["plan"] in manifest.files for r in manifest.engines.values())
+    assert plan_folders == {Path(r.plan).parent.name for r in manifest.engines.values()}
+    assert all(r.plan in manifest.files for r in manifest.engines.values())
     assert leftover_temp_folders() == temp_before
     assert any("--fallback" in s for s in steps)
     assert "FP32 attention form" in invoke("info", folder).output or "fp32-attention" in invoke("info", folder).output

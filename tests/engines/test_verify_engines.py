@@ -57,10 +57,10 @@ def test_passing_plans_are_kept_with_their_verdict(tiny_artifact, tmp_path):
     verdict = manifest.engines_verification
     assert verdict["status"] == "passed" and verdict["backend"] == "onnxruntime-cpu"
     assert verdict["attention"] == "plain" and verdict["precision"] == "fp32"
-    assert verdict["tensorrt_version"] == manifest.engines["encoder"]["tensorrt_version"]
+    assert verdict["tensorrt_version"] == manifest.engines["encoder"].tensorrt_version
     assert verdict["references"] == manifest.references["file"]
     assert all(c["passed"] for c in verdict["checks"]) and verdict["summary"]["embedding_cosine"] >= 0.99999
-    assert all(record["plan"] in manifest.files for record in manifest.engines.values())
+    assert all(record.plan in manifest.files for record in manifest.engines.values())
     shown = json.loads(invoke("info", folder).output)["engines_verification"]
     assert shown == json.loads(json.dumps(verdict))
 

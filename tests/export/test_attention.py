@@ -17,6 +17,7 @@ import re
 import numpy as np
 import onnx
 import pytest
+from support import ATTENTION_OPSETS
 
 torch = pytest.importorskip("torch")
 
@@ -40,13 +41,11 @@ needs_rtx = pytest.mark.skipif(not HAVE_RTX, reason="TensorRT-RTX is not install
 
 
 @pytest.fixture(scope="module")
-def graphs(tiny_sam, tmp_path_factory) -> dict:
-    """Encoder ONNX per attention mode, fp32."""
-    folder = tmp_path_factory.mktemp("attention")
-    return {
-        mode: export_encoder(tiny_sam, folder / f"{mode}.onnx", opset=OPSET[mode], attention=mode)
-        for mode in ATTENTION_MODES
-    }
+def graphs(tiny_attention_encoders) -> dict:
+    """Encoder ONNX per attention mode, fp32 (exported at ``OPSET[mode]``, shared with
+    ``tests/precision/test_attention_fp32.py``)."""
+    assert set(tiny_attention_encoders) == set(ATTENTION_MODES) and ATTENTION_OPSETS == OPSET
+    return tiny_attention_encoders
 
 
 @pytest.fixture(scope="module")
@@ -233,14 +232,14 @@ def test_rtx_builds_fused_pattern(graphs, fp16_graphs, precision, tmp_path, capl
     path = {"fp32": graphs, "fp16": fp16_graphs}[precision]["fused-pattern"]
     with caplog.at_level(logging.DEBUG, logger="samexport.engines.builder"):
         info = rtx_build(path, tmp_path)
-    assert info["plan_bytes"] > 0
+    assert info.plan_bytes > 0
     found = set(re.findall(r"Found (\S+) to be part of self-attention pattern", caplog.text))
     assert sum(name.startswith("node_softmax") for name in found) == 2
 
 
 @needs_rtx
 def test_rtx_builds_onnx_attention_fp16(fp16_graphs, tmp_path):
-    assert rtx_build(fp16_graphs["onnx-attention"], tmp_path)["plan_bytes"] > 0
+    assert rtx_build(fp16_graphs["onnx-attention"], tmp_path).plan_bytes > 0
 
 
 @needs_rtx

@@ -42,11 +42,10 @@ def decoder_inputs(batch: int, *, shared: bool, seed: int = 0) -> tuple[np.ndarr
 
 
 @pytest.fixture(scope="module")
-def onnx_backend(tiny_sam, tiny_onnx, tmp_path_factory) -> OnnxRuntimeBackend:
-    from samexport.export.to_onnx import export_decoder_halves
-
-    folder = tmp_path_factory.mktemp("halves")
-    halves = export_decoder_halves(tiny_sam, folder / C.DECODER_SCORES_ONNX, folder / C.DECODER_MASKS_ONNX)
+def onnx_backend(tiny_artifact, tiny_onnx) -> OnnxRuntimeBackend:
+    """The tiny graphs with the decoder's halves the build exported beside them
+    (``export_decoder_halves`` from the same checkpoint, at the default opset)."""
+    halves = (tiny_artifact / C.DECODER_SCORES_ONNX, tiny_artifact / C.DECODER_MASKS_ONNX)
     return OnnxRuntimeBackend(*tiny_onnx, device="cpu", decoder_halves=halves)
 
 

@@ -346,12 +346,12 @@ def test_rtx_builds(name, graphs, tmp_path):
     config = BuildConfig()
     encoder, decoder = graphs[name]
     info = build_engine(encoder, tmp_path / "encoder.plan", config, flavour="tensorrt_rtx")
-    assert info["plan_bytes"] > 0 and info["strongly_typed"]
-    assert [o["name"] for o in info["outputs"]] == [C.IMAGE_EMBEDDINGS.name]
+    assert info.plan_bytes > 0 and info.strongly_typed
+    assert [o["name"] for o in info.outputs] == [C.IMAGE_EMBEDDINGS.name]
     if name in ("fp32", "fp16"):  # the int8 builds share the fp16 decoder
         info = build_engine(decoder, tmp_path / "decoder.plan", config, profiles=[config.decoder_profile()],
                             flavour="tensorrt_rtx")
-        assert {i["name"]: i["shape"] for i in info["inputs"]}[C.POINT_LABELS.name] == [-1, -1]
+        assert {i["name"]: i["shape"] for i in info.inputs}[C.POINT_LABELS.name] == [-1, -1]
 
 
 # -- the commands --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from support import HELD_OUT_PHOTO, cosine, needs_rtx, sample_photo
+from support import ATTENTION_OPSETS, HELD_OUT_PHOTO, cosine, needs_rtx, sample_photo
 from support.graphs import classify_matmuls, value_types
 
 from samexport import constants as C
@@ -35,22 +35,17 @@ OPSET = {"plain": 18, "fused-pattern": 18, "onnx-attention": 23, "plugin": 18}
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-def _export(sam, folder, mode="plain"):
-    from samexport.export.to_onnx import export_encoder
-
-    fp32 = export_encoder(sam, folder / f"{mode}.onnx", opset=OPSET[mode], attention=mode)
-    fp16 = convert_to_fp16(fp32, folder / f"{mode}-fp16.onnx", fp32_ops=sam.variant.fp32_ops)
-    return fp32, fp16
-
-
 @pytest.fixture(scope="module")
-def tiny_forms(tiny_sam, tmp_path_factory) -> dict:
-    """mode -> (fp32, fp16, safe) encoder graphs of the tiny variant."""
+def tiny_forms(tiny_sam, tiny_attention_encoders, tmp_path_factory) -> dict:
+    """mode -> (fp32, fp16, safe) encoder graphs of the tiny variant (fp32: exported at
+    ``OPSET[mode]``, shared with ``tests/export/test_attention.py``)."""
     pytest.importorskip("torch")
+    assert ATTENTION_OPSETS == OPSET
     folder = tmp_path_factory.mktemp("attention-fp32")
     forms = {}
     for mode in ("plain", "fused-pattern", "onnx-attention", "plugin"):
-        fp32, fp16 = _export(tiny_sam, folder, mode)
+        fp32 = tiny_attention_encoders[mode]
+        fp16 = convert_to_fp16(fp32, folder / f"{mode}-fp16.onnx", fp32_ops=tiny_sam.variant.fp32_ops)
         safe = None
         if mode != "plugin":
             upcast_attention(fp16, folder / f"{mode}-safe.onnx")
@@ -236,7 +231,7 @@ def test_parity_tiny(tiny_sam, tiny_forms, mode):
 
 @pytest.mark.slow
 def test_parity_mobile_sam(mobile_sam_checkpoint, mobile_sam_artifact, tmp_path_factory):
-    """From the session's MobileSAM export (plain attention, opset 18, as ``_export`` makes it)."""
+    """From the session's MobileSAM export (plain attention, opset 18, as ``tiny_forms``'s graphs)."""
     from samexport.checkpoint import load_sam
 
     folder = tmp_path_factory.mktemp("mobile_sam-fp32-attention")
@@ -250,7 +245,7 @@ def test_parity_mobile_sam(mobile_sam_checkpoint, mobile_sam_artifact, tmp_path_
 @pytest.mark.slow
 def test_parity_vit_b(vit_b_checkpoint, vit_b_fp16_encoder, tmp_path_factory):
     """From the session's vit_b export converted to FP16 (plain attention, opset 18, the default
-    FP32 islands: what ``_export`` makes)."""
+    FP32 islands: what ``tiny_forms`` makes)."""
     from samexport.checkpoint import load_sam
 
     folder = tmp_path_factory.mktemp("vit_b-fp32-attention")
@@ -272,4 +267,4 @@ def test_rtx_builds_the_safe_form(tiny_forms, mode, tmp_path):
     from samexport.engines.builder import BuildConfig, build_engine
 
     info = build_engine(tiny_forms[mode][2], tmp_path / "encoder.plan", BuildConfig(workspace_bytes=1 << 30), flavour="tensorrt_rtx")
-    assert info["plan_bytes"] > 0 and (tmp_path / "encoder.plan").stat().st_size == info["plan_bytes"]
+    assert info.plan_bytes > 0 and (tmp_path / "encoder.plan").stat().st_size == info.plan_bytes

@@ -350,6 +350,36 @@ def test_calibration_cache_is_reused_and_keyed(tiny_onnx, tiny_int8, calib_dir, 
         int8.quantize_encoder_int8(tiny_onnx[0], tmp_path / "other.onnx", fewer, cache_path=cache)
 
 
+def test_a_build_checks_the_calibration_inputs_once(tiny_onnx, tiny_int8, calib_dir, tmp_path, monkeypatch):
+    """``samexport build`` checks the images and the cache at its door (``_check_sam_request``,
+    ``pipeline.build``) and quantizes with what it checked: the checked entry point checks nothing
+    again, and gives the graph the public one gives."""
+    from samexport import build_steps
+    from samexport.precision import calibration, int8
+    from samexport.precision.recipes import Int8Recipe
+    from samexport.variants import get_model
+
+    checked = build_steps._check_sam_request(
+        get_model("tiny"), precision="int8", attention="plain", opset=17, int8_target="onnxruntime", calib_dir=calib_dir,
+    )
+    assert checked["calibration_images"] == calibration.list_images(calib_dir, checked["recipe"].max_images)
+
+    def checked_again(*args, **kwargs):
+        raise AssertionError("checked again")
+
+    for module in (int8, calibration):
+        monkeypatch.setattr(module, "check_calibration_images", checked_again)
+        monkeypatch.setattr(module, "check_calibration_cache", checked_again)
+    monkeypatch.setattr(calibration, "read_image", checked_again)  # no image decoded: the cache matches
+    again = int8.quantize_checked_encoder_int8(  # tiny_int8's recipe: the default
+        tiny_onnx[0], tmp_path / "again.onnx", calibration.list_images(calib_dir), cache_path=tiny_int8[1],
+        recipe=Int8Recipe(),
+    )
+    assert onnx.load(str(again)).graph == onnx.load(str(tiny_int8[0])).graph
+    with pytest.raises(AssertionError, match="checked again"):  # the public door does check
+        int8.quantize_encoder_int8(tiny_onnx[0], tmp_path / "door.onnx", calib_dir, cache_path=tiny_int8[1])
+
+
 def test_calibration_folder_errors(tiny_onnx, tmp_path):
     from samexport.errors import SamExportError
     from samexport.precision.int8 import quantize_encoder_int8

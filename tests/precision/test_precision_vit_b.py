@@ -113,7 +113,7 @@ def test_vit_b_rtx_builds(fp32, fp16, int8, precision, tmp_path):
     encoder = {"fp32": fp32[0], "fp16": fp16[0], "int8": int8}[precision]
     decoder = fp32[1] if precision == "fp32" else fp16[1]
     info = build_engine(encoder, tmp_path / "encoder.plan", config, flavour="tensorrt_rtx")
-    assert info["plan_bytes"] > 0
+    assert info.plan_bytes > 0
     info = build_engine(decoder, tmp_path / "decoder.plan", config, profiles=[config.decoder_profile()],
                         flavour="tensorrt_rtx")
-    assert {i["name"]: i["shape"] for i in info["inputs"]}[C.POINT_LABELS.name] == [-1, -1]
+    assert {i["name"]: i["shape"] for i in info.inputs}[C.POINT_LABELS.name] == [-1, -1]

@@ -6,8 +6,9 @@ import pytest
 
 from samexport.engines import GpuInfo, tensorrt_availability
 from samexport.errors import SamExportError
+from samexport.records import EngineRecord
 from samexport.runtime.predictor import SamPredictor
-from samexport.runtime.tensorrt_backend import check_engine_compatibility
+from samexport.runtime.tensorrt_backend import check_engine_compatibility as check_record
 
 ORIN = GpuInfo(0, "Orin", "8.7")
 H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0")
@@ -18,6 +19,12 @@ RECORD = {
     "config": {"version_compatible": False, "hardware_compatibility": "none"},
     "plan": "encoder.plan",
 }
+
+
+def check_engine_compatibility(record: dict, **kwargs) -> None:
+    """The check on an engine record in its ``manifest.json`` form, read as ``Manifest.from_dict``
+    reads it (so records written before ``test_build`` existed are covered too)."""
+    check_record(EngineRecord.from_dict(record), **kwargs)
 
 
 def test_same_version_and_gpu_is_accepted():

@@ -33,6 +33,10 @@ SAM2_OFFICIAL_MISSING = (
     "SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0 (see .ci/run)"
 )
 
+# The opset the attention tests export each attention mode's encoder at (``tiny_attention_encoders``
+# in ``tests/conftest.py``); onnx-attention needs the ONNX Attention op of opset 23.
+ATTENTION_OPSETS = {"plain": 18, "fused-pattern": 18, "onnx-attention": 23, "plugin": 18}
+
 HAVE_RTX = any(importlib.util.find_spec(m) is not None for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
 
 
@@ -160,7 +164,7 @@ def onnxruntime_runner(rel: float = 0.0):
 
         backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu")
         assert set(manifest.engines) == {"encoder", "decoder"}  # it is handed the candidate plans
-        assert all((folder / record["plan"]).is_file() for record in manifest.engines.values())
+        assert all((folder / record.plan).is_file() for record in manifest.engines.values())
         return Perturbed(backend, rel) if rel else backend
 
     return open_runner
