@@ -15,7 +15,11 @@ executor the ``ray`` extra; ``segment_all`` the ``coco`` extra.
 
 from samexport.datasets.images import list_images, scan_images
 from samexport.datasets.jobs import EXECUTORS, JobResult, embed, segment_all
-from samexport.datasets.restore import embedding_from_row, features_from_row, predictor_from_embedding
+from samexport.datasets.restore import (
+    embedding_from_row,
+    features_from_row,
+    predictor_from_embedding,
+)
 from samexport.datasets.schema import COLUMNS, arrow_schema
 from samexport.datasets.store import MANIFEST_NAME, read_rows
 

@@ -8,7 +8,11 @@ from typing import Any
 import numpy as np
 
 from samexport import constants as C
-from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, SAM2_FEATURE_COLUMNS
+from samexport.datasets.schema import (
+    EMBEDDING_DTYPE,
+    EMBEDDING_SHAPE,
+    SAM2_FEATURE_COLUMNS,
+)
 from samexport.errors import SamExportError
 from samexport.runtime.predictors import contract_of
 

@@ -130,7 +130,12 @@ def test_embed_rows_restore_the_masks_of_set_image(sam2_tiny_artifact, image_fil
     manifest and the Parquet schema; the row restores a ``SAM2ImagePredictor`` whose masks are
     those of ``set_image`` on the same (rounded) features, and within float16 of the unrounded."""
     from samexport import SAM2ImagePredictor
-    from samexport.datasets import MANIFEST_NAME, features_from_row, predictor_from_embedding, read_rows
+    from samexport.datasets import (
+        MANIFEST_NAME,
+        features_from_row,
+        predictor_from_embedding,
+        read_rows,
+    )
     from samexport.testing import mask_iou
 
     out = tmp_path / "emb"
@@ -162,8 +167,8 @@ def test_embed_rows_restore_the_masks_of_set_image(sam2_tiny_artifact, image_fil
 
     restored = predictor_from_embedding(SAM2ImagePredictor(sam2_tiny_artifact, backend="onnxruntime-cpu"), row)
     assert restored.original_size == (height, width)
-    prompts = dict(point_coords=np.array([[width * 0.3, height * 0.6], [width * 0.7, height * 0.2]]),
-                   point_labels=np.array([1, 0]), box=np.array([2, 3, width - 5, height - 2]))
+    prompts = {"point_coords": np.array([[width * 0.3, height * 0.6], [width * 0.7, height * 0.2]]),
+               "point_labels": np.array([1, 0]), "box": np.array([2, 3, width - 5, height - 2])}
     unrounded = direct.predict(**prompts)
     direct.set_image_features([f.astype(np.float16) for f in direct.image_features], (height, width))
     for got, want in zip(restored.predict(**prompts), direct.predict(**prompts), strict=True):

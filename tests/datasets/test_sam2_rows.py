@@ -13,7 +13,13 @@ import pytest
 from samexport import constants as C
 from samexport.datasets.restore import features_from_row
 from samexport.datasets.schema import (
-    COLUMNS, EMBEDDING_LAYOUT, arrow_schema, columns, dataset_schema, feature_columns, manifest_extra,
+    COLUMNS,
+    EMBEDDING_LAYOUT,
+    arrow_schema,
+    columns,
+    dataset_schema,
+    feature_columns,
+    manifest_extra,
 )
 from samexport.errors import InvalidInputError, SamExportError
 
