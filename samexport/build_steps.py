@@ -9,8 +9,9 @@ keys them by family.
 
 SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the default FP32
 islands, see docs/sam2.md), int8 encoders for the CPU runtimes (``--int8-for onnxruntime`` /
-``openvino``), the quick parity check; no TensorRT int8 recipe, no TensorRT engines, no stored
-references yet (each refused or recorded as such, never silently skipped).
+``openvino``), the quick parity check and the stored PyTorch references (what ``samexport verify``
+checks); no TensorRT int8 recipe and no TensorRT engines yet (each refused or recorded as such,
+never silently skipped).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from samexport.parity.sam2 import sam2_quick_parity
 from samexport.precision.calibration import check_calibration_images
 from samexport.precision.recipes import Int8Recipe, Int8Target, recipe_for
 from samexport.records import GraphPrecisions
+from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.torch_backend import TorchBackend
 from samexport.sam2_checkpoint import load_sam2
 from samexport.variants import Variant
@@ -272,7 +274,7 @@ SAM2_STEPS = ModelSteps(
     load=lambda checkpoint, variant: load_sam2(checkpoint, variant).eval(),
     write_graphs=_write_sam2_graphs,
     quick_parity=lambda model, folder, precision, arena: sam2_quick_parity(model, folder, precision, memory_arena=arena),
-    record_references=None,
+    record_references=lambda model, staging: record_references(Sam2TorchBackend(model), staging),
     graph_records=_sam2_graph_records,
     no_engines="samexport builds no TensorRT engines for SAM 2.1 yet (its graphs run on ONNX Runtime and OpenVINO)",
 )

@@ -2,8 +2,9 @@
 
 The artifact ``samexport.build("sam2.1_hiera_tiny", ...)`` makes is read back: its manifest records
 the family's graph contract (the encoder's three outputs, the decoder's seven inputs and three
-outputs) and a passing quick parity check against the PyTorch weights, and says why it has no
-engines and no stored references; each runtime door opens it or refuses it by that contract.
+outputs), a passing quick parity check against the PyTorch weights and its stored references
+(format 2, SAM 2.1's features: tests/parity/test_sam2_verify.py), and says why it has no engines;
+each runtime door opens it or refuses it by that contract.
 What SAM 2.1 cannot build yet is refused before any work.
 """
 
@@ -54,8 +55,9 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
     assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
     assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
-    assert manifest.decoder_halves() is None and manifest.references is None and manifest.engines == {}
-    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX}
+    assert manifest.decoder_halves() is None and manifest.engines == {}
+    assert manifest.references["contract"] == "sam2" and manifest.references["format"] == 2
+    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references["file"]}
     assert all("no TensorRT engines for SAM 2.1" in reason for reason in manifest.skipped_engines.values())
     parity = manifest.parity
     assert parity.passed, parity

@@ -248,10 +248,12 @@ def embed(
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP)] = False,
     max_file_mb: Annotated[float, typer.Option(help=MAX_FILE_HELP, min=0.001)] = DEFAULT_MAX_FILE_BYTES / (1 << 20),
 ) -> None:
-    """Embed every image once into Parquet rows (1x256x64x64 float16 + sizes), resumably.
+    """Embed every image once into Parquet rows (1x256x64x64 float16 + sizes; SAM 2.1: + its two
+    high-resolution maps), resumably.
 
     A stored row restores a predictor without the encoder:
-    samexport.datasets.predictor_from_embedding(SamPredictor(ARTIFACT_DIR), row).
+    samexport.datasets.predictor_from_embedding(SamPredictor(ARTIFACT_DIR), row), or
+    SAM2ImagePredictor(ARTIFACT_DIR) for SAM 2.1.
     """
 
     result = run_embed(

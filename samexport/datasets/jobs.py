@@ -22,7 +22,7 @@ from samexport.artifacts import read_manifest
 from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, file_changed, scan_images
 from samexport.datasets.local_executor import run_local, sigterm_as_interrupt
 from samexport.datasets.ray_executor import run_ray
-from samexport.datasets.schema import COLUMNS, EMBEDDING_LAYOUT, Job
+from samexport.datasets.schema import Job, manifest_extra
 from samexport.datasets.store import FolderLock, artifact_fingerprint, check_output, open_output
 from samexport.datasets.worker import JobSpec, resolve_generator_options
 from samexport.errors import SamExportError, require
@@ -103,7 +103,8 @@ def _run(
     listing = scan_images(images, exclude=output)
     keys = listing.keys
     artifact = artifact_fingerprint(artifact_dir)
-    extra = {"columns": COLUMNS[job], **({"embedding": EMBEDDING_LAYOUT} if job == "embed" else {})}
+    contract = _contract(artifact_dir)
+    extra = manifest_extra(job, contract)
     check_output(output)  # reads only: nothing is created in a folder that is not ours
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -125,6 +126,7 @@ def _run(
             job=job, artifact_dir=str(Path(artifact_dir).resolve()),
             manifest_sha256=sha256_file(Path(artifact_dir) / C.MANIFEST), backend=backend,
             threads=threads, generator_options=generator_options, max_file_bytes=max_file_bytes,
+            contract=contract.name,
         )
         from tqdm.auto import tqdm
 
@@ -164,7 +166,9 @@ def embed(
     retry_errors: bool = False,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> JobResult:
-    """Embed every image once: one Parquet row per image with its 1x256x64x64 float16 embedding.
+    """Embed every image once: one Parquet row per image with its 1x256x64x64 float16 embedding
+    (SAM 2.1: and its two high-resolution maps, 1x32x256x256 and 1x64x128x128 float16; the
+    columns and their layouts are in ``samexport.datasets.schema`` and the dataset's manifest).
 
     Args:
         artifact_dir: an artifact directory from ``samexport build``, readable by every worker.
@@ -195,11 +199,6 @@ def embed(
     Raises:
         SamExportError: no images, a folder that is not ours or not this job's, a missing extra.
     """
-    if _contract(artifact_dir) is not C.SAM_GRAPHS:
-        raise SamExportError(
-            f"{artifact_dir} holds SAM 2.1, whose image features (the embedding and two "
-            "high-resolution maps) the embed job's rows do not store yet; segment_all runs on it"
-        )
     return _run(
         "embed", artifact_dir, images, output_dir, parameters={"backend": backend}, generator_options={},
         executor=executor, workers=workers, batch_size=batch_size, backend=backend, threads=threads,

@@ -83,7 +83,7 @@ def run_ray(
             readable.append(key)
         except ImageError as exc:
             unreadable.append((key, str(exc)))
-    schema = arrow_schema(spec.job)
+    schema = arrow_schema(spec.job, spec.contract)
     import pyarrow as pa
 
     for start in range(0, len(unreadable), batch_size):

@@ -1,4 +1,5 @@
-"""Restore a ``SamPredictor`` from a stored embedding row, without running the image encoder."""
+"""Restore a predictor from a stored ``embed`` row, without running the image encoder: a
+``SamPredictor`` from SAM's embedding, a ``SAM2ImagePredictor`` from SAM 2.1's three features."""
 
 from __future__ import annotations
 
@@ -6,8 +7,27 @@ from typing import Any
 
 import numpy as np
 
-from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE
+from samexport import constants as C
+from samexport.datasets.schema import (
+    EMBEDDING_DTYPE,
+    EMBEDDING_SHAPE,
+    SAM2_FEATURE_COLUMNS,
+)
 from samexport.errors import SamExportError
+from samexport.runtime.predictors import contract_of
+
+
+def _feature(row: dict[str, Any], column: str, shape: tuple[int, ...]) -> np.ndarray:
+    if row.get("error"):
+        raise SamExportError(f"{row.get('path')} has no embedding: {row['error']}")
+    data = row.get(column)
+    if data is None:
+        raise SamExportError(f"{row.get('path')} has no {column} column: is it an `embed` row of this model family?")
+    dtype = np.dtype(EMBEDDING_DTYPE).newbyteorder("<")
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise SamExportError(f"{row.get('path')}: {column} has {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
@@ -19,16 +39,19 @@ def embedding_from_row(row: dict[str, Any]) -> np.ndarray:
     Raises:
         SamExportError: the row is an error row or its embedding has the wrong size.
     """
-    if row.get("error"):
-        raise SamExportError(f"{row.get('path')} has no embedding: {row['error']}")
-    data = row.get("embedding")
-    if data is None:
-        raise SamExportError(f"{row.get('path')} has no embedding column: is it an `embed` row?")
-    dtype = np.dtype(EMBEDDING_DTYPE).newbyteorder("<")
-    expected = int(np.prod(EMBEDDING_SHAPE)) * dtype.itemsize
-    if len(data) != expected:
-        raise SamExportError(f"{row.get('path')}: embedding has {len(data)} bytes, expected {expected}")
-    return np.frombuffer(data, dtype=dtype).reshape(EMBEDDING_SHAPE)
+    return _feature(row, "embedding", EMBEDDING_SHAPE)
+
+
+def features_from_row(row: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """The features of a SAM 2.1 ``embed`` row (embedding 1x256x64x64, high-resolution maps
+    1x32x256x256 and 1x64x128x128), float16 read-only views, in the order
+    ``SAM2ImagePredictor.set_image_features`` takes.
+
+    Raises:
+        SamExportError: an error row, a row of SAM's rows (no high-resolution maps), or a column of
+            the wrong size.
+    """
+    return tuple(_feature(row, column, spec.shape) for column, spec in SAM2_FEATURE_COLUMNS.items())
 
 
 def check_row_artifact(predictor, row: dict[str, Any]) -> None:
@@ -65,7 +88,8 @@ def predictor_from_embedding(predictor, row: dict[str, Any], *, check_artifact: 
     """Set ``predictor``'s image from one ``embed`` row and return the predictor.
 
     Args:
-        predictor: a ``SamPredictor`` opened from the artifact directory the row was made with.
+        predictor: a ``SamPredictor`` (SAM, MobileSAM) or ``SAM2ImagePredictor`` (SAM 2.1)
+            opened from the artifact directory the row was made with.
         row: one row of :func:`samexport.datasets.read_rows`.
         check_artifact: refuse a row made with another artifact (:func:`check_row_artifact`).
 
@@ -76,6 +100,12 @@ def predictor_from_embedding(predictor, row: dict[str, Any], *, check_artifact: 
         predictor = predictor_from_embedding(SamPredictor("engines/vit_b-fp32"), row)
         masks, scores, _ = predictor.predict(point_coords=np.array([[500, 375]]), point_labels=np.array([1]))
     """
+    if contract_of(predictor) is C.SAM2_GRAPHS:
+        features = features_from_row(row)
+        if check_artifact:
+            check_row_artifact(predictor, row)
+        predictor.set_image_features(features, (row["height"], row["width"]))
+        return predictor
     embedding = embedding_from_row(row)
     if check_artifact:
         check_row_artifact(predictor, row)

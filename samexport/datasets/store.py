@@ -31,7 +31,7 @@ from typing import Any
 from samexport._version import __version__
 from samexport.artifacts import read_manifest
 from samexport.datasets.images import row_key
-from samexport.datasets.schema import JOBS, arrow_schema
+from samexport.datasets.schema import JOBS, dataset_schema
 from samexport.errors import SamExportError, require
 from samexport.staging import atomic_file, temporary_name, write_atomically
 from samexport.utils import sha256_file
@@ -156,7 +156,7 @@ class OutputFolder:
         if not keys:
             return 0
         pq = require("pyarrow.parquet", "datasets")
-        schema = arrow_schema(self.manifest["job"])
+        schema = dataset_schema(self.manifest)
         removed = 0
         for part in self.parts():
             held = pq.read_table(part, columns=_KEY_COLUMNS, schema=pa_schema(schema, _KEY_COLUMNS)).to_pylist()
@@ -356,7 +356,7 @@ def read_rows(folder: Path | str, columns: list[str] | None = None):
     pa = require("pyarrow", "datasets")
     pq = require("pyarrow.parquet", "datasets")
     path = Path(folder)
-    schema = arrow_schema(read_dataset_manifest(path)["job"])
+    schema = dataset_schema(read_dataset_manifest(path))
     if columns is not None:
         unknown = [c for c in columns if c not in schema.names]
         if unknown:

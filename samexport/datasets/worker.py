@@ -19,7 +19,7 @@ import numpy as np
 from samexport import constants as C
 from samexport.amg import generator_class
 from samexport.datasets.images import DEFAULT_MAX_FILE_BYTES, ImageError, decode_image, display_path, is_utf8, read_file
-from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, Job, arrow_schema
+from samexport.datasets.schema import EMBEDDING_DTYPE, EMBEDDING_SHAPE, SAM2_FEATURE_COLUMNS, Job, arrow_schema
 from samexport.datasets.store import stage_part
 from samexport.errors import SamExportError
 from samexport.runtime.backends import open_backend
@@ -90,6 +90,8 @@ class JobSpec:
         threads: ONNX Runtime intra-op threads per worker; ``None``: ONNX Runtime's default.
         generator_options: ``AutomaticMaskGenerator`` options (segment_all only).
         max_file_bytes: larger files become error rows without being read.
+        contract: the name of the artifact's graph contract (``"sam"`` or ``"sam2"``): the
+            ``embed`` rows' columns (:func:`~samexport.datasets.schema.arrow_schema`).
     """
 
     job: Job
@@ -99,6 +101,7 @@ class JobSpec:
     threads: int | None = None
     generator_options: dict[str, Any] = field(default_factory=dict)
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    contract: str = C.SAM_GRAPHS.name
 
 
 def open_predictor(artifact_dir: Path | str, backend: str = "auto", threads: int | None = None) -> AnyPredictor:
@@ -178,11 +181,16 @@ class ImageWorker:
             )
         self.spec = spec
         self.predictor = open_predictor(spec.artifact_dir, spec.backend, spec.threads)
+        if contract_of(self.predictor).name != spec.contract:
+            raise SamExportError(
+                f"{spec.artifact_dir} on this worker holds a {contract_of(self.predictor).name} model, and the job "
+                f"was started for {spec.contract}: every worker must see the same artifact"
+            )
         self.generator = None
         if spec.job == "segment_all":
             family = generator_class(contract_of(self.predictor))
             self.generator = family(self.predictor, **spec.generator_options, output_mode="coco_rle")
-        self.schema = arrow_schema(spec.job)
+        self.schema = arrow_schema(spec.job, spec.contract)
 
     def row(self, key: str, data: bytes | None = None) -> dict[str, Any]:
         """The output row of one image; ``data`` is the file's bytes (read here when ``None``)."""
@@ -190,7 +198,15 @@ class ImageWorker:
                                max_file_bytes=self.spec.max_file_bytes)
         if image is None:
             return row
-        if self.spec.job == "embed":
+        if self.spec.job == "embed" and self.spec.contract == C.SAM2_GRAPHS.name:
+            self.predictor.set_image(image)
+            little = np.dtype(EMBEDDING_DTYPE).newbyteorder("<")
+            for (column, spec), feature in zip(SAM2_FEATURE_COLUMNS.items(), self.predictor.image_features, strict=True):
+                if feature.shape != spec.shape:
+                    raise SamExportError(f"the encoder returned {column} of shape {feature.shape}, expected {spec.shape}")
+                row[column] = np.ascontiguousarray(feature, dtype=little).tobytes()
+            self.predictor.reset_image()
+        elif self.spec.job == "embed":
             self.predictor.set_image(image)
             embedding = self.predictor.embedding
             if embedding.shape != EMBEDDING_SHAPE:

@@ -1,10 +1,12 @@
 """``samexport verify``: any backend against the PyTorch references stored in the artifact.
 
-The comparison is ``run_parity``'s, unchanged: the stored references are replayed by
-:class:`~samexport.parity.references.ReferenceBackend` in the place of ``TorchBackend``, once per
-stored image with that image's prompts, and the per-image results make one
+The comparison is the family's parity loop, unchanged (``run_parity`` for SAM and MobileSAM,
+``run_sam2_parity`` for SAM 2.1, chosen by the artifact's graph contract:
+:func:`~samexport.parity.references.parity_runner`): the stored references are replayed by
+:class:`~samexport.parity.references.ReferenceBackend` in the place of the PyTorch backend, once
+per stored image with that image's prompts, and the per-image results make one
 :class:`~samexport.parity.report.ParityReport` with the artifact's precision tolerances. Needs
-neither torch nor the export code: this module, the references and the runner import neither.
+neither torch nor the export code: this module, the references and the runners import neither.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from pathlib import Path
 from samexport.artifacts import Manifest, read_manifest
 from samexport.errors import SamExportError
 from samexport.parity.metrics import Check, Tolerances, tolerance_key
-from samexport.parity.references import References, load_references
+from samexport.parity.references import References, load_references, parity_runner
 from samexport.parity.report import ParityReport
-from samexport.parity.runner import run_parity
 from samexport.runtime.backends import Backend, open_backend
 
 # Opens the backend to check for an artifact folder and a manifest (the committed one, or one
@@ -38,19 +39,20 @@ def verify_with_references(
     references: References | None = None,
 ) -> ParityReport:
     """Run ``candidate`` on the references ``manifest`` names (``references``: already loaded)
-    and compare (``run_parity``).
+    and compare with the parity loop of the artifact's family (``run_parity`` or ``run_sam2_parity``).
 
     Raises:
         SamExportError: the artifact has no references (built before samexport stored them), or
             they are damaged or were recorded by an incompatible samexport.
     """
     references = references or load_references(folder, manifest)
+    parity = parity_runner(references.contract)
     images = []
     report = None
     # a backend computing in a narrower type than the graph (openvino:precision=bf16) has its own row
     precision = tolerance_key(manifest.precision, getattr(candidate, "inference_precision", None))
     for group, prompts in references.groups():
-        report = run_parity(
+        report = parity(
             references.backend, candidate, group, prompts, precision=precision, tolerances=tolerances
         )
         images.extend(report.images)

@@ -38,7 +38,7 @@ from samexport.sam2_transforms import (
     postprocess_sam2_masks, preprocess_sam2, sam2_mask_upsampling, sam2_prompt_points, select_sam2_masks,
 )
 from samexport.transforms import MaskUpsampling, check_image
-from samexport.validate import real_array
+from samexport.validate import image_size, real_array
 
 LOW_RES_CLAMP = 32.0  # the official predictor clamps the low-res logits it returns to +-32
 
@@ -139,6 +139,53 @@ class SAM2ImagePredictor:
         self._image_features = [self._encode(image) for image in image_list]
         self._is_image_set = True
         self._is_batch = True
+
+    @property
+    def image_features(self) -> tuple[np.ndarray, ...]:
+        """The features of the image set (the last one after ``set_image_batch``), in the order of
+        the contract's encoder outputs: embedding 1x256x64x64 (``no_mem_embed`` added), then the
+        high-resolution maps 1x32x256x256 and 1x64x128x128, float32 (what ``samexport embed``
+        stores and :meth:`set_image_features` restores)."""
+        self._require_image()
+        return self._image_features[-1]
+
+    def set_image_features(self, features: Sequence[np.ndarray], original_size: tuple[int, int]) -> None:
+        """Restore an image from its stored features without running the encoder (a row of
+        ``samexport embed``): afterwards ``predict`` gives the masks ``set_image`` would for those
+        features.
+
+        Args:
+            features: the contract's encoder outputs in order (:attr:`image_features`), any float
+                dtype, each with or without its leading axis of 1.
+            original_size: ``(H, W)`` of the original image, pixels.
+
+        Raises:
+            InvalidInputError: a wrong number or shape of arrays, non-finite values, or a bad size.
+        """
+        specs = self.backend.contract.encoder_outputs
+        if isinstance(features, np.ndarray) or len(features) != len(specs):
+            raise InvalidInputError(
+                f"features must be {len(specs)} arrays ({', '.join(s.name for s in specs)}); got "
+                f"{'one array' if isinstance(features, np.ndarray) else len(features)}"
+            )
+        checked = []
+        for spec, array in zip(specs, features):
+            given = np.asarray(array)
+            if given.shape == spec.shape[1:]:
+                given = given[None]
+            if given.shape != spec.shape or not np.issubdtype(given.dtype, np.floating):
+                raise InvalidInputError(
+                    f"{spec.name} must be a float array of shape {'x'.join(map(str, spec.shape))}; "
+                    f"got {given.dtype} {'x'.join(map(str, given.shape))}"
+                )
+            if not np.isfinite(given).all():
+                raise InvalidInputError(f"{spec.name} holds non-finite values")
+            checked.append(np.ascontiguousarray(given, dtype=np.float32))
+        size = image_size("original_size", original_size)
+        self.reset_predictor()
+        self._image_features = [tuple(checked)]
+        self._orig_hw = [size]
+        self._is_image_set = True
 
     @property
     def _features(self) -> dict[str, Any]:

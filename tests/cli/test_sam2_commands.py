@@ -1,5 +1,6 @@
 """``samexport predict``, ``segment-all`` (one image and the dataset job) and ``embed`` on a
-SAM 2.1 artifact, against the official ``sam2`` package on the same random weights.
+SAM 2.1 artifact, against the official ``sam2`` package on the same random weights (``embed``:
+against samexport's ``SAM2ImagePredictor.set_image``).
 
 The artifact is ``sam2_tiny_artifact`` (``samexport build --variant sam2.1_hiera_tiny`` of a random
 checkpoint, every parameter perturbed, official format). ``predict`` writes the best of the
@@ -23,6 +24,7 @@ from samexport import constants as C
 from samexport.amg import ops
 from samexport.cli import app
 from samexport.datasets.worker import generator_defaults
+from samexport.errors import SamExportError
 from samexport.testing import make_image
 from samexport.variants import get_sam2_variant
 
@@ -122,8 +124,60 @@ def test_segment_all_equals_official(sam2_tiny_artifact, official_model, image_f
 
 
 @pytest.mark.slow
-def test_embed_refuses_sam2(sam2_tiny_artifact, image_file, tmp_path):
-    result = invoke("embed", sam2_tiny_artifact, image_file, "--output", tmp_path / "emb", "--no-progress")
-    assert result.exit_code != 0
-    assert "high-resolution maps) the embed job's rows do not store yet" in result.output
-    assert not (tmp_path / "emb").exists()
+def test_embed_rows_restore_the_masks_of_set_image(sam2_tiny_artifact, image_file, scene, tmp_path):
+    """``samexport embed`` on SAM 2.1: one row with the embedding and both high-resolution maps
+    (the float16 rounding of ``set_image``'s features, exactly), their layouts in the dataset's
+    manifest and the Parquet schema; the row restores a ``SAM2ImagePredictor`` whose masks are
+    those of ``set_image`` on the same (rounded) features, and within float16 of the unrounded."""
+    from samexport import SAM2ImagePredictor
+    from samexport.datasets import (
+        MANIFEST_NAME,
+        features_from_row,
+        predictor_from_embedding,
+        read_rows,
+    )
+    from samexport.testing import mask_iou
+
+    out = tmp_path / "emb"
+    result = invoke("embed", sam2_tiny_artifact, image_file, "--output", out, "--no-progress", "--backend", "onnxruntime-cpu")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    layout = {"dtype": "float16", "byte_order": "little", "order": "C"}
+    assert manifest["contract"] == "sam2" and "embedding" not in manifest
+    assert manifest["features"] == {
+        "embedding": {**layout, "shape": [1, 256, 64, 64]},
+        "high_res_feats_0": {**layout, "shape": [1, 32, 256, 256]},
+        "high_res_feats_1": {**layout, "shape": [1, 64, 128, 128]},
+    }
+    table = read_rows(out)
+    assert table.column_names[-3:] == ["embedding", "high_res_feats_0", "high_res_feats_1"]
+    assert list(manifest["columns"]) == table.column_names and "input_height" not in table.column_names
+    metadata = table.schema.metadata
+    assert metadata[b"samexport.contract"] == b"sam2" and json.loads(metadata[b"samexport.features"]) == manifest["features"]
+    (row,) = table.to_pylist()
+    height, width = scene.shape[:2]
+    assert row["error"] is None and (row["height"], row["width"]) == (height, width)
+
+    direct = SAM2ImagePredictor(sam2_tiny_artifact, backend="onnxruntime-cpu")
+    direct.set_image(scene)
+    stored = features_from_row(row)
+    for got, want in zip(stored, direct.image_features, strict=True):
+        assert got.dtype == np.float16 and np.abs(want).max() > 0
+        np.testing.assert_array_equal(got, want.astype(np.float16))
+
+    restored = predictor_from_embedding(SAM2ImagePredictor(sam2_tiny_artifact, backend="onnxruntime-cpu"), row)
+    assert restored.original_size == (height, width)
+    prompts = {"point_coords": np.array([[width * 0.3, height * 0.6], [width * 0.7, height * 0.2]]),
+               "point_labels": np.array([1, 0]), "box": np.array([2, 3, width - 5, height - 2])}
+    unrounded = direct.predict(**prompts)
+    direct.set_image_features([f.astype(np.float16) for f in direct.image_features], (height, width))
+    for got, want in zip(restored.predict(**prompts), direct.predict(**prompts), strict=True):
+        np.testing.assert_array_equal(got, want)
+    masks, scores, _ = restored.predict(**prompts)
+    assert min(mask_iou(a, b) for a, b in zip(masks, unrounded[0])) > 0.99
+    np.testing.assert_allclose(scores, unrounded[1], atol=2e-3)
+
+    with pytest.raises(SamExportError, match="has no high_res_feats_0 column"):
+        predictor_from_embedding(restored, {k: v for k, v in row.items() if k != "high_res_feats_0"})
+    again = invoke("embed", sam2_tiny_artifact, image_file, "--output", out, "--no-progress", "--backend", "onnxruntime-cpu")
+    assert again.exit_code == 0 and read_rows(out).equals(table)  # resumed: nothing redone
