@@ -37,7 +37,7 @@ arguments). ``--init`` starts from earlier weights with the learning rate warmin
 ``--init``'s weights. ``--eval`` prints the held-out figures of the saved weights.
 
 The committed ``weights/sam_tiny_shapes.pth`` is the 500-step run above continued to step 1180
-(about 66 minutes more on 2 shared cores); a lower peak than 4e-4 was needed after step 620, and
+(about 66 minutes more on 2 shared cores), then to step 3300 (below); a lower peak than 4e-4 was needed after step 620, and
 the last segment's shorter cosine fitted the time left:
 
     python tools/train_tiny_sam.py --out /tmp/tiny-more --init /tmp/tiny-train/sam_tiny_shapes.pth \
@@ -46,6 +46,17 @@ the last segment's shorter cosine fitted the time left:
         --init-step 500 --resume --steps 1450 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 10 --stop-after 840
     python tools/train_tiny_sam.py --out /tmp/tiny-more --init /tmp/tiny-train/sam_tiny_shapes.pth \
         --init-step 500 --resume --steps 1180 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 10
+
+and then (session 4, one thread on 2 shared cores, load average 2.5 to 17, about 94 minutes for
+2120 steps, 2.5 to 2.9 s a step) from those step-1180 weights to step 3300, one cosine first
+planned to end at 2900 and stretched to 3300 at step 2120 (the learning rate went from 1.16e-4 to
+1.54e-4 there and annealed from it; the step-1180 weights are
+``git show 84fdaf2:weights/sam_tiny_shapes.pth``):
+
+    python tools/train_tiny_sam.py --out /tmp/tiny-3300 --init <step-1180 weights> --init-step 1180 \
+        --steps 2900 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 20 --stop-after 2120
+    python tools/train_tiny_sam.py --out /tmp/tiny-3300 --init <step-1180 weights> --init-step 1180 \
+        --resume --steps 3300 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 20
 """
 
 from __future__ import annotations
