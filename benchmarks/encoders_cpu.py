@@ -97,18 +97,18 @@ def main() -> None:
     if "vit_b" not in variants or args.rounds < 1 or args.warmup < 0:
         parser.error("--variants must include vit_b (the baseline) and --rounds be at least 1")
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from openvino_cpu import cpu_flags_bf16
+    import openvino
 
     from samexport.bench.inputs import default_bench_image
     from samexport.bench.run import cpu_flags
     from samexport.runtime.backends import open_backend
+    from samexport.runtime.openvino_backend import device_capabilities
     from samexport.utils import package_versions
 
     args.work.mkdir(parents=True, exist_ok=True)
     saved = args.work / "times.json"
     specs = {"onnxruntime-cpu": "onnxruntime-cpu", "openvino f32": "openvino:precision=f32"}
-    if cpu_flags_bf16():
+    if "BF16" in device_capabilities(openvino.Core(), "CPU"):
         specs["openvino bf16"] = "openvino:precision=bf16"
     image_name, image = default_bench_image()
     if args.report_only:
