@@ -37,7 +37,7 @@ arguments). ``--init`` starts from earlier weights with the learning rate warmin
 ``--init``'s weights. ``--eval`` prints the held-out figures of the saved weights.
 
 The committed ``weights/sam_tiny_shapes.pth`` is the 500-step run above continued to step 1180
-(about 66 minutes more on 2 shared cores), then to step 3300 (below); a lower peak than 4e-4 was needed after step 620, and
+(about 66 minutes more on 2 shared cores), then to step 3300 and to step 3950 (below); a lower peak than 4e-4 was needed after step 620, and
 the last segment's shorter cosine fitted the time left:
 
     python tools/train_tiny_sam.py --out /tmp/tiny-more --init /tmp/tiny-train/sam_tiny_shapes.pth \
@@ -57,6 +57,12 @@ planned to end at 2900 and stretched to 3300 at step 2120 (the learning rate wen
         --steps 2900 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 20 --stop-after 2120
     python tools/train_tiny_sam.py --out /tmp/tiny-3300 --init <step-1180 weights> --init-step 1180 \
         --resume --steps 3300 --lr 2.5e-4 --warmup 20 --round2-from 0 --save-every 20
+
+and a last cosine from those step-3300 weights (peak 1e-4, 650 steps, 44 minutes at 2.7 to 7 s a
+step beside a CI run):
+
+    python tools/train_tiny_sam.py --out /tmp/tiny-3950 --init /tmp/tiny-3300/sam_tiny_shapes.pth \
+        --init-step 3300 --steps 3950 --lr 1e-4 --warmup 20 --round2-from 0 --save-every 25
 """
 
 from __future__ import annotations

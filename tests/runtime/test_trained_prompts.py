@@ -40,11 +40,11 @@ def prompt_masks(predictor, scenes) -> dict[str, list[np.ndarray]]:
 
 
 # The issue's targets (median IoU on held-out scenes) and what the committed weights reach: the
-# 3300-step CPU run (about 3.3 hours on 2 shared cores, one thread) came close but did not get
-# there on these 12 scenes (the training script's 24-scene eval gives 0.806 / 0.851); see
+# 3950-step CPU run (about 4 hours of one thread on 2 shared cores) meets the box's and not yet
+# the point's on these 12 scenes (the training script's 24-scene eval gives 0.799 / 0.864); see
 # weights/README.md.
 TARGET = {"point": 0.8, "box": 0.85}
-ACHIEVED = {"point": 0.71, "box": 0.80}  # measured 0.743 and 0.835 (49 instances), less a margin
+ACHIEVED = {"point": 0.74, "box": 0.82}  # measured 0.771 and 0.853 (49 instances), less a margin
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +73,13 @@ def test_held_out_iou_as_achieved(kind, both_sides):
     assert min(agreement) >= 0.98, f"ONNX Runtime vs official, worst {kind} mask IoU {min(agreement):.4f}"
 
 
+POINT_TARGET_NOT_MET = pytest.mark.xfail(strict=True, reason="issue 30's point target is not met by the committed weights (see ACHIEVED)")
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 30's targets are not met by the committed weights (see ACHIEVED)")
-@pytest.mark.parametrize("kind", ["point", "box"])
+@pytest.mark.parametrize("kind", [pytest.param("point", marks=POINT_TARGET_NOT_MET), "box"])
 def test_held_out_iou_meets_issue_target(kind, both_sides):
-    """Median IoU >= 0.8 (point) and >= 0.85 (box): fails today; strict, so better weights make
-    it pass loudly and the marker must go."""
+    """Median IoU >= 0.8 (point) and >= 0.85 (box). The box meets it (0.853); the point does not
+    yet (0.771): strict, so better weights make it pass loudly and the marker must go."""
     ours, _ = both_sides
     assert median_iou(ours, kind) >= TARGET[kind]
