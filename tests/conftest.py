@@ -213,7 +213,7 @@ def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
 def private_cache(tmp_path, monkeypatch) -> Path:
     """A private samexport cache (``SAMEXPORT_CACHE``: the verified-files and calibration caches)
     in ``tmp_path / "cache"``, and an empty in-memory verified-files cache."""
-    import samexport.integrity as integrity
+    from samexport import integrity
 
     folder = tmp_path / "cache"
     monkeypatch.setenv("SAMEXPORT_CACHE", str(folder))
