@@ -10,7 +10,8 @@ artifact is built per checkpoint sha256, which the results record), and ``--scen
 procedural scene of ``samexport.testing_scenes`` (held out from ``HELD_OUT_SEED`` up) instead of
 the astronaut: the trained tiny SAM (``weights/``) keeps masks, so the prefilter's pass rate
 (``prefilter_pass_rate``: the share of grid prompts with a multimask IoU over the threshold; the
-decoder chunks that ran whole are in ``decoder_calls``) is a real one, and
+decoder chunks that ran whole are in ``decoder_calls``; ``prefilter_pass_rate_by_threshold`` gives
+it at other thresholds, from the same grid) is a real one, and
 ``shapes_found`` counts the scene's instances matched by a kept mask with IoU >= 0.7.
 
 Both generators run in this process on the same image (scikit-image's astronaut, 512x512) with the
@@ -194,11 +195,15 @@ def _iou_quantile(artifact: Path, image: np.ndarray, params: dict, quantile: flo
     return float(np.quantile(iou[:, 1:].max(axis=1), quantile))
 
 
-def _pass_rate(artifact: Path, image: np.ndarray, params: dict) -> float:
+PASS_RATE_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.88, 0.9)
+
+
+def _pass_rates(artifact: Path, image: np.ndarray, params: dict) -> dict[float, float]:
     """The share of the grid's prompts that the IoU prefilter lets through: a multimask IoU
     prediction over ``pred_iou_thresh`` (``AutomaticMaskGenerator``'s ``can_pass``; whole image,
-    no crops). Computed apart from the timed runs: a decoder chunk runs whole after one that
-    needed more than ``HALVES_BREAK_EVEN`` of its prompts, and then no half counts them."""
+    no crops), at ``params``'s threshold and at each of ``PASS_RATE_THRESHOLDS``. Computed apart
+    from the timed runs: a decoder chunk runs whole after one that needed more than
+    ``HALVES_BREAK_EVEN`` of its prompts, and then no half counts them."""
     from samexport.amg import AutomaticMaskGenerator
     from samexport.runtime.predictor import SamPredictor
 
@@ -206,7 +211,8 @@ def _pass_rate(artifact: Path, image: np.ndarray, params: dict) -> float:
     grid = AutomaticMaskGenerator(predictor, **params).point_grids[0] * np.array(image.shape[1::-1])
     predictor.set_image(image)
     _, iou = predictor.decode_low_res(grid[:, None, :], np.ones((len(grid), 1)))
-    return float((iou[:, 1:] > params["pred_iou_thresh"]).any(axis=1).mean())
+    best = iou[:, 1:].max(axis=1)
+    return {t: float((best > t).mean()) for t in sorted({params["pred_iou_thresh"], *PASS_RATE_THRESHOLDS})}
 
 
 def _match(ours: list[dict], theirs: list[dict]) -> dict:
@@ -316,7 +322,9 @@ def main() -> None:
     for key, side in runs.items():
         results[key] = sorted(side, key=lambda run: run["seconds"])[len(side) // 2]  # the median round
         results[key]["seconds_per_round"] = [run["seconds"] for run in side]
-    results["prefilter_pass_rate"] = _pass_rate(artifact, image, params)
+    rates = _pass_rates(artifact, image, params)
+    results["prefilter_pass_rate"] = rates[params["pred_iou_thresh"]]
+    results["prefilter_pass_rate_by_threshold"] = {f"{t:g}": rate for t, rate in rates.items()}
     print(f"prefilter pass rate: {results['prefilter_pass_rate']:.3f} of the grid's prompts", flush=True)
     if scene is not None:
         from samexport.testing import mask_iou

@@ -1,7 +1,7 @@
 """Low precision on trained weights against random ones: FP16, INT8 and OpenVINO bf16 parity, same variant, same scenes.
 
-    python benchmarks/precision_trained.py                      # weights/sam_tiny_shapes.pth, 4 held-out scenes
-    python benchmarks/precision_trained.py --checkpoint NEW.pth --scenes 4 \\
+    python benchmarks/precision_trained.py                      # weights/sam_tiny_shapes.pth, 12 held-out scenes
+    python benchmarks/precision_trained.py --checkpoint NEW.pth --scenes 12 \\
         --output benchmarks/results/precision-tiny-trained.json
 
 The other precision studies (``fp16_islands.py``, ``int8_float_tail.py``, ``openvino_int8.py``)
@@ -21,7 +21,16 @@ results record), and for each:
 - compares each with the fp32 artifact on ONNX Runtime through ``samexport.parity`` (the whole
   prompt suite) on ``--scenes`` held-out scenes (seeds ``HELD_OUT_SEED`` up), and, for the trained
   weights, the median mask IoU against the scenes' true shapes of one interior point per shape
-  (best-scored of three masks), fp32 next to each precision.
+  (best-scored of three masks), fp32 next to each precision;
+- lists every mask of the suite (``per_mask``: 104 a scene, the 4 tokens of 26 prompts): the
+  minimum IoU against fp32 with percentiles beside it (one borderline mask sets the minimum), the
+  masks under 0.9 counted by prompt and token, the minimum over masks of at least a scene's
+  smallest instance (``MIN_AREA`` pixels, union of both sides: a mask of a few pixels loses its
+  IoU on one pixel), and the worst five named: scene, prompt, its
+  points or box in pixels, token (0 the single-mask output), both areas, both predicted IoUs
+  (fp32, candidate), the pixels that differ, the share of the masks' union where the fp32 logit
+  is within 1 of the threshold, the true shape the fp32 mask covers best and how well each
+  side's mask covers a true shape.
 
 Writes ``--output`` (default ``benchmarks/results/precision-tiny-trained.json``) with the load and
 the CPU flags. Accuracy only: the tiny encoder's times say nothing about vit_b's.
@@ -76,6 +85,74 @@ def truth_iou(backend, scenes) -> float:
     return float(statistics.median(ious))
 
 
+class MaskLedger:
+    """Every mask of the parity suite for one candidate (``run_parity``'s ``observe``): its IoU
+    against the fp32 artifact's mask and where it came from, so the worst can be named (scene,
+    prompt, its points or box, the mask token, the areas, and which true shape the mask covers)."""
+
+    WORST = 5
+
+    def __init__(self, scenes) -> None:
+        self.scenes = scenes
+        self.rows: list[dict] = []
+
+    def __call__(self, decoded) -> None:
+        from samexport import constants as C
+        from samexport.testing import mask_iou
+
+        seed = int(decoded.image.split()[-1])
+        reference, candidate = decoded.reference > C.MASK_THRESHOLD, decoded.candidate > C.MASK_THRESHOLD
+        for b in range(decoded.ious.shape[0]):
+            for token in range(decoded.ious.shape[1]):
+                iou = float(decoded.ious[b, token])
+                ref, cand = reference[b, token], candidate[b, token]
+                row = {"iou": iou, "scene": seed, "prompt": decoded.prompt.name, "index_in_batch": b, "token": token,
+                       "reference_area": int(ref.sum()), "candidate_area": int(cand.sum()),
+                       "predicted_iou": [round(float(decoded.reference_scores[b, token]), 4),
+                                         round(float(decoded.candidate_scores[b, token]), 4)]}
+                inputs = decoded.inputs
+                if inputs["point_coords"] is not None:
+                    row["points_xy"] = np.round(inputs["point_coords"][b].astype(float), 1).tolist()
+                    row["labels"] = inputs["point_labels"][b].astype(int).tolist()
+                if inputs["boxes"] is not None:
+                    row["box_xyxy"] = np.round(inputs["boxes"][b].astype(float), 1).tolist()
+                row["refine"] = decoded.prompt.refine
+                union = ref | cand
+                logits = decoded.reference[b, token]
+                row["differing_pixels"] = int((ref ^ cand).sum())
+                row["union_area"] = int(union.sum())
+                row["union_share_with_abs_logit_under_1"] = float((np.abs(logits[union]) < 1).mean()) if union.any() else 0.0
+                truths = [mask_iou(ref, truth) for truth in self.scenes[seed].masks]
+                row["reference_best_truth"] = {"shape": int(np.argmax(truths)), "iou": round(float(max(truths)), 3),
+                                               "shape_area": int(self.scenes[seed].masks[int(np.argmax(truths))].sum())}
+                row["candidate_best_truth_iou"] = round(max(mask_iou(cand, truth) for truth in self.scenes[seed].masks), 3)
+                self.rows.append(row)
+
+    def summary(self) -> dict:
+        from samexport.testing_scenes import MIN_AREA
+
+        ious = np.array([row["iou"] for row in self.rows])
+        worst = sorted(self.rows, key=lambda row: row["iou"])[: self.WORST]
+        sized = sorted((row for row in self.rows if row["union_area"] >= MIN_AREA), key=lambda row: row["iou"])
+        below = [row for row in self.rows if row["iou"] < 0.9]
+        by_prompt: dict[str, int] = {}
+        for row in below:
+            key = f"{row['prompt']} token {row['token']}"
+            by_prompt[key] = by_prompt.get(key, 0) + 1
+        return {
+            "masks": len(ious), "iou_min": float(ious.min()),
+            **{f"iou_p{q}": float(np.percentile(ious, q)) for q in (1, 5, 10, 50)},
+            "below_0.9": len(below), "below_0.5": int((ious < 0.5).sum()),
+            # a mask of a few pixels flips its IoU on one pixel: the least IoU over masks whose
+            # union is at least a scene's smallest instance, and that mask
+            f"masks_of_{MIN_AREA}_px_or_more": len(sized),
+            f"iou_min_of_{MIN_AREA}_px_or_more": sized[0]["iou"] if sized else None,
+            f"worst_of_{MIN_AREA}_px_or_more": sized[0] if sized else None,
+            "below_0.9_by_prompt_and_token": dict(sorted(by_prompt.items(), key=lambda kv: -kv[1])),
+            "worst": worst,
+        }
+
+
 def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: Path) -> dict:
     import onnx
     from PIL import Image
@@ -126,12 +203,19 @@ def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: P
     for name, (precision, make) in candidates.items():
         start = time.perf_counter()
         candidate = make()
-        summary = run_parity(reference, candidate, images, precision=precision).summary
+        ledger = MaskLedger(scenes)
+        summary = run_parity(reference, candidate, images, precision=precision, observe=ledger).summary
         results[name] = {f: summary[f] for f in FIGURES}
         if label == "trained":
             results[name]["truth_point_iou_median"] = truth_iou(candidate, scenes.values())
+        masks = ledger.summary()
         print(f"{label:8s} {name:36s} " + " ".join(f"{f} {v:.5g}" for f, v in results[name].items())
               + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        sized = next(key for key in masks if key.startswith("iou_min_of_"))
+        print(f"{'':8s} per mask: {masks['masks']} masks, min {masks['iou_min']:.3f}, p1 {masks['iou_p1']:.3f}, "
+              f"p5 {masks['iou_p5']:.3f}, below 0.9: {masks['below_0.9']}, {sized} {masks[sized]}; worst: "
+              + json.dumps({k: v for k, v in masks["worst"][0].items() if k != "iou"}), flush=True)
+        results[name]["per_mask"] = masks
         del candidate
     out = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": sha256(checkpoint),
@@ -154,10 +238,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "weights/sam_tiny_shapes.pth")
-    parser.add_argument("--scenes", type=int, default=4, help="held-out scenes compared (seeds HELD_OUT_SEED up)")
+    parser.add_argument("--scenes", type=int, default=12, help="held-out scenes compared (seeds HELD_OUT_SEED up)")
     parser.add_argument("--calib", type=int, default=4, help="held-out calibration scenes (seeds HELD_OUT_SEED + 500 up)")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/samexport-bench")))
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/precision-tiny-trained.json")
+    parser.add_argument("--only", choices=("random", "trained"), help="run one weight set (default both)")
+    parser.add_argument("--random-from", type=Path,
+                        help="take the random weights' results from an earlier output of the same scenes (the "
+                             "random weights do not change; it records where they came from)")
     args = parser.parse_args()
 
     scenes = {HELD_OUT_SEED + i: make_scene(HELD_OUT_SEED + i) for i in range(args.scenes)}
@@ -165,13 +253,26 @@ def main() -> None:
     random_checkpoint = args.work / "tiny_random.pth"
     if not random_checkpoint.is_file():
         save_random_checkpoint("tiny", random_checkpoint)
+    earlier = None
+    if args.random_from:
+        earlier = json.loads(args.random_from.read_text())
+        random_half = earlier["weights"].get("random", {})
+        if (earlier["scenes"], earlier["calibration_scenes"]) != (sorted(scenes), sorted(calib)) or \
+                random_half.get("checkpoint_sha256") != sha256(random_checkpoint) or args.only == "random":
+            parser.error(f"{args.random_from} holds no random-weight results of these scenes, calibration scenes "
+                         "and random checkpoint (or --only random asks to run them again)")
     load_before = os.getloadavg()
+    runs = {"random": random_checkpoint, "trained": args.checkpoint}
     with tempfile.TemporaryDirectory(prefix="samexport-precision-trained-") as tmp:
-        weights = {
-            "random": study("random", random_checkpoint, args.work, scenes, calib, Path(tmp)),
-            "trained": study("trained", args.checkpoint, args.work, scenes, calib, Path(tmp)),
-        }
-    weights["random"]["checkpoint"] = "seeded random (samexport.testing.save_random_checkpoint('tiny'))"
+        weights = {label: study(label, checkpoint, args.work, scenes, calib, Path(tmp))
+                   for label, checkpoint in runs.items()
+                   if args.only in (None, label) and not (label == "random" and earlier)}
+    if earlier:
+        weights = {"random": earlier["weights"]["random"] | {
+            "results_from": {"file": str(args.random_from), "command": earlier["command"], "machine": earlier["machine"]}},
+            **weights}
+    elif "random" in weights:
+        weights["random"]["checkpoint"] = "seeded random (samexport.testing.save_random_checkpoint('tiny'))"
     document = {
         "what": ("tiny SAM encoder (and for OpenVINO bf16 the decoder) in low precision against its fp32 artifact on "
                  "ONNX Runtime CPU, parity over the prompt suite; seeded random weights against trained ones"),

@@ -7,11 +7,11 @@ the graphs, the quick parity check, the stored references and the graph records 
 SAM's record is :data:`SAM_STEPS`, SAM 2.1's :data:`SAM2_STEPS`; :data:`samexport.pipeline.BUILD_STEPS`
 keys them by family.
 
-SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the default FP32
-islands, see docs/sam2.md), int8 encoders for every recipe (``--int8-for tensorrt`` /
-``onnxruntime`` / ``openvino``), the quick parity check, the stored PyTorch references (what
-``samexport verify`` checks) and TensorRT engines through SAM's code path (profiles and plan
-tensors by the graph contract, ``samexport.engines``).
+SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the FP32 islands
+of its variant record, ``Sam2Variant.fp32_ops``, see docs/sam2.md), int8 encoders for every recipe
+(``--int8-for tensorrt`` / ``onnxruntime`` / ``openvino``), the quick parity check, the stored
+PyTorch references (what ``samexport verify`` checks) and TensorRT engines through SAM's code path
+(profiles and plan tensors by the graph contract, ``samexport.engines``).
 """
 
 from __future__ import annotations
@@ -203,8 +203,8 @@ def _check_sam2_request(
         )
     if attention != "plain":
         raise SamExportError(f"--attention {attention} does not apply to SAM 2.1's Hiera encoders; modes: plain")
-    if precision != "int8":
-        return {"recipe": None, "calibration_images": None}
+    if precision != "int8":  # the FP16 encoder keeps the variant's FP32 islands (its record: docs/sam2.md)
+        return {"recipe": None, "calibration_images": None, "fp32_ops": variant.fp32_ops}
     recipe = recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
     if int8_target not in SAM2_INT8_TARGETS:
         raise SamExportError(
@@ -213,15 +213,19 @@ def _check_sam2_request(
     if calib_dir is None:
         raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
     # Fail now, not after the export, if the folder has no images or one cannot be decoded.
-    return {"recipe": recipe, "calibration_images": check_calibration_images(calib_dir, recipe.max_images)}
+    return {
+        "recipe": recipe, "calibration_images": check_calibration_images(calib_dir, recipe.max_images),
+        "fp32_ops": variant.fp32_ops,
+    }
 
 
 def _write_sam2_graphs(
     model, staging: Path, precision: str, *, opset: int, on_step: Callable[[str], None], recipe: Int8Recipe | None,
-    calibration_images: list[Path] | None, calib_dir: Path | None = None, calib_cache: Path | None = None,
-    int8_target: str = "", **_: Any,
+    calibration_images: list[Path] | None, fp32_ops: frozenset[str], calib_dir: Path | None = None,
+    calib_cache: Path | None = None, int8_target: str = "", **_: Any,
 ) -> GraphPrecisions:
-    """fp32: both graphs as exported. fp16: both converted with FP32 islands. int8: the encoder
+    """fp32: both graphs as exported. fp16: both converted with FP32 islands (the encoder with
+    ``fp32_ops``, the variant's set; the decoder with the default set). int8: the encoder
     INT8 Q/DQ calibrated on ``calib_dir`` (SAM 2.1's preprocessing) with the recipe for
     ``int8_target`` (TensorRT's on the FP16 graph, with the fp16 build's FP32 islands), the
     decoder FP16, as SAM's int8 build."""
@@ -239,8 +243,8 @@ def _write_sam2_graphs(
 
     if precision == "fp16":
         on_step("converting both graphs to fp16 (fp32 islands kept)")
-        for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
-            convert_to_fp16(folder / name, staging / name)
+        convert_to_fp16(folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, fp32_ops=fp32_ops)
+        convert_to_fp16(folder / C.DECODER_ONNX, staging / C.DECODER_ONNX)
         graphs = GraphPrecisions(encoder="fp16", decoder="fp16", fp16_encoder=True)
     else:
         from samexport.precision.int8 import quantize_checked_encoder_int8
@@ -251,7 +255,7 @@ def _write_sam2_graphs(
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
         quantize_checked_encoder_int8(
             folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, calibration_images, cache_path=calib_cache, recipe=recipe,
-            replace_malformed_cache=True, preprocess=preprocess_sam2,
+            fp32_ops=fp32_ops, replace_malformed_cache=True, preprocess=preprocess_sam2,  # islands: TensorRT's recipe (FP16)
         )
         graphs = GraphPrecisions(
             encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,

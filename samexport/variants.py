@@ -191,17 +191,18 @@ class Sam2Variant:
         encoder: the Hiera trunk's shape.
         checkpoint: the official checkpoint (sha256 ``None``: none published).
         description: one line for ``--help``.
+        fp32_ops: op types the FP16 encoder graph keeps in FP32 (``samexport.precision.fp16``;
+            ``samexport build --fp16`` reads them here; the measurement: docs/sam2.md).
     """
 
     name: str
     encoder: HieraConfig
     checkpoint: CheckpointRecord
     description: str = ""
+    fp32_ops: frozenset[str] = DEFAULT_FP32_OPS
 
     contract = C.SAM2_GRAPHS
     aliases: tuple[str, ...] = ()
-    # Op types the FP16 encoder graph keeps in FP32 (samexport.precision; see docs/sam2.md).
-    fp32_ops = DEFAULT_FP32_OPS
 
     @property
     def official_config(self) -> str:

@@ -102,3 +102,57 @@ def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
     assert manifest.parity.summary["embedding_cosine"] > 0.9999, manifest.parity.summary
     weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2
+
+
+def _norm_softmax_graph(path) -> None:
+    """image 1x4 -> MatMul -> Relu -> LayerNormalization -> Softmax, fp32 weights: a stand-in graph
+    (the Relu keeps the MatMul out of the input-fed chain the converter keeps in FP32)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [
+        numpy_helper.from_array(np.full((4, 4), 0.5, np.float32), "w"),
+        numpy_helper.from_array(np.ones(4, np.float32), "scale"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["image", "w"], ["m"]),
+        helper.make_node("Relu", ["m"], ["h"]),
+        helper.make_node("LayerNormalization", ["h", "scale", "bias"], ["n"], axis=-1),
+        helper.make_node("Softmax", ["n"], ["out"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "stand_in", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], initializer=weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+
+
+@pytest.mark.parametrize("islands", [None, frozenset({"Softmax"})])
+def test_sam2_fp16_build_keeps_the_variants_fp32_islands(islands, tmp_path, monkeypatch):
+    """``--fp16`` for SAM 2.1 converts the encoder with the variant record's FP32 islands
+    (``Sam2Variant.fp32_ops``: the record itself, and a record given another set) and the decoder
+    with the default set; the exporters are replaced by a stand-in graph."""
+    import dataclasses
+
+    import onnx
+    from support.graphs import fp32_compute_ops
+
+    from samexport.build_steps import SAM2_STEPS
+    from samexport.export import sam2_onnx
+    from samexport.precision import DEFAULT_FP32_OPS
+
+    monkeypatch.setattr(sam2_onnx, "export_sam2_encoder", lambda model, path, opset: _norm_softmax_graph(path))
+    monkeypatch.setattr(sam2_onnx, "export_sam2_decoder", lambda model, path, opset: _norm_softmax_graph(path))
+    variant = SAM2_VARIANTS["sam2.1_hiera_tiny"]
+    if islands is not None:
+        variant = dataclasses.replace(variant, fp32_ops=islands)
+    checked = SAM2_STEPS.check_request(
+        variant, precision="fp16", attention="plain", opset=18, int8_target="tensorrt", calib_dir=None
+    )
+    graphs = SAM2_STEPS.write_graphs(None, tmp_path, "fp16", opset=18, on_step=lambda _: None, **checked)
+    assert (graphs.encoder, graphs.decoder, graphs.fp16_encoder) == ("fp16", "fp16", True)
+    expected = {"LayerNormalization", "Softmax"} & variant.fp32_ops
+    assert set(fp32_compute_ops(onnx.load(str(tmp_path / C.ENCODER_ONNX)))) == expected
+    assert set(fp32_compute_ops(onnx.load(str(tmp_path / C.DECODER_ONNX)))) == {"LayerNormalization", "Softmax"} & DEFAULT_FP32_OPS

@@ -22,7 +22,7 @@ the prompt without a mask), so that input is identical and only the models diffe
 from samexport.parity.metrics import TOLERANCES, ArrayErrors, Check, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
-from samexport.parity.runner import Precision, parity_for_artifact, quick_parity, run_parity
+from samexport.parity.runner import DecodedPrompt, Precision, parity_for_artifact, quick_parity, run_parity
 
 __all__ = [
     "PROMPT_SUITE",
@@ -31,6 +31,7 @@ __all__ = [
     "TOLERANCES",
     "ArrayErrors",
     "Check",
+    "DecodedPrompt",
     "ImageParity",
     "ParityReport",
     "Prompt",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,31 @@ if TYPE_CHECKING:
 Precision = C.Precision
 
 
+@dataclass(frozen=True)
+class DecodedPrompt:
+    """One prompt of the suite decoded by both sides on one image, for callers that look past the
+    report's worst cases (``run_parity``'s ``observe``: which prompt and mask gave them).
+
+    Attributes:
+        image: the image's name.
+        prompt: the suite's prompt.
+        inputs: ``prompt.in_pixels(size)``: point_coords, point_labels, boxes in the original frame.
+        reference, candidate: each side's logits upsampled to the original frame (Bx4xHxW);
+            a mask is ``logits > MASK_THRESHOLD``.
+        ious: Bx4, the IoU of each pair of masks (what the report's mask figures are made of).
+        reference_scores, candidate_scores: Bx4, each side's predicted IoUs.
+    """
+
+    image: str
+    prompt: Prompt
+    inputs: dict[str, np.ndarray | None]
+    reference: np.ndarray
+    candidate: np.ndarray
+    ious: np.ndarray
+    reference_scores: np.ndarray
+    candidate_scores: np.ndarray
+
+
 def run_parity(
     reference: Backend,
     candidate: Backend,
@@ -35,6 +61,7 @@ def run_parity(
     *,
     precision: Precision = "fp32",
     tolerances: Tolerances | None = None,
+    observe: Callable[[DecodedPrompt], None] | None = None,
 ) -> ParityReport:
     """Compare ``candidate`` with ``reference`` on every image and prompt.
 
@@ -45,6 +72,7 @@ def run_parity(
         prompts: the suite; default :data:`PROMPT_SUITE`.
         precision: the candidate's precision; selects :data:`TOLERANCES` unless ``tolerances``.
         tolerances: explicit limits.
+        observe: called with every :class:`DecodedPrompt` (image by image, prompt by prompt).
     """
 
     if not images:
@@ -56,7 +84,7 @@ def run_parity(
         ref.set_image(image)
         cand.set_image(image)
         embedding = ArrayErrors.between(ref.embedding, cand.embedding)
-        per_prompt = tuple(_compare_prompt(ref, cand, prompt) for prompt in prompts)
+        per_prompt = tuple(_compare_prompt(ref, cand, prompt, name, observe) for prompt in prompts)
         results.append(ImageParity(name, tuple(ref.original_size), embedding, per_prompt))
     return ParityReport(
         reference=reference.name, candidate=candidate.name, precision=precision,
@@ -64,7 +92,7 @@ def run_parity(
     )
 
 
-def _compare_prompt(ref, cand, prompt: Prompt) -> PromptParity:
+def _compare_prompt(ref, cand, prompt: Prompt, image: str, observe=None) -> PromptParity:
     """Decode ``prompt`` with both predictors (images already set) and compare."""
     kwargs = prompt.in_pixels(ref.original_size)
     if prompt.refine:
@@ -76,6 +104,9 @@ def _compare_prompt(ref, cand, prompt: Prompt) -> PromptParity:
     ref_masks = transforms.postprocess_masks(ref_logits, ref.input_size, ref.original_size)
     cand_masks = transforms.postprocess_masks(cand_logits, cand.input_size, cand.original_size)
     ious = mask_ious(ref_masks > C.MASK_THRESHOLD, cand_masks > C.MASK_THRESHOLD)
+    if observe is not None:
+        observe(DecodedPrompt(image, prompt, prompt.in_pixels(ref.original_size), ref_masks, cand_masks, ious,
+                              ref_iou, cand_iou))
     return PromptParity.between(prompt, ref_logits, cand_logits, ref_iou, cand_iou, ious)
 
 

@@ -160,6 +160,30 @@ def test_inverted_mask_gives_iou_zero():
     assert {c.metric for c in report.failures} >= {"mask_iou_min", "mask_iou_mean"}
 
 
+def test_observe_sees_every_prompt_and_mask_behind_the_figures():
+    """``observe`` gets each image x prompt once, in pixels, with both sides' upsampled logits
+    whose thresholded masks give the report's IoUs (token 0 negated: IoU 0 there, 1 elsewhere)."""
+    seen = []
+    report = run_parity(FakeBackend(), Perturbed(FakeBackend(), negate_token=0), IMAGES, PROMPTS, observe=seen.append)
+    assert [(d.image, d.prompt.name) for d in seen] == [(i, p.name) for i in IMAGES for p in PROMPTS]
+    height, width = IMAGES["scene"].shape[:2]
+    for decoded, figures in zip(seen, report.images[0].prompts):
+        assert decoded.reference.shape == decoded.candidate.shape == (decoded.prompt.num_prompts, 4, height, width)
+        np.testing.assert_array_equal(
+            decoded.ious, mask_ious(decoded.reference > 0, decoded.candidate > 0))
+        assert decoded.ious.min() == figures.mask_iou_min and decoded.ious.mean() == pytest.approx(figures.mask_iou_mean)
+        assert (decoded.ious[:, 0] == 0).all() and (decoded.ious[:, 1:] == 1).all()
+        assert decoded.reference_scores.shape == decoded.candidate_scores.shape == (decoded.prompt.num_prompts, 4)
+        assert np.abs(decoded.candidate_scores - decoded.reference_scores).max() == pytest.approx(figures.iou_score_max_abs)
+        np.testing.assert_array_equal(decoded.candidate[:, 0] > 0, ~(decoded.reference[:, 0] > 0))
+        expected = decoded.prompt.in_pixels((height, width))
+        for key, value in expected.items():
+            if value is None:
+                assert decoded.inputs[key] is None
+            else:
+                np.testing.assert_allclose(decoded.inputs[key], value)
+
+
 def test_run_parity_needs_images():
     with pytest.raises(SamExportError, match="at least one image"):
         run_parity(FakeBackend(), FakeBackend(), {})
