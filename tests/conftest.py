@@ -7,9 +7,21 @@ The weights come from ``samexport.testing`` (seeded random weights saved exactly
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The test process's threads, set here once for every test (and the subprocesses they start,
+# which inherit the environment). torch runs its CPU ops on OpenMP (libgomp), whose worker threads
+# busy-wait after each parallel region by default; between the many small ops of the tests'
+# reference models they spun on both cores, against the ONNX Runtime threads and the next test:
+# 34 % of the CPU samples of tests/runtime/test_predictor.py, and 78 % of a 2-minute sample of the
+# fast lane at load ~9, sat in libgomp's wait loop (`perf record`, 2026-12-06). A passive policy
+# makes the workers sleep instead; results are unchanged (same threads, same split of the work).
+# libgomp reads the variable when torch loads it, which is later than this (nothing above imports
+# torch). A value set in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from samexport.testing import official_sam, save_random_checkpoint
 
@@ -201,7 +213,7 @@ def sam2_tiny_artifact(sam2_tiny_checkpoint, tmp_path_factory) -> Path:
 def private_cache(tmp_path, monkeypatch) -> Path:
     """A private samexport cache (``SAMEXPORT_CACHE``: the verified-files and calibration caches)
     in ``tmp_path / "cache"``, and an empty in-memory verified-files cache."""
-    import samexport.integrity as integrity
+    from samexport import integrity
 
     folder = tmp_path / "cache"
     monkeypatch.setenv("SAMEXPORT_CACHE", str(folder))

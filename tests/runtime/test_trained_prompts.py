@@ -40,11 +40,11 @@ def prompt_masks(predictor, scenes) -> dict[str, list[np.ndarray]]:
 
 
 # The targets (median IoU on held-out scenes) and what the committed weights reach: the
-# 3950-step CPU run (about 4 hours of one thread on 2 shared cores) meets the box's and not yet
-# the point's on these 12 scenes (the training script's 24-scene eval gives 0.799 / 0.864); see
-# weights/README.md.
+# 3950-step CPU run (about 4 hours of one thread on 2 shared cores) and 600 steps of its IoU head
+# meet the box's and not yet the point's on these 12 scenes (the best of a point's three masks
+# reaches 0.868: the IoU head's ranking is what falls short); see weights/README.md.
 TARGET = {"point": 0.8, "box": 0.85}
-ACHIEVED = {"point": 0.74, "box": 0.82}  # measured 0.771 and 0.853 (49 instances), less a margin
+ACHIEVED = {"point": 0.75, "box": 0.82}  # measured 0.782 and 0.853 (49 instances), less a margin
 
 
 @pytest.fixture(scope="module")
