@@ -3,7 +3,7 @@
     python benchmarks/fp16_islands.py                      # mobile_sam, WORK=/tmp/samexport-bench
     python benchmarks/fp16_islands.py --variant vit_b
     python benchmarks/fp16_islands.py --checkpoint weights/sam_tiny_shapes.pth --scenes 4   # trained tiny, held-out scenes
-    python benchmarks/fp16_islands.py --variant sam2.1_hiera_tiny --torch-fp16   # SAM 2.1, + PyTorch float16 check
+    python benchmarks/fp16_islands.py --variant sam2.1_hiera_tiny --torch-ranges   # SAM 2.1, + PyTorch activation ranges
 
 Builds (or reuses) the fp32 artifact of ``--variant`` from seeded random weights
 (``samexport.testing``, every parameter perturbed), then converts its ``encoder.onnx`` to FP16
@@ -25,13 +25,13 @@ ONNX Runtime's CPU provider runs FP16 graphs in fp32 behind casts, so the casts'
 what is measured: an overflow (inf/NaN) shows as ``finite: false``; TensorRT's FP16 kernels may
 round differently.
 
-``--torch-fp16`` (SAM 2.1 variants) adds a stronger check of the same weights: samexport's
-PyTorch encoder run once in float32 and once with every parameter and activation in float16 on
-the CPU (PyTorch's CPU kernels in half precision: each op's output is rounded to float16; how a
-kernel accumulates inside is its own), recording per ATen op type the largest |output| (float32
-run: what a float16 tensor would have to hold, against float16's 65504) and the non-finite outputs
-of the float16 run, and the float16 features against the float32 ones. It runs the whole encoder
-in float16, islands included: it says which op types would overflow without islands.
+``--torch-ranges`` (SAM 2.1 variants) adds what the CPU cannot show by running FP16: samexport's
+PyTorch encoder on the same weights and images in float32, with the largest |output| of each ATen
+op type against float16's 65504, the layer norms' largest |x - mean| (a float16 variance
+overflows past 256) and the softmaxes' largest logit. ``--torch-ranges-only`` adds them to the
+``--output`` of an earlier run without redoing the islands. (Running the encoder in float16 on this
+CPU, which has no AVX512-FP16, was too slow to be a check: a 16384x384x384 half matmul did not
+finish in two minutes on the loaded 2-core machine.)
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,92 +115,84 @@ def feature_figures(reference: RecordingRunner, candidate: RecordingRunner, name
     return figures
 
 
-def torch_fp16_activations(variant, checkpoint: Path, images: dict) -> dict:
-    """samexport's PyTorch SAM 2.1 encoder in float32 and in float16 on the CPU: per ATen op type
-    the largest |output| of each run and the float16 run's non-finite outputs; the float16
-    features against the float32 ones."""
+# ATen ops that only move or view values: their outputs hold no new magnitudes.
+_MOVES = {
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "slice", "select", "unsqueeze",
+    "squeeze", "clone", "contiguous", "_to_copy", "copy_", "detach", "alias", "split", "split_with_sizes",
+    "unbind", "cat", "stack", "pad", "constant_pad_nd", "index", "flatten", "as_strided", "new_empty", "empty_like",
+}
+
+
+def torch_activation_ranges(variant, checkpoint: Path, images: dict) -> dict:
+    """samexport's PyTorch SAM 2.1 encoder (``Sam2Image.encode``) in float32 on the CPU: per ATen
+    op type, the largest |output| over the images, against float16's largest value (65504); for
+    the layer norms also the largest |x - mean| of their input (a float16 variance of its square
+    overflows past 256) and the largest variance; for the softmaxes the largest |logit|."""
     import time
 
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from samexport.parity.metrics import ArrayErrors
     from samexport.sam2_checkpoint import load_sam2
     from samexport.sam2_transforms import preprocess_sam2
 
     fp16_max = float(np.finfo(np.float16).max)
 
-    class MaxAbs(TorchDispatchMode):
+    class Ranges(TorchDispatchMode):
         def __init__(self) -> None:
             super().__init__()
             self.ops: dict[str, dict] = {}
 
+        def _record(self, name: str, key: str, value: float) -> None:
+            record = self.ops.setdefault(name, {"calls": 0})
+            record[key] = max(record.get(key, 0.0), value)
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             name = func.overloadpacket.__name__
-            for tensor in tree_flatten(out)[0]:
-                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
-                    data = tensor.detach().float()
-                    finite = torch.isfinite(data)
-                    record = self.ops.setdefault(name, {"calls": 0, "max_abs": 0.0, "nonfinite": 0})
-                    record["calls"] += 1
-                    record["nonfinite"] += int((~finite).sum())
-                    if finite.any():
-                        record["max_abs"] = max(record["max_abs"], float(data[finite].abs().max()))
+            if name in _MOVES:
+                return out
+            with torch.no_grad():
+                for tensor in tree_flatten(out)[0][:1]:  # the first output (layer norm: not mean/rstd)
+                    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel():
+                        self.ops.setdefault(name, {"calls": 0})["calls"] += 1
+                        self._record(name, "max_abs", float(tensor.abs().max()))
+                if name == "native_layer_norm":
+                    x, dims = args[0], tuple(range(-len(args[1]), 0))
+                    self._record(name, "input_max_abs_deviation", float((x - x.mean(dims, keepdim=True)).abs().max()))
+                    self._record(name, "input_max_variance", float(x.var(dims, unbiased=False).max()))
+                elif name == "_softmax":
+                    self._record(name, "input_max_abs", float(args[0].abs().max()))
             return out
 
     model = load_sam2(checkpoint, variant).eval()
-    names = [o.name for o in variant.contract.encoder_outputs]
-    runs: dict[str, dict] = {}
-    features: dict[str, list] = {}
-    for dtype in (torch.float32, torch.float16):
-        model = model.to(dtype)
-        mode = MaxAbs()
-        started = time.perf_counter()
-        features[str(dtype)] = []
-        with torch.no_grad(), mode:
-            for image in images.values():
-                x = torch.from_numpy(preprocess_sam2(image)).to(dtype)
-                features[str(dtype)].append([f.float().numpy() for f in model.encode(x)])
-        runs[str(dtype).removeprefix("torch.")] = {"ops": mode.ops, "seconds": time.perf_counter() - started}
-        print(f"torch {dtype}: {time.perf_counter() - started:.0f} s", flush=True)
-    ops32, ops16 = runs["float32"]["ops"], runs["float16"]["ops"]
-    per_op = {
-        name: {
-            "float32_max_abs": ops32[name]["max_abs"],
-            "float32_max_abs_over_fp16_max": ops32[name]["max_abs"] / fp16_max,
-            "float16_max_abs": ops16.get(name, {}).get("max_abs"),
-            "float16_nonfinite_values": ops16.get(name, {}).get("nonfinite"),
-            "calls_per_image": ops32[name]["calls"] // len(images),
-        }
-        for name in sorted(ops32, key=lambda n: -ops32[n]["max_abs"])
+    mode = Ranges()
+    started = time.perf_counter()
+    with torch.no_grad(), mode:
+        for image in images.values():
+            model.encode(torch.from_numpy(preprocess_sam2(image)))
+    seconds = time.perf_counter() - started
+    print(f"torch ranges: {seconds:.0f} s", flush=True)
+    ops = {
+        name: {**record, "calls": record["calls"] // len(images), "max_abs_over_fp16_max": record["max_abs"] / fp16_max}
+        for name, record in sorted(mode.ops.items(), key=lambda item: -item[1].get("max_abs", 0.0))
     }
-    outputs = {}
-    for index, name in enumerate(names):
-        errors = [
-            ArrayErrors.between(r[index], c[index])
-            for r, c in zip(features["torch.float32"], features["torch.float16"])
-        ]
-        outputs[name] = {
-            "rel_max_abs": max(e.rel_max_abs for e in errors),
-            "cosine": min(e.cosine for e in errors),
-            "finite": all(bool(np.isfinite(c[index]).all()) for c in features["torch.float16"]),
-        }
     return {
         "what": (
-            "samexport's PyTorch encoder (Sam2Image.encode) on the CPU, all parameters and activations in "
-            "float16 (each ATen op's output rounded to float16; accumulation inside a kernel is the kernel's), "
-            "against the same model in float32; no FP32 islands. Per ATen op type: the largest |output| over "
-            "the images in each run (float32's against float16's max 65504) and the float16 run's non-finite values."
+            "samexport's PyTorch encoder (Sam2Image.encode, float32, CPU) on the same weights and images: per ATen "
+            "op type (ops that only move values left out), the largest |output| (what a float16 tensor there would "
+            "have to hold; float16's largest is 65504), calls per image; native_layer_norm: the largest |x - mean| "
+            "of its input (squared in a float16 variance: overflows past 256) and the largest variance; _softmax: "
+            "the largest |logit|. Magnitudes only: no float16 arithmetic is run."
         ),
+        "images": sorted(images),
         "torch": torch.__version__,
         "fp16_max": fp16_max,
-        "seconds": {k: v["seconds"] for k, v in runs.items()},
-        "features_float16_vs_float32": outputs,
-        "ops_over_fp16_max_in_float32": sorted(n for n, r in per_op.items() if r["float32_max_abs"] > fp16_max),
-        "ops_nonfinite_in_float16": sorted(n for n, r in per_op.items() if r["float16_nonfinite_values"]),
-        "ops": per_op,
+        "seconds": seconds,
+        "ops_over_fp16_max": sorted(n for n, r in ops.items() if r.get("max_abs", 0.0) > fp16_max),
+        "layer_norm_deviation_over_256": ops.get("native_layer_norm", {}).get("input_max_abs_deviation", 0.0) > 256,
+        "ops": ops,
     }
 
 
@@ -218,13 +211,27 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="trained weights (official layout) instead of random ones")
     parser.add_argument("--scenes", type=int, default=0, help="compare on this many held-out procedural scenes")
     parser.add_argument("--photos", nargs="+", help="these scikit-image sample photos only (default: all of them)")
-    parser.add_argument("--torch-fp16", action="store_true", help="SAM 2.1: also the PyTorch float16 activation check")
+    parser.add_argument("--torch-ranges", action="store_true", help="SAM 2.1: also the PyTorch activation ranges")
+    parser.add_argument(
+        "--torch-ranges-only", action="store_true",
+        help="add the PyTorch activation ranges to the existing --output of an earlier run (islands not rerun)",
+    )
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/samexport-bench")))
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     variant = get_model(args.variant or ("tiny" if args.checkpoint else "mobile_sam"))
-    if args.torch_fp16 and variant.contract is not C.SAM2_GRAPHS:
-        parser.error("--torch-fp16 runs SAM 2.1's PyTorch encoder: pass a sam2.1_hiera_* variant")
+    if (args.torch_ranges or args.torch_ranges_only) and variant.contract is not C.SAM2_GRAPHS:
+        parser.error("--torch-ranges runs SAM 2.1's PyTorch encoder: pass a sam2.1_hiera_* variant")
+    trained = "-trained" if args.checkpoint else ""
+    output = args.output or ROOT / "benchmarks" / "results" / f"{variant.name}{trained}-fp16-islands.json"
+    if args.torch_ranges_only:
+        document = json.loads(output.read_text())
+        if document["variant"] != variant.name:
+            parser.error(f"{output} holds {document['variant']}, not {variant.name}")
+        add_torch_ranges(document, variant, args)
+        output.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {output}")
+        return
     started = machine()
     artifact = fp32_artifact(variant.name, args.work, args.checkpoint)
     encoder, decoder = artifact / C.ENCODER_ONNX, artifact / C.DECODER_ONNX
@@ -259,7 +266,6 @@ def main() -> None:
             ), flush=True)
 
     import hashlib
-    import sys
 
     weights = "random weights"
     if args.checkpoint:
@@ -280,20 +286,28 @@ def main() -> None:
         "machine": started,
         "results": results,
     }
-    trained = "-trained" if args.checkpoint else ""
-    output = args.output or ROOT / "benchmarks" / "results" / f"{variant.name}{trained}-fp16-islands.json"
     document["machine"]["load_average_at_end"] = os.getloadavg()
     output.write_text(json.dumps(document, indent=2) + "\n")  # the islands, before the longer check
-    if args.torch_fp16:
-        checkpoint = args.checkpoint or args.work / f"{variant.name}_random.pth"
-        if not checkpoint.exists():
-            from samexport.testing import save_random_checkpoint
-
-            save_random_checkpoint(variant.name, checkpoint)
-        document["torch_fp16"] = torch_fp16_activations(variant, checkpoint, images)
-        document["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.torch_ranges:
+        add_torch_ranges(document, variant, args)
         output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {output}")
+
+
+def add_torch_ranges(document: dict, variant, args) -> None:
+    """``document["torch_ranges"]``: :func:`torch_activation_ranges` on the run's weights and images."""
+    from samexport.image_sources import sample_images
+
+    checkpoint = args.checkpoint or args.work / f"{variant.name}_random.pth"
+    if not checkpoint.exists():
+        from samexport.testing import save_random_checkpoint
+
+        save_random_checkpoint(variant.name, checkpoint)
+    images, _ = sample_images(args.photos or document["images"])
+    ranges = torch_activation_ranges(variant, checkpoint, images)
+    ranges["command"] = " ".join(["python benchmarks/fp16_islands.py", *sys.argv[1:]])
+    ranges["load_average"] = {"start": document["machine"].get("load_average_at_end"), "end": os.getloadavg()}
+    document["torch_ranges"] = ranges
 
 
 def machine() -> dict:

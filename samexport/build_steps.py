@@ -8,10 +8,10 @@ SAM's record is :data:`SAM_STEPS`, SAM 2.1's :data:`SAM2_STEPS`; :data:`samexpor
 keys them by family.
 
 SAM 2.1 today: fp32 and fp16 graphs (encoder and decoder; the fp16 encoder keeps the FP32 islands
-of its variant record, ``Sam2Variant.fp32_ops``, see docs/sam2.md), int8 encoders for the CPU runtimes (``--int8-for onnxruntime`` /
-``openvino``), the quick parity check and the stored PyTorch references (what ``samexport verify``
-checks); no TensorRT int8 recipe and no TensorRT engines yet (each refused or recorded as such,
-never silently skipped).
+of its variant record, ``Sam2Variant.fp32_ops``, see docs/sam2.md), int8 encoders for every recipe
+(``--int8-for tensorrt`` / ``onnxruntime`` / ``openvino``), the quick parity check, the stored
+PyTorch references (what ``samexport verify`` checks) and TensorRT engines through SAM's code path
+(profiles and plan tensors by the graph contract, ``samexport.engines``).
 """
 
 from __future__ import annotations
@@ -189,9 +189,9 @@ SAM_STEPS = ModelSteps(
 
 
 SAM2_PRECISIONS = ("fp32", "fp16", "int8")
-# The int8 recipes built for SAM 2.1: the CPU runtimes'. TensorRT's (FP16 Q/DQ for strongly typed
-# engines) waits for SAM 2.1's engines.
-SAM2_INT8_TARGETS = ("onnxruntime", "openvino")
+# The int8 recipes built for SAM 2.1: every runtime's, as for SAM (TensorRT's: INT8 Q/DQ on the
+# FP16 graph, for strongly typed engines).
+SAM2_INT8_TARGETS = ("tensorrt", "onnxruntime", "openvino")
 
 
 def _check_sam2_request(
@@ -208,8 +208,7 @@ def _check_sam2_request(
     recipe = recipe_for(int8_target)  # an unknown target fails now, listing the valid ones
     if int8_target not in SAM2_INT8_TARGETS:
         raise SamExportError(
-            f"{variant.name}: int8 for {int8_target} is not built for SAM 2.1 (samexport builds no TensorRT engines "
-            f"for it yet); pass --int8-for {' or '.join(SAM2_INT8_TARGETS)}"
+            f"{variant.name}: int8 for {int8_target} is not built for SAM 2.1; pass --int8-for {' or '.join(SAM2_INT8_TARGETS)}"
         )
     if calib_dir is None:
         raise SamExportError("int8 needs calibration images: pass --calib-dir DIR (a folder of photos)")
@@ -228,7 +227,8 @@ def _write_sam2_graphs(
     """fp32: both graphs as exported. fp16: both converted with FP32 islands (the encoder with
     ``fp32_ops``, the variant's set; the decoder with the default set). int8: the encoder
     INT8 Q/DQ calibrated on ``calib_dir`` (SAM 2.1's preprocessing) with the recipe for
-    ``int8_target``, the decoder FP16, as SAM's int8 build."""
+    ``int8_target`` (TensorRT's on the FP16 graph, with the fp16 build's FP32 islands), the
+    decoder FP16, as SAM's int8 build."""
     from samexport.export.sam2_onnx import export_sam2_decoder, export_sam2_encoder
 
     folder = staging if precision == "fp32" else staging / ".fp32"
@@ -255,11 +255,11 @@ def _write_sam2_graphs(
         on_step(f"calibrating and quantizing the encoder to int8 for {int8_target} on {calib_dir}")
         quantize_checked_encoder_int8(
             folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, calibration_images, cache_path=calib_cache, recipe=recipe,
-            replace_malformed_cache=True, preprocess=preprocess_sam2,
+            fp32_ops=fp32_ops, replace_malformed_cache=True, preprocess=preprocess_sam2,  # islands: TensorRT's recipe (FP16)
         )
         graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ)", decoder="fp16", fp16_encoder=False, int8_target=int8_target,
-            calibration_images=str(calib_dir),
+            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
+            int8_target=int8_target, calibration_images=str(calib_dir),
         )
     shutil.rmtree(folder)
     return graphs
@@ -280,5 +280,4 @@ SAM2_STEPS = ModelSteps(
     quick_parity=lambda model, folder, precision, arena: sam2_quick_parity(model, folder, precision, memory_arena=arena),
     record_references=lambda model, staging: record_references(Sam2TorchBackend(model), staging),
     graph_records=_sam2_graph_records,
-    no_engines="samexport builds no TensorRT engines for SAM 2.1 yet (its graphs run on ONNX Runtime and OpenVINO)",
 )

@@ -175,7 +175,7 @@ def build(
     if engines != "skip" and not steps.no_engines:
         if engine_builder not in BUILDERS:
             raise SamExportError(f"unknown engine builder {engine_builder!r}; valid: {', '.join(BUILDERS)}")
-        plans = check_engine_request(attention, engine_config, BUILDERS[engine_builder])
+        plans = check_engine_request(attention, engine_config, BUILDERS[engine_builder], variant.contract)
         if engines == "require":
             if BUILDERS[engine_builder] == "tensorrt_rtx":
                 load_tensorrt("tensorrt_rtx")

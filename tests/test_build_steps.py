@@ -3,8 +3,9 @@
 The artifact ``samexport.build("sam2.1_hiera_tiny", ...)`` makes is read back: its manifest records
 the family's graph contract (the encoder's three outputs, the decoder's seven inputs and three
 outputs), a passing quick parity check against the PyTorch weights and its stored references
-(format 2, SAM 2.1's features: tests/parity/test_sam2_verify.py), and says why it has no engines;
-each runtime door opens it or refuses it by that contract.
+(format 2, SAM 2.1's features: tests/parity/test_sam2_verify.py), and says why it has no engines
+where this machine cannot build them; each runtime door opens it or refuses it by that contract
+(its TensorRT engines: tests/engines/test_sam2_engines.py).
 What SAM 2.1 cannot build yet is refused before any work.
 """
 
@@ -14,6 +15,7 @@ import pytest
 
 from samexport import constants as C
 from samexport.artifacts import read_manifest
+from samexport.engines import tensorrt_availability
 from samexport.errors import SamExportError
 from samexport.pipeline import BUILD_STEPS, build
 from samexport.variants import MODELS, SAM2_VARIANTS, VARIANTS, get_model, get_variant
@@ -34,10 +36,11 @@ def test_one_registry_with_a_contract_per_family():
     ("kwargs", "message"),
     [
         ({"precision": "int4"}, "unknown precision 'int4'"),
-        ({"precision": "int8", "calib_dir": "."}, "int8 for tensorrt is not built for SAM 2.1 .*--int8-for onnxruntime or openvino"),
+        ({"precision": "int8", "calib_dir": ".", "int8_target": "tensorrt-llm"}, "unknown int8 target .tensorrt-llm.; valid: tensorrt, onnxruntime, openvino"),
+        ({"precision": "int8"}, "int8 needs calibration images: pass --calib-dir"),
         ({"precision": "int8", "int8_target": "openvino"}, "int8 needs calibration images: pass --calib-dir"),
         ({"attention": "plugin"}, "--attention plugin does not apply to SAM 2.1"),
-        ({"engines": "require"}, "engines were required but cannot be built: samexport builds no TensorRT engines for SAM 2.1"),
+        ({"engines": "require", "engine_builder": "tensorrt-llm"}, "unknown engine builder 'tensorrt-llm'"),
     ],
 )
 def test_sam2_build_refuses_before_any_work(tmp_path, kwargs, message):
@@ -55,10 +58,14 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
     assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
     assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
-    assert manifest.decoder_halves() is None and manifest.engines == {}
+    assert manifest.decoder_halves() is None
     assert manifest.references["contract"] == "sam2" and manifest.references["format"] == 2
     assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references["file"]}
-    assert all("no TensorRT engines for SAM 2.1" in reason for reason in manifest.skipped_engines.values())
+    availability = tensorrt_availability()
+    if availability:  # a GPU with TensorRT: the build made the plans, as for SAM
+        assert set(manifest.engines) == {"encoder", "decoder"} and manifest.skipped_engines == {}
+    else:  # why not, as for SAM: the machine's, not the family's
+        assert manifest.engines == {} and manifest.skipped_engines == {"encoder": availability.reason, "decoder": availability.reason}
     parity = manifest.parity
     assert parity.passed, parity
     summary = parity.summary  # ONNX Runtime CPU vs eager PyTorch, fp32
@@ -76,19 +83,19 @@ def test_sam2_artifact_opens_only_through_its_contract(sam2_tiny_artifact):
     assert isinstance(samexport.SAM2ImagePredictor(sam2_tiny_artifact).backend.contract, C.GraphContract)
     with pytest.raises(SamExportError, match="holds the SAM 2.1 model sam2.1_hiera_tiny: open it with samexport.SAM2ImagePredictor"):
         samexport.SamPredictor(sam2_tiny_artifact)
-    with pytest.raises(SamExportError, match="no TensorRT engines yet"):
-        open_backend(sam2_tiny_artifact, "tensorrt")
-    from samexport.parity.engines import build_verified_engines
-
-    with pytest.raises(SamExportError, match="builds no TensorRT engines for SAM 2.1 yet"):
-        build_verified_engines(sam2_tiny_artifact, builder="tensorrt-rtx")
+    if not read_manifest(sam2_tiny_artifact).engines:
+        with pytest.raises(SamExportError, match="has no TensorRT encoder or decoder engine .*samexport engines"):
+            open_backend(sam2_tiny_artifact, "tensorrt")
 
 
 @pytest.mark.slow
 def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
     """``--fp16`` for SAM 2.1: both graphs FP16 (FP32 islands), the build's parity check against
     the PyTorch weights at the fp16 tolerances, recorded in the manifest."""
+    from collections import Counter
+
     import onnx
+    from support.graphs import fp32_compute_ops
 
     result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp16", precision="fp16")
     manifest = result.manifest
@@ -96,8 +103,13 @@ def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
     assert manifest.precision == "fp16" and (graphs.encoder, graphs.decoder, graphs.fp16_encoder) == ("fp16", "fp16", True)
     assert manifest.parity.passed and manifest.parity.precision == "fp16", manifest.parity
     assert manifest.parity.summary["embedding_cosine"] > 0.9999, manifest.parity.summary
-    weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
+    encoder = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False)
+    weights = encoder.graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2
+    # The FP32 islands are the variant record's op types, every node of them, and nothing else
+    # (Hiera: the 24 LayerNormalization and 12 Softmax nodes; docs/sam2.md).
+    islands, ops = fp32_compute_ops(encoder), Counter(n.op_type for n in encoder.graph.node)
+    assert islands == {op: ops[op] for op in ops if op in SAM2_VARIANTS["sam2.1_hiera_tiny"].fp32_ops}, islands
 
 
 def _norm_softmax_graph(path) -> None:

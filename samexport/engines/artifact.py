@@ -30,7 +30,7 @@ from samexport.artifacts import (
     write_manifest,
 )
 from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability
-from samexport.engines.builder import BuildConfig, build_engine
+from samexport.engines.builder import BuildConfig, build_engine, check_engine_io
 from samexport.errors import SamExportError, require
 from samexport.records import EngineRecord
 from samexport.staging import remove_stale_folders, write_marker
@@ -45,15 +45,19 @@ BUILDERS: dict[str, TensorRTFlavour] = {"tensorrt": "tensorrt", "tensorrt-rtx": 
 @dataclass(frozen=True)
 class PlanRequest:
     """What to build plans with, checked once at the door (:func:`check_engine_request` makes it):
-    the engine settings, the encoder's attention form and the TensorRT flavour. The builders below
-    take it as it is and check nothing of it again."""
+    the engine settings, the encoder's attention form, the TensorRT flavour and the graph contract
+    of the artifact's family (which inputs get profiles, what the plans' tensors must be). The
+    builders below take it as it is and check nothing of it again."""
 
     config: BuildConfig
     attention: str
     flavour: TensorRTFlavour
+    contract: C.GraphContract = C.SAM_GRAPHS
 
 
-def check_engine_request(attention: str, config: BuildConfig, flavour: TensorRTFlavour) -> PlanRequest:
+def check_engine_request(
+    attention: str, config: BuildConfig, flavour: TensorRTFlavour, contract: C.GraphContract = C.SAM_GRAPHS,
+) -> PlanRequest:
     """Refuse, before any work, a combination that cannot give a usable plan; the checked request.
 
     Raises:
@@ -72,7 +76,7 @@ def check_engine_request(attention: str, config: BuildConfig, flavour: TensorRTF
             "TensorRT-RTX cannot build --attention plugin encoders (no tensorrt.plugin API); "
             "test-build a fused-pattern export instead, or build with TensorRT >= 10.9 on a GPU"
         )
-    return PlanRequest(config=config, attention=attention, flavour=flavour)
+    return PlanRequest(config=config, attention=attention, flavour=flavour, contract=contract)
 
 
 def build_plans(
@@ -84,7 +88,9 @@ def build_plans(
     on_step: Callable[[str], None] = lambda message: None,
 ) -> dict[str, EngineRecord]:
     """Build ``encoder.plan`` and ``decoder.plan`` from the graphs in ``graphs_dir`` as ``request``
-    (checked at the door by :func:`check_engine_request`) asks.
+    (checked at the door by :func:`check_engine_request`) asks: each graph with the profiles its
+    family's contract gives (``BuildConfig.profiles``), each plan's tensors checked against that
+    contract (``check_engine_io``), for SAM, MobileSAM and SAM 2.1 alike.
 
     ``plugins`` are called before the graphs are parsed, to register the TensorRT plugins their
     nodes need (as Polygraphy's ``LoadPlugins`` loads them): for ``--attention plugin`` graphs,
@@ -124,10 +130,11 @@ def build_plans(
         records = {}
         for name, plan_name in PLAN_NAMES.items():
             on_step(f"building the {name} engine with {flavour}")
-            profiles = [config.decoder_profile()] if name == "decoder" else None
             records[name] = build_engine(
-                graphs_dir / GRAPH_NAMES[name], partial / plan_name, config, profiles=profiles, flavour=flavour
+                graphs_dir / GRAPH_NAMES[name], partial / plan_name, config,
+                profiles=config.profiles(name, request.contract), flavour=flavour,
             )
+            check_engine_io(records[name], name, request.contract)
         final = target_dir / f"{PLANS_PREFIX}{stamp}-{os.getpid()}"
         os.replace(partial, final)
     except BaseException:
@@ -230,7 +237,7 @@ def build_artifact_engines(
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
     # The plans are built from these graphs and the new manifest hashes them again: check first.
-    request = check_engine_request(manifest.attention, config, BUILDERS[builder])
+    request = check_engine_request(manifest.attention, config, BUILDERS[builder], manifest.contract)
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     records = build_candidate_plans(folder, request, plugins=plugins, on_step=on_step)
     verdict = check_candidate_plans(folder, manifest, records, check)

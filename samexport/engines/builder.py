@@ -78,15 +78,28 @@ class BuildConfig:
         if self.hardware_compatibility not in ("none", "ampere_plus", "same_compute_capability"):
             raise SamExportError(f"unknown hardware_compatibility {self.hardware_compatibility!r}")
 
-    def decoder_profile(self) -> dict[str, tuple[Shape, Shape, Shape]]:
-        """Shapes of every decoder input at min / opt / max B and N; the mask count M takes B's
-        range, which holds both M = B and M = 1."""
+    def decoder_profile(self, contract: C.GraphContract = C.SAM_GRAPHS) -> dict[str, tuple[Shape, Shape, Shape]]:
+        """Shapes of every input of ``contract``'s decoder at min / opt / max B and N; the mask count
+        M takes B's range, which holds both M = B and M = 1. Fixed axes (the per-image features:
+        SAM's embedding, SAM 2.1's embedding and both high-resolution maps) are the same in all three."""
+        return self._profile(contract.decoder_inputs)
+
+    def profiles(self, graph: str, contract: C.GraphContract = C.SAM_GRAPHS) -> list[Profile] | None:
+        """The optimisation profiles of ``graph`` (``"encoder"`` or ``"decoder"``) of ``contract``:
+        one profile over its inputs when any axis is dynamic, None for a graph of fixed shapes
+        (every encoder today). What ``build_plans`` builds each graph with, for every family."""
+        inputs = {"encoder": contract.encoder_inputs, "decoder": contract.decoder_inputs}[graph]
+        if not any(isinstance(d, str) for spec in inputs for d in spec.shape):
+            return None
+        return [self._profile(inputs)]
+
+    def _profile(self, inputs: tuple[C.TensorSpec, ...]) -> dict[str, tuple[Shape, Shape, Shape]]:
         axes = {C.PROMPT_BATCH: self.prompts, C.NUM_POINTS: self.points, C.NUM_MASKS: self.prompts}
         return {
             spec.name: tuple(  # type: ignore[misc]
                 tuple(axes[d][k] if isinstance(d, str) else d for d in spec.shape) for k in range(3)
             )
-            for spec in C.DECODER_INPUTS
+            for spec in inputs
         }
 
     def to_dict(self) -> dict:
@@ -183,6 +196,40 @@ def build_engine(
         outputs=tuple(_io(network.get_output(i)) for i in range(network.num_outputs)),
         build_seconds=round(seconds, 3),
     )
+
+
+# TensorRT's names for the dtypes of the graph contracts (``DataType.FLOAT`` -> ``"float"``, as
+# :func:`_io` writes them into the engine record).
+TENSORRT_DTYPES = {"float32": "float", "float16": "half", "int32": "int32", "int64": "int64", "bool": "bool"}
+
+
+def expected_io(specs: tuple[C.TensorSpec, ...]) -> list[dict]:
+    """The engine record's view of ``specs`` (a graph contract's inputs or outputs): name,
+    TensorRT dtype, shape with -1 for each dynamic axis."""
+    return [
+        {"name": s.name, "dtype": TENSORRT_DTYPES[s.dtype], "shape": [-1 if isinstance(d, str) else d for d in s.shape]}
+        for s in specs
+    ]
+
+
+def check_engine_io(record: EngineRecord, graph: str, contract: C.GraphContract) -> None:
+    """Refuse a plan whose input or output tensors are not ``contract``'s for ``graph``
+    (``"encoder"`` / ``"decoder"``): the same names in the same order, dtypes and shapes (a
+    dynamic axis is -1). The runtime feeds and reads the plans by the contract, so a graph exported
+    for another family, or an older export, is said here rather than at the first inference.
+
+    Raises:
+        SamExportError: naming the first tensor that differs, what the plan has and what the contract says.
+    """
+    inputs = {"encoder": contract.encoder_inputs, "decoder": contract.decoder_inputs}[graph]
+    outputs = {"encoder": contract.encoder_outputs, "decoder": contract.decoder_outputs}[graph]
+    for kind, found, wanted in (("inputs", record.inputs, expected_io(inputs)), ("outputs", record.outputs, expected_io(outputs))):
+        if [dict(io) for io in found] != wanted:
+            raise SamExportError(
+                f"the {graph} plan's {kind} are not the {contract.name} graph contract's: plan "
+                f"{[(io['name'], io['dtype'], list(io['shape'])) for io in found]}, contract "
+                f"{[(io['name'], io['dtype'], io['shape']) for io in wanted]}"
+            )
 
 
 def is_jetson() -> bool:

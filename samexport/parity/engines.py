@@ -144,15 +144,13 @@ def build_verified_engines(
     flavour = BUILDERS[builder]
     folder = Path(artifact_dir)
     manifest = read_manifest(folder)
-    if manifest.contract is not C.SAM_GRAPHS:
-        raise SamExportError(f"{folder} holds {manifest.variant}: samexport builds no TensorRT engines for SAM 2.1 yet")
     if fallback:
         require_onnx()  # said before a long build, not after it
     if verify and runs(flavour, runner):
         if not manifest.references:
             raise SamExportError(no_references_message(folder) + ", or build the plans with --no-verify (recorded as unverified)")
         load_references(folder, manifest)  # damaged or unreadable: said before a long build
-    request = check_engine_request(manifest.attention, config, flavour)  # once, for both attempts
+    request = check_engine_request(manifest.attention, config, flavour, manifest.contract)  # once, for both attempts
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n.startswith((C.ENCODER_ONNX, C.DECODER_ONNX))])
     check = plan_check(runner, flavour=flavour) if verify else lambda _, candidate: verdict_record(candidate, UNVERIFIED)
     # First attempt: the artifact's own graphs. With ``fallback``, a second attempt from the FP32

@@ -344,11 +344,6 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
             logging.getLogger(__name__).info("not using the TensorRT engines of %s: %s", folder, reason)
     contract = manifest.contract
     if backend == "tensorrt":
-        if contract is not C.SAM_GRAPHS:
-            raise SamExportError(
-                f"{folder} holds {manifest.variant}, for which samexport builds no TensorRT engines yet; "
-                "use backend='onnxruntime' or 'openvino'"
-            )
         return TensorRTBackend(folder, manifest)
     if not manifest.runtime.onnxruntime_encoder:
         raise SamExportError(

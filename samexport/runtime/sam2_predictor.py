@@ -286,8 +286,12 @@ class SAM2ImagePredictor:
 
     @property
     def max_prompts_per_call(self) -> int:
-        """Most prompts one decoder call of :meth:`decode_low_res_where` takes."""
-        return prompts_per_call(self.decode_budget_bytes)
+        """Most prompts one decoder call takes: :func:`prompts_per_call` of the budget, or the
+        backend's own limit (a TensorRT profile's largest batch) where that is smaller, as
+        ``SamPredictor``'s."""
+        limit = prompts_per_call(self.decode_budget_bytes)
+        backend_limit = getattr(self.backend, "max_prompts", None)
+        return min(limit, int(backend_limit)) if backend_limit else limit
 
     def decode_low_res_where(
         self,
@@ -334,8 +338,13 @@ class SAM2ImagePredictor:
 
     def _decode(self, index, point_coords, point_labels, box, mask_input, normalize_coords) -> tuple[np.ndarray, ...]:
         inputs = self._prompt_inputs(index, point_coords, point_labels, box, mask_input, normalize_coords)
-        with self._locked():
-            return tuple(self.backend.run_decoder(self._image_features[index], *inputs))
+        features = self._image_features[index]
+        with self._locked():  # in calls of at most max_prompts_per_call prompts (each prompt decodes alone)
+            parts = [
+                tuple(self.backend.run_decoder(features, *(a[part] for a in inputs)))
+                for part in even_chunks(len(inputs[0]), self.max_prompts_per_call)
+            ]
+        return parts[0] if len(parts) == 1 else tuple(np.concatenate(outputs) for outputs in zip(*parts))
 
     def _predict(self, index, point_coords, point_labels, box, mask_input, multimask_output, return_logits, normalize_coords):
         original_size = self._orig_hw[index]

@@ -4,10 +4,11 @@ Polygraphy does the TensorRT work: ``EngineFromPath`` deserializes each plan (an
 runtime's host code that version-compatible plans embed: ``engine_host_code_allowed``),
 ``TrtRunner`` owns the execution context, the device buffers (``polygraphy.cuda``, plain ctypes
 over ``libcudart``: no cuda-python, so no CUDA 13 binding on a CUDA 12 driver such as JetPack 6)
-and the copies. The one thing samexport adds: the image embedding stays on the GPU between the two
-engines (the encoder runner returns it as a device view; ``decode`` feeds that view to the decoder
-runner when it is handed the array that the last ``encode`` returned), which a single Polygraphy
-runner cannot do because it copies every output to the host.
+and the copies. The one thing samexport adds: the image features (the graph contract's encoder
+outputs: SAM's embedding, SAM 2.1's embedding and two high-resolution maps) stay on the GPU between
+the two engines (the encoder runner returns them as device views; ``run_decoder`` feeds those views
+to the decoder runner when it is handed the arrays that the last ``run_encoder`` returned), which a
+single Polygraphy runner cannot do because it copies every output to the host.
 
 Plans built with ``--attention plugin`` hold the ahead-of-time plugin kernel (PTX) inside the
 engine: TensorRT launches it with no Python at inference, so the runtime neither registers the
@@ -124,7 +125,9 @@ def why_engines_cannot_run(manifest: Manifest, *, device: int = 0) -> str | None
 
 
 class TensorRTBackend:
-    """Encoder and decoder engines of an artifact directory on one GPU, as Polygraphy runners.
+    """Encoder and decoder engines of an artifact directory on one GPU, as Polygraphy runners,
+    fed and read by the artifact's graph contract (``run_encoder`` / ``run_decoder``, the
+    :class:`~samexport.runtime.backends.GraphRunner` seam; ``encode`` / ``decode`` for SAM).
 
     A context manager: ``with TensorRTBackend(folder, manifest) as backend: ...`` frees the
     engines and device buffers on exit (``close()`` does the same).
@@ -173,27 +176,46 @@ class TensorRTBackend:
             self.close()
             raise
         self.encoder, self.decoder = self._runners
+        # What the two plans take and give (SAM: the embedding; SAM 2.1: also both high-res maps).
+        self.contract = manifest.contract
         # The decoder profile's largest prompt batch: SamPredictor splits larger batches.
         self.max_prompts = records["decoder"].max_prompts
-        self._last_embedding: np.ndarray | None = None
-        self._last_embedding_on_device = None
+        self._last_features: tuple[np.ndarray, ...] = ()
+        self._last_features_on_device: tuple = ()
 
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        """image 1x3x1024x1024 float32 -> embedding 1x256x64x64 float32 (also kept on the GPU)."""
+    def run_encoder(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        """image 1x3x1024x1024 float32 -> the contract's encoder outputs, float32, in order (also
+        kept on the GPU: :meth:`run_decoder` feeds those device buffers when handed these arrays)."""
         outputs = self.encoder.infer({C.IMAGE.name: np.ascontiguousarray(image, np.float32)}, copy_outputs_to_host=False)
-        on_device = outputs[C.IMAGE_EMBEDDINGS.name]
-        embedding = np.asarray(on_device.numpy(), dtype=np.float32)
-        self._last_embedding, self._last_embedding_on_device = embedding, on_device
-        return embedding
+        on_device = tuple(outputs[spec.name] for spec in self.contract.encoder_outputs)
+        features = tuple(np.asarray(view.numpy(), dtype=np.float32) for view in on_device)
+        self._last_features, self._last_features_on_device = features, on_device
+        return features
 
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        arrays = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        feeds = {spec.name: np.ascontiguousarray(a, spec.dtype) for spec, a in zip(C.DECODER_INPUTS, arrays)}
-        if image_embeddings is self._last_embedding:  # still on the GPU from encode()
-            feeds[C.IMAGE_EMBEDDINGS.name] = self._last_embedding_on_device
+    def run_decoder(self, features: tuple[np.ndarray, ...], *prompts: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``run_encoder``'s features and the contract's prompt inputs -> its decoder outputs."""
+        contract = self.contract
+        if len(features) != len(contract.encoder_outputs) or len(prompts) != len(contract.prompt_inputs):
+            raise InvalidInputError(
+                f"the {contract.name} decoder takes {len(contract.encoder_outputs)} features and "
+                f"{len(contract.prompt_inputs)} prompt inputs; got {len(features)} and {len(prompts)}"
+            )
+        feeds = {spec.name: np.ascontiguousarray(a, spec.dtype) for spec, a in zip(contract.decoder_inputs, (*features, *prompts))}
+        for spec, array, last, view in zip(contract.encoder_outputs, features, self._last_features, self._last_features_on_device):
+            if array is last:  # still on the GPU from run_encoder()
+                feeds[spec.name] = view
         self._check_profile(feeds)
         out = self.decoder.infer(feeds)
-        return out[C.LOW_RES_MASKS.name], out[C.IOU_PREDICTIONS.name]
+        return tuple(out[spec.name] for spec in contract.decoder_outputs)
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """SAM's special case: image 1x3x1024x1024 float32 -> embedding 1x256x64x64 float32."""
+        return self.run_encoder(image)[0]
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        """SAM's special case: (low_res_masks, iou_predictions) for one embedding's prompts."""
+        masks, iou = self.run_decoder((image_embeddings,), point_coords, point_labels, mask_input, has_mask_input)[:2]
+        return masks, iou
 
     def _check_profile(self, feeds: dict) -> None:
         """A prompt batch outside the decoder's profile is the caller's error, said as such."""

@@ -44,6 +44,54 @@ def test_build_config_defaults_and_decoder_profile():
     assert BuildConfig().to_dict()["points"] == (1, 2, 16)
 
 
+def test_profiles_follow_each_graph_contract():
+    """One rule for every family: each dynamic axis takes its range, fixed axes stay fixed. SAM
+    2.1's decoder gets its seven inputs, the two high-resolution maps at their one shape; no
+    encoder has a dynamic axis, so none gets a profile."""
+    from samexport.engines.builder import BuildConfig
+
+    config = BuildConfig(prompts=(1, 4, 8), points=(2, 3, 5))
+    assert config.profiles("decoder") == [config.decoder_profile()] == [config.decoder_profile(C.SAM_GRAPHS)]
+    assert config.profiles("encoder", C.SAM_GRAPHS) is None and config.profiles("encoder", C.SAM2_GRAPHS) is None
+    (sam2,) = config.profiles("decoder", C.SAM2_GRAPHS)
+    assert list(sam2) == ["image_embeddings", "high_res_feats_0", "high_res_feats_1", "point_coords", "point_labels",
+                          "mask_input", "has_mask_input"]
+    assert sam2["high_res_feats_0"] == ((1, 32, 256, 256),) * 3
+    assert sam2["high_res_feats_1"] == ((1, 64, 128, 128),) * 3
+    assert sam2["image_embeddings"] == ((1, 256, 64, 64),) * 3
+    assert sam2["point_coords"] == ((1, 2, 2), (4, 3, 2), (8, 5, 2))
+    assert sam2["point_labels"] == ((1, 2), (4, 3), (8, 5))
+    assert sam2["mask_input"] == ((1, 1, 256, 256), (4, 1, 256, 256), (8, 1, 256, 256))
+    assert sam2["has_mask_input"] == ((1,), (4,), (8,))
+
+
+def test_plan_tensors_are_checked_against_the_contract():
+    """A plan whose tensors differ from its family's contract is refused, naming both: SAM's
+    decoder tensors under SAM 2.1's contract (two maps missing), an output order swapped."""
+    from samexport.engines.builder import check_engine_io, expected_io
+    from samexport.errors import SamExportError
+    from samexport.records import EngineRecord
+
+    def record(inputs, outputs):
+        return EngineRecord(plan="decoder.plan", inputs=tuple(inputs), outputs=tuple(outputs))
+
+    sam2 = C.SAM2_GRAPHS
+    assert expected_io((C.HIGH_RES_FEATS_0, C.POINT_COORDS)) == [
+        {"name": "high_res_feats_0", "dtype": "float", "shape": [1, 32, 256, 256]},
+        {"name": "point_coords", "dtype": "float", "shape": [-1, -1, 2]},
+    ]
+    good = record(expected_io(sam2.decoder_inputs), expected_io(sam2.decoder_outputs))
+    check_engine_io(good, "decoder", sam2)
+    with pytest.raises(SamExportError, match=r"decoder plan's inputs are not the sam2 graph contract's.*high_res_feats_0"):
+        check_engine_io(record(expected_io(C.DECODER_INPUTS), expected_io(sam2.decoder_outputs)), "decoder", sam2)
+    swapped = expected_io(sam2.decoder_outputs)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    with pytest.raises(SamExportError, match="decoder plan's outputs are not the sam2"):
+        check_engine_io(record(expected_io(sam2.decoder_inputs), swapped), "decoder", sam2)
+    with pytest.raises(SamExportError, match="encoder plan's outputs are not the sam graph contract's"):
+        check_engine_io(record(expected_io(sam2.encoder_inputs), expected_io(sam2.encoder_outputs)), "encoder", C.SAM_GRAPHS)
+
+
 @pytest.mark.parametrize("field, value", [("prompts", (2, 1, 4)), ("points", (0, 1, 2)), ("hardware_compatibility", "x")])
 def test_build_config_rejects_bad_values(field, value):
     from samexport.engines.builder import BuildConfig

@@ -203,8 +203,11 @@ def test_refusals_are_clear(sam2_tiny_checkpoint):
 
 # -- fp16 and int8 against the official predictor ---------------------------------------------------
 
-# (variant, precision, --int8-for, backend): each int8 recipe on the runtime it is placed for.
+# (variant, precision, --int8-for, backend): each int8 recipe on the runtime it is placed for; the
+# TensorRT recipe's graph (INT8 Q/DQ on FP16) on ONNX Runtime CPU, as the build's own check runs it
+# (its engines' figures need a GPU: tests/engines/test_sam2_engines.py).
 REDUCED = [
+    ("sam2.1_hiera_tiny", "int8", "tensorrt", "onnxruntime-cpu"),
     ("sam2.1_hiera_tiny", "int8", "onnxruntime", "onnxruntime-cpu"),
     ("sam2.1_hiera_tiny", "int8", "openvino", "openvino:precision=f32"),
     ("sam2.1_hiera_small", "fp16", None, "onnxruntime-cpu"),
@@ -242,8 +245,8 @@ def official_outputs(sam2_tiny_checkpoint, sam2_small_checkpoint):
 @pytest.fixture(scope="module")
 def reduced_artifact(sam2_tiny_checkpoint, sam2_small_checkpoint, tmp_path_factory):
     """``get(variant, precision, target)``: ``samexport build`` of that precision (calibrated on two
-    sample photos, none of them the test images), built once; the tiny int8 one for ONNX Runtime
-    with the build's own parity check (recorded in the manifest)."""
+    sample photos, none of them the test images), built once; the tiny int8 ones for ONNX Runtime
+    and TensorRT with the build's own parity check (recorded in the manifest)."""
     from support import write_calibration_folder
 
     from samexport.pipeline import build
@@ -256,7 +259,7 @@ def reduced_artifact(sam2_tiny_checkpoint, sam2_small_checkpoint, tmp_path_facto
     def get(name: str, precision: str, target: str | None):
         if (name, precision, target) not in found:
             extra = {"calib_dir": calib, "int8_target": target} if precision == "int8" else {}
-            quick = (name, precision, target) == ("sam2.1_hiera_tiny", "int8", "onnxruntime")
+            quick = (name, precision) == ("sam2.1_hiera_tiny", "int8") and target in ("onnxruntime", "tensorrt")
             found[(name, precision, target)] = build(
                 name, checkpoint=checkpoints[name], output=root / f"{name}-{precision}-{target}", precision=precision,
                 parity=quick, references=False, **extra,
@@ -281,7 +284,10 @@ def test_reduced_precision_matches_official(name, precision, target, backend, re
     result = reduced_artifact(name, precision, target)
     graphs = result.manifest.graphs
     if precision == "int8":
-        assert (graphs.encoder, graphs.decoder, graphs.int8_target) == ("int8 (Q/DQ)", "fp16", target)
+        encoder = "int8 (Q/DQ) on fp16" if target == "tensorrt" else "int8 (Q/DQ)"  # TensorRT's recipe: Q/DQ on FP16
+        assert (graphs.encoder, graphs.decoder, graphs.int8_target, graphs.fp16_encoder) == (
+            encoder, "fp16", target, target == "tensorrt"
+        )
     if result.manifest.parity is not None:  # the build's own check, against PyTorch
         assert result.manifest.parity.passed and result.manifest.parity.precision == precision, result.manifest.parity
     limits = get_tolerances(precision)

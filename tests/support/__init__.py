@@ -140,12 +140,24 @@ def invoke(*args):
 
 
 class Perturbed:
-    """A backend whose embedding has one element moved by ``rel`` of the embedding's max |value|."""
+    """A backend whose embedding has one element moved by ``rel`` of the embedding's max |value|;
+    through the graph contract (``run_encoder``), the last feature: SAM's embedding, SAM 2.1's
+    second high-resolution map."""
 
     def __init__(self, inner, rel: float) -> None:
         self.inner, self.rel = inner, rel
         self.name = f"{inner.name}+perturbed({rel:g})"
         self.shares_mask_input = inner.shares_mask_input
+        self.contract = inner.contract
+
+    def run_encoder(self, image):
+        *features, last = self.inner.run_encoder(image)
+        last = np.array(last, copy=True)
+        last.flat[last.size // 3] += self.rel * np.abs(last).max()
+        return (*features, last)
+
+    def run_decoder(self, features, *prompts):
+        return self.inner.run_decoder(features, *prompts)
 
     def encode(self, image):
         embedding = np.array(self.inner.encode(image), copy=True)
@@ -162,7 +174,7 @@ def onnxruntime_runner(rel: float = 0.0):
     def open_runner(folder: Path, manifest):
         from samexport.runtime.backends import OnnxRuntimeBackend
 
-        backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu")
+        backend = OnnxRuntimeBackend(folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", contract=manifest.contract)
         assert set(manifest.engines) == {"encoder", "decoder"}  # it is handed the candidate plans
         assert all((folder / record.plan).is_file() for record in manifest.engines.values())
         return Perturbed(backend, rel) if rel else backend
