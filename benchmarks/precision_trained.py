@@ -17,7 +17,8 @@ results record), and for each:
   (``activation_ranges``: the largest max|x| over the median one: the outliers);
 - makes the encoder in FP16 (the variant's FP32 islands, and none), INT8 with the onnxruntime
   and tensorrt (FP16 Q/DQ) recipes from those ranges (each with the fp32 decoder, ONNX Runtime
-  CPU), and runs the fp32 graphs on OpenVINO CPU with the bf16 hint (encoder and decoder);
+  CPU) and with the openvino recipe (run on OpenVINO CPU, f32 hint, its integer kernels), and
+  runs the fp32 graphs on OpenVINO CPU with the bf16 hint (encoder and decoder);
 - compares each with the fp32 artifact on ONNX Runtime through ``samexport.parity`` (the whole
   prompt suite) on ``--scenes`` held-out scenes (seeds ``HELD_OUT_SEED`` up), and, for the trained
   weights, the median mask IoU against the scenes' true shapes of one interior point per shape
@@ -153,7 +154,7 @@ class MaskLedger:
         }
 
 
-def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: Path) -> dict:
+def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: Path, only=None) -> dict:
     import onnx
     from PIL import Image
 
@@ -176,7 +177,7 @@ def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: P
         Image.fromarray(scene.image).save(folder / "calib" / f"{seed}.png")
 
     model = onnx.load(str(encoder), load_external_data=False)
-    recipes = {"onnxruntime": recipe_for("onnxruntime"), "tensorrt": recipe_for("tensorrt")}
+    recipes = {target: recipe_for(target) for target in ("onnxruntime", "tensorrt", "openvino")}
     tensors = list(dict.fromkeys(t for r in recipes.values() for t in int8.calibrated_tensors(model, r)))
     ranges = calibration.collect_ranges(encoder, tensors, calibration.encoder_feeds(calibration.list_images(folder / "calib")))
     peaks = np.array(list(ranges.values()))
@@ -196,9 +197,16 @@ def study(label: str, checkpoint: Path, work: Path, scenes, calib_scenes, tmp: P
                                     recipes["tensorrt"])
     path = int8.qdq_to_fp16(qdq, folder / "int8-trt.onnx")
     candidates["int8, tensorrt recipe (fp16 Q/DQ)"] = ("int8", lambda p=path: OnnxRuntimeBackend(p, decoder, device="cpu"))
+    path = int8.quantize_with_ranges(encoder, folder / "int8-ov.onnx",
+                                     {t: ranges[t] for t in int8.calibrated_tensors(model, recipes["openvino"])},
+                                     recipes["openvino"])
+    candidates["int8, openvino recipe (on OpenVINO f32)"] = (
+        "int8", lambda p=path: OpenVINOBackend(p, decoder, device="CPU", precision="f32", cache=False))
     candidates["openvino bf16 (encoder and decoder)"] = (
         "fp16", lambda: OpenVINOBackend(encoder, decoder, device="CPU", precision="bf16", cache=False))
 
+    if only:
+        candidates = {name: c for name, c in candidates.items() if any(word in name for word in only)}
     results = {}
     for name, (precision, make) in candidates.items():
         start = time.perf_counter()
@@ -243,6 +251,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/samexport-bench")))
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/precision-tiny-trained.json")
     parser.add_argument("--only", choices=("random", "trained"), help="run one weight set (default both)")
+    parser.add_argument("--candidates", type=lambda text: text.split(","),
+                        help="comma-separated words: run only the conversions whose name holds one (e.g. int8,bf16)")
     parser.add_argument("--random-from", type=Path,
                         help="take the random weights' results from an earlier output of the same scenes (the "
                              "random weights do not change; it records where they came from)")
@@ -264,7 +274,7 @@ def main() -> None:
     load_before = os.getloadavg()
     runs = {"random": random_checkpoint, "trained": args.checkpoint}
     with tempfile.TemporaryDirectory(prefix="samexport-precision-trained-") as tmp:
-        weights = {label: study(label, checkpoint, args.work, scenes, calib, Path(tmp))
+        weights = {label: study(label, checkpoint, args.work, scenes, calib, Path(tmp), args.candidates)
                    for label, checkpoint in runs.items()
                    if args.only in (None, label) and not (label == "random" and earlier)}
     if earlier:

@@ -92,7 +92,10 @@ def test_sam2_artifact_opens_only_through_its_contract(sam2_tiny_artifact):
 def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
     """``--fp16`` for SAM 2.1: both graphs FP16 (FP32 islands), the build's parity check against
     the PyTorch weights at the fp16 tolerances, recorded in the manifest."""
+    from collections import Counter
+
     import onnx
+    from support.graphs import fp32_compute_ops
 
     result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp16", precision="fp16")
     manifest = result.manifest
@@ -100,8 +103,13 @@ def test_sam2_fp16_build_passes_fp16_parity(sam2_tiny_checkpoint, tmp_path):
     assert manifest.precision == "fp16" and (graphs.encoder, graphs.decoder, graphs.fp16_encoder) == ("fp16", "fp16", True)
     assert manifest.parity.passed and manifest.parity.precision == "fp16", manifest.parity
     assert manifest.parity.summary["embedding_cosine"] > 0.9999, manifest.parity.summary
-    weights = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False).graph.initializer
+    encoder = onnx.load(str(result.artifact_dir / C.ENCODER_ONNX), load_external_data=False)
+    weights = encoder.graph.initializer
     assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in weights) > len(weights) // 2
+    # The FP32 islands are the variant record's op types, every node of them, and nothing else
+    # (Hiera: the 24 LayerNormalization and 12 Softmax nodes; docs/sam2.md).
+    islands, ops = fp32_compute_ops(encoder), Counter(n.op_type for n in encoder.graph.node)
+    assert islands == {op: ops[op] for op in ops if op in SAM2_VARIANTS["sam2.1_hiera_tiny"].fp32_ops}, islands
 
 
 def _norm_softmax_graph(path) -> None:
