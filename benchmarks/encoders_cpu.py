@@ -64,13 +64,8 @@ def _input(variant: str, image):
 
 def _gflop(variant: str) -> float:
     from samexport.bench.flops import encoder_gflop
-    from samexport.models.sam2_configs import hiera_encoder_macs
-    from samexport.variants import get_model
 
-    model = get_model(variant)
-    if model.contract.name == "sam":
-        return encoder_gflop(variant)
-    return 2 * hiera_encoder_macs(model.encoder) / 1e9
+    return encoder_gflop(variant)  # either family's count
 
 
 def _ratio(numerators: list[float], denominators: list[float]) -> dict:

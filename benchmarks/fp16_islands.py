@@ -10,7 +10,7 @@ Builds (or reuses) the fp32 artifact of ``--variant`` from seeded random weights
 once per island set (the op types kept in FP32, ``samexport.precision.fp16``): the variant's own
 set, none at all, and the variant's set less one of its op types that the graph holds at a time. Each FP16 encoder runs with
 the fp32 decoder, so the figures are the encoder's alone, through the family's parity loop
-(``samexport.parity.references.parity_runner`` of the variant's graph contract: SAM's
+(``samexport.parity.runner.parity_runner`` of the variant's graph contract: SAM's
 ``run_parity`` or SAM 2.1's ``run_sam2_parity``) against the fp32 artifact on the scikit-image
 sample photos and the whole prompt suite (ONNX Runtime CPU). Every encoder output is also compared
 on its own (``features``: each against its own scale; SAM 2.1's encoder has three, the embedding
@@ -201,7 +201,7 @@ def main() -> None:
 
     from samexport import constants as C
     from samexport.image_sources import sample_images
-    from samexport.parity.references import parity_runner
+    from samexport.parity.runner import parity_runner
     from samexport.precision.fp16 import convert_to_fp16
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.variants import get_model

@@ -27,7 +27,14 @@ from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.models.encoder_configs import MOBILE_SAM_TINY_VIT, ViTConfig
 from samexport.models.families import TINY_VIT, VIT, EncoderFamily
-from samexport.models.sam2_configs import HIERA_BASE_PLUS, HIERA_LARGE, HIERA_SMALL, HIERA_TINY, HieraConfig
+from samexport.models.sam2_configs import (
+    HIERA_BASE_PLUS,
+    HIERA_LARGE,
+    HIERA_SMALL,
+    HIERA_TINY,
+    HieraConfig,
+    hiera_encoder_macs,
+)
 from samexport.precision import DEFAULT_FP32_OPS
 
 if TYPE_CHECKING:
@@ -99,6 +106,10 @@ class Variant:
     def fp32_ops(self) -> frozenset[str]:
         """Op types the FP16 encoder graph keeps in FP32: the defaults plus the family's own."""
         return DEFAULT_FP32_OPS | self.family.extra_fp32_ops
+
+    def encoder_macs(self) -> int:
+        """Multiply-accumulates of one encoder pass, counted by the family (``EncoderFamily.encoder_macs``)."""
+        return self.family.encoder_macs(self.encoder)
 
     contract = C.SAM_GRAPHS  # the graph contract every SAM variant shares
 
@@ -208,6 +219,10 @@ class Sam2Variant:
     def official_config(self) -> str:
         """The ``sam2`` package's config name for this size (``build_sam2``'s first argument)."""
         return OFFICIAL_SAM2_CONFIGS[self.encoder]
+
+    def encoder_macs(self) -> int:
+        """Multiply-accumulates of one encoder pass (:func:`~samexport.models.sam2_configs.hiera_encoder_macs`)."""
+        return hiera_encoder_macs(self.encoder)
 
     def build(self) -> Sam2Image:
         """The image model with default-initialised weights, in train mode (needs torch)."""

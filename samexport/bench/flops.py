@@ -5,19 +5,18 @@ from __future__ import annotations
 import math
 import time
 
-from samexport.variants import Variant, get_variant
+from samexport.variants import ModelVariant, get_model
 
 
-def encoder_macs(variant: Variant | str) -> int:
-    """Multiply-accumulates of one image-encoder forward pass (1x3x1024x1024 -> 1x256x64x64),
-    counted by the variant's encoder family (``EncoderFamily.encoder_macs``): every matmul and
-    convolution as the exported graph runs them, padding included; norms, softmax and GELU not.
-    vit_b: 486.0 GMAC (972 GFLOP), vit_l 1493, vit_h 2981."""
-    variant = get_variant(variant)
-    return variant.family.encoder_macs(variant.encoder)
+def encoder_macs(variant: ModelVariant | str) -> int:
+    """Multiply-accumulates of one image-encoder forward pass on the 1024x1024 input, counted by
+    the model's encoder family (``Variant.encoder_macs``, ``Sam2Variant.encoder_macs``): every
+    matmul and convolution as the exported graph runs them, padding included; norms, softmax and
+    GELU not. vit_b: 486.0 GMAC (972 GFLOP), vit_l 1493, vit_h 2981; sam2.1_hiera_tiny 146.2."""
+    return get_model(variant).encoder_macs()
 
 
-def encoder_gflop(variant: Variant | str) -> float:
+def encoder_gflop(variant: ModelVariant | str) -> float:
     """Floating-point operations (2 per MAC) of one encoder pass, in GFLOP."""
     return 2 * encoder_macs(variant) / 1e9
 

@@ -35,15 +35,15 @@ from samexport.bench.inputs import decoder_prompts, default_bench_image
 from samexport.bench.peer import OfficialDecoder, export_official_decoder, official_sam
 from samexport.bench.report import evaluate_targets, peer_ratios
 from samexport.bench.timing import Timing, measure
-from samexport.checkpoint import load_sam, read_state_dict
+from samexport.checkpoint import read_state_dict
 from samexport.engines import tensorrt_availability
 from samexport.errors import SamExportError
 from samexport.image_sources import read_images
 from samexport.runtime.backends import onnxruntime_providers, open_backend
-from samexport.runtime.torch_backend import TorchBackend
-from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictors import open_predictor, torch_reference
+from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2
 from samexport.utils import package_versions
-from samexport.variants import get_variant
+from samexport.variants import get_model, get_variant
 
 BackendKind = str  # one of constants.BENCH_BACKENDS
 BACKEND_KINDS: tuple[str, ...] = C.BENCH_BACKENDS
@@ -101,6 +101,39 @@ class BackendUnderTest:
     stages: dict[str, Timing] = field(default_factory=dict)
 
 
+# -- what differs by family -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilyStages:
+    """A model family's host-side stages, keyed by its graph contract (``FAMILY_STAGES``).
+
+    Attributes:
+        preprocess: HxWx3 uint8 image -> the encoder's 1x3x1024x1024 input.
+        postprocess: (low-res logits ...x256x256, original (H, W)) -> boolean masks of that size.
+        peer: why no official-recipe decoder is timed for this family, or None where one is.
+    """
+
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    postprocess: Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+    peer: str | None = None
+
+
+def _sam_postprocess(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return transforms.postprocess_masks(logits, transforms.preprocess_shape(*size), size) > C.MASK_THRESHOLD
+
+
+FAMILY_STAGES: dict[C.GraphContract, FamilyStages] = {
+    C.SAM_GRAPHS: FamilyStages(preprocess=transforms.preprocess, postprocess=_sam_postprocess),
+    C.SAM2_GRAPHS: FamilyStages(
+        preprocess=preprocess_sam2,
+        postprocess=lambda logits, size: postprocess_sam2_masks(logits, size, threshold=C.MASK_THRESHOLD),
+        peer="the official SAM 2.1 (sam2==1.1.0) has no ONNX decoder recipe to time; "
+        "segment_anything's SamOnnxModel decodes SAM's graphs only",
+    ),
+}
+
+
 # -- backends ---------------------------------------------------------------------------------
 
 
@@ -108,9 +141,8 @@ def _open_torch(config: BenchConfig, manifests: dict[Path, Manifest]) -> list[Ba
     if config.checkpoint is None:
         return [BackendUnderTest("torch", "torch", skipped="needs --checkpoint (the PyTorch weights)")]
 
-    variant = manifests[config.artifact_dirs[0]].variant
-    sam = load_sam(config.checkpoint, variant)
-    return [BackendUnderTest("torch fp32", "torch", "fp32", backend=TorchBackend(sam))]
+    backend = torch_reference(config.checkpoint, manifests[config.artifact_dirs[0]].variant)
+    return [BackendUnderTest("torch fp32", "torch", "fp32", backend=backend)]
 
 
 def _open_onnxruntime(device: str) -> Callable[[BenchConfig, dict[Path, dict]], list[BackendUnderTest]]:
@@ -188,14 +220,14 @@ def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inp
     cycle = iter(range(10**9))
     on_step(f"{entry.label}: encoder x{config.runs}")
     entry.stages["encoder"] = measure(
-        lambda: backend.encode(encoder_inputs[next(cycle) % len(encoder_inputs)]),
+        lambda: backend.run_encoder(encoder_inputs[next(cycle) % len(encoder_inputs)]),
         runs=config.runs, warmup=config.warmup,
     )
-    predictor = SamPredictor(backend)
+    predictor = open_predictor(backend)
     predictor.set_image(images[0])
     prompts = decoder_prompts(predictor.original_size, config.batch_sizes)
     point = prompts["decoder_point"]
-    logits, _ = predictor.decode_low_res(**point)
+    logits = predictor.decode_low_res(**point)[0]
     refine = {**point, "mask_input": logits[:, 1:2]}
     on_step(f"{entry.label}: decoder stages x{config.runs}")
     for stage, kwargs in prompts.items():
@@ -213,21 +245,19 @@ def _time_backend(entry: BackendUnderTest, images: list[np.ndarray], encoder_inp
         )
 
 
-def _time_shared(images: list[np.ndarray], config: BenchConfig) -> dict[str, Timing]:
+def _time_shared(images: list[np.ndarray], config: BenchConfig, family: FamilyStages) -> dict[str, Timing]:
     cycle = iter(range(10**9))
     stages = {
         "preprocess": measure(
-            lambda: transforms.preprocess(images[next(cycle) % len(images)]),
+            lambda: family.preprocess(images[next(cycle) % len(images)]),
             runs=config.runs, warmup=config.warmup,
         )
     }
     size = images[0].shape[:2]
-    input_size = transforms.preprocess_shape(*size)
     logits = np.random.default_rng(0).standard_normal((1, 3, 256, 256), dtype=np.float32) * 4
     for count in (1, 3):
         stages[f"postprocess_{count}_mask{'s' if count > 1 else ''}"] = measure(
-            lambda count=count: transforms.postprocess_masks(logits[:, :count], input_size, size)
-            > C.MASK_THRESHOLD,
+            lambda count=count: family.postprocess(logits[:, :count], size),
             runs=config.runs, warmup=config.warmup,
         )
     return stages
@@ -274,6 +304,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     if len(variants) != 1:
         raise SamExportError(f"artifact directories hold different variants: {sorted(variants)}")
     variant_name = variants.pop()
+    family = FAMILY_STAGES[get_model(variant_name).contract]
 
     if config.images is None:
         name, image = default_bench_image()
@@ -290,11 +321,11 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
 
     on_step("measuring peak float32 matmul throughput")
     peak = measure_peak_matmul()
-    gflop = encoder_gflop(get_variant(variant_name))
+    gflop = encoder_gflop(variant_name)
 
     on_step(f"shared stages x{config.runs}")
-    shared = _time_shared(images, config)
-    encoder_inputs = [transforms.preprocess(image) for image in images]
+    shared = _time_shared(images, config, family)
+    encoder_inputs = [family.preprocess(image) for image in images]
     for entry in entries:
         if entry.backend is not None:
             _time_backend(entry, images, encoder_inputs, config, on_step)
@@ -302,10 +333,12 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
     peer = None
     if config.peer:
         reference = next((e.backend for e in entries if e.backend is not None), None)
-        if reference is None:
+        if family.peer is not None:
+            peer = {"skipped": family.peer}
+        elif reference is None:
             peer = {"skipped": "no backend ran, so there is no image embedding to decode"}
         else:
-            embedding = reference.encode(encoder_inputs[0])
+            embedding = reference.run_encoder(encoder_inputs[0])[0]
             peer = _time_peer(config, variant_name, embedding, images[0].shape[:2], on_step)
 
     backends = []
@@ -349,8 +382,8 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
         "peak_matmul": {k: round(v, 1) for k, v in peak.items()},
         "shared_stages": {k: v.to_dict() for k, v in shared.items()},
         "backends": backends,
-        "peer_baseline": None if peer is None else {
-            **peer, "stages": {k: v.to_dict() for k, v in peer.get("stages", {}).items()},
+        "peer_baseline": None if peer is None else {  # a skipped baseline has no "stages"
+            **peer, **({"stages": {k: v.to_dict() for k, v in peer["stages"].items()}} if "stages" in peer else {}),
         },
     }
     if peer is not None and "stages" in peer:

@@ -57,9 +57,7 @@ from samexport.artifacts import REFERENCES_PREFIX, Manifest, verify_artifact
 from samexport.errors import SamExportError
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.prompts import REFERENCE_PROMPTS, Prompt
-from samexport.parity.report import ParityReport
-from samexport.parity.runner import run_parity
-from samexport.parity.sam2 import run_sam2_parity
+from samexport.parity.runner import parity_runner
 from samexport.sam2_transforms import preprocess_sam2
 from samexport.staging import atomic_file
 
@@ -75,21 +73,10 @@ DECODER_FIELDS = ("point_coords", "point_labels", "mask_input", "has_mask_input"
 INPUT_SAMPLE_STRIDE = 16  # the stored sample of an encoder input: every 16th row and column
 INPUT_SAMPLE_ATOL = 1e-4  # on the normalised input (values within about +-2.7)
 
-# The family's parity loop and encoder input, by graph contract name.
-ParityRunner = Callable[..., ParityReport]
-_PARITY: dict[str, ParityRunner] = {C.SAM_GRAPHS.name: run_parity, C.SAM2_GRAPHS.name: run_sam2_parity}
+# The family's encoder input, by graph contract name (its parity loop: runner.parity_runner).
 _PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     C.SAM_GRAPHS.name: transforms.preprocess, C.SAM2_GRAPHS.name: preprocess_sam2,
 }
-
-
-def parity_runner(contract: C.GraphContract) -> ParityRunner:
-    """The parity loop of the family whose graphs follow ``contract``: ``run_parity`` (SAM,
-    MobileSAM) or ``run_sam2_parity`` (SAM 2.1); the same arguments and report."""
-    try:
-        return _PARITY[contract.name]
-    except KeyError:
-        raise SamExportError(f"samexport has no parity loop for graph contract {contract.name!r}") from None
 
 
 def reference_images() -> tuple[dict[str, np.ndarray], str]:

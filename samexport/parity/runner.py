@@ -12,14 +12,15 @@ import numpy as np
 from samexport import constants as C
 from samexport import transforms
 from samexport.artifacts import onnxruntime_memory_arena, read_manifest
-from samexport.checkpoint import load_sam
 from samexport.errors import SamExportError
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious, tolerance_key
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
+from samexport.parity.sam2 import run_sam2_parity
 from samexport.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
 from samexport.runtime.predictor import SamPredictor
+from samexport.runtime.predictors import torch_reference
 from samexport.runtime.torch_backend import TorchBackend
 
 if TYPE_CHECKING:
@@ -180,7 +181,21 @@ def parity_for_artifact(
     if images is None:
         images, skipped = sample_images()
     candidate = open_backend(artifact_dir, backend)
-    reference = TorchBackend(load_sam(checkpoint, manifest.variant))
+    reference = torch_reference(checkpoint, manifest.variant)
     precision = tolerance_key(manifest.precision, getattr(candidate, "inference_precision", None))
-    report = run_parity(reference, candidate, images, prompts, precision=precision)
+    report = parity_runner(manifest.contract)(reference, candidate, images, prompts, precision=precision)
     return report, skipped
+
+
+# The family's parity loop, by graph contract name.
+ParityRunner = Callable[..., ParityReport]
+_PARITY: dict[str, ParityRunner] = {C.SAM_GRAPHS.name: run_parity, C.SAM2_GRAPHS.name: run_sam2_parity}
+
+
+def parity_runner(contract: C.GraphContract) -> ParityRunner:
+    """The parity loop of the family whose graphs follow ``contract``: ``run_parity`` (SAM,
+    MobileSAM) or ``run_sam2_parity`` (SAM 2.1); the same arguments and report."""
+    try:
+        return _PARITY[contract.name]
+    except KeyError:
+        raise SamExportError(f"samexport has no parity loop for graph contract {contract.name!r}") from None

@@ -2,7 +2,7 @@
 
 The comparison is the family's parity loop, unchanged (``run_parity`` for SAM and MobileSAM,
 ``run_sam2_parity`` for SAM 2.1, chosen by the artifact's graph contract:
-:func:`~samexport.parity.references.parity_runner`): the stored references are replayed by
+:func:`~samexport.parity.runner.parity_runner`): the stored references are replayed by
 :class:`~samexport.parity.references.ReferenceBackend` in the place of the PyTorch backend, once
 per stored image with that image's prompts, and the per-image results make one
 :class:`~samexport.parity.report.ParityReport` with the artifact's precision tolerances. Needs
@@ -17,7 +17,8 @@ from pathlib import Path
 from samexport.artifacts import Manifest, read_manifest
 from samexport.errors import SamExportError
 from samexport.parity.metrics import Check, Tolerances, tolerance_key
-from samexport.parity.references import References, load_references, parity_runner
+from samexport.parity.references import References, load_references
+from samexport.parity.runner import parity_runner
 from samexport.parity.report import ParityReport
 from samexport.runtime.backends import Backend, open_backend
 

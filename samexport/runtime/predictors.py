@@ -9,13 +9,19 @@ from typing import Any
 
 from samexport import constants as C
 from samexport.artifacts import read_manifest
+from samexport.checkpoint import load_sam
 from samexport.errors import is_torch_module
+from samexport.runtime.backends import GraphRunner
 from samexport.runtime.predictor import SamPredictor
 from samexport.runtime.sam2_predictor import SAM2ImagePredictor
+from samexport.runtime.sam2_torch import Sam2TorchBackend
+from samexport.runtime.torch_backend import TorchBackend
+from samexport.sam2_checkpoint import load_sam2
+from samexport.variants import get_model
 
 AnyPredictor = SamPredictor | SAM2ImagePredictor
 
-__all__ = ["AnyPredictor", "contract_of", "open_predictor"]
+__all__ = ["AnyPredictor", "contract_of", "open_predictor", "torch_reference"]
 
 
 def contract_of(model: Any) -> C.GraphContract:
@@ -41,3 +47,12 @@ def open_predictor(model: Any, backend: str = "auto") -> AnyPredictor:
     if contract_of(model) is C.SAM2_GRAPHS:
         return SAM2ImagePredictor(model, backend=backend) if isinstance(model, (str, Path)) else SAM2ImagePredictor(model)
     return SamPredictor(model, backend=backend) if isinstance(model, (str, Path)) else SamPredictor(model)
+
+
+def torch_reference(checkpoint: Path | str, variant: str) -> GraphRunner:
+    """The PyTorch reference backend of ``variant``'s family (what parity and ``samexport bench``
+    compare with) on the weights of ``checkpoint``: SAM's :class:`TorchBackend` or SAM 2.1's
+    :class:`Sam2TorchBackend`. Needs torch."""
+    if get_model(variant).contract is C.SAM2_GRAPHS:
+        return Sam2TorchBackend(load_sam2(checkpoint, variant))
+    return TorchBackend(load_sam(checkpoint, variant))

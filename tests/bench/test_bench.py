@@ -50,6 +50,14 @@ def test_encoder_macs_match_published_counts(variant, gmac):
     assert encoder_gflop(get_variant(variant)) == pytest.approx(2 * gmac, rel=2e-3)
 
 
+@pytest.mark.parametrize(("variant", "gmac"), [("sam2.1_hiera_tiny", 146.2), ("sam2.1_hiera_large", 911.4)])
+def test_encoder_macs_of_sam2_are_hieras(variant, gmac):
+    """The benchmark's count for a SAM 2.1 model is Hiera's (checked against torch's own count in
+    tests/models/test_sam2.py), reached through the same call as SAM's."""
+    assert encoder_macs(variant) / 1e9 == pytest.approx(gmac, rel=1e-3)
+    assert encoder_gflop(variant) == pytest.approx(2 * gmac, rel=1e-3)
+
+
 def test_decoder_prompts_shapes():
     prompts = decoder_prompts((300, 450), (1, 16, 64))
     assert prompts["decoder_10_points"]["point_coords"].shape == (1, 10, 2)
@@ -165,6 +173,32 @@ def test_cli_bench_on_tiny(tiny_artifact, image_dir, tmp_path):
     assert [t["met"] is None for t in data["targets"]] == [False, True, False, True]
     assert md.read_text() == to_markdown(data) and "## Latency per stage" in md.read_text()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_cli_bench_on_sam2_tiny(sam2_tiny_artifact, sam2_tiny_checkpoint, image_dir, tmp_path):
+    """`samexport bench` on a SAM 2.1 artifact: every stage timed on ONNX Runtime and on the
+    PyTorch reference (SAM2ImagePredictor over each backend), Hiera's compute, and the peer
+    baseline skipped with its reason (the official SAM 2.1 has no ONNX decoder recipe)."""
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, [
+        "bench", str(sam2_tiny_artifact), "--backend", "onnxruntime-cpu", "--backend", "torch",
+        "--checkpoint", str(sam2_tiny_checkpoint), "--images", str(image_dir), "--runs", "1",
+        "--warmup", "0", "--batch-sizes", "1,4", "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["model"]["variant"] == "sam2.1_hiera_tiny"
+    assert set(data["shared_stages"]) == {"preprocess", "postprocess_1_mask", "postprocess_3_masks"}
+    ran = {b["label"]: b for b in data["backends"] if "stages" in b}
+    assert set(ran) == {"onnxruntime-cpu fp32", "torch fp32"}
+    for backend in ran.values():
+        assert set(backend["stages"]) == BACKEND_STAGES
+        assert backend["stages"]["decoder_boxes_4"]["items"] == 4
+        assert backend["encoder"]["gflop"] == pytest.approx(2 * 146.2, abs=0.1)
+    assert "no ONNX decoder recipe" in data["peer_baseline"]["skipped"]
+    peer_target = data["targets"][0]
+    assert peer_target["met"] is None and "peer baseline" in peer_target["not_measured"]
 
 
 @pytest.mark.parametrize(

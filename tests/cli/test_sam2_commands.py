@@ -1,4 +1,4 @@
-"""``samexport predict``, ``segment-all`` (one image and the dataset job) and ``embed`` on a
+"""``samexport predict``, ``segment-all`` (one image and the dataset job), ``embed`` and ``parity`` on a
 SAM 2.1 artifact, against the official ``sam2`` package on the same random weights (``embed``:
 against samexport's ``SAM2ImagePredictor.set_image``).
 
@@ -181,3 +181,33 @@ def test_embed_rows_restore_the_masks_of_set_image(sam2_tiny_artifact, image_fil
         predictor_from_embedding(restored, {k: v for k, v in row.items() if k != "high_res_feats_0"})
     again = invoke("embed", sam2_tiny_artifact, image_file, "--output", out, "--no-progress", "--backend", "onnxruntime-cpu")
     assert again.exit_code == 0 and read_rows(out).equals(table)  # resumed: nothing redone
+
+
+@pytest.mark.slow
+def test_parity_against_the_checkpoint_and_not_another(sam2_tiny_artifact, sam2_tiny_checkpoint, image_dir_sam2, tmp_path):
+    """``samexport parity`` runs SAM 2.1's loop against its PyTorch weights: the fp32 graphs pass
+    at fp32's tolerances, and the same artifact against weights with one parameter changed fails."""
+    torch = pytest.importorskip("torch")
+    report = tmp_path / "parity.json"
+    result = invoke("parity", sam2_tiny_artifact, "--checkpoint", sam2_tiny_checkpoint,
+                    "--images", image_dir_sam2, "--quick", "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["precision"] == "fp32"
+    assert {c["metric"] for c in data["checks"]} >= {"embedding_rel_max_abs", "mask_iou_min"}
+
+    state = torch.load(sam2_tiny_checkpoint, weights_only=True)
+    name = "sam_mask_decoder.iou_prediction_head.layers.2.bias"
+    state["model"][name] = state["model"][name] + 0.05
+    changed = tmp_path / "changed.pt"
+    torch.save(state, changed)
+    result = invoke("parity", sam2_tiny_artifact, "--checkpoint", changed, "--images", image_dir_sam2, "--quick")
+    assert result.exit_code == 1 and "parity failed:" in result.output, result.output
+    assert "iou_score_max_abs" in result.output.split("parity failed:")[1], result.output
+
+
+@pytest.fixture(scope="module")
+def image_dir_sam2(tmp_path_factory, scene):
+    folder = tmp_path_factory.mktemp("sam2_parity_images")
+    Image.fromarray(scene).save(folder / "scene.png")
+    return folder
