@@ -18,8 +18,8 @@ from samexport.artifacts import Manifest, read_manifest
 from samexport.errors import SamExportError
 from samexport.parity.metrics import Check, Tolerances, tolerance_key
 from samexport.parity.references import References, load_references
-from samexport.parity.runner import parity_runner
 from samexport.parity.report import ParityReport
+from samexport.parity.runner import parity_runner
 from samexport.runtime.backends import Backend, open_backend
 
 # Opens the backend to check for an artifact folder and a manifest (the committed one, or one
