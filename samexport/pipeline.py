@@ -231,7 +231,7 @@ def build(
             encoder=encoder_record,
             decoder=decoder_record,
             runtime=runtime,
-            engine_config=engine_config.to_dict(),
+            engine_config=engine_config.record(),
             engines=built,
             skipped_engines=skipped,
             parity=parity_report,

@@ -13,8 +13,10 @@ from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
 from samexport.errors import SamExportError
+from samexport.engines.fallback import FP32_ATTENTION_FORM
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
+from samexport.records import EngineVerification
 from samexport.runtime.backends import describe_auto
 from samexport.variants import variants_help
 
@@ -160,18 +162,18 @@ def engines(
     typer.echo(f"verification: {verification_line(manifest.engines_verification)}")
 
 
-def verification_line(verdict: dict | None) -> str:
+def verification_line(verdict: EngineVerification | None) -> str:
     """One line for the plans' ``engines_verification`` (what `engines` and `info` print)."""
-    if not verdict:
+    if verdict is None:
         return "none recorded (plans built before samexport verified them, or no plans)"
-    if verdict["status"] != "passed":
-        return verdict["status"]
-    figures = verdict.get("summary", {})
+    if not verdict.passed:
+        return verdict.status
+    figures = verdict.summary or {}
     return (
-        f"passed on {verdict.get('gpu')} (compute capability {verdict.get('compute_capability')}), "
-        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}"
-        f"{' (FP32 attention form, --fallback)' if verdict.get('encoder_form') == 'fp32-attention' else ''}, "
-        f"{verdict.get('precision')} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
+        f"passed on {verdict.gpu} (compute capability {verdict.compute_capability}), "
+        f"{verdict.tensorrt_module} {verdict.tensorrt_version}, attention {verdict.attention}"
+        f"{' (FP32 attention form, --fallback)' if verdict.encoder_form == FP32_ATTENTION_FORM else ''}, "
+        f"{verdict.precision} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
         f"mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
     )
 

@@ -29,7 +29,7 @@ from typing import Literal
 from samexport import constants as C
 from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
 from samexport.errors import SamExportError
-from samexport.records import EngineRecord, ShapeRange
+from samexport.records import EngineRecord, EngineSettings, ShapeRange
 from samexport.staging import write_atomically
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,15 @@ class BuildConfig:
         data = asdict(self)
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
         return data
+
+    def record(self) -> EngineSettings:
+        """These settings as the manifest records them (``engine_config``, each plan's ``config``)."""
+        return EngineSettings(
+            workspace_bytes=self.workspace_bytes, prompts=tuple(self.prompts), points=tuple(self.points),
+            timing_cache=str(self.timing_cache) if self.timing_cache else None,
+            version_compatible=self.version_compatible, hardware_compatibility=self.hardware_compatibility,
+            optimization_level=self.optimization_level,
+        )
 
 
 def build_engine(
@@ -188,7 +197,7 @@ def build_engine(
             {name: ShapeRange(*(tuple(shape) for shape in shapes)) for name, shapes in profile.items()}
             for profile in profiles or []
         ),
-        config=config.to_dict(),
+        config=config.record(),
         plan_bytes=data.nbytes,
         strongly_typed=True,
         tf32=False,
