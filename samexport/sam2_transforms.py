@@ -223,7 +223,7 @@ def sam2_mask_upsampling(original_size: tuple[int, int]) -> MaskUpsampling:
     resize of the whole 256x256 map (:func:`postprocess_sam2_masks`)."""
     height, width = (int(v) for v in original_size)
 
-    def whole(logits: np.ndarray) -> np.ndarray:
-        return postprocess_sam2_masks(logits, (height, width))
+    def whole(logits: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        return postprocess_sam2_masks(logits, (height, width), threshold=threshold)
 
     return MaskUpsampling(_upsample_weights(height, LOW_RES_MASK_SIZE), _upsample_weights(width, LOW_RES_MASK_SIZE), whole)

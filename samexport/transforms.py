@@ -387,13 +387,14 @@ class MaskUpsampling:
     """How a model family's 256x256 mask logits reach the pixels of one image (or crop): linear
     and separable, ``out = rows @ logits @ cols.T``, what the mask generator's windowed
     measurement (:class:`samexport.amg.measure.MaskMeasurer`) reads; ``whole`` upsamples a batch
-    ``Nx256x256 -> NxHxW`` float32 the predictor's own way. SAM's is :func:`sam_mask_upsampling`,
+    ``Nx256x256 -> NxHxW`` float32 the predictor's own way (``whole(logits, threshold=t)``: boolean
+    masks ``> t``, as ``predict`` makes them). SAM's is :func:`sam_mask_upsampling`,
     SAM 2.1's ``samexport.sam2_transforms.sam2_mask_upsampling``.
 
     Attributes:
         rows: ``H x 256`` non-negative weights, each row summing to 1.
         cols: ``W x 256``, the same for the columns.
-        whole: the batched upsampling these weights describe.
+        whole: the batched upsampling these weights describe (``threshold`` keyword: masks).
     """
 
     rows: np.ndarray
