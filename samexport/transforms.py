@@ -27,17 +27,17 @@ from samexport.errors import InvalidInputError
 from samexport.validate import positive_int, real_array, size_pair
 
 __all__ = [
-    "check_image",
+    "MaskUpsampling",
     "chain_weights",
+    "check_image",
+    "postprocess_masks",
+    "preprocess",
     "preprocess_shape",
     "resize_image",
-    "preprocess",
-    "transform_coords",
-    "transform_boxes",
-    "to_input_frame",
-    "postprocess_masks",
-    "MaskUpsampling",
     "sam_mask_upsampling",
+    "to_input_frame",
+    "transform_boxes",
+    "transform_coords",
 ]
 
 # Image.Resampling is Pillow >= 9.1; the module-level constant works on all supported versions.

@@ -20,9 +20,9 @@ from samexport.artifacts import (
     verify_artifact,
     write_manifest,
 )
+from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.pipeline import build
-from samexport.engines.builder import BuildConfig
 from samexport.records import EngineRecord, EngineSettings, EngineVerification, GraphPrecisions, ParityRecord
 from samexport.utils import sha256_file
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
 from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
-from samexport.errors import SamExportError
 from samexport.engines.fallback import FP32_ATTENTION_FORM
+from samexport.errors import SamExportError
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
 from samexport.records import EngineVerification
@@ -26,19 +26,19 @@ from samexport.variants import variants_help
 def build(
     variant: Annotated[str, typer.Option(help=f"Model variant: {variants_help()}.")] = "vit_b",
     checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Official-format .pth checkpoint. Default: the cache, downloading if missing."),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option(help="Artifact directory. Default: engines/<variant>-<precision>.")
+        Path | None, typer.Option(help="Artifact directory. Default: engines/<variant>-<precision>.")
     ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graphs and engines (LayerNorm, Softmax, reductions stay FP32).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ encoder (needs --calib-dir) with an FP16 decoder.")] = False,
     calib_dir: Annotated[
-        Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
+        Path | None, typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
     ] = None,
     int8_for: Annotated[
-        Optional[Literal["tensorrt", "onnxruntime", "openvino"]],
+        Literal["tensorrt", "onnxruntime", "openvino"] | None,
         typer.Option(
             "--int8-for",
             help="Which runtime the INT8 Q/DQ placement is tuned for: tensorrt (Q/DQ on MatMul/Conv "
@@ -48,7 +48,7 @@ def build(
         ),
     ] = None,
     engines: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--engines/--no-engines",
             help="--engines: fail unless TensorRT engines can be built here; --no-engines: ONNX only. "
@@ -65,7 +65,7 @@ def build(
         ),
     ] = "plain",
     opset: Annotated[
-        Optional[int], typer.Option(help="ONNX opset version (17 or newer). Default: 18, or 23 for onnx-attention.", min=17)
+        int | None, typer.Option(help="ONNX opset version (17 or newer). Default: 18, or 23 for onnx-attention.", min=17)
     ] = None,
     parity: Annotated[
         bool, typer.Option(help="Check the graphs against the PyTorch weights on one image and record it.")

@@ -26,7 +26,13 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.artifacts import (
-    PLAN_FILES, PLANS_MARKER, PLANS_PARTIAL_PREFIX, PLANS_PREFIX, Manifest, read_manifest, verify_artifact,
+    PLAN_FILES,
+    PLANS_MARKER,
+    PLANS_PARTIAL_PREFIX,
+    PLANS_PREFIX,
+    Manifest,
+    read_manifest,
+    verify_artifact,
     write_manifest,
 )
 from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from samexport import constants as C
-from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
+from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt, trt_api
 from samexport.errors import SamExportError
 from samexport.records import EngineRecord, EngineSettings, ShapeRange
 from samexport.staging import write_atomically
@@ -156,7 +156,7 @@ def build_engine(
     with _polygraphy_messages() as messages:
         try:
             builder, network, parser = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
-        except Exception as exc:  # Polygraphy reports parser failures as PolygraphyException
+        except Exception as exc:  # noqa: BLE001 (Polygraphy reports parser failures as PolygraphyException)
             raise SamExportError(
                 f"{flavour} could not parse {onnx_path}:\n  " + "\n  ".join(messages.errors or [str(exc)])
             ) from None
@@ -168,7 +168,7 @@ def build_engine(
                 (builder, network, parser), config=create_config,
                 save_timing_cache=str(config.timing_cache) if config.timing_cache else None,
             )()
-        except Exception as exc:  # PolygraphyException: the builder returned no engine
+        except Exception as exc:  # noqa: BLE001 (PolygraphyException: the builder returned no engine)
             hint = ""
             if any("OutOfMemory" in e for e in messages.errors):
                 hint = f"\n  (workspace_bytes={config.workspace_bytes} is too small for the largest profile)"

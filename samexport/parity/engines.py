@@ -23,7 +23,12 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, verify_artifact
 from samexport.engines.artifact import (
-    BUILDERS, PlanRequest, build_candidate_plans, check_candidate_plans, check_engine_request, commit_plans,
+    BUILDERS,
+    PlanRequest,
+    build_candidate_plans,
+    check_candidate_plans,
+    check_engine_request,
+    commit_plans,
 )
 from samexport.engines.builder import BuildConfig
 from samexport.engines.fallback import EXPORTED_FORM, FP32_ATTENTION_FORM, fp32_attention_graphs, require_onnx
@@ -31,8 +36,8 @@ from samexport.errors import SamExportError
 from samexport.parity.references import load_references, no_references_message
 from samexport.parity.report import ParityReport
 from samexport.parity.verify import BackendOpener, VerificationError, describe_failure, verify_with_references
-from samexport.records import EngineRecord, EngineVerification
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
+from samexport.records import EngineRecord, EngineVerification
 from samexport.runtime.tensorrt_backend import TensorRTBackend
 
 UNVERIFIED = "unverified"

@@ -67,9 +67,8 @@ def test_fp32_artifact_has_no_fallback(tiny_artifact):
     from samexport.engines.fallback import fp32_attention_graphs
 
     before = snapshot(tiny_artifact)
-    with pytest.raises(SamExportError, match="no attention core in FP16"):
-        with fp32_attention_graphs(tiny_artifact):
-            pass
+    with pytest.raises(SamExportError, match="no attention core in FP16"), fp32_attention_graphs(tiny_artifact):
+        pass
     assert snapshot(tiny_artifact) == before
 
 

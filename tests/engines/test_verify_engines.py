@@ -92,7 +92,7 @@ def test_engines_without_references_refuses_before_building(tiny_artifact, tmp_p
 
 
 @needs_rtx
-def test_device_environment_builds_and_verifies(device_python, tiny_artifact, tmp_path):  # noqa: F811
+def test_device_environment_builds_and_verifies(device_python, tiny_artifact, tmp_path):
     """Without torch, onnx or onnxscript: `engines` (test build) then `verify` on ONNX Runtime,
     importing none of them nor samexport.export."""
     folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
