@@ -66,10 +66,10 @@ def main() -> None:
     from samexport import constants as C
     from samexport.bench.inputs import DEFAULT_IMAGE_SIZE
     from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
-    from samexport.variants import build_sam
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.runtime.predictor import SamPredictor
     from samexport.testing import random_state_dict
+    from samexport.variants import build_sam
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=64, help="prompts per batch (points_per_batch)")

@@ -101,7 +101,7 @@ def main() -> None:
         return result.seconds
 
     load_before = os.getloadavg()
-    one_image = [sorted(folder.iterdir())[0]]
+    one_image = [min(folder.iterdir())]
     results = []
     for executor, workers in CONFIGS:
         threads = None if workers == 1 and executor == "local" else max(1, cpus // workers)
@@ -122,6 +122,7 @@ def main() -> None:
     by = {(r["executor"], r["workers"]): r for r in results}
     overhead = (by["ray", 1]["median_s"] - by["local", 1]["median_s"]) / args.images
     import onnxruntime
+
     from samexport.artifacts import read_manifest
 
     manifest = read_manifest(artifact)
@@ -143,8 +144,10 @@ def main() -> None:
         f"# `embed` throughput: {report['variant']} {report['precision']}, {args.images} images {height}x{width}",
         "",
         *([f"> {args.note}", ""] if args.note else []),
-        f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; "
-        f"after: {', '.join(f'{v:.1f}' for v in load_after)} on {cpus} CPUs.",
+        (
+            f"Load average (1, 5, 15 min) before: {', '.join(f'{v:.1f}' for v in load_before)}; "
+            f"after: {', '.join(f'{v:.1f}' for v in load_after)} on {cpus} CPUs."
+        ),
         "",
         "| executor | workers | threads / worker | median s | images/s | start-up s (1-image job) | steady images/s | runs (s) |",
         "|---|---|---|---|---|---|---|---|",
@@ -153,8 +156,10 @@ def main() -> None:
           f"{'n/a' if r['steady_images_per_s'] is None else format(r['steady_images_per_s'], '.2f')} | "
           f"{', '.join(f'{s:.2f}' for s in r['seconds'])} |" for r in results),
         "",
-        f"Ray overhead at 1 worker: {overhead * 1000:.0f} ms per image over the local executor "
-        f"(actor start-up included; `ray.init` took {ray_init_s:.1f} s once, not included).",
+        (
+            f"Ray overhead at 1 worker: {overhead * 1000:.0f} ms per image over the local executor "
+            f"(actor start-up included; `ray.init` took {ray_init_s:.1f} s once, not included)."
+        ),
         "",
         f"Reproduce: `{report['command']}`",
         "",

@@ -57,12 +57,11 @@ def main() -> None:
     from samexport import constants as C
     from samexport.bench.inputs import DEFAULT_IMAGE_SIZE, decoder_prompts
     from samexport.export.to_onnx import export_decoder, export_encoder
-    from samexport.variants import build_sam
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.runtime.decode_budget import budget_for_prompts
     from samexport.runtime.predictor import SamPredictor
     from samexport.testing import random_state_dict
-    from samexport.variants import get_variant
+    from samexport.variants import build_sam, get_variant
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boxes", type=int, default=64)

@@ -35,8 +35,8 @@ def export_graphs(modes: list[str], folder: Path, variant: str) -> dict[str, Pat
     """One ``encoder.onnx`` per attention mode, from the same random weights."""
     from samexport import constants as C
     from samexport.export.to_onnx import export_encoder
-    from samexport.variants import build_sam
     from samexport.testing import random_state_dict
+    from samexport.variants import build_sam
 
     sam = build_sam(variant).eval()
     sam.load_state_dict(random_state_dict(variant))

@@ -55,11 +55,10 @@ def _build(variant: str, work: Path) -> Path:
 
 
 def _input(variant: str, image):
-    from samexport.sam2_transforms import preprocess_sam2
-    from samexport.transforms import preprocess
+    from samexport.family_transforms import preprocess_for
     from samexport.variants import get_model
 
-    return preprocess_sam2(image) if get_model(variant).contract.name != "sam" else preprocess(image)
+    return preprocess_for(get_model(variant).contract)(image)
 
 
 def _gflop(variant: str) -> float:

@@ -73,10 +73,10 @@ def main() -> None:
     from samexport import constants as C
     from samexport.artifacts import read_manifest
     from samexport.bench.flops import encoder_gflop
-    from samexport.utils import package_versions
     from samexport.image_sources import sample_images
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.transforms import preprocess
+    from samexport.utils import package_versions
 
     artifacts = _artifacts(args.work)
     images, _ = sample_images(("astronaut",))

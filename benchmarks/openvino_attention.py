@@ -46,8 +46,12 @@ def main() -> None:
 
     import onnxruntime as ort
     import openvino as ov
+    from attention_forms import (  # this folder's script (Python puts a script's folder first on its path)
+        Core,
+        export,
+        random_block,
+    )
 
-    from attention_forms import Core, export, random_block  # this folder's script (Python puts a script's folder first on its path)
     from samexport.bench.run import cpu_flags
     from samexport.utils import package_versions
 

@@ -217,14 +217,14 @@ def to_markdown(doc: dict) -> str:
         "|---|" + "---|" * len(labels),
     ]
     for key, row in doc["results"].items():
-        cells = [f"{row[l]['median_ms']:.1f} ms ({row[l]['speedup_vs_onnxruntime']['median_of_per_round']:.2f}x)" for l in labels]
+        cells = [f"{row[c]['median_ms']:.1f} ms ({row[c]['speedup_vs_onnxruntime']['median_of_per_round']:.2f}x)" for c in labels]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     int8 = [(key, row) for key, row in doc["results"].items()
             if "speedup_vs_onnxruntime_fp32_artifact" in next(iter(row.values()))]
     if int8:
         lines += ["", "int8 artifacts against ONNX Runtime on the fp32 artifact (median of per-round ratios):", ""]
         for key, row in int8:
-            parts = [f"{l} {row[l]['speedup_vs_onnxruntime_fp32_artifact']['median_of_per_round']:.2f}x" for l in labels]
+            parts = [f"{c} {row[c]['speedup_vs_onnxruntime_fp32_artifact']['median_of_per_round']:.2f}x" for c in labels]
             lines.append(f"- {key}: " + ", ".join(parts))
     if doc.get("auto_opens"):
         lines += ["", "`auto` opened (encoder+decoder): " + ", ".join(f"{k}: `{v}`" for k, v in doc["auto_opens"].items())]

@@ -84,9 +84,9 @@ if not a.skip_build:
         ov.save_model(quant, str(nncf_path), compress_to_fp16=False)
         print("built nncf", round(time.time() - t1), "s", flush=True)
 
-import onnxruntime as ort
-import openvino as ov
-from skimage import data
+import onnxruntime as ort  # noqa: E402 (after the graphs are built)
+import openvino as ov  # noqa: E402
+from skimage import data  # noqa: E402
 
 core = ov.Core()
 tests = [preprocess(data.astronaut()), preprocess(np.asarray(data.coffee()))]
@@ -118,7 +118,9 @@ times = {k: [] for k in runners}
 load0 = os.getloadavg()
 for rnd in range(a.rounds):
     for label, run in runners.items():
-        st = time.perf_counter(); run(bench); times[label].append(time.perf_counter() - st)
+        st = time.perf_counter()
+        run(bench)
+        times[label].append(time.perf_counter() - st)
     print("round", rnd + 1, flush=True)
 load1 = os.getloadavg()
 basel = times["ort fp32"]

@@ -164,7 +164,7 @@ def main() -> None:
              for mode, levels in runs.items()}
     ratios = {mode: {str(c): table[mode][str(c)]["requests_per_s"] / table["one_by_one"][str(c)]["requests_per_s"]
                      for c in args.clients} for mode in BATCHED}
-    flags = sorted(set(open("/proc/cpuinfo").read().split()) & {"avx512_bf16", "avx512_vnni", "amx_bf16"}) \
+    flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx512_bf16", "avx512_vnni", "amx_bf16"}) \
         if Path("/proc/cpuinfo").exists() else []
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -179,11 +179,14 @@ def main() -> None:
     args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# samexport serve: prompt requests on the CPU", "",
-        f"`python benchmarks/{result['command']}`; {args.requests} single-point requests per client count, "
-        f"server and round, medians of {args.rounds} rounds; image {args.image_size[1]}x{args.image_size[0]}; "
-        f"{result['artifact']}; {os.cpu_count()} CPUs, flags {', '.join(flags) or 'none of avx512_bf16/vnni/amx'}; "
-        f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run (other jobs share the machine). "
-        "Clients run on the same cores.", "",
+        (
+            f"`python benchmarks/{result['command']}`; {args.requests} single-point requests per client count, "
+            f"server and round, medians of {args.rounds} rounds; image {args.image_size[1]}x{args.image_size[0]}; "
+            f"{result['artifact']}; {os.cpu_count()} CPUs, flags {', '.join(flags) or 'none of avx512_bf16/vnni/amx'}; "
+            f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run (other jobs share the machine). "
+            "Clients run on the same cores."
+        ),
+        "",
         "| clients | server | requests/s | p50 ms | p90 ms | p99 ms | prompts per decoder call |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "VARIANTS",
     "AutomaticMaskGenerator",
-    "SamAutomaticMaskGenerator",
-    "SamExportError",
     "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
+    "SamAutomaticMaskGenerator",
+    "SamExportError",
     "SamModel",
     "SamPredictor",
-    "VARIANTS",
     "__version__",
     "build",
     "load",
@@ -34,11 +34,10 @@ from samexport.errors import SamExportError
 from samexport.variants import VARIANTS
 
 if TYPE_CHECKING:
-    from samexport.amg import AutomaticMaskGenerator
+    from samexport.amg import AutomaticMaskGenerator, SAM2AutomaticMaskGenerator
     from samexport.amg import AutomaticMaskGenerator as SamAutomaticMaskGenerator
-    from samexport.amg import SAM2AutomaticMaskGenerator
-    from samexport.pipeline import build
     from samexport.compat import SamModel, load, sam_model_registry
+    from samexport.pipeline import build
     from samexport.runtime.predictor import SamPredictor
     from samexport.runtime.sam2_predictor import SAM2ImagePredictor
 

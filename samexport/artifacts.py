@@ -23,9 +23,12 @@ from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
 from samexport.records import (
     EngineRecord,
+    EngineSettings,
+    EngineVerification,
     GraphPrecisions,
     ParityRecord,
     engine_records,
+    settings_or_none,
 )
 from samexport.staging import write_atomically
 from samexport.variants import get_model
@@ -97,8 +100,11 @@ class Manifest:
     PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
     samexport stored them), whose file is listed in ``files`` like the graphs.
     ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
-    ``samexport engines`` (``samexport.parity.engines``): passed / failed / unverified / not run,
-    with the GPU, TensorRT version, attention mode and figures; None when no plans were checked.
+    ``samexport engines`` (``samexport.parity.engines``): passed / unverified / not run, with the
+    GPU, TensorRT version, attention mode and figures (an ``EngineVerification``); None when no
+    plans were checked. ``engine_config`` is the build settings of the plans (an
+    ``EngineSettings``; None, written ``{}``, when none were configured); ``skipped_engines`` says,
+    by engine name, why a plan was not built.
     """
 
     variant: str
@@ -110,10 +116,10 @@ class Manifest:
     encoder: dict
     decoder: dict
     runtime: RuntimeNeeds
-    engine_config: dict = field(default_factory=dict)
+    engine_config: EngineSettings | None = None
     engines: dict[str, EngineRecord] = field(default_factory=dict)
-    skipped_engines: dict = field(default_factory=dict)
-    engines_verification: dict | None = None
+    skipped_engines: dict[str, str] = field(default_factory=dict)
+    engines_verification: EngineVerification | None = None
     parity: ParityRecord | None = None
     references: dict | None = None
     versions: dict = field(default_factory=dict)
@@ -131,6 +137,9 @@ class Manifest:
         data["graphs"] = self.graphs.to_dict()
         data["parity"] = None if self.parity is None else self.parity.to_dict()
         data["engines"] = {name: record.to_dict() for name, record in self.engines.items()}
+        data["engine_config"] = self.engine_config.to_dict() if self.engine_config else {}
+        data["engines_verification"] = self.engines_verification and self.engines_verification.to_dict()
+        data["skipped_engines"] = dict(self.skipped_engines)
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -181,9 +190,9 @@ class Manifest:
             and re.fullmatch(rf"{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz", references["file"])
         ):
             raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
-        verdict = data.get("engines_verification")
-        if verdict is not None and not (isinstance(verdict, dict) and isinstance(verdict.get("status"), str)):
-            raise SamExportError(f"{source}: bad 'engines_verification' section: {str(verdict)[:200]}")
+        for name, reason in data["skipped_engines"].items():
+            if not isinstance(reason, str):
+                raise SamExportError(f"{source}: 'skipped_engines' must give a reason (a string) for {name!r}, got {reason!r}")
         try:
             get_model(data["variant"])
         except SamExportError as exc:
@@ -200,12 +209,16 @@ class Manifest:
         graphs = GraphPrecisions.from_dict(data["graphs"], source=source)
         parity = None if data.get("parity") is None else ParityRecord.from_dict(data["parity"], source=source)
         engines = engine_records(data["engines"], source=source)
+        verdict = data.get("engines_verification")
+        typed = {
+            "graphs": graphs, "parity": parity, "engines": engines,
+            "engine_config": settings_or_none(data["engine_config"], source=source),
+            "engines_verification": None if verdict is None else EngineVerification.from_dict(verdict, source=source),
+        }
         known = {item.name for item in fields(cls)}
         return cls(
-            **{key: data[key] for key in known - {"runtime", "extra", "format", "graphs", "parity", "engines"} if key in data},
-            graphs=graphs,
-            parity=parity,
-            engines=engines,
+            **{key: data[key] for key in known - {"runtime", "extra", "format", *typed} if key in data},
+            **typed,
             runtime=runtime,
             extra={key: value for key, value in data.items() if key not in known},
             format=MANIFEST_FORMAT,

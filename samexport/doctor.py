@@ -18,7 +18,7 @@ def _version(module: str) -> str:
         return getattr(importlib.import_module(module), "__version__", "installed")
     except ImportError:
         return "not installed"
-    except Exception as exc:  # a broken install (e.g. missing shared libraries) is worth reporting
+    except Exception as exc:  # noqa: BLE001 (a broken install, e.g. missing shared libraries, is worth reporting)
         return f"broken: {type(exc).__name__}: {exc}"
 
 
@@ -58,7 +58,7 @@ def openvino_report() -> dict[str, str]:
 
         core = openvino.Core()
         devices = list(core.available_devices)
-    except Exception as exc:  # a broken install is worth reporting, not a crash
+    except Exception as exc:  # noqa: BLE001 (a broken install is worth reporting, not a crash)
         return {"openvino devices": f"broken: {type(exc).__name__}: {exc}"}
 
     report = {"openvino devices": ", ".join(devices) or "none"}

@@ -139,7 +139,7 @@ def decode(source: Path | str | BinaryIO) -> np.ndarray:
             raise UnreadableImageError("not a format Pillow can read") from None
         # Pillow's decoders raise many types on corrupt data (OSError, SyntaxError, ValueError,
         # struct.error, EOFError ...); any of them means this file is unusable.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise UnreadableImageError(f"{type(exc).__name__}: {exc}") from exc
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise UnreadableImageError(f"image has no pixels (shape {rgb.shape})")

@@ -15,7 +15,12 @@ from typing import Literal
 
 from samexport import constants as C
 from samexport.artifacts import (
-    Manifest, RuntimeNeeds, default_artifact_dir, read_manifest, verify_artifact, write_manifest,
+    Manifest,
+    RuntimeNeeds,
+    default_artifact_dir,
+    read_manifest,
+    verify_artifact,
+    write_manifest,
 )
 from samexport.build_steps import SAM2_STEPS, SAM_STEPS, ModelSteps
 from samexport.download import resolve_checkpoint
@@ -25,11 +30,11 @@ from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.parity.engines import UNVERIFIED, plan_check, runs, tensorrt_runner, verdict_record
 from samexport.parity.verify import VerificationError
+from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.precision.calibration import check_calibration_cache
 from samexport.precision.recipes import Int8Target
-from samexport.replaceable import check_replaceable_artifact
-from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.records import ParityRecord
+from samexport.replaceable import check_replaceable_artifact
 from samexport.staging import check_output_destination, staged_directory
 from samexport.utils import default_cache_dir, package_versions, sha256_file
 from samexport.variants import ModelVariant, get_model
@@ -231,7 +236,7 @@ def build(
             encoder=encoder_record,
             decoder=decoder_record,
             runtime=runtime,
-            engine_config=engine_config.to_dict(),
+            engine_config=engine_config.record(),
             engines=built,
             skipped_engines=skipped,
             parity=parity_report,

@@ -92,6 +92,161 @@ class ParityRecord:
         return cls(data["passed"], data["summary"], data.get("precision"), details)
 
 
+# The keys of the build settings as ``samexport.engines.builder.BuildConfig.to_dict`` writes them.
+_SETTINGS_KEYS = (
+    "workspace_bytes", "prompts", "points", "timing_cache", "version_compatible", "hardware_compatibility",
+    "optimization_level",
+)
+
+
+def _min_opt_max(value: object, key: str, source: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(type(n) is int for n in value)):
+        raise SamExportError(f"{source}: engine setting {key!r} must be [min, opt, max], got {value!r}")
+    return tuple(value)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine build settings as recorded: ``manifest.engine_config`` and each engine record's
+    ``config`` (``samexport.engines.builder.BuildConfig.record``, the build's settings as data).
+
+    Attributes:
+        workspace_bytes: the tactics' scratch memory limit (None: TensorRT's default).
+        prompts, points: the decoder's prompt batch and points per prompt as (min, opt, max).
+        timing_cache: the tactic timing cache file, as a string (None: none).
+        version_compatible: built so that later TensorRT releases of the line may run it.
+        hardware_compatibility: ``none``, ``ampere_plus`` or ``same_compute_capability``.
+        optimization_level: the builder's optimisation level (None: TensorRT's default).
+        absent: the keys the JSON form did not hold (records written before a setting existed, or
+            partial ones); they read as the defaults here and are not written back.
+        extra: keys this version does not know, written back as they were.
+    """
+
+    workspace_bytes: int | None = None
+    prompts: tuple[int, int, int] | None = None
+    points: tuple[int, int, int] | None = None
+    timing_cache: str | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
+    optimization_level: int | None = None
+    absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = {key: getattr(self, key) for key in _SETTINGS_KEYS if key not in self.absent}
+        for key in ("prompts", "points"):
+            if data.get(key) is not None:
+                data[key] = list(data[key])
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = C.MANIFEST) -> EngineSettings:
+        if not isinstance(data, dict):
+            raise SamExportError(f"{source}: bad engine settings: {str(data)[:200]}")
+        checks = {
+            "workspace_bytes": lambda v: v is None or type(v) is int,
+            "timing_cache": lambda v: v is None or isinstance(v, str),
+            "version_compatible": lambda v: isinstance(v, bool),
+            "hardware_compatibility": lambda v: v in ("none", "ampere_plus", "same_compute_capability"),
+            "optimization_level": lambda v: v is None or type(v) is int,
+        }
+        for key, check in checks.items():
+            if key in data and not check(data[key]):
+                raise SamExportError(f"{source}: bad engine setting {key!r}: {data[key]!r}")
+        known = {key: data[key] for key in _SETTINGS_KEYS if key in data}
+        for key in ("prompts", "points"):
+            if key in known:
+                known[key] = _min_opt_max(known[key], key, source)
+        return cls(
+            **known, absent=frozenset(key for key in _SETTINGS_KEYS if key not in data),
+            extra={key: value for key, value in data.items() if key not in _SETTINGS_KEYS},
+        )
+
+
+def settings_or_none(data: object, *, source: str = C.MANIFEST) -> EngineSettings | None:
+    """An empty settings object (``{}``: no plans were configured, or a record without them) -> None."""
+    return EngineSettings.from_dict(data, source=source) if data != {} and data is not None else None
+
+
+# ``engines_verification``: the keys always written (where the plans were built) and those written
+# only when they have a value (the figures, when the plans ran; why not; which encoder form).
+_WHERE_BUILT = ("gpu", "compute_capability", "tensorrt_module", "tensorrt_version", "attention", "precision")
+_VERDICT_OPTIONAL = ("reason", "backend", "references", "summary", "checks", "verified", "encoder_form", "fallback_from")
+
+
+@dataclass(frozen=True)
+class EngineVerification:
+    """``manifest.engines_verification``: the verdict on the plans ``manifest.engines`` names,
+    recorded by ``samexport engines`` and the build (``samexport.parity.engines.verdict_record``).
+
+    Attributes:
+        status: ``passed``, ``unverified`` or ``not run (test build)`` (failed plans are not kept).
+        gpu, compute_capability, tensorrt_module, tensorrt_version: where the plans were built.
+        attention, precision: the artifact's attention form and precision (the tolerances used).
+        reason: why the plans were not checked (e.g. ``built without references``).
+        backend, references, summary, checks, verified: when the plans ran: the backend that ran
+            them, the references file, the worst figures by name, each check
+            (``ParityCheck.to_dict``) and when.
+        encoder_form: ``exported`` or ``fp32-attention`` (``--fallback``'s safer form).
+        fallback_from: with ``fp32-attention``: what the exported form's plans failed on
+            (``encoder_form``, ``failure``, ``summary``).
+        extra: keys this version does not know (and optional keys written as null), written back.
+    """
+
+    status: str
+    gpu: str | None = None
+    compute_capability: str | None = None
+    tensorrt_module: str | None = None
+    tensorrt_version: str | None = None
+    attention: str | None = None
+    precision: str | None = None
+    reason: str | None = None
+    backend: str | None = None
+    references: str | None = None
+    summary: dict | None = None
+    checks: tuple[dict, ...] | None = None
+    verified: str | None = None
+    encoder_form: str | None = None
+    fallback_from: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def replace(self, **changes) -> EngineVerification:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = {"status": self.status, **{key: getattr(self, key) for key in _WHERE_BUILT}}
+        for key in _VERDICT_OPTIONAL:
+            if getattr(self, key) is not None:
+                data[key] = list(self.checks) if key == "checks" else getattr(self, key)
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = C.MANIFEST) -> EngineVerification:
+        if not (isinstance(data, dict) and isinstance(data.get("status"), str)):
+            raise SamExportError(f"{source}: bad 'engines_verification' section: {str(data)[:200]}")
+        kinds = {"summary": dict, "checks": list, "fallback_from": dict}
+        for key in (*_WHERE_BUILT, *_VERDICT_OPTIONAL):
+            value = data.get(key)
+            if value is not None and not isinstance(value, kinds.get(key, str)):
+                raise SamExportError(f"{source}: bad 'engines_verification.{key}': {str(value)[:200]}")
+        optional = {key: data[key] for key in _VERDICT_OPTIONAL if data.get(key) is not None}
+        if "checks" in optional:
+            optional["checks"] = tuple(optional["checks"])
+        return cls(
+            data["status"], **{key: data.get(key) for key in _WHERE_BUILT}, **optional,
+            extra={
+                key: value for key, value in data.items()
+                if key not in ("status", *_WHERE_BUILT, *optional)  # unknown keys, and optional ones written as null
+            },
+        )
+
+
 class ShapeRange(NamedTuple):
     """One input's shapes in an optimization profile: the smallest, the tuned-for and the largest."""
 
@@ -122,7 +277,7 @@ class EngineRecord:
         gpu, compute_capability: the building GPU (None for a build without one).
         profiles: the optimization profiles, each input name -> :class:`ShapeRange` (none for the
             encoder, whose shapes are fixed).
-        config: the build settings as written (``samexport.engines.builder.BuildConfig.to_dict``).
+        config: the build settings (:class:`EngineSettings`; None in a record that has none).
         plan_bytes: the plan's size.
         graph: the graph the plan was built from when it is not the artifact's exported one (the
             FP32 attention form of ``--fallback``, ``samexport.parity.engines``); None otherwise.
@@ -138,7 +293,7 @@ class EngineRecord:
     gpu: str | None = None
     compute_capability: str | None = None
     profiles: tuple[dict[str, ShapeRange], ...] = ()
-    config: dict = field(default_factory=dict)
+    config: EngineSettings | None = None
     plan_bytes: int | None = None
     graph: dict | None = None
     strongly_typed: bool = True
@@ -155,7 +310,7 @@ class EngineRecord:
             "strongly_typed": self.strongly_typed, "tf32": self.tf32, "inputs": list(self.inputs),
             "outputs": list(self.outputs),
             "profiles": [{name: [list(shape) for shape in shapes] for name, shapes in p.items()} for p in self.profiles],
-            "config": self.config, "build_seconds": self.build_seconds, "plan_bytes": self.plan_bytes, "plan": self.plan,
+            "config": self.config.to_dict() if self.config else {}, "build_seconds": self.build_seconds, "plan_bytes": self.plan_bytes, "plan": self.plan,
         }
         if self.graph is not None:
             data["graph"] = self.graph
@@ -177,6 +332,7 @@ class EngineRecord:
         config = data.get("config") or {}
         if not isinstance(config, dict):
             raise SamExportError(f"the {name} engine's record has a bad config: {str(config)[:200]}")
+        config = settings_or_none(config, source=f"the {name} engine's record")
         builder = data.get("builder", "tensorrt")
         return cls(
             plan=data["plan"], builder=builder, test_build=bool(data.get("test_build", builder == "tensorrt_rtx")),
@@ -196,12 +352,12 @@ class EngineRecord:
     def version_compatible(self) -> bool:
         """Built version-compatible (``--version-compatible``): later TensorRT releases of the
         line may run it."""
-        return bool(self.config.get("version_compatible"))
+        return self.config is not None and self.config.version_compatible
 
     @property
     def hardware_compatibility(self) -> str:
         """``none``, ``ampere_plus`` or ``same_compute_capability`` (``--hardware-compatible``)."""
-        return self.config.get("hardware_compatibility", "none")
+        return self.config.hardware_compatibility if self.config else "none"
 
     @property
     def max_prompts(self) -> int | None:

@@ -17,15 +17,15 @@ from functools import lru_cache
 
 import numpy as np
 
-from samexport.constants import IMAGE_SIZE, LOW_RES_MASK_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING
+from samexport.constants import IMAGE_SIZE, LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PADDING, LOW_RES_MASK_SIZE
+from samexport.errors import InvalidInputError
+from samexport.transforms import MaskUpsampling, _linear_taps, check_image
 
 # The official image predictor's single-mask fallback (build_sam2's apply_postprocessing): with one
 # mask asked for, token 0 unless its stability score is below the threshold. The same numbers as
 # samexport.models.sam2_decoder (torch); kept here too so this module needs no torch.
 STABILITY_DELTA = 0.05
 STABILITY_THRESHOLD = 0.98
-from samexport.errors import InvalidInputError
-from samexport.transforms import MaskUpsampling, _linear_taps, check_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on [0, 1]
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,11 +34,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "antialiased_weights",
-    "preprocess_sam2",
-    "sam2_prompt_points",
     "postprocess_sam2_masks",
-    "select_sam2_masks",
+    "preprocess_sam2",
     "sam2_mask_upsampling",
+    "sam2_prompt_points",
+    "select_sam2_masks",
 ]
 
 
@@ -55,7 +55,7 @@ def antialiased_weights(out_size: int, in_size: int) -> np.ndarray:
     needs no torch.
     """
     scale = in_size / out_size
-    support = scale if scale >= 1.0 else 1.0
+    support = max(scale, 1.0)
     inv = 1.0 / scale if scale >= 1.0 else 1.0
     weights = np.zeros((out_size, in_size), dtype=np.float64)
     for i in range(out_size):
@@ -223,7 +223,7 @@ def sam2_mask_upsampling(original_size: tuple[int, int]) -> MaskUpsampling:
     resize of the whole 256x256 map (:func:`postprocess_sam2_masks`)."""
     height, width = (int(v) for v in original_size)
 
-    def whole(logits: np.ndarray) -> np.ndarray:
-        return postprocess_sam2_masks(logits, (height, width))
+    def whole(logits: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        return postprocess_sam2_masks(logits, (height, width), threshold=threshold)
 
     return MaskUpsampling(_upsample_weights(height, LOW_RES_MASK_SIZE), _upsample_weights(width, LOW_RES_MASK_SIZE), whole)

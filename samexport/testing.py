@@ -21,8 +21,7 @@ import numpy as np
 
 from samexport.image_sources import synthetic_image
 from samexport.models.sam2_video import video_tensor_shapes
-from samexport.variants import SAM2_VARIANTS, get_sam2_variant
-from samexport.variants import get_variant
+from samexport.variants import SAM2_VARIANTS, get_sam2_variant, get_variant
 
 SEED = 0
 

@@ -27,17 +27,17 @@ from samexport.errors import InvalidInputError
 from samexport.validate import positive_int, real_array, size_pair
 
 __all__ = [
-    "check_image",
+    "MaskUpsampling",
     "chain_weights",
+    "check_image",
+    "postprocess_masks",
+    "preprocess",
     "preprocess_shape",
     "resize_image",
-    "preprocess",
-    "transform_coords",
-    "transform_boxes",
-    "to_input_frame",
-    "postprocess_masks",
-    "MaskUpsampling",
     "sam_mask_upsampling",
+    "to_input_frame",
+    "transform_boxes",
+    "transform_coords",
 ]
 
 # Image.Resampling is Pillow >= 9.1; the module-level constant works on all supported versions.
@@ -387,13 +387,14 @@ class MaskUpsampling:
     """How a model family's 256x256 mask logits reach the pixels of one image (or crop): linear
     and separable, ``out = rows @ logits @ cols.T``, what the mask generator's windowed
     measurement (:class:`samexport.amg.measure.MaskMeasurer`) reads; ``whole`` upsamples a batch
-    ``Nx256x256 -> NxHxW`` float32 the predictor's own way. SAM's is :func:`sam_mask_upsampling`,
+    ``Nx256x256 -> NxHxW`` float32 the predictor's own way (``whole(logits, threshold=t)``: boolean
+    masks ``> t``, as ``predict`` makes them). SAM's is :func:`sam_mask_upsampling`,
     SAM 2.1's ``samexport.sam2_transforms.sam2_mask_upsampling``.
 
     Attributes:
         rows: ``H x 256`` non-negative weights, each row summing to 1.
         cols: ``W x 256``, the same for the columns.
-        whole: the batched upsampling these weights describe.
+        whole: the batched upsampling these weights describe (``threshold`` keyword: masks).
     """
 
     rows: np.ndarray

@@ -20,9 +20,10 @@ from samexport.artifacts import (
     verify_artifact,
     write_manifest,
 )
+from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.pipeline import build
-from samexport.records import EngineRecord, GraphPrecisions, ParityRecord
+from samexport.records import EngineRecord, EngineSettings, EngineVerification, GraphPrecisions, ParityRecord
 from samexport.utils import sha256_file
 
 
@@ -192,6 +193,101 @@ def test_a_manifest_written_before_engine_records_were_typed_still_loads(tmp_pat
     assert read_manifest(tmp_path) == manifest
     assert write_manifest(tmp_path, manifest).engines == manifest.engines == read_manifest(tmp_path).engines
     assert json.loads((tmp_path / C.MANIFEST).read_text())["engines"]["decoder"] == OLD_ENGINE_RECORDS["decoder"]
+
+
+# The engine sections as samexport wrote them before they were typed (2026-12-06): the settings
+# (``BuildConfig.to_dict``), the verdict of ``samexport engines --fallback`` on a Jetson, and a build
+# on a machine without TensorRT, from before ``optimization_level`` existed.
+OLD_VERIFIED = {
+    "engine_config": {
+        "workspace_bytes": 4294967296, "prompts": [1, 1, 64], "points": [1, 2, 16], "timing_cache": "/tmp/cache.bin",
+        "version_compatible": False, "hardware_compatibility": "none", "optimization_level": None,
+    },
+    "skipped_engines": {},
+    "engines_verification": {
+        "status": "passed", "gpu": "Orin", "compute_capability": "8.7", "tensorrt_module": "tensorrt",
+        "tensorrt_version": "10.3.0.26", "attention": "fused-pattern", "precision": "fp16", "backend": "tensorrt",
+        "references": "references-0123456789abcdef.npz",
+        "summary": {"embedding_cosine": 0.99991, "mask_iou_min": 0.981, "iou_score_max_abs": 0.004},
+        "checks": [{"metric": "embedding_cosine", "value": 0.99991, "limit": 0.999, "bound": "min", "passed": True}],
+        "verified": "2026-12-06T07:50:00+0000", "encoder_form": "fp32-attention",
+        "fallback_from": {"encoder_form": "exported", "failure": "embedding error 0.4 of scale",
+                          "summary": {"embedding_rel_max_abs": 0.4}},
+    },
+}
+OLD_SKIPPED = {
+    "engine_config": {"workspace_bytes": None, "prompts": [1, 4, 8], "points": [1, 2, 4], "timing_cache": None,
+                      "version_compatible": True, "hardware_compatibility": "ampere_plus"},
+    "skipped_engines": {"encoder": "no NVIDIA GPU visible", "decoder": "no NVIDIA GPU visible"},
+    "engines_verification": {
+        "status": "unverified", "gpu": None, "compute_capability": None, "tensorrt_module": None,
+        "tensorrt_version": None, "attention": "plain", "precision": "fp32", "reason": "built without references",
+        "references": None,  # an optional key written as null: kept as it was
+    },
+}
+
+
+@pytest.mark.parametrize("sections", [OLD_VERIFIED, OLD_SKIPPED], ids=["verified", "skipped"])
+def test_engine_sections_written_before_they_were_typed_load_and_round_trip(tmp_path, sections):
+    """An artifact's manifest.json as the code before the typed engine sections wrote it (digest
+    and file records included) is read from disk into records, and written back the same."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
+        (tmp_path / name).write_bytes(b"graph")
+    data = manifest_data(**sections)
+    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX])
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
+
+    manifest = read_manifest(tmp_path)
+    settings, verdict = manifest.engine_config, manifest.engines_verification
+    assert isinstance(settings, EngineSettings) and isinstance(verdict, EngineVerification)
+    expected = sections["engine_config"]
+    assert settings.prompts == tuple(expected["prompts"]) and settings.points == tuple(expected["points"])
+    assert settings.version_compatible is expected["version_compatible"]
+    assert settings.hardware_compatibility == expected["hardware_compatibility"]
+    assert settings.optimization_level is None and settings.timing_cache == expected["timing_cache"]
+    assert manifest.skipped_engines == sections["skipped_engines"]
+    assert verdict.status == sections["engines_verification"]["status"]
+    assert verdict.passed is (verdict.status == "passed")
+    assert verdict.precision == sections["engines_verification"]["precision"]
+    if verdict.passed:
+        assert verdict.gpu == "Orin" and verdict.summary["mask_iou_min"] == 0.981 and verdict.checks[0]["passed"]
+        assert verdict.encoder_form == "fp32-attention" and verdict.fallback_from["encoder_form"] == "exported"
+    else:
+        assert verdict.reason == "built without references" and verdict.references is None and verdict.gpu is None
+    for key, value in sections.items():
+        assert manifest.to_dict()[key] == value
+    assert manifest.to_dict() == data
+    # Written back by this samexport and read again: the same JSON, the same records.
+    assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
+    written = json.loads((tmp_path / C.MANIFEST).read_text())
+    assert {key: written[key] for key in sections} == sections
+
+
+def test_build_settings_are_recorded_as_the_json_form_wrote_them():
+    """BuildConfig.record() is the typed form of BuildConfig.to_dict(), the JSON older builds wrote."""
+    config = BuildConfig(prompts=(1, 2, 8), timing_cache=Path("cache.bin"), optimization_level=4)
+    assert config.record().to_dict() == json.loads(json.dumps(config.to_dict()))
+    assert EngineSettings.from_dict(json.loads(json.dumps(config.to_dict()))) == config.record()
+    assert Manifest.from_dict(manifest_data(engine_config={})).engine_config is None
+    assert Manifest.from_dict(manifest_data()).to_dict()["engine_config"] == {}
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("engines_verification", {"gpu": "Orin"}, "bad 'engines_verification' section"),
+        ("engines_verification", {"status": "passed", "summary": [1]}, r"bad 'engines_verification.summary'"),
+        ("engine_config", {"prompts": [1, 2]}, r"engine setting 'prompts' must be \[min, opt, max\]"),
+        ("engine_config", {"hardware_compatibility": "any"}, "bad engine setting 'hardware_compatibility'"),
+        ("skipped_engines", {"encoder": None}, "'skipped_engines' must give a reason"),
+    ],
+)
+def test_bad_engine_sections_are_refused(section, value, message):
+    with pytest.raises(SamExportError, match=f"{C.MANIFEST}: .*{message}"):
+        Manifest.from_dict(manifest_data(**{section: value}))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -96,6 +98,6 @@ def test_non_finite_weights_are_named_at_load(tiny_checkpoint, tmp_path, bad):
     state["mask_decoder.iou_prediction_head.layers.0.weight"][0, 0] = bad  # later in the file: not named
     path = tmp_path / "diverged.pth"
     torch.save(state, path)
-    kind = "1 NaN and 0 infinite" if bad != bad else "0 NaN and 1 infinite"
+    kind = "1 NaN and 0 infinite" if math.isnan(bad) else "0 NaN and 1 infinite"
     with pytest.raises(SamExportError, match=rf"tensor '{name}' .* has {kind} values"):
         load_sam(path, "tiny")

@@ -12,10 +12,10 @@ from segment_anything import SamPredictor as OfficialPredictor
 from segment_anything.utils.transforms import ResizeLongestSide as OfficialTransform
 from support.official import assert_outputs_match, predictor_pair
 
-from samexport.testing import make_image
 import samexport
-from samexport.resize import ResizeLongestSide
 from samexport.errors import MissingExtraError, SamExportError
+from samexport.resize import ResizeLongestSide
+from samexport.testing import make_image
 
 SIZES = [(480, 713), (1500, 2250), (640, 480), (37, 1000), (900, 30), (1, 1)]
 
@@ -100,7 +100,7 @@ def test_model_view(sam, pair):
     assert ours.model.image_format == theirs.model.image_format
     assert ours.device == theirs.device == torch.device("cpu")
     with pytest.raises(AttributeError, match="exported ONNX/TensorRT graphs"):
-        sam.prompt_encoder
+        _ = sam.prompt_encoder
 
 
 def test_generator_accepts_the_official_first_argument(sam, tiny_artifact):
@@ -130,7 +130,7 @@ def test_embedding_names(pair):
 @pytest.mark.parametrize(
     "prompt",
     [
-        pytest.param(dict(), id="no-prompt"),
+        pytest.param({}, id="no-prompt"),
         pytest.param(dict(multimask_output=False, return_logits=True), id="no-prompt-logits"),
         pytest.param(dict(mask_input="random"), id="mask-only"),
         pytest.param(dict(mask_input="random", multimask_output=False), id="mask-only-single"),
@@ -233,7 +233,7 @@ def test_without_torch_numpy_works_and_torch_names_say_what_to_install(tiny_arti
     predictor = samexport.SamPredictor(samexport.sam_model_registry["tiny"](checkpoint=tiny_artifact))
     image = make_image(200, 300)
     predictor.set_image(image)
-    masks, scores, _ = predictor.predict(point_coords=np.array([[50, 60]]), point_labels=np.array([1]))
+    masks, _scores, _ = predictor.predict(point_coords=np.array([[50, 60]]), point_labels=np.array([1]))
     assert masks.shape == (3, 200, 300) and predictor.embedding.shape == (1, 256, 64, 64)
     assert predictor.transform.apply_boxes(np.array([0, 0, 300, 200]), (200, 300)).tolist() == [[0, 0, 1024, 683]]
     for call in (predictor.get_image_embedding, lambda: predictor.features, lambda: predictor.device,

@@ -11,8 +11,8 @@ import segment_anything
 import torch
 from support.official import EagerSession
 
-from samexport.testing import make_image, mask_iou
 import samexport
+from samexport.testing import make_image, mask_iou
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -41,7 +41,7 @@ def samgeo(package, registry_entry, checkpoint, image) -> dict:
     and several boxes (predict_torch path, then masks[:, 1] and .squeeze(1) as SamGeo does)."""
     sam = registry_entry(checkpoint=checkpoint)
     sam.to(device="cpu")
-    predictor = package.SamPredictor(sam, **{})  # SamGeo forwards its sam_kwargs
+    predictor = package.SamPredictor(sam)  # SamGeo forwards its sam_kwargs
     predictor.set_image(image, image_format="RGB")
     out = {}
     out["points"] = predictor.predict(np.array([[300, 200], [100, 50]]), np.array([1, 0]), None, None, True, False)
@@ -50,7 +50,7 @@ def samgeo(package, registry_entry, checkpoint, image) -> dict:
     input_boxes = predictor.transform.apply_boxes_torch(torch.tensor(boxes, device="cpu"), image.shape[:2])
     point_coords = None
     with torch.no_grad():
-        masks, scores, logits = predictor.predict_torch(
+        masks, scores, _logits = predictor.predict_torch(
             point_coords=point_coords, point_labels=point_coords, boxes=input_boxes, multimask_output=True
         )
     masks = masks[:, 1, :, :].squeeze(1)  # torch: squeezing a non-1 axis does nothing

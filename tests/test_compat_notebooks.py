@@ -16,11 +16,11 @@ import pytest
 import segment_anything
 import torch
 from support.official import (
+    EagerSession,
+    SyntheticBackend,
     assert_outputs_match,
     assert_same_masks,
-    EagerSession,
     synthetic_official,
-    SyntheticBackend,
 )
 
 import samexport

@@ -13,15 +13,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
 import samexport.download as dl
 from samexport.download import CheckpointFile, download, resolve_checkpoint
-from samexport.utils import CACHE_ENV, default_cache_dir
-from samexport.utils import sha256_file
 from samexport.errors import SamExportError
+from samexport.utils import CACHE_ENV, default_cache_dir, sha256_file
 from samexport.variants import VARIANTS
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 # A bit over two read chunks, so the streaming loop runs several times.
 PAYLOAD = random.Random(0).randbytes(2 * (1 << 20) + 12345)
@@ -34,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
     """``/files/*``: PAYLOAD; ``/truncated/*``: half of it, then hang up; ``/stalled/*``: half of
     it, then nothing for 20 s; anything else: 404."""
 
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.requests.append(self.path)
@@ -144,7 +147,7 @@ def test_keyboard_interrupt_removes_partial_file(
         def __init__(self, **kwargs: object) -> None:
             pass
 
-        def __enter__(self) -> _InterruptingBar:
+        def __enter__(self) -> Self:
             return self
 
         def __exit__(self, *exc: object) -> None:
@@ -258,7 +261,7 @@ def test_a_build_reads_its_checkpoint_once_to_hash_it(tmp_path: Path, monkeypatc
     """A cached official checkpoint is hashed by resolve_checkpoint (to verify it) and the build
     records that digest instead of reading the file again (2.4 GB for vit_h); a file the user
     gives is hashed once, by the build. Counted as bytes read by every hashing call."""
-    import samexport.pipeline as pipeline
+    from samexport import pipeline
 
     cache = tmp_path / "cache"
     cache.mkdir()

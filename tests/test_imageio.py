@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from samexport.testing import make_image
 from PIL import Image
 
 from samexport import imageio
@@ -22,6 +21,7 @@ from samexport.datasets.images import ImageError, decode_image
 from samexport.errors import SamExportError
 from samexport.image_sources import read_images
 from samexport.precision.calibration import encoder_feeds
+from samexport.testing import make_image
 from samexport.transforms import preprocess
 
 # EXIF orientation tag value -> how the stored pixels must be turned to be seen upright.

@@ -48,7 +48,7 @@ def test_an_encoder_with_a_flipped_byte_is_refused_even_after_a_good_open(artifa
 
 
 def test_hashes_are_checked_once_then_cached_in_memory_and_on_disk(artifact, monkeypatch):
-    import samexport.integrity as integrity
+    from samexport import integrity
     from samexport.runtime.backends import open_backend
 
     calls = []

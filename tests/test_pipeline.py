@@ -9,9 +9,9 @@ import pytest
 
 from samexport import constants as C
 from samexport.artifacts import read_manifest
+from samexport.errors import SamExportError
 from samexport.pipeline import build
 from samexport.utils import sha256_file
-from samexport.errors import SamExportError
 
 
 def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
@@ -32,7 +32,7 @@ def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
 
 
 def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    import samexport.export.to_onnx as to_onnx
+    from samexport.export import to_onnx
 
     def explode(*args, **kwargs):
         raise RuntimeError("exporter crashed")
@@ -45,7 +45,7 @@ def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
 
 
 def test_failed_rebuild_keeps_the_previous_build(tiny_artifact, tiny_checkpoint, monkeypatch):
-    import samexport.export.to_onnx as to_onnx
+    from samexport.export import to_onnx
 
     before = (tiny_artifact / C.MANIFEST).read_text()
     monkeypatch.setattr(to_onnx, "export_encoder", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
@@ -164,9 +164,8 @@ def test_attention_modes_build_and_pass_parity(attention, tiny_checkpoint, tmp_p
 
 def test_samexport_build_is_the_function_after_the_pipeline_module_is_imported():
     import samexport
-    import samexport.cli  # noqa: F401 - imports the pipeline module, as the CLI and bench do
-    from samexport import pipeline
-
+    import samexport.cli
     from samexport import build as build_function
+    from samexport import pipeline
 
     assert build_function is pipeline.build and samexport.build is pipeline.build

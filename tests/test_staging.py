@@ -188,11 +188,10 @@ def test_a_failed_swap_leaves_no_staging_folder(tmp_path, monkeypatch):
             raise OSError(18, "Invalid cross-device link")
         return real_replace(src, dst)
 
-    with pytest.raises(OSError, match="cross-device"):
-        with staged_directory(destination) as staging:
-            assert (staging / STAGING_MARKER).is_file()
-            (staging / "graph.onnx").write_bytes(b"x")
-            monkeypatch.setattr(os, "replace", refuse_folders)
+    with pytest.raises(OSError, match="cross-device"), staged_directory(destination) as staging:
+        assert (staging / STAGING_MARKER).is_file()
+        (staging / "graph.onnx").write_bytes(b"x")
+        monkeypatch.setattr(os, "replace", refuse_folders)
     monkeypatch.setattr(os, "replace", real_replace)
     assert listing(tmp_path) == []
 

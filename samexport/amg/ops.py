@@ -19,16 +19,16 @@ import numpy as np
 from samexport.errors import InvalidInputError, require
 
 __all__ = [
-    "build_point_grid",
-    "build_layer_point_grids",
-    "generate_crop_boxes",
-    "nms",
     "box_near_crop_edge",
+    "build_layer_point_grids",
+    "build_point_grid",
+    "coco_encode_mask",
+    "generate_crop_boxes",
     "mask_to_box",
     "mask_to_rle",
-    "rle_to_mask",
-    "coco_encode_mask",
+    "nms",
     "remove_small_regions",
+    "rle_to_mask",
 ]
 
 
@@ -56,8 +56,8 @@ def generate_crop_boxes(
     for layer in range(1, n_layers + 1):
         per_side = 2**layer
         overlap = int(overlap_ratio * short_side * (2 / per_side))
-        crop_w = int(math.ceil((overlap * (per_side - 1) + width) / per_side))
-        crop_h = int(math.ceil((overlap * (per_side - 1) + height) / per_side))
+        crop_w = math.ceil((overlap * (per_side - 1) + width) / per_side)
+        crop_h = math.ceil((overlap * (per_side - 1) + height) / per_side)
         x_starts = [int((crop_w - overlap) * i) for i in range(per_side)]
         y_starts = [int((crop_h - overlap) * i) for i in range(per_side)]
         for x0, y0 in product(x_starts, y_starts):

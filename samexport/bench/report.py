@@ -146,10 +146,14 @@ def to_markdown(results: dict, *, title: str = "samexport benchmark") -> str:
         lines += [results["note"].strip(), ""]
     lines += [
         f"- model: {results['model']['variant']}, artifacts {', '.join(results['model']['artifacts'])}",
-        f"- machine: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['platform']}; "
-        f"load average before/after {machine.get('load_average_before')} / {machine.get('load_average_after')}",
-        f"- peak float32 matmul ({results['peak_matmul']['size']:.0f}²): "
-        f"{results['peak_matmul']['gflops']:.0f} GFLOP/s",
+        (
+            f"- machine: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['platform']}; "
+            f"load average before/after {machine.get('load_average_before')} / {machine.get('load_average_after')}"
+        ),
+        (
+            f"- peak float32 matmul ({results['peak_matmul']['size']:.0f}²): "
+            f"{results['peak_matmul']['gflops']:.0f} GFLOP/s"
+        ),
         f"- images: {images}; {config['runs']} timed runs after {config['warmup']} warm-up per stage",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
     ]

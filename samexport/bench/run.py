@@ -38,10 +38,10 @@ from samexport.bench.timing import Timing, measure
 from samexport.checkpoint import read_state_dict
 from samexport.engines import tensorrt_availability
 from samexport.errors import SamExportError
+from samexport.family_transforms import mask_upsampling_for, preprocess_for
 from samexport.image_sources import read_images
 from samexport.runtime.backends import onnxruntime_providers, open_backend
 from samexport.runtime.predictors import open_predictor, torch_reference
-from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2
 from samexport.utils import package_versions
 from samexport.variants import get_model, get_variant
 
@@ -109,25 +109,27 @@ class FamilyStages:
     """A model family's host-side stages, keyed by its graph contract (``FAMILY_STAGES``).
 
     Attributes:
-        preprocess: HxWx3 uint8 image -> the encoder's 1x3x1024x1024 input.
-        postprocess: (low-res logits ...x256x256, original (H, W)) -> boolean masks of that size.
+        contract: the family's graph contract; its host transforms (``preprocess``, the image to
+            the encoder's 1x3x1024x1024 input, and ``postprocess``, low-res logits Nx256x256 to
+            boolean masks at the original (H, W)) are the predictor's own
+            (``samexport.family_transforms``).
         peer: why no official-recipe decoder is timed for this family, or None where one is.
     """
 
-    preprocess: Callable[[np.ndarray], np.ndarray]
-    postprocess: Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+    contract: C.GraphContract
     peer: str | None = None
 
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        return preprocess_for(self.contract)(image)
 
-def _sam_postprocess(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return transforms.postprocess_masks(logits, transforms.preprocess_shape(*size), size) > C.MASK_THRESHOLD
+    def postprocess(self, logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return mask_upsampling_for(self.contract, size).whole(logits, threshold=C.MASK_THRESHOLD)
 
 
 FAMILY_STAGES: dict[C.GraphContract, FamilyStages] = {
-    C.SAM_GRAPHS: FamilyStages(preprocess=transforms.preprocess, postprocess=_sam_postprocess),
+    C.SAM_GRAPHS: FamilyStages(C.SAM_GRAPHS),
     C.SAM2_GRAPHS: FamilyStages(
-        preprocess=preprocess_sam2,
-        postprocess=lambda logits, size: postprocess_sam2_masks(logits, size, threshold=C.MASK_THRESHOLD),
+        C.SAM2_GRAPHS,
         peer="the official SAM 2.1 (sam2==1.1.0) has no ONNX decoder recipe to time; "
         "segment_anything's SamOnnxModel decodes SAM's graphs only",
     ),

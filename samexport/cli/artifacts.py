@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
 from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
+from samexport.engines.fallback import FP32_ATTENTION_FORM
 from samexport.errors import SamExportError
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
+from samexport.records import EngineVerification
 from samexport.runtime.backends import describe_auto
 from samexport.variants import variants_help
 
@@ -24,19 +26,19 @@ from samexport.variants import variants_help
 def build(
     variant: Annotated[str, typer.Option(help=f"Model variant: {variants_help()}.")] = "vit_b",
     checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Official-format .pth checkpoint. Default: the cache, downloading if missing."),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option(help="Artifact directory. Default: engines/<variant>-<precision>.")
+        Path | None, typer.Option(help="Artifact directory. Default: engines/<variant>-<precision>.")
     ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graphs and engines (LayerNorm, Softmax, reductions stay FP32).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ encoder (needs --calib-dir) with an FP16 decoder.")] = False,
     calib_dir: Annotated[
-        Optional[Path], typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
+        Path | None, typer.Option(help="Folder of photos to calibrate INT8 on (up to 64 are used; cached).")
     ] = None,
     int8_for: Annotated[
-        Optional[Literal["tensorrt", "onnxruntime", "openvino"]],
+        Literal["tensorrt", "onnxruntime", "openvino"] | None,
         typer.Option(
             "--int8-for",
             help="Which runtime the INT8 Q/DQ placement is tuned for: tensorrt (Q/DQ on MatMul/Conv "
@@ -46,7 +48,7 @@ def build(
         ),
     ] = None,
     engines: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--engines/--no-engines",
             help="--engines: fail unless TensorRT engines can be built here; --no-engines: ONNX only. "
@@ -63,7 +65,7 @@ def build(
         ),
     ] = "plain",
     opset: Annotated[
-        Optional[int], typer.Option(help="ONNX opset version (17 or newer). Default: 18, or 23 for onnx-attention.", min=17)
+        int | None, typer.Option(help="ONNX opset version (17 or newer). Default: 18, or 23 for onnx-attention.", min=17)
     ] = None,
     parity: Annotated[
         bool, typer.Option(help="Check the graphs against the PyTorch weights on one image and record it.")
@@ -160,18 +162,18 @@ def engines(
     typer.echo(f"verification: {verification_line(manifest.engines_verification)}")
 
 
-def verification_line(verdict: dict | None) -> str:
+def verification_line(verdict: EngineVerification | None) -> str:
     """One line for the plans' ``engines_verification`` (what `engines` and `info` print)."""
-    if not verdict:
+    if verdict is None:
         return "none recorded (plans built before samexport verified them, or no plans)"
-    if verdict["status"] != "passed":
-        return verdict["status"]
-    figures = verdict.get("summary", {})
+    if not verdict.passed:
+        return verdict.status
+    figures = verdict.summary or {}
     return (
-        f"passed on {verdict.get('gpu')} (compute capability {verdict.get('compute_capability')}), "
-        f"{verdict.get('tensorrt_module')} {verdict.get('tensorrt_version')}, attention {verdict.get('attention')}"
-        f"{' (FP32 attention form, --fallback)' if verdict.get('encoder_form') == 'fp32-attention' else ''}, "
-        f"{verdict.get('precision')} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
+        f"passed on {verdict.gpu} (compute capability {verdict.compute_capability}), "
+        f"{verdict.tensorrt_module} {verdict.tensorrt_version}, attention {verdict.attention}"
+        f"{' (FP32 attention form, --fallback)' if verdict.encoder_form == FP32_ATTENTION_FORM else ''}, "
+        f"{verdict.precision} tolerances: embedding cosine {figures.get('embedding_cosine', float('nan')):.6f}, "
         f"mask IoU min {figures.get('mask_iou_min', float('nan')):.4f}, IoU-score error {figures.get('iou_score_max_abs', float('nan')):.2e}"
     )
 

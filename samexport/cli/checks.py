@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from samexport import constants as C
 from samexport.bench import BACKEND_KINDS, BenchConfig, run_benchmark
-from samexport.bench.report import plot as write_plot, to_markdown
+from samexport.bench.report import plot as write_plot
+from samexport.bench.report import to_markdown
 from samexport.cli.errors import clean_errors
 from samexport.doctor import diagnose
 from samexport.errors import SamExportError
@@ -38,22 +39,22 @@ def bench(
         ),
     ],
     backend: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help=C.backends_help(C.BENCH_BACKENDS) + " Repeatable. Default: all; absent ones are reported as skipped."),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="PyTorch weights: enables the torch reference and gives the peer baseline real weights.")
+        Path | None, typer.Option(help="PyTorch weights: enables the torch reference and gives the peer baseline real weights.")
     ] = None,
     images: Annotated[
-        Optional[Path], typer.Option(help="Folder of images. Default: scikit-image's coffee resized to 1500x2250.")
+        Path | None, typer.Option(help="Folder of images. Default: scikit-image's coffee resized to 1500x2250.")
     ] = None,
     runs: Annotated[int, typer.Option(help="Timed calls per stage (median, min, max reported).", min=1)] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed calls per stage before timing.", min=0)] = 1,
     batch_sizes: Annotated[str, typer.Option(help="Boxes per decoder call for the batching stages.")] = "1,16,64",
     peer: Annotated[bool, typer.Option(help="Also time the official segment-anything recipe decoder.")] = True,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Write the results as Markdown tables.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG of latency per stage per backend (needs matplotlib).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the results as Markdown tables.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of latency per stage per backend (needs matplotlib).")] = None,
     note: Annotated[str, typer.Option(help="A remark stored with the results and shown atop the Markdown (e.g. the machine was shared).")] = "",
 ) -> None:
     """Time every stage (preprocess, encoder, decoder per prompt type and batch, postprocess) per backend."""
@@ -95,12 +96,12 @@ def parity(
     artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
     checkpoint: Annotated[Path, typer.Option(help="The PyTorch weights the artifact was built from (the reference).")],
     images: Annotated[
-        Optional[Path], typer.Option(help="Folder of images. Default: the scikit-image sample photos.")
+        Path | None, typer.Option(help="Folder of images. Default: the scikit-image sample photos.")
     ] = None,
     backend: Annotated[str, typer.Option(help="Runtime for the artifact: " + C.backends_help(C.ARTIFACT_BACKENDS))] = "onnxruntime-cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Only the short prompt set that `build` checks (point, box, mask refinement, batch of 4).")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Write the report as Markdown tables.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the report as Markdown tables.")] = None,
 ) -> None:
     """Compare the artifact with the PyTorch reference on sample photos and a fixed prompt suite.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -45,7 +45,7 @@ ENGINE_OPTIONS = (
     _option("workspace_gb", Annotated[float, typer.Option(help="TensorRT workspace limit in GiB.", min=0.1)], 4.0),
     _option(
         "timing_cache",
-        Annotated[Optional[Path], typer.Option(help="TensorRT timing cache file, read and updated (speeds up rebuilds).")],
+        Annotated[Path | None, typer.Option(help="TensorRT timing cache file, read and updated (speeds up rebuilds).")],
         None,
     ),
     _option(

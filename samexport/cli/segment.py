@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,8 @@ from samexport.amg.overlay import draw_masks
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import parse_numbers, parse_point
 from samexport.constants import MAX_CROP_N_LAYERS
-from samexport.datasets import embed as run_embed, segment_all as run_segment_all
+from samexport.datasets import embed as run_embed
+from samexport.datasets import segment_all as run_segment_all
 from samexport.errors import SamExportError
 from samexport.runtime.predictors import contract_of, open_predictor
 
@@ -32,15 +33,15 @@ def predict(
     artifact_dir: Annotated[Path, typer.Argument(help="Artifact directory from `samexport build`.")],
     image: Annotated[Path, typer.Argument(help="Image file (any format Pillow reads).")],
     point: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="Prompt point X,Y[,LABEL] in image pixels; LABEL 1 foreground (default), 0 background. Repeatable."),
     ] = None,
-    box: Annotated[Optional[str], typer.Option(help="Prompt box X1,Y1,X2,Y2 in image pixels.")] = None,
+    box: Annotated[str | None, typer.Option(help="Prompt box X1,Y1,X2,Y2 in image pixels.")] = None,
     output: Annotated[
         Path, typer.Option(help="Where to write the mask: .png (or .tif, .bmp; lossless, 255 = object).")
     ] = Path("mask.png"),
     overlay: Annotated[
-        Optional[Path], typer.Option(help="Also write the image with the mask and prompts drawn on it.")
+        Path | None, typer.Option(help="Also write the image with the mask and prompts drawn on it.")
     ] = None,
     multimask: Annotated[
         bool, typer.Option(help="Predict three masks and keep the best-scoring one (good for one point).")
@@ -84,17 +85,17 @@ def segment_all(
         typer.Argument(help="One image file, or several files and/or folders (a dataset job: Parquet rows).", metavar="IMAGES..."),
     ],
     output: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="One image: the JSON file to write (SA-1B style annotations; default masks.json). "
                      "Several or a folder: the output folder (see `samexport embed --help`)."),
     ] = None,
     overlay: Annotated[
-        Optional[Path], typer.Option(help="Also write the image with every mask tinted and outlined in its own colour.")
+        Path | None, typer.Option(help="Also write the image with every mask tinted and outlined in its own colour.")
     ] = None,
     points_per_side: Annotated[int, typer.Option(help="Grid points along each image side.", min=1)] = 32,
     points_per_batch: Annotated[int, typer.Option(help="Prompts per decoder call.", min=1)] = 64,
     pred_iou_thresh: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(help="Keep masks with predicted IoU above this (0-1). Default: the official generator's, "
                      "0.88 for SAM and MobileSAM, 0.8 for SAM 2.1.", show_default=False),
     ] = None,
@@ -114,17 +115,17 @@ def segment_all(
         int, typer.Option(help="Fill holes and drop islands smaller than this many pixels (needs scipy).", min=0)
     ] = 0,
     rle: Annotated[
-        Optional[str], typer.Option(help="Mask encoding in the JSON: uncompressed (counts list, the default) or coco (compressed, needs pycocotools). Dataset jobs always write coco.")
+        str | None, typer.Option(help="Mask encoding in the JSON: uncompressed (counts list, the default) or coco (compressed, needs pycocotools). Dataset jobs always write coco.")
     ] = None,
     backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar (over decoder batches for one image, over images for a dataset).")] = True,
-    executor: Annotated[Optional[str], typer.Option(help="Dataset jobs: local (default) or ray.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Dataset jobs: parallel workers, each opening the artifact once (default 1).", min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Dataset jobs: ONNX Runtime (or OpenVINO CPU) threads per worker.", min=1)] = None,
-    ray_address: Annotated[Optional[str], typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
+    executor: Annotated[str | None, typer.Option(help="Dataset jobs: local (default) or ray.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Dataset jobs: parallel workers, each opening the artifact once (default 1).", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Dataset jobs: images per Parquet part file (default 8).", min=1)] = None,
+    threads: Annotated[int | None, typer.Option(help="Dataset jobs: ONNX Runtime (or OpenVINO CPU) threads per worker.", min=1)] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Dataset jobs with --executor ray: the cluster to join (default: a local Ray).")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP, show_default=False)] = False,
-    max_file_mb: Annotated[Optional[float], typer.Option(help=MAX_FILE_HELP, min=0.001)] = None,
+    max_file_mb: Annotated[float | None, typer.Option(help=MAX_FILE_HELP, min=0.001)] = None,
 ) -> None:
     """Segment everything: decode a grid of points, filter and de-duplicate the masks, write JSON.
 
@@ -241,8 +242,8 @@ def embed(
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data; needs the ray extra).")] = "local",
     workers: Annotated[int, typer.Option(help="Parallel workers, each opening the artifact once (processes, or Ray actors).", min=1)] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per Parquet part file; a killed run loses at most the batches in flight.", min=1)] = 8,
-    ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime (or OpenVINO CPU) threads per worker (default: the cores divided among the workers).", min=1)] = None,
+    ray_address: Annotated[str | None, typer.Option(help="With --executor ray: the cluster to join, e.g. auto or ray://head:10001 (default: a local Ray).")] = None,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime (or OpenVINO CPU) threads per worker (default: the cores divided among the workers).", min=1)] = None,
     backend: Annotated[str, typer.Option(help=C.backends_help(C.ARTIFACT_BACKENDS))] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar over images.")] = True,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help=RETRY_HELP)] = False,

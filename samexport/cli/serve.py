@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,9 +29,9 @@ def serve(
     max_request_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 above).", min=0.01)] = 32.0,
     max_image_mp: Annotated[float, typer.Option(help="Largest image in megapixels (413 above).", min=0.01)] = 50.0,
     ray: Annotated[bool, typer.Option("--ray", help="Run on Ray Serve (extra ray-serve): encoder and decoder deployments of --replicas replicas each, sharing one embedding store.")] = False,
-    ray_address: Annotated[Optional[str], typer.Option(help="With --ray: the cluster to join, e.g. auto (default: a local Ray).")] = None,
-    replicas: Annotated[Optional[int], typer.Option(help="With --ray: replicas of the encoder and of the decoder (default 1 each).", min=1)] = None,
-    gpus_per_replica: Annotated[Optional[float], typer.Option(help="With --ray and a GPU backend: GPUs each encoder or decoder replica asks for (default 0.5: one of each per GPU).", min=0)] = None,
+    ray_address: Annotated[str | None, typer.Option(help="With --ray: the cluster to join, e.g. auto (default: a local Ray).")] = None,
+    replicas: Annotated[int | None, typer.Option(help="With --ray: replicas of the encoder and of the decoder (default 1 each).", min=1)] = None,
+    gpus_per_replica: Annotated[float | None, typer.Option(help="With --ray and a GPU backend: GPUs each encoder or decoder replica asks for (default 0.5: one of each per GPU).", min=0)] = None,
 ) -> None:
     """Serve an artifact over HTTP: embed images once, answer prompts fast, a page at /.
 

@@ -21,7 +21,6 @@ from samexport.errors import SamExportError
 from samexport.image_sources import IMAGE_SUFFIXES, is_image_file
 from samexport.imageio import UnreadableImageError, decode
 
-
 DEFAULT_MAX_FILE_BYTES = 512 << 20
 """Files larger than this are error rows, not read (512 MiB: an uncompressed 8-bit RGB image of
 about 180 megapixels; ``samexport.imageio`` refuses images over 2**28 pixels anyway)."""
@@ -87,8 +86,8 @@ def _walk(folder: str, excluded: str | None, keys: set[str], passed_over: list[t
                         stack.append(path)
                     continue
                 if entry.is_symlink() and entry.is_dir():
-                    passed_over.append((display_path(path), "symbolic link to a folder: not followed "
-                                        "(name it as an input to include it)"))
+                    why = "symbolic link to a folder: not followed (name it as an input to include it)"
+                    passed_over.append((display_path(path), why))
                     continue
                 if not is_image_file(entry.name):
                     continue

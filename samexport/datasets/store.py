@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from samexport._version import __version__
 from samexport.artifacts import read_manifest
@@ -35,6 +35,9 @@ from samexport.datasets.schema import JOBS, dataset_schema
 from samexport.errors import SamExportError, require
 from samexport.staging import atomic_file, temporary_name, write_atomically
 from samexport.utils import sha256_file
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; only the type checker reads it
+    from typing_extensions import Self
 
 MANIFEST_NAME = "samexport-dataset.json"
 LOCK_NAME = ".samexport-dataset.lock"
@@ -298,7 +301,7 @@ class FolderLock:
         self.path = folder / LOCK_NAME
         self._fd: int | None = None
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> Self:
         try:
             import fcntl
         except ImportError:  # Windows

@@ -26,13 +26,19 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.artifacts import (
-    PLAN_FILES, PLANS_MARKER, PLANS_PARTIAL_PREFIX, PLANS_PREFIX, Manifest, read_manifest, verify_artifact,
+    PLAN_FILES,
+    PLANS_MARKER,
+    PLANS_PARTIAL_PREFIX,
+    PLANS_PREFIX,
+    Manifest,
+    read_manifest,
+    verify_artifact,
     write_manifest,
 )
 from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine, check_engine_io
 from samexport.errors import SamExportError, require
-from samexport.records import EngineRecord
+from samexport.records import EngineRecord, EngineVerification
 from samexport.staging import remove_stale_folders, write_marker
 
 PLAN_NAMES = dict(zip(("encoder", "decoder"), PLAN_FILES))
@@ -147,7 +153,7 @@ def build_plans(
 # the new plans (not yet written); returns the verdict to record in ``engines_verification``, or
 # raises (a SamExportError saying why) to refuse them. The jobs layer supplies it
 # (``samexport.parity.engines``): this layer does not know the references or the comparison.
-PlanCheck = Callable[[Path, Manifest], dict]
+PlanCheck = Callable[[Path, Manifest], EngineVerification]
 
 
 def build_candidate_plans(
@@ -175,19 +181,22 @@ def discard_plans(folder: Path, records: dict[str, EngineRecord]) -> None:
 
 
 def commit_plans(
-    folder: Path, manifest: Manifest, config: BuildConfig, records: dict[str, EngineRecord], verification: dict | None,
+    folder: Path, manifest: Manifest, config: BuildConfig, records: dict[str, EngineRecord],
+    verification: EngineVerification | None,
 ) -> Manifest:
     """Make ``records`` the artifact's plans: replace ``manifest.json`` atomically (file records
     recomputed, ``engines_verification`` set), then remove the plans the old manifest named."""
     previous = [record.plan for record in manifest.engines.values()]
     write_manifest(folder, manifest.replace(
-        engine_config=config.to_dict(), engines=records, skipped_engines={}, engines_verification=verification,
+        engine_config=config.record(), engines=records, skipped_engines={}, engines_verification=verification,
     ))
     _remove_previous_plans(folder, [p for p in previous if p not in {record.plan for record in records.values()}])
     return read_manifest(folder)
 
 
-def check_candidate_plans(folder: Path, manifest: Manifest, records: dict[str, EngineRecord], check: PlanCheck | None) -> dict | None:
+def check_candidate_plans(
+    folder: Path, manifest: Manifest, records: dict[str, EngineRecord], check: PlanCheck | None,
+) -> EngineVerification | None:
     """Run ``check`` on plans :func:`build_candidate_plans` wrote; on any failure (the check
     refuses them, or is interrupted) remove them and re-raise, leaving the artifact as it was.
     Returns the verdict (None without a check)."""

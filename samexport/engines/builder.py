@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 from samexport import constants as C
-from samexport.engines import NoGpuError, trt_api, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt
+from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt, trt_api
 from samexport.errors import SamExportError
-from samexport.records import EngineRecord, ShapeRange
+from samexport.records import EngineRecord, EngineSettings, ShapeRange
 from samexport.staging import write_atomically
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,15 @@ class BuildConfig:
         data["timing_cache"] = str(self.timing_cache) if self.timing_cache else None
         return data
 
+    def record(self) -> EngineSettings:
+        """These settings as the manifest records them (``engine_config``, each plan's ``config``)."""
+        return EngineSettings(
+            workspace_bytes=self.workspace_bytes, prompts=tuple(self.prompts), points=tuple(self.points),
+            timing_cache=str(self.timing_cache) if self.timing_cache else None,
+            version_compatible=self.version_compatible, hardware_compatibility=self.hardware_compatibility,
+            optimization_level=self.optimization_level,
+        )
+
 
 def build_engine(
     onnx_path: Path | str,
@@ -147,7 +156,7 @@ def build_engine(
     with _polygraphy_messages() as messages:
         try:
             builder, network, parser = pg.NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)()
-        except Exception as exc:  # Polygraphy reports parser failures as PolygraphyException
+        except Exception as exc:  # noqa: BLE001 (Polygraphy reports parser failures as PolygraphyException)
             raise SamExportError(
                 f"{flavour} could not parse {onnx_path}:\n  " + "\n  ".join(messages.errors or [str(exc)])
             ) from None
@@ -159,7 +168,7 @@ def build_engine(
                 (builder, network, parser), config=create_config,
                 save_timing_cache=str(config.timing_cache) if config.timing_cache else None,
             )()
-        except Exception as exc:  # PolygraphyException: the builder returned no engine
+        except Exception as exc:  # noqa: BLE001 (PolygraphyException: the builder returned no engine)
             hint = ""
             if any("OutOfMemory" in e for e in messages.errors):
                 hint = f"\n  (workspace_bytes={config.workspace_bytes} is too small for the largest profile)"
@@ -188,7 +197,7 @@ def build_engine(
             {name: ShapeRange(*(tuple(shape) for shape in shapes)) for name, shapes in profile.items()}
             for profile in profiles or []
         ),
-        config=config.to_dict(),
+        config=config.record(),
         plan_bytes=data.nbytes,
         strongly_typed=True,
         tf32=False,

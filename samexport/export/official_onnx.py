@@ -221,6 +221,6 @@ def _written_by_us(path: Path) -> bool:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # protobuf raises its own types for a file that is not ONNX
+    except Exception:  # noqa: BLE001 (protobuf raises its own types for a file that is not ONNX)
         return False
     return any(entry.key == "samexport.interface" for entry in model.metadata_props)

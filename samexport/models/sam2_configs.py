@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from samexport.constants import IMAGE_SIZE
@@ -111,7 +112,7 @@ def describe_hiera(state: Mapping[str, Any]) -> HieraConfig | None:
         raise SamExportError(f"checkpoint has no complete SAM 2.1 Hiera encoder (blocks {blocks[:3]}...)")
     # The first block of stages 2..4 changes the width, with a projection on its shortcut.
     starts = [0] + [i for i in blocks if f"{p}blocks.{i}.proj.weight" in state] + [len(blocks)]
-    stages = tuple(b - a for a, b in zip(starts[:-1], starts[1:]))
+    stages = tuple(b - a for a, b in pairwise(starts))
     pos_embed_size = _shape(state, f"{p}pos_embed")[-1]
     window = _shape(state, f"{p}pos_embed_window")[-1]
     found = (int(embed_dim), stages, int(pos_embed_size), int(window))

@@ -9,6 +9,8 @@ off the official model built from ``configs/sam2.1/sam2.1_hiera_t.yaml`` (``sam2
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 DIM = 256  # memory attention width
 MEM_DIM = 64  # memory features
 NUM_MASKMEM = 7
@@ -50,7 +52,7 @@ def video_tensor_shapes() -> dict[str, tuple[int, ...]]:
     shapes.update(_norm("memory_attention.norm", DIM))
     downsampler = "memory_encoder.mask_downsampler.encoder"
     channels = (1, 4, 16, 64, 256)  # 3x3 stride-2 convolution, LayerNorm2d, GELU per step
-    for step, (in_dim, out_dim) in enumerate(zip(channels[:-1], channels[1:])):
+    for step, (in_dim, out_dim) in enumerate(pairwise(channels)):
         shapes.update(_conv(f"{downsampler}.{3 * step}", out_dim, in_dim, 3))
         shapes.update(_norm(f"{downsampler}.{3 * step + 1}", out_dim))
     shapes.update(_conv(f"{downsampler}.12", DIM, DIM, 1))

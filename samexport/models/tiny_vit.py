@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samexport.models.common import LayerNorm2d
 from samexport.constants import EMBED_DIM
+from samexport.models.common import LayerNorm2d
 from samexport.models.encoder_configs import TinyViTConfig
 
 NUM_CLASSES = 1000  # the unused ImageNet head of the official checkpoints

@@ -19,14 +19,21 @@ Mask-refinement prompts feed both backends the same ``mask_input`` (the referenc
 the prompt without a mask), so that input is identical and only the models differ.
 """
 
-from samexport.parity.metrics import TOLERANCES, ArrayErrors, Check, Tolerances, get_tolerances, mask_ious, tolerance_key
+from samexport.parity.metrics import (
+    TOLERANCES,
+    ArrayErrors,
+    Check,
+    Tolerances,
+    get_tolerances,
+    mask_ious,
+    tolerance_key,
+)
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 from samexport.parity.runner import DecodedPrompt, Precision, parity_for_artifact, quick_parity, run_parity
 
 __all__ = [
     "PROMPT_SUITE",
-    "Precision",
     "QUICK_PROMPTS",
     "TOLERANCES",
     "ArrayErrors",
@@ -34,13 +41,14 @@ __all__ = [
     "DecodedPrompt",
     "ImageParity",
     "ParityReport",
+    "Precision",
     "Prompt",
     "PromptParity",
     "Tolerances",
     "get_tolerances",
-    "tolerance_key",
     "mask_ious",
     "parity_for_artifact",
     "quick_parity",
     "run_parity",
+    "tolerance_key",
 ]

@@ -23,7 +23,12 @@ from pathlib import Path
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, verify_artifact
 from samexport.engines.artifact import (
-    BUILDERS, PlanRequest, build_candidate_plans, check_candidate_plans, check_engine_request, commit_plans,
+    BUILDERS,
+    PlanRequest,
+    build_candidate_plans,
+    check_candidate_plans,
+    check_engine_request,
+    commit_plans,
 )
 from samexport.engines.builder import BuildConfig
 from samexport.engines.fallback import EXPORTED_FORM, FP32_ATTENTION_FORM, fp32_attention_graphs, require_onnx
@@ -31,8 +36,8 @@ from samexport.errors import SamExportError
 from samexport.parity.references import load_references, no_references_message
 from samexport.parity.report import ParityReport
 from samexport.parity.verify import BackendOpener, VerificationError, describe_failure, verify_with_references
-from samexport.records import EngineRecord
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
+from samexport.records import EngineRecord, EngineVerification
 from samexport.runtime.tensorrt_backend import TensorRTBackend
 
 UNVERIFIED = "unverified"
@@ -45,7 +50,7 @@ def tensorrt_runner(folder: Path, manifest: Manifest):
     return TensorRTBackend(folder, manifest)
 
 
-def _where_built(manifest: Manifest) -> dict:
+def _where_built(manifest: Manifest) -> dict[str, str | None]:
     record = manifest.engine("encoder") if "encoder" in manifest.engines else None
     return {
         "gpu": record and record.gpu,
@@ -57,19 +62,21 @@ def _where_built(manifest: Manifest) -> dict:
     }
 
 
-def verdict_record(manifest: Manifest, status: str, report: ParityReport | None = None, **extra) -> dict:
+def verdict_record(
+    manifest: Manifest, status: str, report: ParityReport | None = None, *, reason: str | None = None,
+) -> EngineVerification:
     """The ``engines_verification`` section: status, where the plans were built and, when they
     ran, the figures and checks of the comparison with the stored references."""
-    record = {"status": status, **_where_built(manifest), **extra}
-    if report is not None:
-        record |= {
-            "backend": report.candidate,
-            "references": manifest.references["file"] if manifest.references else None,
-            "summary": report.summary,
-            "checks": [c.to_dict() for c in report.checks],
-            "verified": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-    return record
+    record = EngineVerification(status, **_where_built(manifest), reason=reason)
+    if report is None:
+        return record
+    return record.replace(
+        backend=report.candidate,
+        references=manifest.references["file"] if manifest.references else None,
+        summary=report.summary,
+        checks=tuple(c.to_dict() for c in report.checks),
+        verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
 def next_steps(manifest: Manifest) -> str:
@@ -88,13 +95,15 @@ def runs(flavour: str, runner: BackendOpener) -> bool:
     return not (flavour == "tensorrt_rtx" and runner is tensorrt_runner)
 
 
-def plan_check(runner: BackendOpener = tensorrt_runner, *, flavour: str = "tensorrt") -> Callable[[Path, Manifest], dict]:
+def plan_check(
+    runner: BackendOpener = tensorrt_runner, *, flavour: str = "tensorrt",
+) -> Callable[[Path, Manifest], EngineVerification]:
     """The check ``build_artifact_engines`` runs on new plans: run them with ``runner`` on the
     stored references; raise :class:`VerificationError` when a figure fails, else return the
     verdict. TensorRT-RTX test builds cannot run on TensorRT: with the default runner their
     verdict is :data:`NOT_RUN` (another runner, e.g. a test's, still runs)."""
 
-    def check(folder: Path, candidate: Manifest) -> dict:
+    def check(folder: Path, candidate: Manifest) -> EngineVerification:
         if not runs(flavour, runner):
             return verdict_record(candidate, NOT_RUN)
         backend = runner(folder, candidate)
@@ -165,14 +174,14 @@ def build_verified_engines(
             raise
         records, verdict = _fallback(folder, manifest, request, check, failure, on_step)
     else:
-        verdict = {**verdict, "encoder_form": EXPORTED_FORM} if verdict else verdict
+        verdict = verdict.replace(encoder_form=EXPORTED_FORM) if verdict else verdict
     return commit_plans(folder, manifest, config, records, verdict)
 
 
 def _fallback(
     folder: Path, manifest: Manifest, request: PlanRequest, check, failure: VerificationError,
     on_step: Callable[[str], None],
-) -> tuple[dict[str, EngineRecord], dict]:
+) -> tuple[dict[str, EngineRecord], EngineVerification]:
     """``--fallback`` after the primary plans failed (they are already removed): build the plans
     again from the FP32 attention form of the encoder (``samexport.engines.fallback``), check
     them the same way, and return (records, verdict) to commit. The verdict records the form
@@ -196,12 +205,11 @@ def _fallback(
             f"({describe_failure(second.report)}); they were not kept either",
             second.report,
         ) from None
-    return records, {
-        **verdict,
-        "encoder_form": FP32_ATTENTION_FORM,
-        "fallback_from": {
+    return records, verdict.replace(
+        encoder_form=FP32_ATTENTION_FORM,
+        fallback_from={
             "encoder_form": EXPORTED_FORM,
             "failure": describe_failure(failure.report),
             "summary": failure.report.summary,
         },
-    }
+    )

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,10 @@ from samexport import constants as C
 from samexport import transforms
 from samexport.artifacts import REFERENCES_PREFIX, Manifest, verify_artifact
 from samexport.errors import SamExportError
+from samexport.family_transforms import preprocess_for
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.prompts import REFERENCE_PROMPTS, Prompt
 from samexport.parity.runner import parity_runner
-from samexport.sam2_transforms import preprocess_sam2
 from samexport.staging import atomic_file
 
 FORMAT = 2
@@ -72,12 +72,6 @@ REFERENCE_SET: tuple[tuple[str, tuple[int, int], tuple[str, tuple[slice, slice]]
 DECODER_FIELDS = ("point_coords", "point_labels", "mask_input", "has_mask_input")
 INPUT_SAMPLE_STRIDE = 16  # the stored sample of an encoder input: every 16th row and column
 INPUT_SAMPLE_ATOL = 1e-4  # on the normalised input (values within about +-2.7)
-
-# The family's encoder input, by graph contract name (its parity loop: runner.parity_runner).
-_PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    C.SAM_GRAPHS.name: transforms.preprocess, C.SAM2_GRAPHS.name: preprocess_sam2,
-}
-
 
 def reference_images() -> tuple[dict[str, np.ndarray], str]:
     """The images of :data:`REFERENCE_SET` at the 1024 frame: scikit-image's photos when it is
@@ -383,7 +377,7 @@ def load_references(folder: Path | str, manifest: Manifest) -> References:
             f"{folder / file} holds references of a {recorded} model, and the artifact holds "
             f"{manifest.variant} ({contract.name}); record them again with `samexport references`"
         )
-    preprocess = _PREPROCESS[contract.name]
+    preprocess = preprocess_for(contract)
     backend = ReferenceBackend(contract=contract)
     images, prompts = {}, {}
     index = 0

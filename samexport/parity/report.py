@@ -154,8 +154,10 @@ class ParityReport:
     def to_markdown(self) -> str:
         """Checks as a Markdown table, then the worst figures per image and prompt."""
         lines = [
-            f"Parity of **{self.candidate}** ({self.precision}) against **{self.reference}**, "
-            f"{len(self.images)} images: **{'PASS' if self.passed else 'FAIL'}**",
+            (
+                f"Parity of **{self.candidate}** ({self.precision}) against **{self.reference}**, "
+                f"{len(self.images)} images: **{'PASS' if self.passed else 'FAIL'}**"
+            ),
             "",
             "| metric | value | limit | result |",
             "|---|---|---|---|",
@@ -167,8 +169,10 @@ class ParityReport:
             lines.append(f"| {check.metric} | {value} | {sign} {check.limit:g} | {verdict} |")
         lines += [
             "",
-            "| image | prompt | B | emb. cosine | emb. max abs | logits max abs | mask IoU min | "
-            "mask IoU mean | IoU-score err |",
+            (
+                "| image | prompt | B | emb. cosine | emb. max abs | logits max abs | mask IoU min | "
+                "mask IoU mean | IoU-score err |"
+            ),
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for image in self.images:

@@ -24,8 +24,8 @@ from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, ma
 from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 from samexport.runtime.backends import GraphRunner, OnnxRuntimeBackend
-from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.sam2_predictor import SAM2ImagePredictor
+from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.sam2_transforms import postprocess_sam2_masks
 
 if TYPE_CHECKING:

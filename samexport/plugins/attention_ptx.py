@@ -15,7 +15,13 @@ import triton
 
 from samexport.constants import VIT_WINDOW_SIZE
 from samexport.errors import SamExportError
-from samexport.plugins.attention_triton import KERNEL_DTYPES, KernelConfig, default_config, problem_arguments, triton_kernel
+from samexport.plugins.attention_triton import (
+    KERNEL_DTYPES,
+    KernelConfig,
+    default_config,
+    problem_arguments,
+    triton_kernel,
+)
 
 __all__ = ["CompiledKernel", "compile_kernel"]
 

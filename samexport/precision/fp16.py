@@ -139,8 +139,8 @@ def convert_to_fp16(
         else:
             init_name[name] = f"{name}__fp16"
             graph.initializer.append(numpy_helper.from_array(half, init_name[name]))
-    for name in inits:
-        dtype[name] = inits[name].data_type
+    for name, init in inits.items():
+        dtype[name] = init.data_type
 
     # Re-emit the nodes, with a Cast in front of each input that arrives in the wrong precision.
     nodes, casts = [], {}

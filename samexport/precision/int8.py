@@ -40,8 +40,13 @@ from onnx import TensorProto
 
 from samexport.errors import SamExportError
 from samexport.precision.calibration import (
-    MalformedCacheError, check_calibration_cache, check_calibration_images, collect_ranges, encoder_feeds,
-    load_cached_ranges, save_ranges,
+    MalformedCacheError,
+    check_calibration_cache,
+    check_calibration_images,
+    collect_ranges,
+    encoder_feeds,
+    load_cached_ranges,
+    save_ranges,
 )
 from samexport.precision.fp16 import DEFAULT_FP32_OPS, convert_to_fp16
 from samexport.precision.recipes import Int8Recipe

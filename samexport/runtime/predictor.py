@@ -24,7 +24,12 @@ import numpy as np
 from samexport import constants as C
 from samexport import transforms
 from samexport.errors import (
-    InvalidInputError, NoImageSetError, SamExportError, is_torch_module, require_torch, torch_model_error,
+    InvalidInputError,
+    NoImageSetError,
+    SamExportError,
+    is_torch_module,
+    require_torch,
+    torch_model_error,
 )
 from samexport.resize import ResizeLongestSide
 from samexport.runtime.backends import Backend, BackendName, backend_lock

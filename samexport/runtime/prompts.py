@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -181,4 +183,4 @@ def even_chunks(batch: int, limit: int) -> list[slice]:
     count = math.ceil(batch / limit)
     base, extra = divmod(batch, count)
     bounds = np.cumsum([0] + [base + 1] * extra + [base] * (count - extra))
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]

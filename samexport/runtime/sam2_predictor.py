@@ -35,7 +35,11 @@ from samexport.runtime.decode_budget import DEFAULT_DECODE_BUDGET, prompts_per_c
 from samexport.runtime.prefilter import decode_where
 from samexport.runtime.prompts import even_chunks
 from samexport.sam2_transforms import (
-    postprocess_sam2_masks, preprocess_sam2, sam2_mask_upsampling, sam2_prompt_points, select_sam2_masks,
+    postprocess_sam2_masks,
+    preprocess_sam2,
+    sam2_mask_upsampling,
+    sam2_prompt_points,
+    select_sam2_masks,
 )
 from samexport.transforms import MaskUpsampling, check_image
 from samexport.validate import image_size, real_array
@@ -251,14 +255,10 @@ class SAM2ImagePredictor:
             raise RuntimeError("predict_batch needs images set with .set_image_batch(...)")
         self._require_image()
         out: tuple[list, list, list] = ([], [], [])
+        batches = (point_coords_batch, point_labels_batch, box_batch, mask_input_batch)
         for index in range(len(self._image_features)):
-            def pick(items):
-                return None if items is None else items[index]
-
-            results = self._predict(
-                index, pick(point_coords_batch), pick(point_labels_batch), pick(box_batch),
-                pick(mask_input_batch), multimask_output, return_logits, normalize_coords,
-            )
+            prompts = (None if items is None else items[index] for items in batches)
+            results = self._predict(index, *prompts, multimask_output, return_logits, normalize_coords)
             for bucket, result in zip(out, results):
                 bucket.append(result)
         return out

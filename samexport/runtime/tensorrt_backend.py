@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from samexport.artifacts import Manifest, verify_artifact
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt, tensorrt_availability
 from samexport.errors import InvalidInputError, SamExportError
 from samexport.records import EngineRecord
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+; only the type checker reads it
+    from typing_extensions import Self
 
 ENGINE_NAMES = ("encoder", "decoder")
 # TensorRT documents one cross-major combination for version-compatible plans in the releases
@@ -237,7 +241,7 @@ class TensorRTBackend:
                 runner.deactivate()
         self._runners = []
 
-    def __enter__(self) -> TensorRTBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,7 +21,7 @@ import io
 import time
 from concurrent.futures import Future
 from importlib import resources
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -35,7 +35,13 @@ from samexport.amg import ops
 from samexport.errors import SamExportError
 from samexport.serve.limits import BodyLimit
 from samexport.serve.service import (
-    ImageTooLargeError, Overloaded, PromptResult, SegmentService, ServeConfig, UnknownImageError, check_prompt,
+    ImageTooLargeError,
+    Overloaded,
+    PromptResult,
+    SegmentService,
+    ServeConfig,
+    UnknownImageError,
+    check_prompt,
 )
 
 API_VERSION = "v1"
@@ -47,12 +53,12 @@ class MaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    image_id: Optional[str] = Field(None, pattern=IMAGE_ID_PATTERN, description="id from POST /v1/images")
-    image: Optional[str] = Field(None, description="the image file's bytes, base64 (instead of image_id)")
-    points: Optional[list[list[float]]] = Field(None, description="[[x, y], ...] in image pixels")
-    labels: Optional[list[int]] = Field(None, description="one per point: 1 foreground, 0 background")
-    box: Optional[list[float]] = Field(None, description="[x0, y0, x1, y1] in image pixels")
-    mask_input: Optional[str] = Field(
+    image_id: str | None = Field(None, pattern=IMAGE_ID_PATTERN, description="id from POST /v1/images")
+    image: str | None = Field(None, description="the image file's bytes, base64 (instead of image_id)")
+    points: list[list[float]] | None = Field(None, description="[[x, y], ...] in image pixels")
+    labels: list[int] | None = Field(None, description="one per point: 1 foreground, 0 background")
+    box: list[float] | None = Field(None, description="[x0, y0, x1, y1] in image pixels")
+    mask_input: str | None = Field(
         None, description="256x256 float32 little-endian logits, base64 (a previous answer's low_res)"
     )
     multimask: bool = Field(True, description="three masks (true) or one")
@@ -222,8 +228,8 @@ def create_app(
 
     @app.post(f"/{API_VERSION}/automatic")
     async def automatic(
-        image: Optional[UploadFile] = File(None, description="the image file (or give image_id)"),
-        image_id: Optional[str] = Form(None, pattern=IMAGE_ID_PATTERN, description="id from POST /v1/images"),
+        image: UploadFile | None = File(None, description="the image file (or give image_id)"),
+        image_id: str | None = Form(None, pattern=IMAGE_ID_PATTERN, description="id from POST /v1/images"),
         points_per_side: int = Form(32, ge=1, description="grid points along each side"),
         pred_iou_thresh: float = Form(0.88, ge=0, le=1),
         stability_score_thresh: float = Form(0.95, ge=0, le=1),

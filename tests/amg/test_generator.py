@@ -19,18 +19,17 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 from support.official import (
+    SyntheticBackend,
     assert_same_masks,
     cv2_stand_in,
     synthetic_decode,
     synthetic_embedding,
     synthetic_official,
-    SyntheticBackend,
 )
+from typer.testing import CliRunner
 
-from samexport.amg import AutomaticMaskGenerator
-from samexport.amg import ops
+from samexport.amg import AutomaticMaskGenerator, ops
 from samexport.amg.measure import MaskMeasurer
 from samexport.errors import InvalidInputError, NoImageSetError
 from samexport.runtime.predictor import SamPredictor
@@ -96,7 +95,7 @@ def test_parity_synthetic_model(params, scene, synthetic_predictor, monkeypatch)
 
 
 REAL_PARAMS = [
-    pytest.param(dict(), id="filters"),
+    pytest.param({}, id="filters"),
     pytest.param(dict(min_mask_region_area=30), id="small-regions"),
 ]
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from samexport.bench import BenchConfig, Timing, measure
 from samexport.bench.flops import encoder_gflop, encoder_macs
-from samexport.bench.report import evaluate_targets, peer_ratios, stage_order, to_markdown
 from samexport.bench.inputs import decoder_prompts
+from samexport.bench.report import evaluate_targets, peer_ratios, stage_order, to_markdown
 from samexport.cli import app
 from samexport.errors import SamExportError
 from samexport.testing import make_image

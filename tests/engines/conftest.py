@@ -37,7 +37,7 @@ def device_python(tmp_path_factory) -> Path:
     (site / "samexport-checkout.pth").write_text(str(REPO) + "\n")
     python = root / "bin" / "python"
     probe = subprocess.run(
-        [str(python), "-c", "import importlib.util as u; print([m for m in %r if u.find_spec(m)])" % (NOT_ON_THE_DEVICE,)],
+        [str(python), "-c", f"import importlib.util as u; print([m for m in {NOT_ON_THE_DEVICE!r} if u.find_spec(m)])"],
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "[]", f"the device environment must not have {probe.stdout}"

@@ -83,7 +83,7 @@ def test_a_build_checks_its_engine_request_once_at_the_door(tiny_checkpoint, tmp
     import dataclasses
 
     import samexport.engines.artifact as engines_artifact
-    import samexport.pipeline as pipeline
+    from samexport import pipeline
     from samexport.records import GraphPrecisions
 
     def no_graphs(sam, staging, precision, **kwargs):

@@ -107,7 +107,7 @@ def test_availability_says_why(monkeypatch, machine):
     a GPU, and both present (the module and the driver replaced by stand-ins)."""
     import types
 
-    import samexport.engines as engines
+    from samexport import engines
 
     orin = engines.GpuInfo(0, "Orin", "8.7")
     if machine == "no tensorrt":
@@ -131,7 +131,7 @@ def test_availability_says_why(monkeypatch, machine):
 
 
 def test_missing_tensorrt_names_the_extra(monkeypatch):
-    import samexport.engines as engines
+    from samexport import engines
     from samexport.errors import MissingExtraError
 
     monkeypatch.setitem(engines._MODULES, "tensorrt", ("samexport_no_such_module",))

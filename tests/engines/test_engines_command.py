@@ -173,7 +173,7 @@ def _tensorrt_like(version: str, levels: tuple[str, ...]):
 def test_same_compute_capability_needs_tensorrt_10_9(monkeypatch):
     """TensorRT 10.3 (JetPack 6) has no SAME_COMPUTE_CAPABILITY: a clear error, not the
     AttributeError the old builder raised from deep inside the build."""
-    import samexport.engines.builder as builder
+    from samexport.engines import builder
     from samexport.engines.builder import BuildConfig, check_build_settings
 
     monkeypatch.setattr(builder, "is_jetson", lambda: False)
@@ -184,7 +184,7 @@ def test_same_compute_capability_needs_tensorrt_10_9(monkeypatch):
 
 
 def test_hardware_compatibility_is_refused_on_jetson(monkeypatch):
-    import samexport.engines.builder as builder
+    from samexport.engines import builder
     from samexport.engines.builder import BuildConfig, check_build_settings
 
     monkeypatch.setattr(builder, "is_jetson", lambda: True)

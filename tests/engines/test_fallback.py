@@ -67,9 +67,8 @@ def test_fp32_artifact_has_no_fallback(tiny_artifact):
     from samexport.engines.fallback import fp32_attention_graphs
 
     before = snapshot(tiny_artifact)
-    with pytest.raises(SamExportError, match="no attention core in FP16"):
-        with fp32_attention_graphs(tiny_artifact):
-            pass
+    with pytest.raises(SamExportError, match="no attention core in FP16"), fp32_attention_graphs(tiny_artifact):
+        pass
     assert snapshot(tiny_artifact) == before
 
 
@@ -123,9 +122,10 @@ def test_passing_plans_record_the_exported_form(tiny_fp16_artifact, tmp_path):
     runner = forms_runner(failing=set())
     manifest = build_verified_engines(folder, builder="tensorrt-rtx", runner=runner, fallback=True)
     assert runner.calls == ["exported"]
-    assert manifest.engines_verification["status"] == "passed"
-    assert manifest.engines_verification["encoder_form"] == "exported"
-    assert manifest.engines["encoder"].graph is None and "fallback_from" not in manifest.engines_verification
+    assert manifest.engines_verification.status == "passed"
+    assert manifest.engines_verification.encoder_form == "exported"
+    assert manifest.engines["encoder"].graph is None and manifest.engines_verification.fallback_from is None
+    assert "fallback_from" not in manifest.engines_verification.to_dict()
 
 
 @pytest.mark.slow
@@ -141,10 +141,10 @@ def test_failing_primary_then_the_fallback_is_committed(tiny_fp16_artifact, tmp_
     manifest = build_verified_engines(folder, builder="tensorrt-rtx", runner=runner, fallback=True, on_step=steps.append)
     assert runner.calls == ["exported", "fp32-attention"]
     verdict = manifest.engines_verification
-    assert verdict["status"] == "passed" and verdict["encoder_form"] == "fp32-attention"
-    assert verdict["fallback_from"]["encoder_form"] == "exported"
-    assert "embedding" in verdict["fallback_from"]["failure"]
-    assert verdict["fallback_from"]["summary"]["embedding_rel_max_abs"] == pytest.approx(FP16_BREAK, rel=0.2)
+    assert verdict.status == "passed" and verdict.encoder_form == "fp32-attention"
+    assert verdict.fallback_from["encoder_form"] == "exported"
+    assert "embedding" in verdict.fallback_from["failure"]
+    assert verdict.fallback_from["summary"]["embedding_rel_max_abs"] == pytest.approx(FP16_BREAK, rel=0.2)
     graph = manifest.engines["encoder"].graph
     with fp32_attention_graphs(folder) as (_, fresh):  # deterministic: the same graph again
         assert graph["sha256"] == fresh["sha256"]

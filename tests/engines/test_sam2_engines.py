@@ -95,8 +95,8 @@ def test_rtx_builds_sam2_plans_verified_through_the_seam(sam2_tiny_artifact, tmp
     manifest = build_verified_engines(folder, small_config(), builder="tensorrt-rtx", runner=onnxruntime_runner())
     check_sam2_plans(folder)
     verdict = manifest.engines_verification
-    assert verdict["status"] == "passed" and verdict["backend"] == "onnxruntime-cpu", verdict
-    assert verdict["summary"]["embedding_cosine"] >= 0.99999 and verdict["summary"]["mask_iou_min"] >= 0.999
+    assert verdict.status == "passed" and verdict.backend == "onnxruntime-cpu", verdict
+    assert verdict.summary["embedding_cosine"] >= 0.99999 and verdict.summary["mask_iou_min"] >= 0.999
     assert read_manifest(folder).engine("decoder").max_prompts == 8
 
 
@@ -362,7 +362,7 @@ def test_gpu_sam2_engines_match_torch(sam2_tiny_checkpoint, tmp_path):
 
     result = build("sam2.1_hiera_tiny", checkpoint=sam2_tiny_checkpoint, output=tmp_path / "fp32", engines="require")
     assert set(result.manifest.engines) == {"encoder", "decoder"}
-    assert result.manifest.engines_verification["status"] == "passed", result.manifest.engines_verification
+    assert result.manifest.engines_verification.status == "passed", result.manifest.engines_verification
     image = make_image(480, 640, seed=1)
     trt = samexport.SAM2ImagePredictor(result.artifact_dir, backend="tensorrt")
     onnx = samexport.SAM2ImagePredictor(result.artifact_dir, backend="onnxruntime-cpu")

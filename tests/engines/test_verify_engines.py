@@ -55,14 +55,14 @@ def test_passing_plans_are_kept_with_their_verdict(tiny_artifact, tmp_path):
     folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")
     manifest = build_verified_engines(folder, builder="tensorrt-rtx", runner=onnxruntime_runner())
     verdict = manifest.engines_verification
-    assert verdict["status"] == "passed" and verdict["backend"] == "onnxruntime-cpu"
-    assert verdict["attention"] == "plain" and verdict["precision"] == "fp32"
-    assert verdict["tensorrt_version"] == manifest.engines["encoder"].tensorrt_version
-    assert verdict["references"] == manifest.references["file"]
-    assert all(c["passed"] for c in verdict["checks"]) and verdict["summary"]["embedding_cosine"] >= 0.99999
+    assert verdict.status == "passed" and verdict.passed and verdict.backend == "onnxruntime-cpu"
+    assert verdict.attention == "plain" and verdict.precision == "fp32"
+    assert verdict.tensorrt_version == manifest.engines["encoder"].tensorrt_version
+    assert verdict.references == manifest.references["file"]
+    assert all(c["passed"] for c in verdict.checks) and verdict.summary["embedding_cosine"] >= 0.99999
     assert all(record.plan in manifest.files for record in manifest.engines.values())
     shown = json.loads(invoke("info", folder).output)["engines_verification"]
-    assert shown == json.loads(json.dumps(verdict))
+    assert shown == json.loads(json.dumps(verdict.to_dict()))
 
 
 @needs_rtx
@@ -71,10 +71,10 @@ def test_engines_command_records_test_builds_and_no_verify(tiny_artifact, tmp_pa
     result = invoke("engines", folder, "--builder", "tensorrt-rtx")
     assert result.exit_code == 0, result.output
     assert "verification: not run (test build)" in result.output
-    assert read_manifest(folder).engines_verification["status"] == "not run (test build)"
+    assert read_manifest(folder).engines_verification.status == "not run (test build)"
     result = invoke("engines", folder, "--builder", "tensorrt-rtx", "--no-verify")
     assert result.exit_code == 0 and "verification: unverified" in result.output
-    assert read_manifest(folder).engines_verification["status"] == "unverified"
+    assert read_manifest(folder).engines_verification.status == "unverified"
 
 
 def test_engines_without_references_refuses_before_building(tiny_artifact, tmp_path):
@@ -92,7 +92,7 @@ def test_engines_without_references_refuses_before_building(tiny_artifact, tmp_p
 
 
 @needs_rtx
-def test_device_environment_builds_and_verifies(device_python, tiny_artifact, tmp_path):  # noqa: F811
+def test_device_environment_builds_and_verifies(device_python, tiny_artifact, tmp_path):
     """Without torch, onnx or onnxscript: `engines` (test build) then `verify` on ONNX Runtime,
     importing none of them nor samexport.export."""
     folder = shutil.copytree(tiny_artifact, tmp_path / "artifact")

@@ -64,7 +64,7 @@ def test_matches_sam_onnx_model_at_every_aspect_ratio(size, exported, tiny_offic
 
 def test_batched_prompts(exported, tiny_official):
     """B > 1 (the official graph fixes B = 1): each prompt as if alone."""
-    session, options = exported
+    session, _options = exported
     rng = np.random.default_rng(0)
     feeds = [_feed(rng, (300, 500), 3, False) for _ in range(3)]
     batch = {k: np.concatenate([f[k] for f in feeds]) for k in ORDER[1:5]}

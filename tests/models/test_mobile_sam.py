@@ -209,16 +209,19 @@ def test_attention_modes_agree(ours):
                 out = ours.image_encoder(image)
             assert (out - plain).abs().max() <= 1e-5 * plain.abs().max(), mode
     assert ours.image_encoder.layers[1].blocks[0].attn.mode == "plain"  # restored
-    with pytest.raises(SamExportError, match="--attention plugin does not apply to tiny_vit encoders"):
-        with attention_mode(ours.image_encoder, "plugin"):
-            pass
+    with (
+        pytest.raises(SamExportError, match="--attention plugin does not apply to tiny_vit encoders"),
+        attention_mode(ours.image_encoder, "plugin"),
+    ):
+        pass
 
 
 @pytest.mark.parametrize("mode", [m for m in VARIANT.family.attention_modes if m != "plain"])
 def test_attention_mode_graphs_match_torch(mode, ours, tmp_path):
     """The other modes' exported graphs on ONNX Runtime (~40 s each)."""
-    from samexport.export.to_onnx import export_encoder
     from support import session
+
+    from samexport.export.to_onnx import export_encoder
 
     path = export_encoder(ours, tmp_path / "encoder.onnx", opset=C.default_opset(mode), attention=mode)
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}

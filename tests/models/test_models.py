@@ -97,7 +97,7 @@ def test_random_weights_give_nontrivial_masks(tiny_sam):
 
     with torch.no_grad():
         emb = tiny_sam.image_encoder(torch.randn(1, 3, 1024, 1024))
-        masks, iou = DecoderGraph(tiny_sam)(
+        masks, _iou = DecoderGraph(tiny_sam)(
             emb, torch.rand(4, 2, 2) * 1024, torch.ones(4, 2), torch.zeros(4, 1, 256, 256), torch.zeros(4)
         )
     foreground = (masks > 0).float().mean(dim=(2, 3))

@@ -19,8 +19,8 @@ from samexport.models.sam2_configs import describe_hiera, hiera_encoder_macs
 from samexport.models.sam2_decoder import select_masks
 from samexport.sam2_checkpoint import identify_sam2_variant, load_sam2, read_sam2_state_dict
 from samexport.sam2_transforms import postprocess_sam2_masks, preprocess_sam2, sam2_prompt_points, select_sam2_masks
-from samexport.variants import SAM2_VARIANTS, get_sam2_variant
 from samexport.testing import make_image, random_sam2_state_dict, save_random_checkpoint
+from samexport.variants import SAM2_VARIANTS, get_sam2_variant
 
 LANDSCAPE, PORTRAIT = (600, 900), (1100, 700)  # neither 1024 nor square
 # Every size on one image; tiny on both aspect ratios too (the aspect ratio enters through the

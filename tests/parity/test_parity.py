@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from samexport.cli import app
 from samexport.errors import SamExportError
-from samexport.testing import make_image
-from samexport.transforms import preprocess
+from samexport.image_sources import sample_images
 from samexport.parity import (
     PROMPT_SUITE,
     QUICK_PROMPTS,
@@ -24,7 +23,8 @@ from samexport.parity import (
     quick_parity,
     run_parity,
 )
-from samexport.image_sources import sample_images
+from samexport.testing import make_image
+from samexport.transforms import preprocess
 
 runner = CliRunner()
 
@@ -226,6 +226,7 @@ def test_cli_parity_passes(tiny_artifact, tiny_checkpoint, image_dir, tmp_path):
 
 def test_cli_parity_fails_on_other_weights(tiny_artifact, image_dir, tmp_path):
     import torch
+
     from samexport.testing import random_state_dict
 
     other = tmp_path / "other.pth"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import HEAVY, invoke, Perturbed
+from support import HEAVY, Perturbed, invoke
 
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, write_manifest

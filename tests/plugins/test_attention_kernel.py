@@ -38,7 +38,6 @@ from samexport.plugins.attention_reference import (  # noqa: E402
 )
 
 
-
 def sdpa_rel_pos_attention(q, k, v, rel_h, rel_w, *, scale: float) -> torch.Tensor:
     """The unfused baseline: torch SDPA with the materialised BHxNxN bias as ``attn_mask``."""
     bias = expand_rel_pos_bias(rel_h, rel_w).to(q.dtype)

@@ -28,7 +28,6 @@ from support.graphs import assert_fp16_structure, assert_int8_structure, fp32_co
 from samexport import constants as C
 from samexport.utils import sha256_file
 
-
 # ---------------------------------------------------------------------------------------------
 # helpers (the shared ones are in tests/support/)
 

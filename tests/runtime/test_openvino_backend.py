@@ -13,7 +13,7 @@ from samexport.errors import SamExportError
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
 
-from samexport.runtime import openvino_backend as ovb  # noqa: E402
+from samexport.runtime import openvino_backend as ovb
 
 
 def cpu_has_bf16() -> bool:
@@ -176,8 +176,8 @@ def test_mask_generator_on_openvino_equals_onnxruntime(tiny_artifact):
     from support.official import assert_same_masks
 
     from samexport.amg import AutomaticMaskGenerator
-    from samexport.testing import make_image
     from samexport.runtime.predictor import SamPredictor
+    from samexport.testing import make_image
 
     scene = make_image(240, 360, seed=3)
     params = dict(points_per_side=4, pred_iou_thresh=0.02, stability_score_offset=0.05,

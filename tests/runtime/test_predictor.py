@@ -166,7 +166,7 @@ def test_a_prompt_is_checked_once(predictor, monkeypatch):
 
     for module in (samexport.runtime.prompts, samexport.transforms):
         monkeypatch.setattr(module, "real_array", counting)
-    masks, scores, low_res = predictor.predict(coords, np.ones(1), box)
+    masks, scores, _low_res = predictor.predict(coords, np.ones(1), box)
     assert sorted(checked) == ["box", "point_coords", "point_labels"]
     checked.clear()
     predictor.predict_batch(coords[None], np.ones((1, 1)), box[None])

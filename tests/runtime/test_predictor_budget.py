@@ -23,7 +23,10 @@ from samexport.amg import AutomaticMaskGenerator
 from samexport.amg.generator import GENERATOR_BYTES_PER_POINT
 from samexport.runtime.backends import OnnxRuntimeBackend
 from samexport.runtime.decode_budget import (
-    DECODER_FIXED_BYTES, DEFAULT_DECODE_BUDGET, budget_for_prompts, prompts_per_call,
+    DECODER_FIXED_BYTES,
+    DEFAULT_DECODE_BUDGET,
+    budget_for_prompts,
+    prompts_per_call,
 )
 from samexport.runtime.predictor import SamPredictor
 from samexport.testing import make_image

@@ -167,8 +167,8 @@ def test_predict_batch_equals_official(official, ours):
 def test_refusals_are_clear(sam2_tiny_checkpoint):
     """What the predictor does not do is refused with the reason, before anything runs."""
     from samexport import SAM2ImagePredictor, SamPredictor
-    from samexport.runtime.torch_backend import TorchBackend
     from samexport.runtime.sam2_torch import Sam2TorchBackend
+    from samexport.runtime.torch_backend import TorchBackend
 
     with pytest.raises(SamExportError, match="max_hole_area / max_sprinkle_area .* not implemented"):
         SAM2ImagePredictor(object(), max_hole_area=10)

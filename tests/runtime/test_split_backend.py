@@ -14,9 +14,9 @@ from samexport.errors import SamExportError
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
 
-from samexport.runtime import backends  # noqa: E402
-from samexport.runtime import openvino_backend as ovb  # noqa: E402
-from samexport.runtime.split_backend import SplitBackend  # noqa: E402
+from samexport.runtime import backends
+from samexport.runtime import openvino_backend as ovb
+from samexport.runtime.split_backend import SplitBackend
 
 SPLIT = "openvino-cpu-f32+onnxruntime-cpu"
 

@@ -107,10 +107,10 @@ def test_tensorrt_predictor_matches_torch(precision, tiny_checkpoint, tiny_sam, 
     """End to end on a GPU: build with engines, run SamPredictor(backend="tensorrt"), compare with
     the torch reference: embedding error, mask IoU, IoU-score error."""
     import numpy as np
-    from samexport.testing import make_image, mask_iou
 
     from samexport.pipeline import build
     from samexport.runtime.torch_backend import TorchBackend
+    from samexport.testing import make_image, mask_iou
 
     availability = tensorrt_availability()
     if not availability:

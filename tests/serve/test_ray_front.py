@@ -14,16 +14,16 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("multipart", reason="the serve extra (python-multipart) is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+from fastapi.testclient import TestClient
+from PIL import Image
+from support import assert_point_answer_equals
 
-from support import assert_point_answer_equals  # noqa: E402
-from samexport.runtime.predictor import SamPredictor  # noqa: E402
-from samexport.serve.app import create_app  # noqa: E402
-from samexport.serve.batcher import Overloaded  # noqa: E402
-from samexport.serve.cache import ImageRef  # noqa: E402
-from samexport.serve.ray_app import DecoderReplica, EncoderReplica, RemoteService, SharedEmbeddings  # noqa: E402
-from samexport.serve.service import SegmentService, ServeConfig, check_prompt  # noqa: E402
+from samexport.runtime.predictor import SamPredictor
+from samexport.serve.app import create_app
+from samexport.serve.batcher import Overloaded
+from samexport.serve.cache import ImageRef
+from samexport.serve.ray_app import DecoderReplica, EncoderReplica, RemoteService, SharedEmbeddings
+from samexport.serve.service import SegmentService, ServeConfig, check_prompt
 
 
 class Response:

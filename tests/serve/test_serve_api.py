@@ -13,14 +13,14 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("multipart", reason="the serve extra (python-multipart) is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+from fastapi.testclient import TestClient
+from PIL import Image
 
-from samexport.amg import AutomaticMaskGenerator  # noqa: E402
-from samexport.amg.ops import rle_to_mask  # noqa: E402
-from samexport.runtime.predictor import SamPredictor  # noqa: E402
-from samexport.serve.app import create_app  # noqa: E402
-from samexport.serve.service import ServeConfig  # noqa: E402
+from samexport.amg import AutomaticMaskGenerator
+from samexport.amg.ops import rle_to_mask
+from samexport.runtime.predictor import SamPredictor
+from samexport.serve.app import create_app
+from samexport.serve.service import ServeConfig
 
 
 def png_bytes(height: int = 90, width: int = 120, seed: int = 0) -> bytes:
@@ -106,7 +106,7 @@ def test_masks_equal_predictor(client, image_id, reference, name):
 
 
 def test_png_output_and_inline_image(client, image, reference):
-    masks, scores, _ = reference.predict(np.array([[30.0, 40.0]]), np.array([1]))
+    masks, _scores, _ = reference.predict(np.array([[30.0, 40.0]]), np.array([1]))
     body = client.post("/v1/masks", json={
         "image": base64.b64encode(image).decode(), "points": [[30, 40]], "labels": [1], "output": "png",
     }).json()
@@ -132,7 +132,7 @@ def test_cache_hit_and_ids(tiny_artifact, image):
         # the second image's masks come from its own embedding, not the first's
         predictor = SamPredictor(tiny_artifact)
         predictor.set_image(decoded(other))
-        masks, scores, _ = predictor.predict(np.array([[30.0, 40.0]]), np.array([1]))
+        _masks, scores, _ = predictor.predict(np.array([[30.0, 40.0]]), np.array([1]))
         body = client.post("/v1/masks", json={"image_id": second["image_id"], **prompt}).json()
         np.testing.assert_array_equal(np.float32(body["scores"]), scores)
         info = client.get("/v1/info").json()

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
-from support import serving
+from support import serving  # noqa: E402
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
 from samexport.runtime.backends import open_backend  # noqa: E402
@@ -91,7 +91,7 @@ def test_overload_answers_503_with_retry_after(tiny_artifact, image_png):
 
 def test_close_finishes_queued_prompts_then_refuses(tiny_artifact, image_png):
     service = SegmentService(tiny_artifact, ServeConfig(batch_window_ms=1000))
-    future, hit = service.embed(image_png)
+    future, _hit = service.embed(image_png)
     entry = future.result(120)
     prompts = [check_prompt([p], [1], None, None, True, 64) for p in POINTS[:3]]
     pending = [service.predict(entry, p) for p in prompts]

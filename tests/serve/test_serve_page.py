@@ -27,7 +27,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from support import serving
+from support import serving  # noqa: E402
 
 from samexport.amg.ops import rle_to_mask  # noqa: E402
 from samexport.serve.app import create_app  # noqa: E402
@@ -67,7 +67,7 @@ def wait_state(driver, state: str) -> None:
 def screen_offset(driver, x: float, y: float) -> tuple[int, int]:
     """Offset from the prompt canvas's centre (Selenium's origin) of image pixel (x, y)."""
     rect = driver.execute_script("return document.getElementById('prompts').getBoundingClientRect().toJSON()")
-    width, height = driver.execute_script("const c = document.getElementById('prompts'); return [c.width, c.height]")
+    width, _height = driver.execute_script("const c = document.getElementById('prompts'); return [c.width, c.height]")
     scale = rect["width"] / width
     return round((x + 0.5) * scale - rect["width"] / 2), round((y + 0.5) * scale - rect["height"] / 2)
 

@@ -13,6 +13,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 httpx = pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
 
 from support import assert_point_answer_equals  # noqa: E402
+
 from samexport.runtime.predictor import SamPredictor  # noqa: E402
 from samexport.serve.ray_app import SharedEmbeddings  # noqa: E402
 from samexport.serve.service import SegmentService, ServeConfig, check_prompt  # noqa: E402
@@ -104,7 +105,7 @@ def test_ray_serve_encoder_and_decoder_deployments(tiny_artifact, image, image_p
                     "/v1/masks", json={"image_id": image_id, "points": [p], "labels": [1]}), points[:8]))
             for point, answer in zip(points, answers):
                 assert answer.status_code == 200, answer.text
-                masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
+                _masks, scores, _ = reference.predict(np.array([point]), np.array([1]))
                 np.testing.assert_allclose(answer.json()["scores"], scores, rtol=0, atol=1e-5)
             options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
             generated = client.post("/v1/automatic", data={"image_id": image_id, **{k: str(v) for k, v in options.items()}})

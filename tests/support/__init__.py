@@ -26,7 +26,6 @@ from typer.testing import CliRunner
 from samexport import constants as C
 from samexport.cli import app
 
-
 # Why tests against the official SAM 2.1 package skip where it is absent.
 SAM2_OFFICIAL_MISSING = (
     "the official SAM 2.1 package is not installed: "

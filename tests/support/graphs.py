@@ -109,6 +109,8 @@ def assert_int8_structure(model: onnx.ModelProto) -> None:
         assert weight.dims[axis] == scale.dims[0]
     # Attention products (two activations) stay in float by default.
     for node in model.graph.node:
-        if node.op_type == "MatMul" and producer.get(node.input[1]) is not None:
-            if producer[node.input[1]].op_type != "DequantizeLinear":
-                assert producer[node.input[0]].op_type != "DequantizeLinear", node.name
+        if node.op_type != "MatMul":
+            continue
+        second = producer.get(node.input[1])
+        if second is not None and second.op_type != "DequantizeLinear":
+            assert producer[node.input[0]].op_type != "DequantizeLinear", node.name

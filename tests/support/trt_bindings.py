@@ -233,7 +233,7 @@ class _Dims(tuple):
 
 
 class _PluginField:
-    def __init__(self, name: str, data=None, type=None) -> None:  # noqa: A002 (TensorRT's keyword)
+    def __init__(self, name: str, data=None, type=None) -> None:
         self.name, self.type = name, type
         self.data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else np.asarray(data)
 
@@ -253,14 +253,14 @@ class _PluginRegistry:
 class PluginTensorDesc:
     """trt.PluginTensorDesc: type, format, dims, scale."""
 
-    def __init__(self, type=None, format=None, dims=(), scale: float = 1.0) -> None:  # noqa: A002
+    def __init__(self, type=None, format=None, dims=(), scale: float = 1.0) -> None:
         self.type, self.format, self.dims, self.scale = type, format, _Dims(dims), scale
 
 
 class DynamicPluginTensorDesc:
     """trt.DynamicPluginTensorDesc: a PluginTensorDesc with the profile's min / opt / max dims."""
 
-    def __init__(self, desc: PluginTensorDesc, min=(), opt=(), max=()) -> None:  # noqa: A002
+    def __init__(self, desc: PluginTensorDesc, min=(), opt=(), max=()) -> None:
         self.desc, self.min, self.opt, self.max = desc, _Dims(min), _Dims(opt), _Dims(max)
 
 
