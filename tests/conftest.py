@@ -45,7 +45,7 @@ if TEST_THREADS is not None:
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_name, str(TEST_THREADS))
 
-from samexport.testing import official_sam, save_random_checkpoint
+from samexport.testing import official_sam, save_random_checkpoint  # noqa: E402 (NumPy loads here: after the thread variables)
 
 TRAINED_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "sam_tiny_shapes.pth"
 
