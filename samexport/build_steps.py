@@ -158,12 +158,18 @@ def _write_graphs(
             work / C.ENCODER_ONNX, encoder, calibration_images, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
         )
-        graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
-            int8_target=int8_target, calibration_images=str(calib_dir),
-        )
+        graphs = _int8_graphs(recipe, int8_target, calib_dir)
     shutil.rmtree(work)
     return graphs
+
+
+def _int8_graphs(recipe: Int8Recipe, int8_target: str, calib_dir: Path) -> GraphPrecisions:
+    """``manifest.graphs`` of an int8 build, either family: the encoder's Q/DQ on an FP16 graph (the
+    TensorRT recipe) or on FP32, the decoder in FP16, and what the encoder was calibrated for and on."""
+    return GraphPrecisions(
+        encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
+        int8_target=int8_target, calibration_images=str(calib_dir),
+    )
 
 
 def _sam_graph_records() -> tuple[dict, dict]:
@@ -257,10 +263,7 @@ def _write_sam2_graphs(
             folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, calibration_images, cache_path=calib_cache, recipe=recipe,
             fp32_ops=fp32_ops, replace_malformed_cache=True, preprocess=preprocess_sam2,  # islands: TensorRT's recipe (FP16)
         )
-        graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
-            int8_target=int8_target, calibration_images=str(calib_dir),
-        )
+        graphs = _int8_graphs(recipe, int8_target, calib_dir)
     shutil.rmtree(folder)
     return graphs
 
