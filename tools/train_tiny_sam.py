@@ -70,6 +70,19 @@ best of a point's three masks had median IoU 0.868 on the tests' scenes but the 
 
     python tools/train_tiny_sam.py --out /tmp/tiny-head --init /tmp/tiny-3950/sam_tiny_shapes.pth \
         --init-step 3950 --steps 4550 --lr 5e-4 --warmup 20 --round2-from 0 --train iou-head --prompts 4
+
+Tried and not kept (session 6): ``--train iou-head-fit`` on those step-4550 weights (the head alone
+again, on decoder features of 400 new scenes computed once, 10,086 prompts, 30 epochs, with a
+ranking loss on single points; 22 minutes, almost all of it the features):
+
+    python tools/train_tiny_sam.py --out /tmp/tiny-fit --init weights/sam_tiny_shapes.pth \
+        --init-step 4550 --train iou-head-fit --fit-scenes 400
+
+It lifted the point (best-scored of 3) on the 40 held-out scenes used to choose the ranking loss
+(seeds +200 to +239: median 0.810 -> 0.850) but not on the others (the tests' 12 scenes: 0.782 ->
+0.781, mean 0.689 -> 0.681; seeds +100 to +139: 0.823 -> 0.821): the choice was fitted to the
+scenes it was chosen on. On the tests' scenes even the best of the three masks reaches 0.8 for only
+30 of 49 instances, so the masks themselves, not the ranking, now hold the point back.
 """
 
 from __future__ import annotations
@@ -233,6 +246,132 @@ def train_step(model, rng, step, batch, prompts_per_kind, second_round, focal_we
     return total / 2, metrics
 
 
+class HeadInputs:
+    """Records what the IoU prediction head is given (the IoU token's output) at each decoder call."""
+
+    def __init__(self, model) -> None:
+        self.last: torch.Tensor | None = None
+        model.mask_decoder.iou_prediction_head.register_forward_pre_hook(self._record)
+
+    def _record(self, module, args) -> None:
+        self.last = args[0].detach().clone()
+
+
+@torch.no_grad()
+def head_examples(model, recorder: HeadInputs, seeds, points: int, rng: np.random.Generator):
+    """The IoU head's inputs and targets on scenes ``seeds``, prompted as :func:`train_step` prompts:
+    for each instance ``points`` uniform foreground points and a noisy box (round 1), then each
+    with a corrective point and its round-1 logits as the mask input (round 2; a point keeps its
+    best-scored mask, a box token 0). Runs in fp32, as the predictor does.
+
+    Returns (inputs n x 256, the true IoU of each of the four masks n x 4, the kind of each row:
+    "point", "box", "point2" or "box2")."""
+    inputs, ious, kinds = [], [], []
+    pe = model.prompt_encoder.image_pe()
+    for seed in seeds:
+        scene = make_scene(seed)
+        emb = model.image_encoder(torch.from_numpy(preprocess(scene.image)))
+        gt = scene.masks
+        coords, labels, kind = [], [], []
+        for _ in range(points):
+            pts = np.array([random_pixel(rng, m) for m in gt], dtype=np.float64)
+            coords.append(np.stack([pts, np.zeros_like(pts)], 1))
+            labels.append(np.tile([1, -1], (len(gt), 1)))
+            kind += ["point"] * len(gt)
+        coords.append(np.stack([noisy_box(rng, m) for m in gt]).reshape(len(gt), 2, 2))
+        labels.append(np.tile([2, 3], (len(gt), 1)))
+        kind += ["box"] * len(gt)
+        coords, labels, kind = np.concatenate(coords), np.concatenate(labels), np.array(kind)
+        n = len(kind)
+        targets = torch.from_numpy(np.concatenate([gt] * (points + 1)).astype(np.float32))
+        index = torch.zeros(n, dtype=torch.long)
+        masks, predicted = decode(model, emb, pe, index, coords, labels)
+        inputs.append(recorder.last)
+        ious.append(mask_ious(masks, targets[:, None].expand_as(masks)))
+        # Round 2: point and box rows both become three prompt tokens, so one decoder call takes them.
+        is_point = kind == "point"
+        rows = torch.arange(n)
+        chosen = torch.where(torch.from_numpy(is_point), 1 + predicted[:, 1:].argmax(dim=1), 0)
+        logits = masks[rows, chosen]
+        extra, extra_label = correction_points(rng, logits, targets)
+        coords2 = np.where(is_point[:, None, None], np.stack([coords[:, 0], extra, np.zeros_like(extra)], 1),
+                           np.concatenate([extra[:, None], coords], 1))
+        labels2 = np.where(is_point[:, None], np.stack([labels[:, 0], extra_label, -np.ones(n)], 1),
+                           np.concatenate([extra_label[:, None], labels], 1))
+        masks2, _ = decode(model, emb, pe, index, coords2, labels2, mask_input=logits)
+        inputs.append(recorder.last)
+        ious.append(mask_ious(masks2, targets[:, None].expand_as(masks2)))
+        kinds += list(kind) + [k + "2" for k in kind]
+    return torch.cat(inputs), torch.cat(ious), np.array(kinds)
+
+
+def ranking_loss(predicted: torch.Tensor, actual: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of a softmax over the predicted IoUs of masks 1..3 (sharpened by
+    ``temperature``) against the mask that is truly best: what the predictor's choice needs."""
+    return F.cross_entropy(predicted[:, 1:] / temperature, actual[:, 1:].argmax(dim=1))
+
+
+def fit_iou_head(model, args) -> None:
+    """Train only the IoU prediction head, on decoder features computed once (``--train iou-head-fit``).
+
+    Everything before the head is frozen, so its inputs do not change while it learns: they are
+    computed once per scene (cached under ``--out``/features, so a stopped run resumes) and the
+    head trains for many epochs on them in seconds, where ``--train iou-head`` ran the whole
+    model for every step (2.9 s a step). The loss is SAM's mean-square error on every token plus,
+    on single-point prompts, ``--rank-weight`` times :func:`ranking_loss` (a departure from SAM:
+    with the error alone the head's choice among a point's three masks stayed where it was)."""
+    recorder = HeadInputs(model)
+    model.eval()
+    features = args.out / "features"
+    features.mkdir(exist_ok=True)
+    first = args.init_step * args.batch  # the scenes after those the earlier steps used
+    chunk = 50
+    parts = []
+    for start in tqdm(range(first, first + args.fit_scenes, chunk), desc="decoder features (50 scenes each)"):
+        path = features / f"scenes_{start}-{start + chunk - 1}.pt"
+        if not path.is_file():
+            rng = np.random.default_rng([args.seed, start])
+            inputs, ious, kinds = head_examples(model, recorder, range(start, start + chunk), args.fit_points, rng)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"inputs": inputs, "ious": ious, "kinds": kinds.tolist()}, tmp)
+            tmp.replace(path)
+        parts.append(torch.load(path, weights_only=True))
+    inputs = torch.cat([p["inputs"] for p in parts])
+    ious = torch.cat([p["ious"] for p in parts])
+    single_point = torch.tensor([k == "point" for p in parts for k in p["kinds"]])
+
+    head = model.mask_decoder.iou_prediction_head
+    head.train()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = 256
+    per_epoch = len(inputs) // batch
+    steps = args.fit_epochs * per_epoch
+    step = 0
+    with open(args.out / "log.jsonl", "a") as log:
+        for epoch in tqdm(range(args.fit_epochs), desc="IoU head epochs"):
+            order = torch.randperm(len(inputs), generator=generator)
+            totals = np.zeros(2)
+            for i in range(per_epoch):
+                rows = order[i * batch:(i + 1) * batch]
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(step, steps, args.lr, max(1, steps // 20))
+                predicted = head(inputs[rows])
+                mse = F.mse_loss(predicted, ious[rows])
+                points = single_point[rows]
+                rank = ranking_loss(predicted[points], ious[rows][points], args.rank_temperature) if points.any() \
+                    else torch.zeros(())
+                loss = mse + args.rank_weight * rank
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                totals += (mse.item(), rank.item())
+                step += 1
+            log.write(json.dumps({"fit_epoch": epoch + 1, "examples": len(inputs), "iou_mse": totals[0] / per_epoch,
+                                  "rank": totals[1] / per_epoch}) + "\n")
+    save_weights(model, args.out / WEIGHTS_NAME)
+
+
 def init_attention_as_similarity(model, scale: float = 2.0) -> None:
     """Start every attention of the mask decoder with equal query and key projections (scaled up),
     so its logits begin as a similarity of what is attended with what attends.
@@ -322,9 +461,16 @@ def main() -> None:
                              "the learning rate warms up again from there)")
     parser.add_argument("--stop-after", type=int,
                         help="stop (and save) after this step, so --resume can go on with other arguments")
-    parser.add_argument("--train", choices=("all", "iou-head"), default="all",
+    parser.add_argument("--train", choices=("all", "iou-head", "iou-head-fit"), default="all",
                         help="iou-head: train only the IoU prediction head (every mask stays as it is; the "
-                             "head learns to rank the three masks of a point prompt)")
+                             "head learns to rank the three masks of a point prompt); iou-head-fit: the same "
+                             "on decoder features computed once (needs --init; see fit_iou_head)")
+    parser.add_argument("--fit-scenes", type=int, default=400, help="iou-head-fit: scenes to compute features on")
+    parser.add_argument("--fit-points", type=int, default=2, help="iou-head-fit: point prompts per instance")
+    parser.add_argument("--fit-epochs", type=int, default=30, help="iou-head-fit: passes over the features")
+    parser.add_argument("--rank-weight", type=float, default=0.1,
+                        help="iou-head-fit: weight of the ranking loss on single-point prompts (0: SAM's loss)")
+    parser.add_argument("--rank-temperature", type=float, default=0.05, help="iou-head-fit: ranking softmax's")
     parser.add_argument("--eval", action="store_true", help="only print the held-out figures of --out's weights")
     args = parser.parse_args()
 
@@ -333,6 +479,13 @@ def main() -> None:
     model = build_sam("tiny")
     if args.eval:
         model.load_state_dict(torch.load(args.out / WEIGHTS_NAME, weights_only=True))
+        print(json.dumps(evaluate(model)))
+        return
+    if args.train == "iou-head-fit":
+        if args.init is None:
+            parser.error("--train iou-head-fit needs --init (the weights whose IoU head it trains)")
+        model.load_state_dict(torch.load(args.init, weights_only=True))
+        fit_iou_head(model, args)
         print(json.dumps(evaluate(model)))
         return
     init_attention_as_similarity(model)
