@@ -7,6 +7,7 @@ The weights come from ``samexport.testing`` (seeded random weights saved exactly
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,27 @@ import pytest
 # torch). A value set in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from samexport.testing import official_sam, save_random_checkpoint
+
+def _threads_per_test_process() -> int | None:
+    """How many threads each test process's torch, OpenMP, BLAS and ONNX Runtime use:
+    ``SAMEXPORT_TEST_THREADS`` if set; under pytest-xdist (``-n N``), the cores shared out among
+    the N workers (``cpu_count // N``, at least 1), so two workers on two cores do not run four
+    busy thread pools against each other; otherwise ``None``: the libraries' defaults (all cores)."""
+    if os.environ.get("SAMEXPORT_TEST_THREADS"):
+        return max(1, int(os.environ["SAMEXPORT_TEST_THREADS"]))
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+        return max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    return None
+
+
+TEST_THREADS = _threads_per_test_process()
+if TEST_THREADS is not None:
+    # Read when torch (libgomp) and NumPy's BLAS load, which is later than this; the subprocesses
+    # the tests start inherit them. ONNX Runtime reads no variable: see _limit_onnxruntime_threads.
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_name, str(TEST_THREADS))
+
+from samexport.testing import official_sam, save_random_checkpoint  # noqa: E402 (NumPy loads here: after the thread variables)
 
 TRAINED_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "sam_tiny_shapes.pth"
 
@@ -54,10 +75,85 @@ if sys.platform.startswith("linux"):
     _keep_freed_memory_mapped()
 
 
+# Threads for the ONNX Runtime sessions opened from now on (``_all_cores`` raises it for a while).
+_ORT_THREADS = {"now": TEST_THREADS}
+
+
+def _limit_onnxruntime_threads() -> None:
+    """Every ONNX Runtime session the tests open (samexport's and the tests' own) gets
+    ``_ORT_THREADS["now"]`` intra-op threads unless its options already name a number."""
+    import onnxruntime as ort
+
+    init = ort.InferenceSession.__init__
+    if getattr(init, "_samexport_threads", False):
+        return
+
+    def limited(self, path_or_bytes, sess_options=None, *args, **kwargs):
+        if sess_options is None:
+            sess_options = ort.SessionOptions()
+        if sess_options.intra_op_num_threads == 0:  # 0: ONNX Runtime's default (all cores)
+            sess_options.intra_op_num_threads = _ORT_THREADS["now"]
+        init(self, path_or_bytes, sess_options, *args, **kwargs)
+
+    limited._samexport_threads = True
+    ort.InferenceSession.__init__ = limited
+
+
+if TEST_THREADS is not None:
+    _limit_onnxruntime_threads()
+
+
+@contextlib.contextmanager
+def _all_cores():
+    """torch and new ONNX Runtime sessions on every core for a while: for a shared build that the
+    other pytest-xdist workers may be waiting for (``_once_per_run``)."""
+    if TEST_THREADS is None:
+        yield
+        return
+    import torch
+
+    before, cores = torch.get_num_threads(), os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    _ORT_THREADS["now"] = cores
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        _ORT_THREADS["now"] = TEST_THREADS
+
+
+def _once_per_run(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` once per test run, in a folder of its own; returns what it returns (a path
+    inside the folder). Under pytest-xdist the workers share one result: the first to ask makes it
+    in the run's base folder (the parent of every worker's own) under a file lock, and the others
+    wait for it and read it; a session fixture would otherwise be made again in every worker, and
+    the tiny artifact's build alone is ~20 CPU-seconds. The maker runs on every core, since the
+    other workers may be waiting for it. Results are read-only for the tests."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or sys.platform == "win32":
+        return make(tmp_path_factory.mktemp(name))
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if folder.exists():  # a worker that failed half way
+                import shutil
+
+                shutil.rmtree(folder)
+            folder.mkdir()
+            with _all_cores():
+                made = make(folder)
+            done.write_text(str(Path(made).relative_to(folder)))
+    return folder / done.read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Path to a tiny-variant checkpoint saved like an official one."""
-    return save_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt") / "sam_tiny_random.pth")
+    return _once_per_run(tmp_path_factory, "ckpt", lambda folder: save_random_checkpoint("tiny", folder / "sam_tiny_random.pth"))
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +187,14 @@ def tiny_attention_encoders(tiny_sam, tiny_onnx, tmp_path_factory) -> dict[str, 
     from samexport.export.to_onnx import export_encoder
 
     assert ATTENTION_OPSETS["plain"] == C.DEFAULT_OPSET
-    folder = tmp_path_factory.mktemp("attention-encoders")
-    return {
-        mode: tiny_onnx[0] if mode == "plain" else export_encoder(tiny_sam, folder / f"{mode}.onnx", opset=opset, attention=mode)
-        for mode, opset in ATTENTION_OPSETS.items()
-    }
+    def export(folder: Path) -> Path:
+        for mode, opset in ATTENTION_OPSETS.items():
+            if mode != "plain":
+                assert export_encoder(tiny_sam, folder / f"{mode}.onnx", opset=opset, attention=mode) == folder / f"{mode}.onnx"
+        return folder
+
+    folder = _once_per_run(tmp_path_factory, "attention-encoders", export)
+    return {mode: tiny_onnx[0] if mode == "plain" else folder / f"{mode}.onnx" for mode in ATTENTION_OPSETS}
 
 
 @pytest.fixture(scope="session")
@@ -110,8 +209,10 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
     """An artifact directory built by ``samexport.build`` (``samexport.pipeline``) from the tiny checkpoint."""
     from samexport.pipeline import build
 
-    out = tmp_path_factory.mktemp("artifacts") / "tiny-fp32"
-    return build("tiny", checkpoint=tiny_checkpoint, output=out).artifact_dir
+    return _once_per_run(
+        tmp_path_factory, "artifacts-tiny",
+        lambda folder: build("tiny", checkpoint=tiny_checkpoint, output=folder / "tiny-fp32").artifact_dir,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -134,8 +235,10 @@ def trained_artifact(trained_checkpoint, tmp_path_factory) -> Path:
     """An fp32 artifact built by ``samexport.build`` from the trained checkpoint."""
     from samexport.pipeline import build
 
-    out = tmp_path_factory.mktemp("artifacts") / "tiny-trained-fp32"
-    return build("tiny", checkpoint=trained_checkpoint, output=out).artifact_dir
+    return _once_per_run(
+        tmp_path_factory, "artifacts-tiny-trained",
+        lambda folder: build("tiny", checkpoint=trained_checkpoint, output=folder / "tiny-trained-fp32").artifact_dir,
+    )
 
 
 @pytest.fixture(scope="session")
