@@ -7,14 +7,14 @@ when complete, manifest last, so a crash never leaves a directory that looks lik
 (``samexport.replaceable.check_replaceable_artifact``), never a user's folder or file. The
 manifest records the size and sha256 of every file the runtime loads (``Manifest.files``, see
 ``samexport.integrity``), recomputed on every rewrite. The manifest's sections are typed
-(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan).
+(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan, the
+stored references).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from samexport.records import (
     EngineVerification,
     GraphPrecisions,
     ParityRecord,
+    ReferencesRecord,
     engine_records,
     settings_or_none,
 )
@@ -41,9 +42,6 @@ PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
 PLAN_FILES = ("encoder.plan", "decoder.plan")
-# The stored PyTorch references: ``references-<sha256 prefix>.npz`` (samexport.parity.references),
-# named by content so that replacing them never overwrites the file the current manifest names.
-REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
 
 
@@ -97,8 +95,8 @@ class Manifest:
     ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it; only format 1 manifests,
     written before it existed, may have none (their files are not verified; ``read_manifest``).
     ``references`` describes the stored
-    PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
-    samexport stored them), whose file is listed in ``files`` like the graphs.
+    PyTorch reference outputs (a ``ReferencesRecord``, ``samexport.parity.references``; None for
+    artifacts built before samexport stored them), whose file is listed in ``files`` like the graphs.
     ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
     ``samexport engines`` (``samexport.parity.engines``): passed / unverified / not run, with the
     GPU, TensorRT version, attention mode and figures (an ``EngineVerification``); None when no
@@ -121,7 +119,7 @@ class Manifest:
     skipped_engines: dict[str, str] = field(default_factory=dict)
     engines_verification: EngineVerification | None = None
     parity: ParityRecord | None = None
-    references: dict | None = None
+    references: ReferencesRecord | None = None
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
@@ -140,6 +138,7 @@ class Manifest:
         data["engine_config"] = self.engine_config.to_dict() if self.engine_config else {}
         data["engines_verification"] = self.engines_verification and self.engines_verification.to_dict()
         data["skipped_engines"] = dict(self.skipped_engines)
+        data["references"] = self.references and self.references.to_dict()
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -184,12 +183,6 @@ class Manifest:
                     for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
         ):
             raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
-        references = data.get("references")
-        if references is not None and not (
-            isinstance(references, dict) and isinstance(references.get("file"), str)
-            and re.fullmatch(rf"{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz", references["file"])
-        ):
-            raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
         for name, reason in data["skipped_engines"].items():
             if not isinstance(reason, str):
                 raise SamExportError(f"{source}: 'skipped_engines' must give a reason (a string) for {name!r}, got {reason!r}")
@@ -210,7 +203,9 @@ class Manifest:
         parity = None if data.get("parity") is None else ParityRecord.from_dict(data["parity"], source=source)
         engines = engine_records(data["engines"], source=source)
         verdict = data.get("engines_verification")
+        references = data.get("references")
         typed = {
+            "references": None if references is None else ReferencesRecord.from_dict(references, source=source),
             "graphs": graphs, "parity": parity, "engines": engines,
             "engine_config": settings_or_none(data["engine_config"], source=source),
             "engines_verification": None if verdict is None else EngineVerification.from_dict(verdict, source=source),
@@ -252,7 +247,7 @@ def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     names = {name for name in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES) if (folder / name).is_file()}
     names |= {record.plan for record in manifest.engines.values()}
     if manifest.references:
-        names.add(manifest.references["file"])
+        names.add(manifest.references.file)
     return sorted(names)
 
 

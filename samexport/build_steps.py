@@ -30,7 +30,7 @@ from samexport.parity.references import record_references
 from samexport.parity.sam2 import sam2_quick_parity
 from samexport.precision.calibration import check_calibration_images
 from samexport.precision.recipes import Int8Recipe, Int8Target, recipe_for
-from samexport.records import GraphPrecisions
+from samexport.records import GraphPrecisions, ReferencesRecord
 from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.torch_backend import TorchBackend
 from samexport.sam2_checkpoint import load_sam2
@@ -55,7 +55,7 @@ class ModelSteps:
         write_graphs: ``(model, staging, precision, *, opset, attention, calib_dir, calib_cache,
             int8_target, on_step) -> GraphPrecisions`` (the manifest's ``graphs``).
         quick_parity: ``(model, folder, precision, memory_arena) -> dict`` (``ParityReport.to_dict``).
-        record_references: ``(model, staging) -> dict``, or ``None`` where the family stores none yet.
+        record_references: ``(model, staging) -> ReferencesRecord``, or ``None`` where the family stores none yet.
         graph_records: ``() -> (encoder record, decoder record)`` of the manifest.
         no_engines: why this family gets no TensorRT engines, or ``None`` when it does.
     """
@@ -64,7 +64,7 @@ class ModelSteps:
     load: Callable[[Path, Any], Any]
     write_graphs: Callable[..., GraphPrecisions]
     quick_parity: Callable[[Any, Path, str, bool], dict]
-    record_references: Callable[[Any, Path], dict] | None
+    record_references: Callable[[Any, Path], ReferencesRecord] | None
     graph_records: Callable[[], tuple[dict, dict]]
     no_engines: str | None = None
 

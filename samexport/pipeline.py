@@ -281,14 +281,14 @@ def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step:
     on_step(f"loading {manifest.variant} weights")
     sam = steps.load(checkpoint, get_model(manifest.variant))
     on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
-    old = manifest.references["file"] if manifest.references else None
+    old = manifest.references.file if manifest.references else None
     record = steps.record_references(sam, folder)
     try:
         written = write_manifest(folder, manifest.replace(references=record))
     except BaseException:
-        if record["file"] != old:
-            (folder / record["file"]).unlink(missing_ok=True)
+        if record.file != old:
+            (folder / record.file).unlink(missing_ok=True)
         raise
-    if old and old != record["file"]:
+    if old and old != record.file:
         (folder / old).unlink(missing_ok=True)
     return written

@@ -23,7 +23,15 @@ from samexport.artifacts import (
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.pipeline import build
-from samexport.records import EngineRecord, EngineSettings, EngineVerification, GraphPrecisions, ParityRecord
+from samexport.records import (
+    EngineRecord,
+    EngineSettings,
+    EngineVerification,
+    GraphPrecisions,
+    ParityRecord,
+    ReferenceImage,
+    ReferencesRecord,
+)
 from samexport.utils import sha256_file
 
 
@@ -266,6 +274,73 @@ def test_engine_sections_written_before_they_were_typed_load_and_round_trip(tmp_
     assert {key: written[key] for key in sections} == sections
 
 
+# ``manifest.references`` as samexport wrote it before it was typed (2026-12-06): format 1 (SAM's
+# embedding only, before ``contract`` and ``features`` existed) and format 2 of a SAM 2.1 build.
+OLD_REFERENCES_FORMAT_1 = {
+    "file": "references-00112233445566aa.npz", "format": 1,
+    "images": {"landscape": {"size": [683, 1024], "prompts": ["point", "box", "box_point", "mask_refinement"]},
+               "portrait": {"size": [1024, 640], "prompts": ["ten_points", "batch_boxes_4"]}},
+    "image_source": "scikit-image sample photos", "decoder_calls": 6,
+    "stored_dtype": {"images": "uint8 (PNG)", "embeddings": "float16", "low_res_masks": "float16", "iou_predictions": "float32"},
+    "storage_error": {"embedding_rel_max_abs": 0.000244, "low_res_masks_rel_max_abs": 0.000488},
+    "reference": "tiny (FP32)", "seconds": 3.2, "bytes": 4,
+}
+OLD_REFERENCES_SAM2 = {
+    "file": "references-ffeeddccbbaa9988.npz", "format": 2, "contract": "sam2",
+    "features": ["image_embeddings", "high_res_feats_0", "high_res_feats_1"],
+    "images": {"landscape": {"size": [683, 1024], "prompts": ["point"]}},
+    "image_source": "synthetic", "decoder_calls": 1,
+    "stored_dtype": {"images": "uint8 (PNG)", "features": "float16", "low_res_masks": "float16",
+                     "iou_predictions": "float32", "object_score_logits": "float32"},
+    "storage_error": {"embedding_rel_max_abs": 0.00012}, "reference": "sam2.1_hiera_tiny (FP32)", "seconds": 40.0,
+    "bytes": 4,
+}
+
+
+@pytest.mark.parametrize("old", [OLD_REFERENCES_FORMAT_1, OLD_REFERENCES_SAM2], ids=["format1", "sam2-format2"])
+def test_references_section_written_before_it_was_typed_loads_and_round_trips(tmp_path, old):
+    """manifest.json with the references section as the code before ReferencesRecord wrote it
+    (digest and file records included) is read from disk into a ReferencesRecord and written back
+    the same, key for key and in the same order."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]):
+        (tmp_path / name).write_bytes(b"data")
+    data = manifest_data(references=old)
+    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]])
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
+
+    manifest = read_manifest(tmp_path)
+    record = manifest.references
+    assert isinstance(record, ReferencesRecord) and record.file == old["file"] and record.format == old["format"]
+    assert record.images["landscape"] == ReferenceImage((683, 1024), tuple(old["images"]["landscape"]["prompts"]))
+    assert list(record.images) == list(old["images"]) and record.decoder_calls == old["decoder_calls"]
+    assert record.storage_error["embedding_rel_max_abs"] == old["storage_error"]["embedding_rel_max_abs"]
+    assert record.bytes == 4 and record.stored_dtype == old["stored_dtype"]
+    if old["format"] == 1:
+        assert record.contract is None and record.features is None
+    else:
+        assert record.contract == "sam2" and record.features == tuple(old["features"])
+    assert manifest.to_dict() == data
+    # Written back by this samexport and read again: the same records, the same JSON text.
+    assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
+    written = json.loads((tmp_path / C.MANIFEST).read_text())
+    assert json.dumps(written["references"], indent=2) == json.dumps(old, indent=2)
+    assert written["files"] == data["files"]
+
+
+def test_references_record_keeps_unknown_keys_and_refuses_bad_ones():
+    newer = {**OLD_REFERENCES_SAM2, "seed": 7}  # a key a newer samexport may write
+    assert ReferencesRecord.from_dict(newer).extra == {"seed": 7}
+    assert ReferencesRecord.from_dict(newer).to_dict() == newer
+    assert Manifest.from_dict(manifest_data(references=newer)).to_dict()["references"] == newer
+    for key, bad in (("bytes", "4"), ("features", "image_embeddings"), ("images", {"x": {"size": [1], "prompts": []}}),
+                     ("storage_error", {"embedding_rel_max_abs": "small"}), ("format", True)):
+        with pytest.raises(SamExportError, match="bad 'references"):
+            Manifest.from_dict(manifest_data(references={**OLD_REFERENCES_SAM2, key: bad}))
+
+
 def test_build_settings_are_recorded_as_the_json_form_wrote_them():
     """BuildConfig.record() is the typed form of BuildConfig.to_dict(), the JSON older builds wrote."""
     config = BuildConfig(prompts=(1, 2, 8), timing_cache=Path("cache.bin"), optimization_level=4)
@@ -330,7 +405,7 @@ def _rewrite(artifact: Path, change) -> None:
 
 def test_manifest_records_size_and_sha256_of_every_graph_and_the_references(tiny_artifact):
     manifest = read_manifest(tiny_artifact)
-    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references["file"]}  # the stored references too
+    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references.file}  # the stored references too
     for name, record in manifest.files.items():
         assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
     assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())

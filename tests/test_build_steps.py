@@ -59,8 +59,8 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
     assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
     assert manifest.decoder_halves() is None
-    assert manifest.references["contract"] == "sam2" and manifest.references["format"] == 2
-    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references["file"]}
+    assert manifest.references.contract == "sam2" and manifest.references.format == 2
+    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references.file}
     availability = tensorrt_availability()
     if availability:  # a GPU with TensorRT: the build made the plans, as for SAM
         assert set(manifest.engines) == {"encoder", "decoder"} and manifest.skipped_engines == {}
