@@ -22,10 +22,12 @@ from samexport import constants as C
 from samexport.errors import SamExportError
 from samexport.integrity import check_sizes, file_records, verify_files
 from samexport.records import (
+    CheckpointRecord,
     EngineRecord,
     EngineSettings,
     EngineVerification,
     GraphPrecisions,
+    GraphRecord,
     ParityRecord,
     ReferencesRecord,
     engine_records,
@@ -110,9 +112,9 @@ class Manifest:
     attention: str
     opset: int
     graphs: GraphPrecisions
-    checkpoint: dict
-    encoder: dict
-    decoder: dict
+    checkpoint: CheckpointRecord
+    encoder: GraphRecord
+    decoder: GraphRecord
     runtime: RuntimeNeeds
     engine_config: EngineSettings | None = None
     engines: dict[str, EngineRecord] = field(default_factory=dict)
@@ -139,6 +141,8 @@ class Manifest:
         data["engines_verification"] = self.engines_verification and self.engines_verification.to_dict()
         data["skipped_engines"] = dict(self.skipped_engines)
         data["references"] = self.references and self.references.to_dict()
+        for key in ("checkpoint", "encoder", "decoder"):
+            data[key] = getattr(self, key).to_dict()
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -176,13 +180,13 @@ class Manifest:
                 and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64
             ) or Path(name).is_absolute() or ".." in Path(name).parts:
                 raise SamExportError(f"{source}: bad file record {name!r}: {record!r}")
-        halves = data["decoder"].get("halves")
-        if halves is not None and not (
-            isinstance(halves, dict)
-            and all(isinstance(halves.get(key), dict) and halves[key].get("onnx") == name
-                    for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
+        decoder = GraphRecord.from_dict(data["decoder"], section="decoder", source=source)
+        halves = decoder.halves
+        if halves is not None and not all(
+            key in halves and halves[key].onnx == name
+            for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX))
         ):
-            raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
+            raise SamExportError(f"{source}: bad 'decoder.halves' section: {data['decoder']['halves']!r}")
         for name, reason in data["skipped_engines"].items():
             if not isinstance(reason, str):
                 raise SamExportError(f"{source}: 'skipped_engines' must give a reason (a string) for {name!r}, got {reason!r}")
@@ -206,6 +210,9 @@ class Manifest:
         references = data.get("references")
         typed = {
             "references": None if references is None else ReferencesRecord.from_dict(references, source=source),
+            "checkpoint": CheckpointRecord.from_dict(data["checkpoint"], source=source),
+            "encoder": GraphRecord.from_dict(data["encoder"], section="encoder", source=source),
+            "decoder": decoder,
             "graphs": graphs, "parity": parity, "engines": engines,
             "engine_config": settings_or_none(data["engine_config"], source=source),
             "engines_verification": None if verdict is None else EngineVerification.from_dict(verdict, source=source),
@@ -235,8 +242,8 @@ class Manifest:
     def decoder_halves(self) -> tuple[str, str] | None:
         """(``decoder_scores.onnx``, ``decoder_masks.onnx``), or None for artifacts built before
         samexport wrote the decoder's halves (``decoder.halves`` in the manifest)."""
-        halves = self.decoder.get("halves")
-        return (halves["scores"]["onnx"], halves["masks"]["onnx"]) if halves else None
+        halves = self.decoder.halves
+        return (halves["scores"].onnx, halves["masks"].onnx) if halves else None
 
 
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:

@@ -30,7 +30,7 @@ from samexport.parity.references import record_references
 from samexport.parity.sam2 import sam2_quick_parity
 from samexport.precision.calibration import check_calibration_images
 from samexport.precision.recipes import Int8Recipe, Int8Target, recipe_for
-from samexport.records import GraphPrecisions, ReferencesRecord
+from samexport.records import GraphPrecisions, GraphRecord, ReferencesRecord
 from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.torch_backend import TorchBackend
 from samexport.sam2_checkpoint import load_sam2
@@ -65,13 +65,13 @@ class ModelSteps:
     write_graphs: Callable[..., GraphPrecisions]
     quick_parity: Callable[[Any, Path, str, bool], dict]
     record_references: Callable[[Any, Path], ReferencesRecord] | None
-    graph_records: Callable[[], tuple[dict, dict]]
+    graph_records: Callable[[], tuple[GraphRecord, GraphRecord]]
     no_engines: str | None = None
 
 
-def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
+def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> GraphRecord:
     """A graph's manifest record: its file and tensor specs."""
-    return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+    return GraphRecord(name, tuple(inputs), tuple(outputs))
 
 
 def _check_sam_request(
@@ -172,15 +172,12 @@ def _int8_graphs(recipe: Int8Recipe, int8_target: str, calib_dir: Path) -> Graph
     )
 
 
-def _sam_graph_records() -> tuple[dict, dict]:
+def _sam_graph_records() -> tuple[GraphRecord, GraphRecord]:
     encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
-    decoder = {
-        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-        "halves": {
-            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
-        },
-    }
+    decoder = graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS).replace(halves={
+        "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+        "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+    })
     return encoder, decoder
 
 
@@ -268,7 +265,7 @@ def _write_sam2_graphs(
     return graphs
 
 
-def _sam2_graph_records() -> tuple[dict, dict]:
+def _sam2_graph_records() -> tuple[GraphRecord, GraphRecord]:
     contract = C.SAM2_GRAPHS
     return (
         graph_record(C.ENCODER_ONNX, contract.encoder_inputs, contract.encoder_outputs),

@@ -380,6 +380,110 @@ class ReferencesRecord:
         return replace(self, **changes)
 
 
+def _tensor_spec(value: object) -> C.TensorSpec:
+    """``{"name", "dtype", "shape"}`` (``TensorSpec.to_dict``) -> TensorSpec (ValueError when not that)."""
+    if not (isinstance(value, dict) and set(value) == {"name", "dtype", "shape"} and _is_str(value["name"])
+            and _is_str(value["dtype"]) and isinstance(value["shape"], list)
+            and all(_is_int(n) or _is_str(n) for n in value["shape"])):
+        raise ValueError(value)
+    return C.TensorSpec(value["name"], value["dtype"], tuple(value["shape"]))
+
+
+_GRAPH_KEYS = ("onnx", "inputs", "outputs", "halves")
+
+
+@dataclass(frozen=True)
+class GraphRecord:
+    """``manifest.encoder`` / ``manifest.decoder``: one ONNX graph the build wrote
+    (``samexport.build_steps.graph_record``).
+
+    Attributes:
+        onnx: the graph's file in the artifact.
+        inputs, outputs: its tensors (name, dtype, shape; ``C.TensorSpec``), () when not recorded.
+        halves: the decoder's two halves by name (``scores``, ``masks``), each a GraphRecord; None
+            for the encoder and for artifacts built before samexport wrote them.
+        absent: the keys the JSON form did not hold; not written back.
+        extra: keys this version does not know, written back as they were.
+    """
+
+    onnx: str | None = None
+    inputs: tuple[C.TensorSpec, ...] = ()
+    outputs: tuple[C.TensorSpec, ...] = ()
+    halves: dict[str, GraphRecord] | None = None
+    absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **changes) -> GraphRecord:
+        return replace(self, **changes)
+
+    def input(self, name: str) -> C.TensorSpec | None:
+        """The recorded input called ``name`` (None when there is none)."""
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def to_dict(self) -> dict:
+        data = {key: getattr(self, key) for key in _GRAPH_KEYS if key not in self.absent}
+        for key in ("inputs", "outputs"):
+            if key in data:
+                data[key] = [spec.to_dict() for spec in data[key]]
+        if data.get("halves") is not None:
+            data["halves"] = {name: half.to_dict() for name, half in self.halves.items()}
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, section: str, source: str = C.MANIFEST) -> GraphRecord:
+        try:
+            if not isinstance(data, dict) or not (data.get("onnx") is None or _is_str(data["onnx"])):
+                raise ValueError(data)
+            known = {key: data[key] for key in _GRAPH_KEYS if key in data}
+            for key in ("inputs", "outputs"):
+                if key in known:
+                    if not isinstance(known[key], list):
+                        raise ValueError(known[key])
+                    known[key] = tuple(_tensor_spec(spec) for spec in known[key])
+        except ValueError as exc:
+            raise SamExportError(f"{source}: bad {section!r} section: {str(exc)[:200]}") from None
+        halves = known.get("halves")
+        if halves is not None:
+            if not isinstance(halves, dict):
+                raise SamExportError(f"{source}: bad '{section}.halves' section: {halves!r}")
+            known["halves"] = {
+                name: cls.from_dict(half, section=f"{section}.halves.{name}", source=source) for name, half in halves.items()
+            }
+        return cls(
+            **known, absent=frozenset(key for key in _GRAPH_KEYS if key not in data),
+            extra={key: value for key, value in data.items() if key not in _GRAPH_KEYS},
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """``manifest.checkpoint``: the PyTorch weights the build exported (file name and sha256).
+
+    Attributes:
+        file: the checkpoint's file name (None when not recorded).
+        sha256: its sha256 (None when not recorded).
+        absent, extra: as in :class:`GraphRecord`.
+    """
+
+    file: str | None = None
+    sha256: str | None = None
+    absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = {key: getattr(self, key) for key in ("file", "sha256") if key not in self.absent}
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, source: str = C.MANIFEST) -> CheckpointRecord:
+        if not (isinstance(data, dict) and all(data.get(key) is None or _is_str(data[key]) for key in ("file", "sha256"))):
+            raise SamExportError(f"{source}: bad 'checkpoint' section: {str(data)[:200]}")
+        return cls(
+            data.get("file"), data.get("sha256"), absent=frozenset(key for key in ("file", "sha256") if key not in data),
+            extra={key: value for key, value in data.items() if key not in ("file", "sha256")},
+        )
+
+
 class ShapeRange(NamedTuple):
     """One input's shapes in an optimization profile: the smallest, the tuned-for and the largest."""
 

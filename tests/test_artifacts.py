@@ -24,10 +24,12 @@ from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.pipeline import build
 from samexport.records import (
+    CheckpointRecord,
     EngineRecord,
     EngineSettings,
     EngineVerification,
     GraphPrecisions,
+    GraphRecord,
     ParityRecord,
     ReferenceImage,
     ReferencesRecord,
@@ -339,6 +341,86 @@ def test_references_record_keeps_unknown_keys_and_refuses_bad_ones():
                      ("storage_error", {"embedding_rel_max_abs": "small"}), ("format", True)):
         with pytest.raises(SamExportError, match="bad 'references"):
             Manifest.from_dict(manifest_data(references={**OLD_REFERENCES_SAM2, key: bad}))
+
+
+# ``manifest.checkpoint`` / ``encoder`` / ``decoder`` as samexport wrote them before they were typed
+# (2026-12-06): a SAM build's (the decoder with its two halves; dynamic axes are names) and the
+# partial sections of a hand-made manifest (no sha256, graphs without their tensors).
+def _tensors(*specs: tuple) -> list[dict]:
+    return [{"name": name, "dtype": "float32", "shape": list(shape)} for name, shape in specs]
+
+
+OLD_GRAPH_SECTIONS = {
+    "checkpoint": {"file": "sam_vit_b_01ec64.pth", "sha256": "ab" * 32},
+    "encoder": {"onnx": "encoder.onnx", "inputs": _tensors(("image", (1, 3, 1024, 1024))),
+                "outputs": _tensors(("image_embeddings", (1, 256, 64, 64)))},
+    "decoder": {
+        "onnx": "decoder.onnx",
+        "inputs": _tensors(("image_embeddings", (1, 256, 64, 64)), ("point_coords", ("num_prompts", "num_points", 2)),
+                           ("point_labels", ("num_prompts", "num_points")), ("mask_input", ("num_masks", 1, 256, 256)),
+                           ("has_mask_input", ("num_masks",))),
+        "outputs": _tensors(("iou_predictions", ("num_prompts", 4)), ("low_res_masks", ("num_prompts", 4, 256, 256))),
+        "halves": {
+            "scores": {"onnx": "decoder_scores.onnx", "inputs": _tensors(("point_coords", ("num_prompts", "num_points", 2))),
+                       "outputs": _tensors(("mask_tokens", ("num_prompts", 4, 256)))},
+            "masks": {"onnx": "decoder_masks.onnx", "inputs": _tensors(("mask_tokens", ("num_prompts", 4, 256))),
+                      "outputs": _tensors(("low_res_masks", ("num_prompts", 4, 256, 256)))},
+        },
+    },
+}
+OLD_PARTIAL_SECTIONS = {"checkpoint": {"file": "x.pth"}, "encoder": {"onnx": "encoder.onnx"}, "decoder": {"onnx": "decoder.onnx"}}
+
+
+@pytest.mark.parametrize("sections", [OLD_GRAPH_SECTIONS, OLD_PARTIAL_SECTIONS], ids=["build", "partial"])
+def test_graph_and_checkpoint_sections_written_before_they_were_typed_load_and_round_trip(tmp_path, sections):
+    """manifest.json with the checkpoint and graph sections as the code before CheckpointRecord and
+    GraphRecord wrote them is read from disk into records and written back the same, key for key
+    and in the same order."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
+        (tmp_path / name).write_bytes(b"graph")
+    data = manifest_data(**sections)
+    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX])
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
+
+    manifest = read_manifest(tmp_path)
+    assert isinstance(manifest.checkpoint, CheckpointRecord) and manifest.checkpoint.file == sections["checkpoint"]["file"]
+    assert manifest.checkpoint.sha256 == sections["checkpoint"].get("sha256")
+    assert isinstance(manifest.encoder, GraphRecord) and manifest.decoder.onnx == C.DECODER_ONNX
+    if "inputs" in sections["decoder"]:
+        assert manifest.encoder.outputs == (C.TensorSpec("image_embeddings", "float32", (1, 256, 64, 64)),)
+        assert manifest.decoder.input("point_coords").shape == ("num_prompts", "num_points", 2)
+        assert manifest.decoder.input("mask_input").shape[0] == "num_masks"
+        assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
+        assert manifest.decoder.halves["masks"].inputs[0].name == "mask_tokens"
+    else:
+        assert manifest.decoder.inputs == () and manifest.decoder.input("mask_input") is None
+        assert manifest.decoder_halves() is None
+    assert manifest.to_dict() == data
+    assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
+    written = json.loads((tmp_path / C.MANIFEST).read_text())
+    for key, value in sections.items():
+        assert json.dumps(written[key], indent=2) == json.dumps(value, indent=2)
+
+
+def test_bad_graph_and_checkpoint_sections_are_refused():
+    tensor = {"name": "image", "dtype": "float32", "shape": [1, 3, 1024, 1024]}
+    for changes, message in (
+        ({"checkpoint": {"file": "x.pth", "sha256": 7}}, "bad 'checkpoint' section"),
+        ({"encoder": {"onnx": "encoder.onnx", "inputs": [{**tensor, "shape": "1x3"}]}}, "bad 'encoder' section"),
+        ({"encoder": {"onnx": "encoder.onnx", "outputs": {"image": tensor}}}, "bad 'encoder' section"),
+        ({"decoder": {"onnx": 3}}, "bad 'decoder' section"),
+        ({"decoder": {"onnx": C.DECODER_ONNX, "halves": {"scores": {"onnx": C.DECODER_SCORES_ONNX, "inputs": [{}]},
+                                                        "masks": {"onnx": C.DECODER_MASKS_ONNX}}}},
+         "bad 'decoder.halves.scores' section"),
+    ):
+        with pytest.raises(SamExportError, match=message):
+            Manifest.from_dict(manifest_data(**changes))
+    # A key a newer samexport may write is kept.
+    newer = {"onnx": "encoder.onnx", "inputs": [tensor], "opset": 18}
+    assert Manifest.from_dict(manifest_data(encoder=newer)).to_dict()["encoder"] == newer
 
 
 def test_build_settings_are_recorded_as_the_json_form_wrote_them():

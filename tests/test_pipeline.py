@@ -17,12 +17,12 @@ from samexport.utils import sha256_file
 def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
     manifest = read_manifest(tiny_artifact)
     assert manifest.variant == "tiny" and manifest.precision == "fp32"
-    assert manifest.checkpoint["sha256"] == sha256_file(tiny_checkpoint)
+    assert manifest.checkpoint.sha256 == sha256_file(tiny_checkpoint)
     assert manifest.opset >= 17
-    assert [t["name"] for t in manifest.decoder["inputs"]] == [s.name for s in C.DECODER_INPUTS]
-    assert manifest.decoder["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
+    assert [t.name for t in manifest.decoder.inputs] == [s.name for s in C.DECODER_INPUTS]
+    assert manifest.decoder.inputs[1].shape == (C.PROMPT_BATCH, C.NUM_POINTS, 2)
     assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
-    assert [t["name"] for t in manifest.decoder["halves"]["masks"]["inputs"]] == [s.name for s in C.MASKS_INPUTS]
+    assert [t.name for t in manifest.decoder.halves["masks"].inputs] == [s.name for s in C.MASKS_INPUTS]
     assert manifest.versions["onnxruntime"][0].isdigit()
     assert set(manifest.skipped_engines) == {"encoder", "decoder"}
     assert manifest.runtime.onnxruntime_encoder and manifest.runtime.onnxruntime_memory_arena
