@@ -20,7 +20,7 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.errors import SamExportError
-from samexport.integrity import check_sizes, file_records, verify_files
+from samexport.integrity import FileRecord, check_sizes, file_records, verify_files
 from samexport.records import (
     CheckpointRecord,
     EngineRecord,
@@ -93,8 +93,8 @@ class Manifest:
 
     ``to_dict`` / ``from_dict`` are the JSON form; ``from_dict`` validates types and values and
     upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
-    ``files`` maps each file the runtime loads (path relative to the artifact) to
-    ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it; only format 1 manifests,
+    ``files`` maps each file the runtime loads (path relative to the artifact) to its
+    ``FileRecord`` (size and sha256; ``samexport.integrity``); ``write_manifest`` fills it; only format 1 manifests,
     written before it existed, may have none (their files are not verified; ``read_manifest``).
     ``references`` describes the stored
     PyTorch reference outputs (a ``ReferencesRecord``, ``samexport.parity.references``; None for
@@ -125,7 +125,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
-    files: dict = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
@@ -141,6 +141,7 @@ class Manifest:
         data["engines_verification"] = self.engines_verification and self.engines_verification.to_dict()
         data["skipped_engines"] = dict(self.skipped_engines)
         data["references"] = self.references and self.references.to_dict()
+        data["files"] = {name: record.to_dict() for name, record in self.files.items()}
         for key in ("checkpoint", "encoder", "decoder"):
             data[key] = getattr(self, key).to_dict()
         data["runtime"] = asdict(self.runtime)
@@ -174,12 +175,6 @@ class Manifest:
             raise SamExportError(f"{source}: unknown precision {data['precision']!r}; valid: {', '.join(C.PRECISIONS)}")
         if data["attention"] not in C.ATTENTION_MODES:
             raise SamExportError(f"{source}: unknown attention mode {data['attention']!r}; valid: {', '.join(C.ATTENTION_MODES)}")
-        for name, record in data["files"].items():
-            if not (
-                isinstance(record, dict) and type(record.get("bytes")) is int and record["bytes"] >= 0
-                and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64
-            ) or Path(name).is_absolute() or ".." in Path(name).parts:
-                raise SamExportError(f"{source}: bad file record {name!r}: {record!r}")
         decoder = GraphRecord.from_dict(data["decoder"], section="decoder", source=source)
         halves = decoder.halves
         if halves is not None and not all(
@@ -213,6 +208,7 @@ class Manifest:
             "checkpoint": CheckpointRecord.from_dict(data["checkpoint"], source=source),
             "encoder": GraphRecord.from_dict(data["encoder"], section="encoder", source=source),
             "decoder": decoder,
+            "files": {name: FileRecord.from_dict(record, name=name, source=source) for name, record in data["files"].items()},
             "graphs": graphs, "parity": parity, "engines": engines,
             "engine_config": settings_or_none(data["engine_config"], source=source),
             "engines_verification": None if verdict is None else EngineVerification.from_dict(verdict, source=source),

@@ -22,6 +22,7 @@ from samexport.artifacts import (
 )
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
+from samexport.integrity import FileRecord
 from samexport.pipeline import build
 from samexport.records import (
     CheckpointRecord,
@@ -48,6 +49,11 @@ def manifest_data(**changes) -> dict:
         "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000", "files": {},
     }
     return {**data, **changes}
+
+
+def json_records(records: dict[str, FileRecord]) -> dict[str, dict]:
+    """File records in their manifest.json form (as samexport wrote them before they were typed)."""
+    return {name: {"bytes": record.bytes, "sha256": record.sha256} for name, record in records.items()}
 
 
 def test_decoder_halves_are_named_by_the_manifest_or_absent_in_older_ones():
@@ -187,7 +193,7 @@ def test_a_manifest_written_before_engine_records_were_typed_still_loads(tmp_pat
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"):
         (tmp_path / name).write_bytes(b"data")
     data = manifest_data(engines=OLD_ENGINE_RECORDS)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
 
     manifest = read_manifest(tmp_path)
@@ -247,7 +253,7 @@ def test_engine_sections_written_before_they_were_typed_load_and_round_trip(tmp_
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         (tmp_path / name).write_bytes(b"graph")
     data = manifest_data(**sections)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
 
     manifest = read_manifest(tmp_path)
@@ -310,7 +316,7 @@ def test_references_section_written_before_it_was_typed_loads_and_round_trips(tm
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]):
         (tmp_path / name).write_bytes(b"data")
     data = manifest_data(references=old)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
 
     manifest = read_manifest(tmp_path)
@@ -382,7 +388,7 @@ def test_graph_and_checkpoint_sections_written_before_they_were_typed_load_and_r
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         (tmp_path / name).write_bytes(b"graph")
     data = manifest_data(**sections)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
 
     manifest = read_manifest(tmp_path)
@@ -421,6 +427,18 @@ def test_bad_graph_and_checkpoint_sections_are_refused():
     # A key a newer samexport may write is kept.
     newer = {"onnx": "encoder.onnx", "inputs": [tensor], "opset": 18}
     assert Manifest.from_dict(manifest_data(encoder=newer)).to_dict()["encoder"] == newer
+
+
+def test_file_records_are_typed_and_written_back_as_they_were():
+    """manifest.files: FileRecords by name; a key a newer samexport may write is kept."""
+    old = {C.ENCODER_ONNX: {"bytes": 5, "sha256": "a" * 64}, C.DECODER_ONNX: {"bytes": 0, "sha256": "b" * 64, "mtime": 3}}
+    manifest = Manifest.from_dict(manifest_data(files=old))
+    assert manifest.files[C.ENCODER_ONNX] == FileRecord(5, "a" * 64)
+    assert manifest.files[C.DECODER_ONNX].bytes == 0 and manifest.files[C.DECODER_ONNX].extra == {"mtime": 3}
+    assert json.dumps(manifest.to_dict()["files"]) == json.dumps(old)
+    for bad in ({"bytes": -1, "sha256": "a" * 64}, {"bytes": 1, "sha256": "a"}, {"bytes": True, "sha256": "a" * 64}):
+        with pytest.raises(SamExportError, match="bad file record"):
+            Manifest.from_dict(manifest_data(files={C.ENCODER_ONNX: bad}))
 
 
 def test_build_settings_are_recorded_as_the_json_form_wrote_them():
@@ -489,7 +507,7 @@ def test_manifest_records_size_and_sha256_of_every_graph_and_the_references(tiny
     manifest = read_manifest(tiny_artifact)
     assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references.file}  # the stored references too
     for name, record in manifest.files.items():
-        assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
+        assert record == FileRecord((tiny_artifact / name).stat().st_size, sha256_file(tiny_artifact / name))
     assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())
 
 
@@ -564,7 +582,7 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
 
 def test_verify_artifact_names_a_missing_plan(artifact):
     manifest = read_manifest(artifact)
-    records = {**manifest.files, "plans-x/encoder.plan": {"bytes": 1, "sha256": "0" * 64}}
+    records = {**manifest.files, "plans-x/encoder.plan": FileRecord(1, "0" * 64)}
     with pytest.raises(SamExportError, match="incomplete: plans-x/encoder.plan is missing"):
         verify_artifact(artifact, manifest.replace(files=records))
 

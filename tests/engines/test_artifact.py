@@ -63,7 +63,7 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     # the graphs, the stored PyTorch references and the new plans
     assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, manifest.references.file, *plans])
     for name in plans:
-        assert manifest.files[name]["sha256"] == sha256_file(artifact / name)
+        assert manifest.files[name].sha256 == sha256_file(artifact / name)
     verify_artifact(artifact, read_manifest(artifact))
     plan = artifact / plans[0]
     plan.write_bytes(plan.read_bytes()[:-1] + b"\0")

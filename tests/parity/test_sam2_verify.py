@@ -78,7 +78,7 @@ def test_sam2_references_are_the_pytorch_outputs(sam2_tiny_artifact, sam2_tiny_c
     manifest = read_manifest(sam2_tiny_artifact)
     record = manifest.references
     path = sam2_tiny_artifact / record.file
-    assert manifest.files[record.file] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    assert manifest.files[record.file].to_dict() == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     assert record.format == 2 and record.contract == "sam2" and record.bytes == path.stat().st_size
     assert record.features == ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     references = load_references(sam2_tiny_artifact, manifest)

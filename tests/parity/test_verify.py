@@ -53,7 +53,7 @@ def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
     manifest = read_manifest(tiny_artifact)
     record = manifest.references
     path = tiny_artifact / record.file
-    assert manifest.files[record.file] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    assert manifest.files[record.file].to_dict() == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     assert record.bytes == path.stat().st_size < 12 << 20
     assert {n: v.size for n, v in record.images.items()} == {"landscape": (683, 1024), "portrait": (1024, 640)}
     references = load_references(tiny_artifact, manifest)
