@@ -7,26 +7,29 @@ when complete, manifest last, so a crash never leaves a directory that looks lik
 (``samexport.replaceable.check_replaceable_artifact``), never a user's folder or file. The
 manifest records the size and sha256 of every file the runtime loads (``Manifest.files``, see
 ``samexport.integrity``), recomputed on every rewrite. The manifest's sections are typed
-(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan).
+(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan, the
+stored references).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from samexport import constants as C
 from samexport.errors import SamExportError
-from samexport.integrity import check_sizes, file_records, verify_files
+from samexport.integrity import FileRecord, check_sizes, file_records, verify_files
 from samexport.records import (
+    CheckpointRecord,
     EngineRecord,
     EngineSettings,
     EngineVerification,
     GraphPrecisions,
+    GraphRecord,
     ParityRecord,
+    ReferencesRecord,
     engine_records,
     settings_or_none,
 )
@@ -41,9 +44,6 @@ PLANS_PREFIX = "plans-"  # engine plan folders (samexport.engines.artifact)
 PLANS_PARTIAL_PREFIX = ".plans-partial-"
 PLANS_MARKER = ".samexport-plans"  # in plan folders: {"pid": ...} of the run that wrote them
 PLAN_FILES = ("encoder.plan", "decoder.plan")
-# The stored PyTorch references: ``references-<sha256 prefix>.npz`` (samexport.parity.references),
-# named by content so that replacing them never overwrites the file the current manifest names.
-REFERENCES_PREFIX = "references-"
 DIGEST_KEY = "manifest_sha256"  # sha256 of the rest of manifest.json (see write_manifest)
 
 
@@ -93,12 +93,12 @@ class Manifest:
 
     ``to_dict`` / ``from_dict`` are the JSON form; ``from_dict`` validates types and values and
     upgrades format 1. Keys this version does not know are kept in ``extra`` and written back.
-    ``files`` maps each file the runtime loads (path relative to the artifact) to
-    ``{"bytes": size, "sha256": hex}``; ``write_manifest`` fills it; only format 1 manifests,
+    ``files`` maps each file the runtime loads (path relative to the artifact) to its
+    ``FileRecord`` (size and sha256; ``samexport.integrity``); ``write_manifest`` fills it; only format 1 manifests,
     written before it existed, may have none (their files are not verified; ``read_manifest``).
     ``references`` describes the stored
-    PyTorch reference outputs (``samexport.parity.references``; None for artifacts built before
-    samexport stored them), whose file is listed in ``files`` like the graphs.
+    PyTorch reference outputs (a ``ReferencesRecord``, ``samexport.parity.references``; None for
+    artifacts built before samexport stored them), whose file is listed in ``files`` like the graphs.
     ``engines_verification`` is the verdict on the plans ``engines`` names, recorded by
     ``samexport engines`` (``samexport.parity.engines``): passed / unverified / not run, with the
     GPU, TensorRT version, attention mode and figures (an ``EngineVerification``); None when no
@@ -112,20 +112,20 @@ class Manifest:
     attention: str
     opset: int
     graphs: GraphPrecisions
-    checkpoint: dict
-    encoder: dict
-    decoder: dict
+    checkpoint: CheckpointRecord
+    encoder: GraphRecord
+    decoder: GraphRecord
     runtime: RuntimeNeeds
     engine_config: EngineSettings | None = None
     engines: dict[str, EngineRecord] = field(default_factory=dict)
     skipped_engines: dict[str, str] = field(default_factory=dict)
     engines_verification: EngineVerification | None = None
     parity: ParityRecord | None = None
-    references: dict | None = None
+    references: ReferencesRecord | None = None
     versions: dict = field(default_factory=dict)
     build_seconds: float | None = None
     created: str | None = None
-    files: dict = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
@@ -140,6 +140,10 @@ class Manifest:
         data["engine_config"] = self.engine_config.to_dict() if self.engine_config else {}
         data["engines_verification"] = self.engines_verification and self.engines_verification.to_dict()
         data["skipped_engines"] = dict(self.skipped_engines)
+        data["references"] = self.references and self.references.to_dict()
+        data["files"] = {name: record.to_dict() for name, record in self.files.items()}
+        for key in ("checkpoint", "encoder", "decoder"):
+            data[key] = getattr(self, key).to_dict()
         data["runtime"] = asdict(self.runtime)
         return {**data, **self.extra}
 
@@ -171,25 +175,13 @@ class Manifest:
             raise SamExportError(f"{source}: unknown precision {data['precision']!r}; valid: {', '.join(C.PRECISIONS)}")
         if data["attention"] not in C.ATTENTION_MODES:
             raise SamExportError(f"{source}: unknown attention mode {data['attention']!r}; valid: {', '.join(C.ATTENTION_MODES)}")
-        for name, record in data["files"].items():
-            if not (
-                isinstance(record, dict) and type(record.get("bytes")) is int and record["bytes"] >= 0
-                and isinstance(record.get("sha256"), str) and len(record["sha256"]) == 64
-            ) or Path(name).is_absolute() or ".." in Path(name).parts:
-                raise SamExportError(f"{source}: bad file record {name!r}: {record!r}")
-        halves = data["decoder"].get("halves")
-        if halves is not None and not (
-            isinstance(halves, dict)
-            and all(isinstance(halves.get(key), dict) and halves[key].get("onnx") == name
-                    for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX)))
+        decoder = GraphRecord.from_dict(data["decoder"], section="decoder", source=source)
+        halves = decoder.halves
+        if halves is not None and not all(
+            key in halves and halves[key].onnx == name
+            for key, name in (("scores", C.DECODER_SCORES_ONNX), ("masks", C.DECODER_MASKS_ONNX))
         ):
-            raise SamExportError(f"{source}: bad 'decoder.halves' section: {halves!r}")
-        references = data.get("references")
-        if references is not None and not (
-            isinstance(references, dict) and isinstance(references.get("file"), str)
-            and re.fullmatch(rf"{REFERENCES_PREFIX}[0-9a-f]{{16}}\.npz", references["file"])
-        ):
-            raise SamExportError(f"{source}: bad 'references' section: {str(references)[:200]}")
+            raise SamExportError(f"{source}: bad 'decoder.halves' section: {data['decoder']['halves']!r}")
         for name, reason in data["skipped_engines"].items():
             if not isinstance(reason, str):
                 raise SamExportError(f"{source}: 'skipped_engines' must give a reason (a string) for {name!r}, got {reason!r}")
@@ -210,7 +202,13 @@ class Manifest:
         parity = None if data.get("parity") is None else ParityRecord.from_dict(data["parity"], source=source)
         engines = engine_records(data["engines"], source=source)
         verdict = data.get("engines_verification")
+        references = data.get("references")
         typed = {
+            "references": None if references is None else ReferencesRecord.from_dict(references, source=source),
+            "checkpoint": CheckpointRecord.from_dict(data["checkpoint"], source=source),
+            "encoder": GraphRecord.from_dict(data["encoder"], section="encoder", source=source),
+            "decoder": decoder,
+            "files": {name: FileRecord.from_dict(record, name=name, source=source) for name, record in data["files"].items()},
             "graphs": graphs, "parity": parity, "engines": engines,
             "engine_config": settings_or_none(data["engine_config"], source=source),
             "engines_verification": None if verdict is None else EngineVerification.from_dict(verdict, source=source),
@@ -240,8 +238,8 @@ class Manifest:
     def decoder_halves(self) -> tuple[str, str] | None:
         """(``decoder_scores.onnx``, ``decoder_masks.onnx``), or None for artifacts built before
         samexport wrote the decoder's halves (``decoder.halves`` in the manifest)."""
-        halves = self.decoder.get("halves")
-        return (halves["scores"]["onnx"], halves["masks"]["onnx"]) if halves else None
+        halves = self.decoder.halves
+        return (halves["scores"].onnx, halves["masks"].onnx) if halves else None
 
 
 def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
@@ -252,7 +250,7 @@ def artifact_files(folder: Path, manifest: Manifest) -> list[str]:
     names = {name for name in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES) if (folder / name).is_file()}
     names |= {record.plan for record in manifest.engines.values()}
     if manifest.references:
-        names.add(manifest.references["file"])
+        names.add(manifest.references.file)
     return sorted(names)
 
 

@@ -30,7 +30,7 @@ from samexport.parity.references import record_references
 from samexport.parity.sam2 import sam2_quick_parity
 from samexport.precision.calibration import check_calibration_images
 from samexport.precision.recipes import Int8Recipe, Int8Target, recipe_for
-from samexport.records import GraphPrecisions
+from samexport.records import GraphPrecisions, GraphRecord, ReferencesRecord
 from samexport.runtime.sam2_torch import Sam2TorchBackend
 from samexport.runtime.torch_backend import TorchBackend
 from samexport.sam2_checkpoint import load_sam2
@@ -55,7 +55,7 @@ class ModelSteps:
         write_graphs: ``(model, staging, precision, *, opset, attention, calib_dir, calib_cache,
             int8_target, on_step) -> GraphPrecisions`` (the manifest's ``graphs``).
         quick_parity: ``(model, folder, precision, memory_arena) -> dict`` (``ParityReport.to_dict``).
-        record_references: ``(model, staging) -> dict``, or ``None`` where the family stores none yet.
+        record_references: ``(model, staging) -> ReferencesRecord``, or ``None`` where the family stores none yet.
         graph_records: ``() -> (encoder record, decoder record)`` of the manifest.
         no_engines: why this family gets no TensorRT engines, or ``None`` when it does.
     """
@@ -64,14 +64,14 @@ class ModelSteps:
     load: Callable[[Path, Any], Any]
     write_graphs: Callable[..., GraphPrecisions]
     quick_parity: Callable[[Any, Path, str, bool], dict]
-    record_references: Callable[[Any, Path], dict] | None
-    graph_records: Callable[[], tuple[dict, dict]]
+    record_references: Callable[[Any, Path], ReferencesRecord] | None
+    graph_records: Callable[[], tuple[GraphRecord, GraphRecord]]
     no_engines: str | None = None
 
 
-def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> dict:
+def graph_record(name: str, inputs: tuple[C.TensorSpec, ...], outputs: tuple[C.TensorSpec, ...]) -> GraphRecord:
     """A graph's manifest record: its file and tensor specs."""
-    return {"onnx": name, "inputs": [s.to_dict() for s in inputs], "outputs": [s.to_dict() for s in outputs]}
+    return GraphRecord(name, tuple(inputs), tuple(outputs))
 
 
 def _check_sam_request(
@@ -158,23 +158,26 @@ def _write_graphs(
             work / C.ENCODER_ONNX, encoder, calibration_images, cache_path=calib_cache, recipe=recipe,
             fp32_ops=sam.variant.fp32_ops, replace_malformed_cache=True,  # the cache is samexport's own file
         )
-        graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
-            int8_target=int8_target, calibration_images=str(calib_dir),
-        )
+        graphs = _int8_graphs(recipe, int8_target, calib_dir)
     shutil.rmtree(work)
     return graphs
 
 
-def _sam_graph_records() -> tuple[dict, dict]:
+def _int8_graphs(recipe: Int8Recipe, int8_target: str, calib_dir: Path) -> GraphPrecisions:
+    """``manifest.graphs`` of an int8 build, either family: the encoder's Q/DQ on an FP16 graph (the
+    TensorRT recipe) or on FP32, the decoder in FP16, and what the encoder was calibrated for and on."""
+    return GraphPrecisions(
+        encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
+        int8_target=int8_target, calibration_images=str(calib_dir),
+    )
+
+
+def _sam_graph_records() -> tuple[GraphRecord, GraphRecord]:
     encoder = graph_record(C.ENCODER_ONNX, C.ENCODER_INPUTS, C.ENCODER_OUTPUTS)
-    decoder = {
-        **graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-        "halves": {
-            "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-            "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
-        },
-    }
+    decoder = graph_record(C.DECODER_ONNX, C.DECODER_INPUTS, C.DECODER_OUTPUTS).replace(halves={
+        "scores": graph_record(C.DECODER_SCORES_ONNX, C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+        "masks": graph_record(C.DECODER_MASKS_ONNX, C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+    })
     return encoder, decoder
 
 
@@ -257,15 +260,12 @@ def _write_sam2_graphs(
             folder / C.ENCODER_ONNX, staging / C.ENCODER_ONNX, calibration_images, cache_path=calib_cache, recipe=recipe,
             fp32_ops=fp32_ops, replace_malformed_cache=True, preprocess=preprocess_sam2,  # islands: TensorRT's recipe (FP16)
         )
-        graphs = GraphPrecisions(
-            encoder="int8 (Q/DQ) on fp16" if recipe.fp16 else "int8 (Q/DQ)", decoder="fp16", fp16_encoder=recipe.fp16,
-            int8_target=int8_target, calibration_images=str(calib_dir),
-        )
+        graphs = _int8_graphs(recipe, int8_target, calib_dir)
     shutil.rmtree(folder)
     return graphs
 
 
-def _sam2_graph_records() -> tuple[dict, dict]:
+def _sam2_graph_records() -> tuple[GraphRecord, GraphRecord]:
     contract = C.SAM2_GRAPHS
     return (
         graph_record(C.ENCODER_ONNX, contract.encoder_inputs, contract.encoder_outputs),

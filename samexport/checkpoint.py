@@ -17,19 +17,25 @@ if TYPE_CHECKING:
 SECTIONS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
 
-def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """Load an official-format checkpoint: a plain state dict with ``image_encoder.*`` etc. keys."""
+def load_checkpoint_file(path: Path | str, official_form: str) -> object:
+    """``torch.load`` of a checkpoint file (on the CPU, tensors and plain containers only), with a
+    clear error for a missing, truncated or foreign file; ``official_form`` ends that error (what
+    the official checkpoints are, e.g. "Official SAM checkpoints are PyTorch .pth state dicts.")."""
     torch = require("torch", "torch")
     path = Path(path)
     if not path.is_file():
         raise SamExportError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise SamExportError(
-            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. "
-            "Is the file complete? Official SAM checkpoints are PyTorch .pth state dicts."
+            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. Is the file complete? {official_form}"
         ) from exc
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Load an official-format checkpoint: a plain state dict with ``image_encoder.*`` etc. keys."""
+    state = load_checkpoint_file(path, "Official SAM checkpoints are PyTorch .pth state dicts.")
     if not isinstance(state, dict) or not state:
         raise SamExportError(f"checkpoint {path} is not a state dict (found {type(state).__name__})")
     unknown = sorted(k for k in state if not str(k).startswith(SECTIONS))
@@ -112,14 +118,20 @@ def load_sam(checkpoint: Path | str, variant: Variant | str) -> Sam:
             f"checkpoint {checkpoint} {looks_like}, but variant {variant.name} was requested "
             f"({variant.family.name} encoder {variant.encoder}); pass the matching --variant"
         )
-    model = variant.build()
+    return load_weights(variant.build(), state, checkpoint=checkpoint, name=variant.name)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, checkpoint: object, name: str):
+    """Load ``state`` into the freshly built ``model`` (variant ``name``) and return it in eval
+    mode; every tensor must fit: a shape mismatch, a missing or an unexpected key is an error
+    naming ``checkpoint`` and the first keys."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
-        raise SamExportError(f"checkpoint {checkpoint} does not fit {variant.name}: {exc}") from exc
+        raise SamExportError(f"checkpoint {checkpoint} does not fit {name}: {exc}") from exc
     if missing or unexpected:
         raise SamExportError(
-            f"checkpoint {checkpoint} does not fit {variant.name}: "
+            f"checkpoint {checkpoint} does not fit {name}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.eval()

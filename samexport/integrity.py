@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from samexport.errors import SamExportError
@@ -33,18 +34,47 @@ _lock = threading.Lock()
 _verified: dict[str, tuple[list[int], str]] = {}  # "device:inode" -> (stat key, sha256)
 
 
-def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
-    """``{name: {"bytes": size, "sha256": hex}}`` for the files ``names`` (relative to ``folder``)."""
+@dataclass(frozen=True)
+class FileRecord:
+    """One entry of ``manifest.files``: a file's size and sha256 (JSON ``{"bytes": size, "sha256": hex}``).
+
+    Attributes:
+        bytes: the file's size.
+        sha256: its sha256, in hex.
+        extra: keys this version does not know, written back as they were.
+    """
+
+    bytes: int
+    sha256: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"bytes": self.bytes, "sha256": self.sha256, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: object, *, name: str, source: str) -> FileRecord:
+        """Validate: a size (an int, >= 0) and a sha256 (64 characters), under a relative name
+        inside the artifact."""
+        if not (
+            isinstance(data, dict) and type(data.get("bytes")) is int and data["bytes"] >= 0
+            and isinstance(data.get("sha256"), str) and len(data["sha256"]) == 64
+        ) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise SamExportError(f"{source}: bad file record {name!r}: {data!r}")
+        return cls(data["bytes"], data["sha256"], {key: v for key, v in data.items() if key not in ("bytes", "sha256")})
+
+
+def file_records(folder: Path, names: list[str]) -> dict[str, FileRecord]:
+    """The size and sha256 of the files ``names`` (relative to ``folder``), by name."""
     records = {}
     for name in sorted(names):
         path = Path(folder) / name
         digest = sha256_file(path)
-        records[name] = {"bytes": path.stat().st_size, "sha256": digest}
+        records[name] = FileRecord(path.stat().st_size, digest)
         _remember(path, digest)  # just hashed: the first open of the artifact needs no second pass
     return records
 
 
-def check_sizes(folder: Path, records: dict[str, dict], *, source: str) -> None:
+def check_sizes(folder: Path, records: dict[str, FileRecord], *, source: str) -> None:
     """Every recorded file exists with its recorded size.
 
     Raises:
@@ -56,14 +86,14 @@ def check_sizes(folder: Path, records: dict[str, dict], *, source: str) -> None:
             size = path.stat().st_size
         except OSError:
             raise SamExportError(f"{Path(folder)} is incomplete: {name} is missing; rebuild it") from None
-        if size != record["bytes"]:
+        if size != record.bytes:
             raise SamExportError(
-                f"{path} is {size} bytes but {source} records {record['bytes']}: the file is damaged "
+                f"{path} is {size} bytes but {source} records {record.bytes}: the file is damaged "
                 "or comes from another build; copy the artifact again or rebuild it"
             )
 
 
-def verify_files(folder: Path, records: dict[str, dict], *, source: str, names: list[str] | None = None) -> None:
+def verify_files(folder: Path, records: dict[str, FileRecord], *, source: str, names: list[str] | None = None) -> None:
     """Check the size and sha256 of the recorded files (of ``names`` only, when given).
 
     Raises:
@@ -76,12 +106,12 @@ def verify_files(folder: Path, records: dict[str, dict], *, source: str, names: 
         digest = _cached_digest(path)
         if digest is None:
             digest = sha256_file(path)
-            if digest == record["sha256"]:
+            if digest == record.sha256:
                 _remember(path, digest)
-        if digest != record["sha256"]:
+        if digest != record.sha256:
             raise SamExportError(
                 f"{path} does not match {source} (sha256 {digest[:12]}..., recorded "
-                f"{record['sha256'][:12]}...): the file is damaged or comes from another build; "
+                f"{record.sha256[:12]}...): the file is damaged or comes from another build; "
                 "copy the artifact again or rebuild it"
             )
 

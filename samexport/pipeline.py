@@ -33,7 +33,7 @@ from samexport.parity.verify import VerificationError
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
 from samexport.precision.calibration import check_calibration_cache
 from samexport.precision.recipes import Int8Target
-from samexport.records import ParityRecord
+from samexport.records import CheckpointRecord, ParityRecord
 from samexport.replaceable import check_replaceable_artifact
 from samexport.staging import check_output_destination, staged_directory
 from samexport.utils import default_cache_dir, package_versions, sha256_file
@@ -232,7 +232,7 @@ def build(
             attention=attention,
             opset=opset,
             graphs=graphs,
-            checkpoint={"file": checkpoint.name, "sha256": checkpoint_sha},
+            checkpoint=CheckpointRecord(checkpoint.name, checkpoint_sha),
             encoder=encoder_record,
             decoder=decoder_record,
             runtime=runtime,
@@ -270,10 +270,10 @@ def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step:
     verify_artifact(folder, manifest)
     on_step(f"hashing {checkpoint}")
     digest = sha256_file(checkpoint)
-    if manifest.checkpoint.get("sha256") not in (None, digest):
+    if manifest.checkpoint.sha256 not in (None, digest):
         raise SamExportError(
             f"{checkpoint} is not the checkpoint {folder} was built from (sha256 {digest[:12]}..., the "
-            f"manifest records {manifest.checkpoint['sha256'][:12]}... for {manifest.checkpoint.get('file')})"
+            f"manifest records {manifest.checkpoint.sha256[:12]}... for {manifest.checkpoint.file})"
         )
     steps = BUILD_STEPS[manifest.contract.name]
     if steps.record_references is None:
@@ -281,14 +281,14 @@ def add_references(artifact_dir: Path | str, checkpoint: Path | str, *, on_step:
     on_step(f"loading {manifest.variant} weights")
     sam = steps.load(checkpoint, get_model(manifest.variant))
     on_step("storing the PyTorch FP32 references (2 images, the prompt suite)")
-    old = manifest.references["file"] if manifest.references else None
+    old = manifest.references.file if manifest.references else None
     record = steps.record_references(sam, folder)
     try:
         written = write_manifest(folder, manifest.replace(references=record))
     except BaseException:
-        if record["file"] != old:
-            (folder / record["file"]).unlink(missing_ok=True)
+        if record.file != old:
+            (folder / record.file).unlink(missing_ok=True)
         raise
-    if old and old != record["file"]:
+    if old and old != record.file:
         (folder / old).unlink(missing_ok=True)
     return written

@@ -18,10 +18,10 @@ from samexport.artifacts import (
     PLANS_MARKER,
     PLANS_PARTIAL_PREFIX,
     PLANS_PREFIX,
-    REFERENCES_PREFIX,
     Manifest,
 )
 from samexport.errors import SamExportError
+from samexport.records import REFERENCES_PREFIX
 from samexport.staging import marker_pid
 
 # references-<16 hex>.npz, and the temporary name it is written under (.NAME.partial-<8 hex>, or

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from samexport.checkpoint import check_finite
-from samexport.errors import SamExportError, require
+from samexport.checkpoint import check_finite, load_checkpoint_file, load_weights
+from samexport.errors import SamExportError
 from samexport.models.sam2_configs import describe_hiera
 from samexport.variants import Sam2Variant, get_sam2_variant, sam2_variant_of
 
@@ -32,17 +32,9 @@ def read_sam2_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         SamExportError: missing or unreadable file, or not a SAM 2.1 checkpoint (a SAM
             checkpoint is named as such).
     """
-    torch = require("torch", "torch")
-    path = Path(path)
-    if not path.is_file():
-        raise SamExportError(f"checkpoint not found: {path}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise SamExportError(
-            f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. Is the file complete? "
-            "Official SAM 2.1 checkpoints are PyTorch .pt files holding {'model': state_dict}."
-        ) from exc
+    content = load_checkpoint_file(
+        path, "Official SAM 2.1 checkpoints are PyTorch .pt files holding {'model': state_dict}."
+    )
     if isinstance(content, dict) and "model" not in content and any(str(k).startswith("mask_decoder.") for k in content):
         raise SamExportError(
             f"checkpoint {path} is a SAM (v1) checkpoint, not SAM 2.1: load it with samexport.checkpoint.load_sam"
@@ -91,14 +83,4 @@ def load_sam2(checkpoint: Path | str, variant: Sam2Variant | str | None = None) 
         raise SamExportError(
             f"checkpoint {checkpoint} holds {found.name}, but {get_sam2_variant(variant).name} was requested"
         )
-    model = found.build()
-    try:
-        missing, unexpected = model.load_state_dict(image_subset(state), strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        raise SamExportError(f"checkpoint {checkpoint} does not fit {found.name}: {exc}") from exc
-    if missing or unexpected:
-        raise SamExportError(
-            f"checkpoint {checkpoint} does not fit {found.name}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    return model.eval()
+    return load_weights(found.build(), image_subset(state), checkpoint=checkpoint, name=found.name)

@@ -22,8 +22,19 @@ from samexport.artifacts import (
 )
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
+from samexport.integrity import FileRecord
 from samexport.pipeline import build
-from samexport.records import EngineRecord, EngineSettings, EngineVerification, GraphPrecisions, ParityRecord
+from samexport.records import (
+    CheckpointRecord,
+    EngineRecord,
+    EngineSettings,
+    EngineVerification,
+    GraphPrecisions,
+    GraphRecord,
+    ParityRecord,
+    ReferenceImage,
+    ReferencesRecord,
+)
 from samexport.utils import sha256_file
 
 
@@ -38,6 +49,11 @@ def manifest_data(**changes) -> dict:
         "build_seconds": 1.0, "created": "2026-12-01T00:00:00+0000", "files": {},
     }
     return {**data, **changes}
+
+
+def json_records(records: dict[str, FileRecord]) -> dict[str, dict]:
+    """File records in their manifest.json form (as samexport wrote them before they were typed)."""
+    return {name: {"bytes": record.bytes, "sha256": record.sha256} for name, record in records.items()}
 
 
 def test_decoder_halves_are_named_by_the_manifest_or_absent_in_older_ones():
@@ -177,7 +193,7 @@ def test_a_manifest_written_before_engine_records_were_typed_still_loads(tmp_pat
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"):
         (tmp_path / name).write_bytes(b"data")
     data = manifest_data(engines=OLD_ENGINE_RECORDS)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, "plans-1/encoder.plan", "plans-1/decoder.plan"]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
 
     manifest = read_manifest(tmp_path)
@@ -237,7 +253,7 @@ def test_engine_sections_written_before_they_were_typed_load_and_round_trip(tmp_
     for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
         (tmp_path / name).write_bytes(b"graph")
     data = manifest_data(**sections)
-    data["files"] = file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX])
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX]))
     (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}))
 
     manifest = read_manifest(tmp_path)
@@ -264,6 +280,165 @@ def test_engine_sections_written_before_they_were_typed_load_and_round_trip(tmp_
     assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
     written = json.loads((tmp_path / C.MANIFEST).read_text())
     assert {key: written[key] for key in sections} == sections
+
+
+# ``manifest.references`` as samexport wrote it before it was typed (2026-12-06): format 1 (SAM's
+# embedding only, before ``contract`` and ``features`` existed) and format 2 of a SAM 2.1 build.
+OLD_REFERENCES_FORMAT_1 = {
+    "file": "references-00112233445566aa.npz", "format": 1,
+    "images": {"landscape": {"size": [683, 1024], "prompts": ["point", "box", "box_point", "mask_refinement"]},
+               "portrait": {"size": [1024, 640], "prompts": ["ten_points", "batch_boxes_4"]}},
+    "image_source": "scikit-image sample photos", "decoder_calls": 6,
+    "stored_dtype": {"images": "uint8 (PNG)", "embeddings": "float16", "low_res_masks": "float16", "iou_predictions": "float32"},
+    "storage_error": {"embedding_rel_max_abs": 0.000244, "low_res_masks_rel_max_abs": 0.000488},
+    "reference": "tiny (FP32)", "seconds": 3.2, "bytes": 4,
+}
+OLD_REFERENCES_SAM2 = {
+    "file": "references-ffeeddccbbaa9988.npz", "format": 2, "contract": "sam2",
+    "features": ["image_embeddings", "high_res_feats_0", "high_res_feats_1"],
+    "images": {"landscape": {"size": [683, 1024], "prompts": ["point"]}},
+    "image_source": "synthetic", "decoder_calls": 1,
+    "stored_dtype": {"images": "uint8 (PNG)", "features": "float16", "low_res_masks": "float16",
+                     "iou_predictions": "float32", "object_score_logits": "float32"},
+    "storage_error": {"embedding_rel_max_abs": 0.00012}, "reference": "sam2.1_hiera_tiny (FP32)", "seconds": 40.0,
+    "bytes": 4,
+}
+
+
+@pytest.mark.parametrize("old", [OLD_REFERENCES_FORMAT_1, OLD_REFERENCES_SAM2], ids=["format1", "sam2-format2"])
+def test_references_section_written_before_it_was_typed_loads_and_round_trips(tmp_path, old):
+    """manifest.json with the references section as the code before ReferencesRecord wrote it
+    (digest and file records included) is read from disk into a ReferencesRecord and written back
+    the same, key for key and in the same order."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]):
+        (tmp_path / name).write_bytes(b"data")
+    data = manifest_data(references=old)
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX, old["file"]]))
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
+
+    manifest = read_manifest(tmp_path)
+    record = manifest.references
+    assert isinstance(record, ReferencesRecord) and record.file == old["file"] and record.format == old["format"]
+    assert record.images["landscape"] == ReferenceImage((683, 1024), tuple(old["images"]["landscape"]["prompts"]))
+    assert list(record.images) == list(old["images"]) and record.decoder_calls == old["decoder_calls"]
+    assert record.storage_error["embedding_rel_max_abs"] == old["storage_error"]["embedding_rel_max_abs"]
+    assert record.bytes == 4 and record.stored_dtype == old["stored_dtype"]
+    if old["format"] == 1:
+        assert record.contract is None and record.features is None
+    else:
+        assert record.contract == "sam2" and record.features == tuple(old["features"])
+    assert manifest.to_dict() == data
+    # Written back by this samexport and read again: the same records, the same JSON text.
+    assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
+    written = json.loads((tmp_path / C.MANIFEST).read_text())
+    assert json.dumps(written["references"], indent=2) == json.dumps(old, indent=2)
+    assert written["files"] == data["files"]
+
+
+def test_references_record_keeps_unknown_keys_and_refuses_bad_ones():
+    newer = {**OLD_REFERENCES_SAM2, "seed": 7}  # a key a newer samexport may write
+    assert ReferencesRecord.from_dict(newer).extra == {"seed": 7}
+    assert ReferencesRecord.from_dict(newer).to_dict() == newer
+    assert Manifest.from_dict(manifest_data(references=newer)).to_dict()["references"] == newer
+    for key, bad in (("bytes", "4"), ("features", "image_embeddings"), ("images", {"x": {"size": [1], "prompts": []}}),
+                     ("storage_error", {"embedding_rel_max_abs": "small"}), ("format", True)):
+        with pytest.raises(SamExportError, match="bad 'references"):
+            Manifest.from_dict(manifest_data(references={**OLD_REFERENCES_SAM2, key: bad}))
+
+
+# ``manifest.checkpoint`` / ``encoder`` / ``decoder`` as samexport wrote them before they were typed
+# (2026-12-06): a SAM build's (the decoder with its two halves; dynamic axes are names) and the
+# partial sections of a hand-made manifest (no sha256, graphs without their tensors).
+def _tensors(*specs: tuple) -> list[dict]:
+    return [{"name": name, "dtype": "float32", "shape": list(shape)} for name, shape in specs]
+
+
+OLD_GRAPH_SECTIONS = {
+    "checkpoint": {"file": "sam_vit_b_01ec64.pth", "sha256": "ab" * 32},
+    "encoder": {"onnx": "encoder.onnx", "inputs": _tensors(("image", (1, 3, 1024, 1024))),
+                "outputs": _tensors(("image_embeddings", (1, 256, 64, 64)))},
+    "decoder": {
+        "onnx": "decoder.onnx",
+        "inputs": _tensors(("image_embeddings", (1, 256, 64, 64)), ("point_coords", ("num_prompts", "num_points", 2)),
+                           ("point_labels", ("num_prompts", "num_points")), ("mask_input", ("num_masks", 1, 256, 256)),
+                           ("has_mask_input", ("num_masks",))),
+        "outputs": _tensors(("iou_predictions", ("num_prompts", 4)), ("low_res_masks", ("num_prompts", 4, 256, 256))),
+        "halves": {
+            "scores": {"onnx": "decoder_scores.onnx", "inputs": _tensors(("point_coords", ("num_prompts", "num_points", 2))),
+                       "outputs": _tensors(("mask_tokens", ("num_prompts", 4, 256)))},
+            "masks": {"onnx": "decoder_masks.onnx", "inputs": _tensors(("mask_tokens", ("num_prompts", 4, 256))),
+                      "outputs": _tensors(("low_res_masks", ("num_prompts", 4, 256, 256)))},
+        },
+    },
+}
+OLD_PARTIAL_SECTIONS = {"checkpoint": {"file": "x.pth"}, "encoder": {"onnx": "encoder.onnx"}, "decoder": {"onnx": "decoder.onnx"}}
+
+
+@pytest.mark.parametrize("sections", [OLD_GRAPH_SECTIONS, OLD_PARTIAL_SECTIONS], ids=["build", "partial"])
+def test_graph_and_checkpoint_sections_written_before_they_were_typed_load_and_round_trip(tmp_path, sections):
+    """manifest.json with the checkpoint and graph sections as the code before CheckpointRecord and
+    GraphRecord wrote them is read from disk into records and written back the same, key for key
+    and in the same order."""
+    from samexport.artifacts import _digest
+    from samexport.integrity import file_records
+
+    for name in (C.ENCODER_ONNX, C.DECODER_ONNX):
+        (tmp_path / name).write_bytes(b"graph")
+    data = manifest_data(**sections)
+    data["files"] = json_records(file_records(tmp_path, [C.ENCODER_ONNX, C.DECODER_ONNX]))
+    (tmp_path / C.MANIFEST).write_text(json.dumps({**data, DIGEST_KEY: _digest(data)}, indent=2) + "\n")
+
+    manifest = read_manifest(tmp_path)
+    assert isinstance(manifest.checkpoint, CheckpointRecord) and manifest.checkpoint.file == sections["checkpoint"]["file"]
+    assert manifest.checkpoint.sha256 == sections["checkpoint"].get("sha256")
+    assert isinstance(manifest.encoder, GraphRecord) and manifest.decoder.onnx == C.DECODER_ONNX
+    if "inputs" in sections["decoder"]:
+        assert manifest.encoder.outputs == (C.TensorSpec("image_embeddings", "float32", (1, 256, 64, 64)),)
+        assert manifest.decoder.input("point_coords").shape == ("num_prompts", "num_points", 2)
+        assert manifest.decoder.input("mask_input").shape[0] == "num_masks"
+        assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
+        assert manifest.decoder.halves["masks"].inputs[0].name == "mask_tokens"
+    else:
+        assert manifest.decoder.inputs == () and manifest.decoder.input("mask_input") is None
+        assert manifest.decoder_halves() is None
+    assert manifest.to_dict() == data
+    assert write_manifest(tmp_path, manifest) == read_manifest(tmp_path) == manifest
+    written = json.loads((tmp_path / C.MANIFEST).read_text())
+    for key, value in sections.items():
+        assert json.dumps(written[key], indent=2) == json.dumps(value, indent=2)
+
+
+def test_bad_graph_and_checkpoint_sections_are_refused():
+    tensor = {"name": "image", "dtype": "float32", "shape": [1, 3, 1024, 1024]}
+    for changes, message in (
+        ({"checkpoint": {"file": "x.pth", "sha256": 7}}, "bad 'checkpoint' section"),
+        ({"encoder": {"onnx": "encoder.onnx", "inputs": [{**tensor, "shape": "1x3"}]}}, "bad 'encoder' section"),
+        ({"encoder": {"onnx": "encoder.onnx", "outputs": {"image": tensor}}}, "bad 'encoder' section"),
+        ({"decoder": {"onnx": 3}}, "bad 'decoder' section"),
+        ({"decoder": {"onnx": C.DECODER_ONNX, "halves": {"scores": {"onnx": C.DECODER_SCORES_ONNX, "inputs": [{}]},
+                                                        "masks": {"onnx": C.DECODER_MASKS_ONNX}}}},
+         "bad 'decoder.halves.scores' section"),
+    ):
+        with pytest.raises(SamExportError, match=message):
+            Manifest.from_dict(manifest_data(**changes))
+    # A key a newer samexport may write is kept.
+    newer = {"onnx": "encoder.onnx", "inputs": [tensor], "opset": 18}
+    assert Manifest.from_dict(manifest_data(encoder=newer)).to_dict()["encoder"] == newer
+
+
+def test_file_records_are_typed_and_written_back_as_they_were():
+    """manifest.files: FileRecords by name; a key a newer samexport may write is kept."""
+    old = {C.ENCODER_ONNX: {"bytes": 5, "sha256": "a" * 64}, C.DECODER_ONNX: {"bytes": 0, "sha256": "b" * 64, "mtime": 3}}
+    manifest = Manifest.from_dict(manifest_data(files=old))
+    assert manifest.files[C.ENCODER_ONNX] == FileRecord(5, "a" * 64)
+    assert manifest.files[C.DECODER_ONNX].bytes == 0 and manifest.files[C.DECODER_ONNX].extra == {"mtime": 3}
+    assert json.dumps(manifest.to_dict()["files"]) == json.dumps(old)
+    for bad in ({"bytes": -1, "sha256": "a" * 64}, {"bytes": 1, "sha256": "a"}, {"bytes": True, "sha256": "a" * 64}):
+        with pytest.raises(SamExportError, match="bad file record"):
+            Manifest.from_dict(manifest_data(files={C.ENCODER_ONNX: bad}))
 
 
 def test_build_settings_are_recorded_as_the_json_form_wrote_them():
@@ -330,9 +505,9 @@ def _rewrite(artifact: Path, change) -> None:
 
 def test_manifest_records_size_and_sha256_of_every_graph_and_the_references(tiny_artifact):
     manifest = read_manifest(tiny_artifact)
-    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references["file"]}  # the stored references too
+    assert set(manifest.files) == {*C.GRAPH_FILES, manifest.references.file}  # the stored references too
     for name, record in manifest.files.items():
-        assert record == {"bytes": (tiny_artifact / name).stat().st_size, "sha256": sha256_file(tiny_artifact / name)}
+        assert record == FileRecord((tiny_artifact / name).stat().st_size, sha256_file(tiny_artifact / name))
     assert DIGEST_KEY in json.loads((tiny_artifact / C.MANIFEST).read_text())
 
 
@@ -407,7 +582,7 @@ def test_old_manifest_without_records_still_opens_with_a_warning(artifact, caplo
 
 def test_verify_artifact_names_a_missing_plan(artifact):
     manifest = read_manifest(artifact)
-    records = {**manifest.files, "plans-x/encoder.plan": {"bytes": 1, "sha256": "0" * 64}}
+    records = {**manifest.files, "plans-x/encoder.plan": FileRecord(1, "0" * 64)}
     with pytest.raises(SamExportError, match="incomplete: plans-x/encoder.plan is missing"):
         verify_artifact(artifact, manifest.replace(files=records))
 

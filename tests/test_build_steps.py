@@ -55,12 +55,12 @@ def test_sam2_artifact_records_its_contract(sam2_tiny_artifact):
     manifest = read_manifest(sam2_tiny_artifact)
     assert manifest.variant == "sam2.1_hiera_tiny" and manifest.contract is C.SAM2_GRAPHS
     assert (manifest.graphs.encoder, manifest.graphs.decoder, manifest.graphs.fp16_encoder) == ("fp32", "fp32", False)
-    assert [o["name"] for o in manifest.encoder["outputs"]] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
-    assert [i["name"] for i in manifest.decoder["inputs"]] == [s.name for s in C.SAM2_DECODER_INPUTS]
-    assert [o["name"] for o in manifest.decoder["outputs"]] == ["low_res_masks", "iou_predictions", "object_score_logits"]
+    assert [o.name for o in manifest.encoder.outputs] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    assert [i.name for i in manifest.decoder.inputs] == [s.name for s in C.SAM2_DECODER_INPUTS]
+    assert [o.name for o in manifest.decoder.outputs] == ["low_res_masks", "iou_predictions", "object_score_logits"]
     assert manifest.decoder_halves() is None
-    assert manifest.references["contract"] == "sam2" and manifest.references["format"] == 2
-    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references["file"]}
+    assert manifest.references.contract == "sam2" and manifest.references.format == 2
+    assert set(manifest.files) == {C.ENCODER_ONNX, C.DECODER_ONNX, manifest.references.file}
     availability = tensorrt_availability()
     if availability:  # a GPU with TensorRT: the build made the plans, as for SAM
         assert set(manifest.engines) == {"encoder", "decoder"} and manifest.skipped_engines == {}

@@ -17,17 +17,17 @@ from samexport.utils import sha256_file
 def test_manifest_records_the_build(tiny_artifact, tiny_checkpoint):
     manifest = read_manifest(tiny_artifact)
     assert manifest.variant == "tiny" and manifest.precision == "fp32"
-    assert manifest.checkpoint["sha256"] == sha256_file(tiny_checkpoint)
+    assert manifest.checkpoint.sha256 == sha256_file(tiny_checkpoint)
     assert manifest.opset >= 17
-    assert [t["name"] for t in manifest.decoder["inputs"]] == [s.name for s in C.DECODER_INPUTS]
-    assert manifest.decoder["inputs"][1]["shape"] == [C.PROMPT_BATCH, C.NUM_POINTS, 2]
+    assert [t.name for t in manifest.decoder.inputs] == [s.name for s in C.DECODER_INPUTS]
+    assert manifest.decoder.inputs[1].shape == (C.PROMPT_BATCH, C.NUM_POINTS, 2)
     assert manifest.decoder_halves() == (C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX)
-    assert [t["name"] for t in manifest.decoder["halves"]["masks"]["inputs"]] == [s.name for s in C.MASKS_INPUTS]
+    assert [t.name for t in manifest.decoder.halves["masks"].inputs] == [s.name for s in C.MASKS_INPUTS]
     assert manifest.versions["onnxruntime"][0].isdigit()
     assert set(manifest.skipped_engines) == {"encoder", "decoder"}
     assert manifest.runtime.onnxruntime_encoder and manifest.runtime.onnxruntime_memory_arena
     # the graphs, the manifest and the stored PyTorch references (samexport.parity.references)
-    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references["file"]]
+    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references.file]
     assert sorted(p.name for p in tiny_artifact.iterdir()) == sorted(expected)
 
 
@@ -108,7 +108,7 @@ def test_reduced_precision_builds(precision, int8_target, tiny_checkpoint, tmp_p
     if precision == "int8":
         expected = {"tensorrt": "int8 (Q/DQ) on fp16", "onnxruntime": "int8 (Q/DQ)"}[int8_target]
         assert manifest.graphs.encoder == expected
-    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references["file"]]
+    expected = [*C.GRAPH_FILES, C.MANIFEST, manifest.references.file]
     assert sorted(p.name for p in result.artifact_dir.iterdir()) == sorted(expected)
     predictor = SamPredictor(result.artifact_dir)
     predictor.set_image(data.astronaut())

@@ -378,7 +378,7 @@ def run_benchmark(config: BenchConfig, *, on_step: Callable[[str], None] = lambd
         },
         "model": {
             "variant": variant_name,
-            "checkpoints": sorted({m.checkpoint.get("file", "?") for m in manifests.values()}),
+            "checkpoints": sorted({m.checkpoint.file or "?" for m in manifests.values()}),
             "artifacts": [str(d) for d in config.artifact_dirs],
         },
         "peak_matmul": {k: round(v, 1) for k, v in peak.items()},

@@ -159,6 +159,6 @@ def references(
     manifest = add_references(artifact_dir, checkpoint, on_step=lambda message: typer.echo(f"- {message}", err=True))
     record = manifest.references
     typer.echo(
-        f"wrote {Path(artifact_dir) / record['file']}: {record['bytes'] / 2**20:.1f} MiB, "
-        f"{len(record['images'])} images, {record['decoder_calls']} decoder calls"
+        f"wrote {Path(artifact_dir) / record.file}: {record.bytes / 2**20:.1f} MiB, "
+        f"{len(record.images)} images, {record.decoder_calls} decoder calls"
     )

@@ -72,7 +72,7 @@ def verdict_record(
         return record
     return record.replace(
         backend=report.candidate,
-        references=manifest.references["file"] if manifest.references else None,
+        references=manifest.references.file if manifest.references else None,
         summary=report.summary,
         checks=tuple(c.to_dict() for c in report.checks),
         verified=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

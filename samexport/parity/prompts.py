@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samexport.image_sources import sample_images, synthetic_image
+
 
 @dataclass(frozen=True, eq=False)
 class Prompt:
@@ -71,6 +73,21 @@ def _prompt_suite() -> tuple[Prompt, ...]:
 
 PROMPT_SUITE: tuple[Prompt, ...] = _prompt_suite()
 QUICK_PROMPTS: tuple[str, ...] = ("point", "box", "mask_refinement", "batch_points_4")
+
+
+def quick_check_inputs(image: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], list[Prompt]]:
+    """What ``samexport build``'s short parity check runs, for either family: ``image`` (named
+    ``image``), else scikit-image's astronaut, else a synthetic 512x768 picture; and the prompts of
+    :data:`QUICK_PROMPTS`. Returns (name -> image, prompts)."""
+    if image is not None:
+        images = {"image": image}
+    else:
+        try:
+            images, _ = sample_images(("astronaut",))
+        except ImportError:  # MissingExtraError: scikit-image is not installed
+            images = {}
+        images = images or {"synthetic": synthetic_image(512, 768)}
+    return images, [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS]
 
 # The prompts stored with every artifact's references (``samexport.parity.references``): the
 # suite's kinds with a batch of 4 boxes instead of 16 (each prompt stores 4 logit maps of 256x256,

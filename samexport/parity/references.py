@@ -53,12 +53,13 @@ import numpy as np
 
 from samexport import constants as C
 from samexport import transforms
-from samexport.artifacts import REFERENCES_PREFIX, Manifest, verify_artifact
+from samexport.artifacts import Manifest, verify_artifact
 from samexport.errors import SamExportError
 from samexport.family_transforms import preprocess_for
 from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.prompts import REFERENCE_PROMPTS, Prompt
 from samexport.parity.runner import parity_runner
+from samexport.records import REFERENCES_PREFIX, ReferenceImage, ReferencesRecord
 from samexport.staging import atomic_file
 
 FORMAT = 2
@@ -257,7 +258,7 @@ def _input_sample(encoder_input: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(encoder_input[..., ::INPUT_SAMPLE_STRIDE, ::INPUT_SAMPLE_STRIDE], dtype=np.float32)
 
 
-def record_references(model: Any, folder: Path) -> dict:
+def record_references(model: Any, folder: Path) -> ReferencesRecord:
     """Run ``model`` (the FP32 weights: ``TorchBackend`` for SAM, ``Sam2TorchBackend`` for SAM 2.1;
     its ``contract`` chooses the parity loop) on :data:`REFERENCE_SET` and write
     ``references-<sha>.npz`` into ``folder``; returns the manifest's ``references`` section.
@@ -300,23 +301,23 @@ def record_references(model: Any, folder: Path) -> dict:
     # The temporary name (.NAME.partial-XXXXXXXX) is one samexport.artifacts knows as its own.
     with atomic_file(Path(folder) / name, prefix=f".{name}.partial-", suffix="") as stream:
         stream.write(data)
-    return {
-        "file": name,
-        "format": FORMAT,
-        "contract": contract.name,
-        "features": [spec.name for spec in contract.encoder_outputs],
-        "images": {n: {"size": list(images[n].shape[:2]), "prompts": list(p)} for n, _, _, p in REFERENCE_SET},
-        "image_source": source,
-        "decoder_calls": len(recorder.calls),
-        "stored_dtype": {
+    return ReferencesRecord(
+        file=name,
+        format=FORMAT,
+        contract=contract.name,
+        features=tuple(spec.name for spec in contract.encoder_outputs),
+        images={n: ReferenceImage(tuple(images[n].shape[:2]), tuple(p)) for n, _, _, p in REFERENCE_SET},
+        image_source=source,
+        decoder_calls=len(recorder.calls),
+        stored_dtype={
             "images": "uint8 (PNG)", "features": "float16", "low_res_masks": "float16", "iou_predictions": "float32",
             **({"object_score_logits": "float32"} if C.OBJECT_SCORE_LOGITS in contract.decoder_outputs else {}),
         },
-        "storage_error": {k: float(f"{v:.3g}") for k, v in recorder.storage_error.items()},
-        "reference": f"{model.name} (FP32)",
-        "seconds": round(time.perf_counter() - started, 1),
-        "bytes": len(data),
-    }
+        storage_error={k: float(f"{v:.3g}") for k, v in recorder.storage_error.items()},
+        reference=f"{model.name} (FP32)",
+        seconds=round(time.perf_counter() - started, 1),
+        bytes=len(data),
+    )
 
 
 def _png(image: np.ndarray) -> np.ndarray:
@@ -358,7 +359,7 @@ def load_references(folder: Path | str, manifest: Manifest) -> References:
     folder = Path(folder)
     if not manifest.references:
         raise SamExportError(no_references_message(folder))
-    file = manifest.references["file"]
+    file = manifest.references.file
     verify_artifact(folder, manifest, names=[file])
     if file not in manifest.files:
         raise SamExportError(f"{folder / file} is not in the manifest's file records; rebuild the artifact")
@@ -383,7 +384,7 @@ def load_references(folder: Path | str, manifest: Manifest) -> References:
     index = 0
     while f"image_{index}_png" in arrays:
         image = _unpng(arrays[f"image_{index}_png"])
-        name = list(manifest.references["images"])[index]
+        name = list(manifest.references.images)[index]
         encoder_input = preprocess(image)
         sample = arrays.get(f"encoder_input_sample_{index}")
         if _sha(encoder_input) != str(arrays[f"encoder_input_sha256_{index}"]) and not (

@@ -13,9 +13,9 @@ from samexport import constants as C
 from samexport import transforms
 from samexport.artifacts import onnxruntime_memory_arena, read_manifest
 from samexport.errors import SamExportError
-from samexport.image_sources import sample_images, synthetic_image
+from samexport.image_sources import sample_images
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious, tolerance_key
-from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
+from samexport.parity.prompts import PROMPT_SUITE, Prompt, quick_check_inputs
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 from samexport.parity.sam2 import run_sam2_parity
 from samexport.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
@@ -144,15 +144,7 @@ def quick_parity(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu",
         memory_arena=onnxruntime_memory_arena(precision) if memory_arena is None else memory_arena,
     )
-    if image is not None:
-        images = {"image": image}
-    else:
-        try:
-            images, _ = sample_images(("astronaut",))
-        except ImportError:
-            images = {}
-        images = images or {"synthetic": synthetic_image(512, 768)}
-    prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS]
+    images, prompts = quick_check_inputs(image)
     report = run_parity(TorchBackend(sam), candidate, images, prompts, precision=precision)
     return report.to_dict(detail=False)
 

@@ -19,9 +19,8 @@ import numpy as np
 
 from samexport import constants as C
 from samexport.errors import SamExportError
-from samexport.image_sources import sample_images, synthetic_image
 from samexport.parity.metrics import ArrayErrors, Tolerances, get_tolerances, mask_ious
-from samexport.parity.prompts import PROMPT_SUITE, QUICK_PROMPTS, Prompt
+from samexport.parity.prompts import PROMPT_SUITE, Prompt, quick_check_inputs
 from samexport.parity.report import ImageParity, ParityReport, PromptParity
 from samexport.runtime.backends import GraphRunner, OnnxRuntimeBackend
 from samexport.runtime.sam2_predictor import SAM2ImagePredictor
@@ -93,13 +92,5 @@ def sam2_quick_parity(
         folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, device="cpu", memory_arena=memory_arena,
         contract=C.SAM2_GRAPHS,
     )
-    if image is not None:
-        images = {"image": image}
-    else:
-        try:
-            images, _ = sample_images(("astronaut",))
-        except ImportError:
-            images = {}
-        images = images or {"synthetic": synthetic_image(512, 768)}
-    prompts = [p for p in PROMPT_SUITE if p.name in QUICK_PROMPTS]
+    images, prompts = quick_check_inputs(image)
     return run_sam2_parity(Sam2TorchBackend(model), candidate, images, prompts, precision=precision).to_dict(detail=False)

@@ -44,6 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from samexport.errors import SamExportError
+from samexport.precision.fp16 import save_retyped_graph
 
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 FORM = "fp32-attention"  # the name ``samexport engines --fallback`` records for this form
@@ -52,7 +53,6 @@ _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _STANDARD_DOMAINS = {"", "ai.onnx"}
 # Attention attributes the primitive rewrite reproduces, with the values it supports.
 _ATTENTION_DEFAULTS = {"is_causal": 0, "softcap": 0.0, "qk_matmul_output_mode": 0}
-_EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -192,11 +192,7 @@ def upcast_attention(src: Path | str, dst: Path | str) -> UpcastReport:
     fp32_nodes = sum(1 for n in emitted if id(n) in in_a_core) + 4 * attention_ops
     del graph.node[:]
     graph.node.extend(final)
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    external = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD
-    onnx.save(model, str(dst), save_as_external_data=external, location=f"{dst.name}.data")
+    save_retyped_graph(model, dst)
     return UpcastReport(
         cores=len(half_cores), fp32_nodes=fp32_nodes, casts_in=len(cast_in), casts_out=len(cast_out),
         attention_ops=attention_ops, seconds=round(time.perf_counter() - start, 3),

@@ -46,6 +46,17 @@ _FP16_MAX = float(np.finfo(np.float16).max)
 _EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
+def save_retyped_graph(model: onnx.ModelProto, dst: Path) -> None:
+    """Write a graph whose nodes were retyped (FP16, FP32 islands, upcast attention): the old
+    shape annotations dropped and inferred again, strictly, with type checks (a mistyped edge is
+    an error here, not in a runtime), then saved, with external data past 1 GiB of weights."""
+    del model.graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    external = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD
+    onnx.save(model, str(dst), save_as_external_data=external, location=f"{dst.name}.data")
+
+
 def convert_to_fp16(
     src: Path | str,
     dst: Path | str,
@@ -166,11 +177,7 @@ def convert_to_fp16(
     del graph_nodes, graph.node[:]
     graph.node.extend(nodes)
 
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    external = sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD
-    onnx.save(model, str(dst), save_as_external_data=external, location=f"{dst.name}.data")
+    save_retyped_graph(model, dst)
     return dst
 
 

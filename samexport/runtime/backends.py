@@ -353,7 +353,8 @@ def _open_backend(artifact_dir: Path | str, backend: BackendName, *, threads: in
     verify_artifact(folder, manifest, names=[n for n in manifest.files if n in (*C.GRAPH_FILES, *C.GRAPH_DATA_FILES)])
     halves = manifest.decoder_halves()
     if backend == "openvino":
-        mask_axis = next((i["shape"][0] for i in manifest.decoder.get("inputs", ()) if i.get("name") == C.MASK_INPUT.name), None)
+        mask_input = manifest.decoder.input(C.MASK_INPUT.name)
+        mask_axis = mask_input.shape[0] if mask_input else None
         return OpenVINOBackend(
             folder / C.ENCODER_ONNX, folder / C.DECODER_ONNX, threads=threads,
             device=options.get("device", C.OPENVINO_DEFAULT_DEVICE),

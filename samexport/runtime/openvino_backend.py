@@ -22,6 +22,7 @@ import numpy as np
 
 from samexport import constants as C
 from samexport.errors import SamExportError, require
+from samexport.integrity import FileRecord
 from samexport.utils import default_cache_dir, sha256_file
 
 _LOG = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def openvino_cache_root() -> Path:
     return default_cache_dir() / "openvino"
 
 
-def graph_cache_key(graph: Path, files: Mapping[str, Mapping]) -> str:
+def graph_cache_key(graph: Path, files: Mapping[str, FileRecord]) -> str:
     """A key naming ``graph``'s compiled blobs: the sha256 of the manifest records (name and
     sha256) of the graph and its external data files, so any change to them gives a new key.
     Without a record (a graph opened outside an artifact) the graph's files are hashed here."""
@@ -44,7 +45,7 @@ def graph_cache_key(graph: Path, files: Mapping[str, Mapping]) -> str:
     digest = hashlib.sha256()
     if graph.name in names:
         for name in names:
-            digest.update(f"{name}:{files[name]['sha256']};".encode())
+            digest.update(f"{name}:{files[name].sha256};".encode())
     else:
         for path in sorted(graph.parent.glob(graph.name + "*")):
             digest.update(f"{path.name}:{sha256_file(path)};".encode())
@@ -92,7 +93,7 @@ class OpenVINOBackend:
         self, encoder_path: Path | str, decoder_path: Path | str | None, *, device: str = C.OPENVINO_DEFAULT_DEVICE,
         precision: str = C.OPENVINO_DEFAULT_PRECISION, threads: int | None = None,
         decoder_halves: tuple[Path | str, Path | str] | None = None, shares_mask_input: bool = True,
-        files: Mapping[str, Mapping] | None = None, cache: bool = True, contract: C.GraphContract = C.SAM_GRAPHS,
+        files: Mapping[str, FileRecord] | None = None, cache: bool = True, contract: C.GraphContract = C.SAM_GRAPHS,
     ) -> None:
         """``files``: the manifest's file records (name -> sha256), which key the compile cache;
         ``cache=False`` compiles every time. ``shares_mask_input``: the decoder's mask input has

@@ -61,9 +61,9 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     manifest = build_artifact_engines(artifact, config, builder="tensorrt-rtx")
     plans = sorted(record.plan for record in manifest.engines.values())
     # the graphs, the stored PyTorch references and the new plans
-    assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, manifest.references["file"], *plans])
+    assert sorted(manifest.files) == sorted([*C.GRAPH_FILES, manifest.references.file, *plans])
     for name in plans:
-        assert manifest.files[name]["sha256"] == sha256_file(artifact / name)
+        assert manifest.files[name].sha256 == sha256_file(artifact / name)
     verify_artifact(artifact, read_manifest(artifact))
     plan = artifact / plans[0]
     plan.write_bytes(plan.read_bytes()[:-1] + b"\0")
@@ -72,7 +72,7 @@ def test_engines_step_records_the_new_plans_and_a_rebuild_replaces_them(artifact
     # An artifact with plans (our marker on their folder) is still ours to replace.
     build("tiny", checkpoint=tiny_checkpoint, output=artifact, parity=False, engines="skip")
     rebuilt = read_manifest(artifact)
-    assert sorted(rebuilt.files) == sorted([*C.GRAPH_FILES, rebuilt.references["file"]])
+    assert sorted(rebuilt.files) == sorted([*C.GRAPH_FILES, rebuilt.references.file])
 
 
 @needs_rtx

@@ -99,7 +99,7 @@ def test_rebuild_replaces_our_plans_and_keeps_the_rest(tiny_artifact, tmp_path):
     second_folder = (artifact / second.engines["encoder"].plan).parent
     assert second_folder != first_folder and not first_folder.exists() and second_folder.is_dir()
     assert (artifact / "notes.txt").read_text() == "the user's own file"
-    references = second.references["file"]  # the stored PyTorch references (samexport.parity.references)
+    references = second.references.file  # the stored PyTorch references (samexport.parity.references)
     assert {p.name for p in artifact.iterdir()} == {*C.GRAPH_FILES, C.MANIFEST, "notes.txt", second_folder.name, references}
 
 

@@ -58,7 +58,7 @@ def test_passing_plans_are_kept_with_their_verdict(tiny_artifact, tmp_path):
     assert verdict.status == "passed" and verdict.passed and verdict.backend == "onnxruntime-cpu"
     assert verdict.attention == "plain" and verdict.precision == "fp32"
     assert verdict.tensorrt_version == manifest.engines["encoder"].tensorrt_version
-    assert verdict.references == manifest.references["file"]
+    assert verdict.references == manifest.references.file
     assert all(c["passed"] for c in verdict.checks) and verdict.summary["embedding_cosine"] >= 0.99999
     assert all(record.plan in manifest.files for record in manifest.engines.values())
     shown = json.loads(invoke("info", folder).output)["engines_verification"]
@@ -83,7 +83,7 @@ def test_engines_without_references_refuses_before_building(tiny_artifact, tmp_p
 
     folder = shutil.copytree(tiny_artifact, tmp_path / "old")
     manifest = read_manifest(folder)
-    (folder / manifest.references["file"]).unlink()
+    (folder / manifest.references.file).unlink()
     write_manifest(folder, manifest.replace(references=None))
     before = snapshot(folder)
     with pytest.raises(SamExportError, match="has no stored PyTorch references.*--no-verify"):

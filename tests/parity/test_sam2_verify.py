@@ -30,15 +30,15 @@ from support import HEAVY, invoke
 
 from samexport import constants as C
 from samexport.artifacts import (
-    REFERENCES_PREFIX,
     Manifest,
     read_manifest,
     write_manifest,
 )
+from samexport.records import REFERENCES_PREFIX
 
 
 def stored_arrays(folder: Path) -> dict[str, np.ndarray]:
-    with np.load(folder / read_manifest(folder).references["file"], allow_pickle=False) as data:
+    with np.load(folder / read_manifest(folder).references.file, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
 
@@ -49,7 +49,7 @@ def replace_references(folder: Path, arrays: dict[str, np.ndarray], record: dict
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
-    old = read_manifest(folder).references
+    old = read_manifest(folder).references.to_dict()
     name = f"{REFERENCES_PREFIX}{hashlib.sha256(data).hexdigest()[:16]}.npz"
     (folder / old["file"]).unlink()
     (folder / name).write_bytes(data)
@@ -77,10 +77,10 @@ def test_sam2_references_are_the_pytorch_outputs(sam2_tiny_artifact, sam2_tiny_c
 
     manifest = read_manifest(sam2_tiny_artifact)
     record = manifest.references
-    path = sam2_tiny_artifact / record["file"]
-    assert manifest.files[record["file"]] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    assert record["format"] == 2 and record["contract"] == "sam2" and record["bytes"] == path.stat().st_size
-    assert record["features"] == ["image_embeddings", "high_res_feats_0", "high_res_feats_1"]
+    path = sam2_tiny_artifact / record.file
+    assert manifest.files[record.file].to_dict() == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    assert record.format == 2 and record.contract == "sam2" and record.bytes == path.stat().st_size
+    assert record.features == ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
     references = load_references(sam2_tiny_artifact, manifest)
     stored = references.backend
     assert references.format == 2 and stored.contract is C.SAM2_GRAPHS
@@ -96,10 +96,10 @@ def test_sam2_references_are_the_pytorch_outputs(sam2_tiny_artifact, sam2_tiny_c
             error = np.abs(ours - theirs).max() / np.abs(theirs).max()
             assert 0 < error <= 2**-11
             worst = max(worst, error)
-    assert worst == pytest.approx(record["storage_error"]["embedding_rel_max_abs"], rel=2e-3)
+    assert worst == pytest.approx(record.storage_error["embedding_rel_max_abs"], rel=2e-3)
     names = [p.name for prompts in references.prompts.values() for p in prompts]
     assert sorted(names) == sorted(["point", "box", "box_point", "mask_refinement", "ten_points", "batch_boxes_4"])
-    assert len(stored.calls) == record["decoder_calls"] == 6
+    assert len(stored.calls) == record.decoder_calls == 6
     for call in stored.calls:
         logits, iou, score = torch_backend.run_decoder(full_features[call.image], *call.inputs)
         assert len(call.outputs) == 3
@@ -128,7 +128,7 @@ def test_sam2_verify_reports_parity_figures(sam2_tiny_artifact, sam2_tiny_checkp
         "embedding_rel_max_abs", "embedding_cosine", "logits_rel_max_abs", "mask_iou_min", "mask_iou_mean", "iou_score_max_abs"]
 
     manifest = read_manifest(sam2_tiny_artifact)
-    storage = manifest.references["storage_error"]
+    storage = manifest.references.storage_error
     reference = Sam2TorchBackend(load_sam2(sam2_tiny_checkpoint).eval())
     candidate = open_backend(sam2_tiny_artifact, "onnxruntime-cpu")
     direct = {}
@@ -262,11 +262,12 @@ def test_format_1_references_still_verify(tiny_artifact, tmp_path):
     converted = as_format_1(current)
     patterns = [re.compile(p.replace("{i}", r"\d+").replace("{k}", r"\d+").replace("{p}", r"\w+") + "$") for p in FORMAT_1_KEYS]
     assert all(any(p.match(key) for p in patterns) for key in converted)
-    record = {k: v for k, v in read_manifest(old).references.items() if k not in ("contract", "features")}
+    record = {k: v for k, v in read_manifest(old).references.to_dict().items() if k not in ("contract", "features")}
     manifest = replace_references(old, converted, {**record, "format": 1})
     references = load_references(old, manifest)
     assert references.format == 1 and references.contract is C.SAM_GRAPHS
-    assert "contract" not in manifest.references and record["file"] != manifest.references["file"]
+    assert "contract" not in manifest.references.to_dict() and manifest.references.contract is None
+    assert record["file"] != manifest.references.file
     backend = open_backend(old, "onnxruntime-cpu")
     report = verify_with_references(old, manifest, backend, references=references)
     now = verify_with_references(tiny_artifact, read_manifest(tiny_artifact), backend)

@@ -52,10 +52,10 @@ def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
 
     manifest = read_manifest(tiny_artifact)
     record = manifest.references
-    path = tiny_artifact / record["file"]
-    assert manifest.files[record["file"]] == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    assert record["bytes"] == path.stat().st_size < 12 << 20
-    assert {n: tuple(v["size"]) for n, v in record["images"].items()} == {"landscape": (683, 1024), "portrait": (1024, 640)}
+    path = tiny_artifact / record.file
+    assert manifest.files[record.file].to_dict() == {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    assert record.bytes == path.stat().st_size < 12 << 20
+    assert {n: v.size for n, v in record.images.items()} == {"landscape": (683, 1024), "portrait": (1024, 640)}
     references = load_references(tiny_artifact, manifest)
     stored = references.backend
     torch_backend = TorchBackend(tiny_sam)
@@ -63,10 +63,10 @@ def test_references_are_the_pytorch_outputs(tiny_artifact, tiny_sam):
         assert max(image.shape[:2]) == 1024  # at the 1024 frame: no resize reproduces the input
         embedding = torch_backend.encode(stored.encoder_inputs[index])
         error = np.abs(stored.embeddings[index] - embedding).max() / np.abs(embedding).max()
-        assert 0 < error <= 2**-11 and error <= record["storage_error"]["embedding_rel_max_abs"] * 1.001
+        assert 0 < error <= 2**-11 and error <= record.storage_error["embedding_rel_max_abs"] * 1.001
     names = [p.name for prompts in references.prompts.values() for p in prompts]
     assert sorted(names) == sorted(["point", "box", "box_point", "mask_refinement", "ten_points", "batch_boxes_4"])
-    assert len(stored.calls) == record["decoder_calls"] == 6  # the refinement's first call is "point"'s
+    assert len(stored.calls) == record.decoder_calls == 6  # the refinement's first call is "point"'s
     for call in stored.calls:
         full = stored.embeddings[call.image]  # torch decoded from its own fp32 embedding: close to this
         logits, iou = torch_backend.decode(torch_backend.encode(stored.encoder_inputs[call.image]), *call.inputs)
@@ -91,7 +91,7 @@ def assert_figures_match_parity(folder: Path, sam, report: dict) -> None:
     for images, prompts in references.groups():
         for image in run_parity(TorchBackend(sam), open_backend(folder, "onnxruntime-cpu"), images, prompts).images:
             direct[image.image] = image
-    storage = manifest.references["storage_error"]
+    storage = manifest.references.storage_error
     assert [i["image"] for i in report["per_image"]] == list(direct) == ["landscape", "portrait"]
     for image in report["per_image"]:
         torch_figures = direct[image["image"]]
@@ -191,7 +191,7 @@ def test_artifact_without_references_then_added(tiny_artifact, tiny_checkpoint, 
 
     old = shutil.copytree(tiny_artifact, tmp_path / "old")
     manifest = read_manifest(old)
-    (old / manifest.references["file"]).unlink()
+    (old / manifest.references.file).unlink()
     write_manifest(old, manifest.replace(references=None))  # as samexport wrote it before references
     result = invoke("verify", old)
     assert result.exit_code == 1 and "has no stored PyTorch references" in result.output
@@ -206,16 +206,16 @@ def test_artifact_without_references_then_added(tiny_artifact, tiny_checkpoint, 
     result = invoke("references", old, "--checkpoint", tiny_checkpoint)
     assert result.exit_code == 0, result.output
     added = read_manifest(old).references
-    assert added["file"] in read_manifest(old).files
+    assert added.file in read_manifest(old).files
     # The same weights and inputs give the same references, byte for byte.
-    assert added["file"] == manifest.references["file"]
+    assert added.file == manifest.references.file
     result = invoke("verify", old, "--json")
     assert result.exit_code == 0 and json.loads(result.output)["passed"]
 
 
 def test_damaged_references_are_refused(tiny_artifact, tmp_path):
     damaged = shutil.copytree(tiny_artifact, tmp_path / "damaged")
-    name = read_manifest(damaged).references["file"]
+    name = read_manifest(damaged).references.file
     data = bytearray((damaged / name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (damaged / name).write_bytes(bytes(data))
@@ -232,7 +232,7 @@ def test_verify_full_size(variant, precision, built_artifact):
     other full-size tests: conftest's ``built_artifact``.)"""
     folder = built_artifact(variant, precision)
     record = read_manifest(folder).references
-    assert record["bytes"] < 12 << 20
+    assert record.bytes < 12 << 20
     result = invoke("verify", folder, "--backend", "onnxruntime-cpu", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

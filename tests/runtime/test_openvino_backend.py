@@ -10,6 +10,7 @@ from support import SAMPLE_PHOTOS
 
 from samexport import constants as C
 from samexport.errors import SamExportError
+from samexport.integrity import FileRecord
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samexport[openvino]')")
 
@@ -209,7 +210,7 @@ def test_compiled_models_are_cached_per_graph_hash(tiny_artifact, tmp_path, monk
     open_backend(tiny_artifact, "openvino")
     assert sorted(root.rglob("*.blob")) == blobs  # the second start reads them, adds none
     # A changed graph (another sha256) gets another folder; so does a graph without a record.
-    changed = {**files, C.ENCODER_ONNX: {**files[C.ENCODER_ONNX], "sha256": "0" * 64}}
+    changed = {**files, C.ENCODER_ONNX: FileRecord(files[C.ENCODER_ONNX].bytes, "0" * 64)}
     assert ovb.graph_cache_key(tiny_artifact / C.ENCODER_ONNX, changed) not in keys
     assert ovb.graph_cache_key(tiny_artifact / C.ENCODER_ONNX, {}) == ovb.graph_cache_key(
         tiny_artifact / C.ENCODER_ONNX, {}) != ovb.graph_cache_key(tiny_artifact / C.DECODER_ONNX, {})
