@@ -7,8 +7,8 @@ when complete, manifest last, so a crash never leaves a directory that looks lik
 (``samexport.replaceable.check_replaceable_artifact``), never a user's folder or file. The
 manifest records the size and sha256 of every file the runtime loads (``Manifest.files``, see
 ``samexport.integrity``), recomputed on every rewrite. The manifest's sections are typed
-(``samexport.records``: graph precisions, parity, one ``EngineRecord`` per engine plan, the
-stored references).
+(``samexport.records``: graph precisions, parity, the checkpoint, the graphs, the stored references;
+``samexport.engine_records``: the build settings, one ``EngineRecord`` per engine plan, the verdict).
 """
 
 from __future__ import annotations
@@ -19,20 +19,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from samexport import constants as C
+from samexport.engine_records import EngineRecord, EngineSettings, EngineVerification, engine_records, settings_or_none
 from samexport.errors import SamExportError
 from samexport.integrity import FileRecord, check_sizes, file_records, verify_files
-from samexport.records import (
-    CheckpointRecord,
-    EngineRecord,
-    EngineSettings,
-    EngineVerification,
-    GraphPrecisions,
-    GraphRecord,
-    ParityRecord,
-    ReferencesRecord,
-    engine_records,
-    settings_or_none,
-)
+from samexport.records import CheckpointRecord, GraphPrecisions, GraphRecord, ParityRecord, ReferencesRecord
 from samexport.staging import write_atomically
 from samexport.variants import get_model
 

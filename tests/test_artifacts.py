@@ -20,15 +20,13 @@ from samexport.artifacts import (
     verify_artifact,
     write_manifest,
 )
+from samexport.engine_records import EngineRecord, EngineSettings, EngineVerification
 from samexport.engines.builder import BuildConfig
 from samexport.errors import SamExportError
 from samexport.integrity import FileRecord
 from samexport.pipeline import build
 from samexport.records import (
     CheckpointRecord,
-    EngineRecord,
-    EngineSettings,
-    EngineVerification,
     GraphPrecisions,
     GraphRecord,
     ParityRecord,

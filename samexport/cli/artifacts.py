@@ -12,11 +12,11 @@ import typer
 from samexport.artifacts import read_manifest
 from samexport.cli.errors import clean_errors
 from samexport.cli.options import engine_options
+from samexport.engine_records import EngineVerification
 from samexport.engines.fallback import FP32_ATTENTION_FORM
 from samexport.errors import SamExportError
 from samexport.parity.engines import build_verified_engines
 from samexport.pipeline import build as run_build
-from samexport.records import EngineVerification
 from samexport.runtime.backends import describe_auto
 from samexport.variants import variants_help
 

@@ -35,10 +35,10 @@ from samexport.artifacts import (
     verify_artifact,
     write_manifest,
 )
+from samexport.engine_records import EngineRecord, EngineVerification
 from samexport.engines import TensorRTFlavour, load_tensorrt, tensorrt_availability
 from samexport.engines.builder import BuildConfig, build_engine, check_engine_io
 from samexport.errors import SamExportError, require
-from samexport.records import EngineRecord, EngineVerification
 from samexport.staging import remove_stale_folders, write_marker
 
 PLAN_NAMES = dict(zip(("encoder", "decoder"), PLAN_FILES))

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 from samexport import constants as C
+from samexport.engine_records import EngineRecord, EngineSettings, ShapeRange
 from samexport.engines import NoGpuError, TensorRTFlavour, cuda_devices, load_tensorrt, polygraphy_trt, trt_api
 from samexport.errors import SamExportError
-from samexport.records import EngineRecord, EngineSettings, ShapeRange
 from samexport.staging import write_atomically
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def build_engine(
         flavour: ``"tensorrt"``, or ``"tensorrt_rtx"`` to build without a GPU (test builds).
 
     Returns:
-        The plan's record for ``manifest.json`` (:class:`~samexport.records.EngineRecord`, the plan
+        The plan's record for ``manifest.json`` (:class:`~samexport.engine_records.EngineRecord`, the plan
         named by its file name): builder, TensorRT module and version, whether it is a test build,
         GPU name and compute capability (None when built without a GPU), TF32, profiles, IO
         tensors, settings, seconds, plan size.

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.artifacts import Manifest, read_manifest, verify_artifact
+from samexport.engine_records import EngineRecord, EngineVerification
 from samexport.engines.artifact import (
     BUILDERS,
     PlanRequest,
@@ -37,7 +38,6 @@ from samexport.parity.references import load_references, no_references_message
 from samexport.parity.report import ParityReport
 from samexport.parity.verify import BackendOpener, VerificationError, describe_failure, verify_with_references
 from samexport.plugins.tensorrt_plugin import tensorrt_plugins_for
-from samexport.records import EngineRecord, EngineVerification
 from samexport.runtime.tensorrt_backend import TensorRTBackend
 
 UNVERIFIED = "unverified"

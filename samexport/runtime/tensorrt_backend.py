@@ -29,9 +29,9 @@ import numpy as np
 
 from samexport import constants as C
 from samexport.artifacts import Manifest, verify_artifact
+from samexport.engine_records import EngineRecord
 from samexport.engines import GpuInfo, cuda_devices, load_tensorrt, polygraphy_trt, tensorrt_availability
 from samexport.errors import InvalidInputError, SamExportError
-from samexport.records import EngineRecord
 
 if TYPE_CHECKING:  # typing.Self is Python 3.11+; only the type checker reads it
     from typing_extensions import Self

@@ -68,9 +68,9 @@ def test_profiles_follow_each_graph_contract():
 def test_plan_tensors_are_checked_against_the_contract():
     """A plan whose tensors differ from its family's contract is refused, naming both: SAM's
     decoder tensors under SAM 2.1's contract (two maps missing), an output order swapped."""
+    from samexport.engine_records import EngineRecord
     from samexport.engines.builder import check_engine_io, expected_io
     from samexport.errors import SamExportError
-    from samexport.records import EngineRecord
 
     def record(inputs, outputs):
         return EngineRecord(plan="decoder.plan", inputs=tuple(inputs), outputs=tuple(outputs))

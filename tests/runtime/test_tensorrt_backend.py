@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from samexport.engine_records import EngineRecord
 from samexport.engines import GpuInfo, tensorrt_availability
 from samexport.errors import SamExportError
-from samexport.records import EngineRecord
 from samexport.runtime.predictor import SamPredictor
 from samexport.runtime.tensorrt_backend import check_engine_compatibility as check_record
 
