@@ -7,7 +7,6 @@ The weights come from ``samexport.testing`` (seeded random weights saved exactly
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -84,13 +83,9 @@ if sys.platform.startswith("linux"):
     _keep_freed_memory_mapped()
 
 
-# Threads for the ONNX Runtime sessions opened from now on (``_all_cores`` raises it for a while).
-_ORT_THREADS = {"now": TEST_THREADS}
-
-
 def _limit_onnxruntime_threads() -> None:
     """Every ONNX Runtime session the tests open (samexport's and the tests' own) gets
-    ``_ORT_THREADS["now"]`` intra-op threads unless its options already name a number."""
+    ``TEST_THREADS`` intra-op threads unless its options already name a number."""
     import onnxruntime as ort
 
     init = ort.InferenceSession.__init__
@@ -101,7 +96,7 @@ def _limit_onnxruntime_threads() -> None:
         if sess_options is None:
             sess_options = ort.SessionOptions()
         if sess_options.intra_op_num_threads == 0:  # 0: ONNX Runtime's default (all cores)
-            sess_options.intra_op_num_threads = _ORT_THREADS["now"]
+            sess_options.intra_op_num_threads = TEST_THREADS
         init(self, path_or_bytes, sess_options, *args, **kwargs)
 
     limited._samexport_threads = True
@@ -112,32 +107,15 @@ if TEST_THREADS is not None:
     _limit_onnxruntime_threads()
 
 
-@contextlib.contextmanager
-def _all_cores():
-    """torch and new ONNX Runtime sessions on every core for a while: for a shared build that the
-    other pytest-xdist workers may be waiting for (``_once_per_run``)."""
-    if TEST_THREADS is None:
-        yield
-        return
-    import torch
-
-    before, cores = torch.get_num_threads(), os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    _ORT_THREADS["now"] = cores
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-        _ORT_THREADS["now"] = TEST_THREADS
-
-
 def _once_per_run(tmp_path_factory, name: str, make) -> Path:
     """``make(folder)`` once per test run, in a folder of its own; returns what it returns (a path
     inside the folder). Under pytest-xdist the workers share one result: the first to ask makes it
     in the run's base folder (the parent of every worker's own) under a file lock, and the others
     wait for it and read it; a session fixture would otherwise be made again in every worker, and
-    the tiny artifact's build alone is ~20 CPU-seconds. The maker runs on every core, since the
-    other workers may be waiting for it. Results are read-only for the tests."""
+    the tiny artifact's build alone is ~20 CPU-seconds. The maker keeps its worker's one thread:
+    the others are not waiting (``pytest_collection_modifyitems`` puts the builds first), and
+    beside a busy worker the tiny build took 22-26 CPU-s on one thread against 27-29 on two
+    (until 2026-12-07 it took every core). Results are read-only for the tests."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None or sys.platform == "win32":
         return make(tmp_path_factory.mktemp(name))
@@ -153,8 +131,7 @@ def _once_per_run(tmp_path_factory, name: str, make) -> Path:
 
                 shutil.rmtree(folder)
             folder.mkdir()
-            with _all_cores():
-                made = make(folder)
+            made = make(folder)
             done.write_text(str(Path(made).relative_to(folder)))
     return folder / done.read_text()
 
