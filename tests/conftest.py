@@ -159,9 +159,9 @@ def pytest_collection_modifyitems(items):
         first = next((item for item in items if name in item.fixturenames), None)
         if first is not None and first not in builders:
             builders.append(first)
-    needs_build = [item for item in items if any(name in item.fixturenames for name in SHARED_BUILDS)]
-    free = [item for item in items if not any(name in item.fixturenames for name in SHARED_BUILDS)]
-    items[:] = builders + free + [item for item in needs_build if item not in builders]
+    rest = [item for item in items if item not in builders]
+    # sorted() keeps the order within each group: the tests needing no shared build (False) first
+    items[:] = builders + sorted(rest, key=lambda item: any(name in item.fixturenames for name in SHARED_BUILDS))
 
 
 @pytest.hookimpl(trylast=True)
