@@ -65,7 +65,7 @@ def every_kth(share: int):
 def main() -> None:
     from samexport import constants as C
     from samexport.bench.inputs import DEFAULT_IMAGE_SIZE
-    from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
+    from samexport.export.to_onnx import export_decoders, export_encoder
     from samexport.runtime.backends import OnnxRuntimeBackend
     from samexport.runtime.predictor import SamPredictor
     from samexport.testing import random_state_dict
@@ -81,8 +81,9 @@ def main() -> None:
         folder = Path(tmp)
         sam = build_sam("vit_b").eval()
         sam.load_state_dict(random_state_dict("vit_b"))
-        decoder = export_decoder(sam, folder / C.DECODER_ONNX)
-        halves = export_decoder_halves(sam, folder / C.DECODER_SCORES_ONNX, folder / C.DECODER_MASKS_ONNX)
+        decoder, *halves = export_decoders(
+            sam, folder / C.DECODER_ONNX, folder / C.DECODER_SCORES_ONNX, folder / C.DECODER_MASKS_ONNX
+        )
         del sam
         # A backend needs an encoder graph beside the decoder; the tiny variant's is never run.
         encoder = export_encoder(build_sam("tiny").eval(), folder / C.ENCODER_ONNX)

@@ -123,16 +123,14 @@ def _write_graphs(
     same FP32 islands), the decoder FP16 (it is ~0.4% of the compute). The images
     (``calibration_images``) and the cache (``calib_cache``) were checked at the build's door.
     """
-    from samexport.export.to_onnx import export_decoder, export_decoder_halves, export_encoder
+    from samexport.export.to_onnx import export_decoders, export_encoder
 
     encoder, decoder = staging / C.ENCODER_ONNX, staging / C.DECODER_ONNX
     if precision == "fp32":
         on_step(f"exporting {encoder.name} (opset {opset})")
         export_encoder(sam, encoder, opset=opset, attention=checked_attention)
-        on_step(f"exporting {decoder.name} (opset {opset})")
-        export_decoder(sam, decoder, opset=opset)
-        on_step(f"exporting {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (the decoder in two halves)")
-        export_decoder_halves(sam, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
+        on_step(f"exporting {decoder.name} and its two halves, {C.DECODER_SCORES_ONNX} and {C.DECODER_MASKS_ONNX} (opset {opset})")
+        export_decoders(sam, decoder, staging / C.DECODER_SCORES_ONNX, staging / C.DECODER_MASKS_ONNX, opset=opset)
         return GraphPrecisions(encoder="fp32", decoder="fp32")
 
     from samexport.precision.fp16 import convert_to_fp16
@@ -141,8 +139,7 @@ def _write_graphs(
     work.mkdir()
     on_step(f"exporting fp32 graphs (opset {opset})")
     export_encoder(sam, work / C.ENCODER_ONNX, opset=opset, attention=checked_attention)
-    export_decoder(sam, work / C.DECODER_ONNX, opset=opset)
-    export_decoder_halves(sam, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
+    export_decoders(sam, work / C.DECODER_ONNX, work / C.DECODER_SCORES_ONNX, work / C.DECODER_MASKS_ONNX, opset=opset)
     on_step("converting the decoder to fp16 (fp32 islands kept)")
     for name in (C.DECODER_ONNX, C.DECODER_SCORES_ONNX, C.DECODER_MASKS_ONNX):
         convert_to_fp16(work / name, staging / name)

@@ -200,7 +200,7 @@ def tiny_sam(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_artifact) -> tuple[Path, Path]:
     """(encoder.onnx, decoder.onnx): the fp32 graphs of ``tiny_artifact``, which the build exports
-    from ``tiny_checkpoint`` with ``export_encoder`` / ``export_decoder`` at the default opset and
+    from ``tiny_checkpoint`` with ``export_encoder`` / ``export_decoders`` at the default opset and
     plain attention (checked here), so the session exports them once. Read-only: copy to change."""
     from samexport import constants as C
     from samexport.artifacts import read_manifest

@@ -37,7 +37,7 @@ def test_failed_build_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("exporter crashed")
 
-    monkeypatch.setattr(to_onnx, "export_decoder", explode)
+    monkeypatch.setattr(to_onnx, "export_decoders", explode)
     out = tmp_path / "engines" / "tiny-fp32"
     with pytest.raises(RuntimeError, match="exporter crashed"):
         build("tiny", checkpoint=tiny_checkpoint, output=out)

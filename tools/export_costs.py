@@ -17,11 +17,7 @@ from pathlib import Path
 
 from samexport import constants as C
 from samexport.checkpoint import load_sam
-from samexport.export.to_onnx import (
-    export_decoder,
-    export_decoder_halves,
-    export_encoder,
-)
+from samexport.export.to_onnx import export_decoder, export_decoders, export_encoder
 from samexport.testing import save_random_checkpoint
 
 # The attention tests' opset per form (tests/support: ATTENTION_OPSETS).
@@ -49,8 +45,8 @@ def main() -> None:
         export_decoder(sam, folder / "warm-up.onnx")  # imports and the first trace out of the way
         timed("encoder (plain, default opset)", lambda: export_encoder(sam, folder / "encoder.onnx"))
         timed("decoder", lambda: export_decoder(sam, folder / "decoder.onnx"))
-        timed("decoder halves", lambda: export_decoder_halves(
-            sam, folder / C.DECODER_SCORES_ONNX, folder / C.DECODER_MASKS_ONNX))
+        timed("decoder and its halves, one trace (a build's)", lambda: export_decoders(
+            sam, folder / "decoder-cut.onnx", folder / C.DECODER_SCORES_ONNX, folder / C.DECODER_MASKS_ONNX))
         for mode, opset in ATTENTION_OPSETS.items():
             timed(f"encoder, attention {mode} (opset {opset})",
                   lambda mode=mode, opset=opset: export_encoder(

@@ -14,11 +14,12 @@ import warnings
 from pathlib import Path
 
 import onnx
+import onnx.utils
 import torch
 
 from samexport import constants as C
 from samexport.export.attention import AttentionMode, CheckedAttention, attention_mode, check_attention_mode
-from samexport.export.wrappers import DecoderGraph, DecoderMasksGraph, DecoderScoresGraph, EncoderGraph
+from samexport.export.wrappers import DecoderGraph, DecoderSplitGraph, EncoderGraph
 from samexport.models import Sam
 
 DEFAULT_OPSET = C.DEFAULT_OPSET
@@ -115,9 +116,10 @@ def _prompt_axes() -> tuple[torch.export.Dim, torch.export.Dim]:
     return torch.export.Dim(C.PROMPT_BATCH, min=1, max=4096), torch.export.Dim(C.NUM_POINTS, min=1, max=1024)
 
 
-def _export(module: torch.nn.Module, args, path: Path, inputs, outputs, dynamic_shapes, opset: int) -> Path:
+def _trace(module: torch.nn.Module, args, inputs, outputs, dynamic_shapes, opset: int):
+    """``module`` as an ONNXProgram (in memory) with the contract's input and output names."""
     with torch.no_grad(), _quiet_exporter():
-        program = torch.onnx.export(
+        return torch.onnx.export(
             module.eval(),
             args,
             dynamo=True,
@@ -127,7 +129,16 @@ def _export(module: torch.nn.Module, args, path: Path, inputs, outputs, dynamic_
             dynamic_shapes=dynamic_shapes,
             external_data=False,
         )
+
+
+def _export(module: torch.nn.Module, args, path: Path, inputs, outputs, dynamic_shapes, opset: int) -> Path:
+    program = _trace(module, args, inputs, outputs, dynamic_shapes, opset)
     return _save(program, path, expected_inputs=_names(inputs), expected_outputs=_names(outputs))
+
+
+def _decoder_dynamic_shapes() -> tuple:
+    batch, points = _prompt_axes()
+    return (None, {0: batch, 1: points}, {0: batch, 1: points}, {0: batch}, {0: batch})
 
 
 def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) -> Path:
@@ -136,41 +147,43 @@ def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) ->
 
     Inputs and outputs are ``samexport.constants.DECODER_INPUTS`` / ``DECODER_OUTPUTS``.
     """
-    batch, points = _prompt_axes()
-    dynamic_shapes = (None, {0: batch, 1: points}, {0: batch, 1: points}, {0: batch}, {0: batch})
     path = _export(
         DecoderGraph(sam), _decoder_example(), Path(path), C.DECODER_INPUTS, C.DECODER_OUTPUTS,
-        dynamic_shapes, opset,
+        _decoder_dynamic_shapes(), opset,
     )
     return _untie_mask_axis(path)
 
 
-def export_decoder_halves(
-    sam: Sam, scores_path: Path | str, masks_path: Path | str, *, opset: int = DEFAULT_OPSET
-) -> tuple[Path, Path]:
-    """Export the decoder again in two graphs, cut after the two-way transformer
-    (``DecoderGraph.scores`` / ``.masks``): ``decoder_scores.onnx`` (the decoder's inputs ->
-    ``C.SCORES_OUTPUTS``) and ``decoder_masks.onnx`` (``C.MASKS_INPUTS`` -> mask logits).
+def export_decoders(
+    sam: Sam, decoder_path: Path | str, scores_path: Path | str, masks_path: Path | str, *,
+    opset: int = DEFAULT_OPSET,
+) -> tuple[Path, Path, Path]:
+    """Export ``decoder.onnx`` and the same decoder in two graphs, cut after the two-way
+    transformer (``DecoderGraph.scores`` / ``.masks``): ``decoder_scores.onnx`` (the decoder's
+    inputs -> ``C.SCORES_OUTPUTS``) and ``decoder_masks.onnx`` (``C.MASKS_INPUTS`` -> mask logits).
+    The mask generator runs the second half only for the prompts that can pass its IoU threshold.
 
-    Run one after the other they compute what ``decoder.onnx`` does (the same modules, traced the
-    same way); the mask generator runs the second only for the prompts that can pass its IoU
-    threshold.
+    One trace makes all three: the decoder is traced with the cut's tensors (mask tokens, image
+    tokens) as extra outputs, and ONNX's own ``onnx.utils.Extractor`` cuts the three graphs from
+    it. So the halves are the decoder's own nodes and weights, and a build traces the decoder
+    once, not three times (on the ``tiny`` variant that is ~6 of its ~20 CPU-seconds; the test
+    suite's builds pay it each time).
     """
-    batch, points = _prompt_axes()
-    dynamic_shapes = (None, {0: batch, 1: points}, {0: batch, 1: points}, {0: batch}, {0: batch})
-    scores = _export(
-        DecoderScoresGraph(sam), _decoder_example(), Path(scores_path), C.SCORES_INPUTS, C.SCORES_OUTPUTS,
-        dynamic_shapes, opset,
+    outputs = C.DECODER_OUTPUTS + (C.MASK_TOKENS, C.IMAGE_TOKENS)
+    program = _trace(
+        DecoderSplitGraph(sam), _decoder_example(), C.DECODER_INPUTS, outputs, _decoder_dynamic_shapes(), opset
     )
-    tokens = (
-        torch.randn(EXAMPLE_PROMPTS, *C.MASK_TOKENS.shape[1:]),
-        torch.randn(EXAMPLE_PROMPTS, *C.IMAGE_TOKENS.shape[1:]),
+    # The decoder's weights are ~16 MB for every SAM size: no external data is ever needed here.
+    extractor = onnx.utils.Extractor(program.model_proto)
+    cuts = (
+        (Path(decoder_path), C.DECODER_INPUTS, C.DECODER_OUTPUTS),
+        (Path(scores_path), C.SCORES_INPUTS, C.SCORES_OUTPUTS),
+        (Path(masks_path), C.MASKS_INPUTS, C.MASKS_OUTPUTS),
     )
-    masks = _export(
-        DecoderMasksGraph(sam), tokens, Path(masks_path), C.MASKS_INPUTS, C.MASKS_OUTPUTS,
-        ({0: batch}, {0: batch}), opset,
-    )
-    return _untie_mask_axis(scores), masks
+    for path, inputs, outs in cuts:
+        onnx.save(extractor.extract_model(_names(inputs), _names(outs)), str(path))
+    decoder, scores, masks = (path for path, _, _ in cuts)
+    return _untie_mask_axis(decoder), _untie_mask_axis(scores), masks
 
 
 def _untie_mask_axis(path: Path) -> Path:

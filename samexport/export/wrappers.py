@@ -126,28 +126,20 @@ class DecoderGraph(nn.Module):
         return no_mask + has_mask_input.reshape(-1, 1, 1) * delta
 
 
-class DecoderScoresGraph(nn.Module):
-    """:meth:`DecoderGraph.scores` as a graph of its own (``decoder_scores.onnx``): the decoder's
-    inputs -> (iou Bx4, mask tokens Bx4x256, image tokens Bx4096x256)."""
+class DecoderSplitGraph(nn.Module):
+    """:class:`DecoderGraph` with the tensors between its two halves as outputs too: (masks,
+    iou, mask tokens Bx4x256, image tokens Bx4096x256). Traced once, it is cut into
+    ``decoder.onnx`` and the two halves (``samexport.export.to_onnx.export_decoders``)."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
         self.decoder = DecoderGraph(sam)
 
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        return self.decoder.scores(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-
-
-class DecoderMasksGraph(nn.Module):
-    """:meth:`DecoderGraph.masks` as a graph of its own (``decoder_masks.onnx``): (mask tokens,
-    image tokens) -> mask logits Bx4x256x256."""
-
-    def __init__(self, sam: Sam) -> None:
-        super().__init__()
-        self.decoder = DecoderGraph(sam)
-
-    def forward(self, mask_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        return self.decoder.masks(mask_tokens, image_tokens)
+        iou, mask_tokens, image_tokens = self.decoder.scores(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input
+        )
+        return self.decoder.masks(mask_tokens, image_tokens), iou, mask_tokens, image_tokens
 
 
 def _tokens(image: torch.Tensor) -> torch.Tensor:

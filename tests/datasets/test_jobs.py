@@ -417,6 +417,7 @@ def test_ray_output_equals_local_output(local_ray, tiny_artifact, image_folder, 
     assert len(list((tmp_path / "ray").glob("part-*.parquet"))) >= 21 // 3
 
 
+@pytest.mark.slow  # ~14 s: Ray's start (module fixture) is ~5 s of it, the two executors the rest
 @pytest.mark.ray
 def test_ray_segment_all_equals_local(local_ray, tiny_artifact, image_folder, tmp_path):
     files = [image_folder / n for n in ("img11.png", "empty.png")]

@@ -44,7 +44,7 @@ def decoder_inputs(batch: int, *, shared: bool, seed: int = 0) -> tuple[np.ndarr
 @pytest.fixture(scope="module")
 def onnx_backend(tiny_artifact, tiny_onnx) -> OnnxRuntimeBackend:
     """The tiny graphs with the decoder's halves the build exported beside them
-    (``export_decoder_halves`` from the same checkpoint, at the default opset)."""
+    (``export_decoders`` from the same checkpoint, at the default opset)."""
     halves = (tiny_artifact / C.DECODER_SCORES_ONNX, tiny_artifact / C.DECODER_MASKS_ONNX)
     return OnnxRuntimeBackend(*tiny_onnx, device="cpu", decoder_halves=halves)
 
