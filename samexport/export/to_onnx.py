@@ -166,8 +166,8 @@ def export_decoders(
     One trace makes all three: the decoder is traced with the cut's tensors (mask tokens, image
     tokens) as extra outputs, and ONNX's own ``onnx.utils.Extractor`` cuts the three graphs from
     it. So the halves are the decoder's own nodes and weights, and a build traces the decoder
-    once, not three times (on the ``tiny`` variant that is ~6 of its ~20 CPU-seconds; the test
-    suite's builds pay it each time).
+    once, not three times: ~7 CPU-seconds less on the ``tiny`` variant, whose whole build took
+    ~24 (``tools/export_costs.py``; the test suite pays it at every build).
     """
     outputs = C.DECODER_OUTPUTS + (C.MASK_TOKENS, C.IMAGE_TOKENS)
     program = _trace(
