@@ -151,7 +151,8 @@ def export_decoder(sam: Sam, path: Path | str, *, opset: int = DEFAULT_OPSET) ->
         DecoderGraph(sam), _decoder_example(), Path(path), C.DECODER_INPUTS, C.DECODER_OUTPUTS,
         _decoder_dynamic_shapes(), opset,
     )
-    return _untie_mask_axis(path)
+    onnx.save(_untie_mask_axis(onnx.load(str(path))), str(path))
+    return path
 
 
 def export_decoders(
@@ -175,19 +176,19 @@ def export_decoders(
     )
     # The decoder's weights are ~16 MB for every SAM size: no external data is ever needed here.
     extractor = onnx.utils.Extractor(program.model_proto)
-    cuts = (
-        (Path(decoder_path), C.DECODER_INPUTS, C.DECODER_OUTPUTS),
-        (Path(scores_path), C.SCORES_INPUTS, C.SCORES_OUTPUTS),
-        (Path(masks_path), C.MASKS_INPUTS, C.MASKS_OUTPUTS),
+    cuts = (  # (where, inputs, outputs, whether the graph takes the mask inputs)
+        (Path(decoder_path), C.DECODER_INPUTS, C.DECODER_OUTPUTS, True),
+        (Path(scores_path), C.SCORES_INPUTS, C.SCORES_OUTPUTS, True),
+        (Path(masks_path), C.MASKS_INPUTS, C.MASKS_OUTPUTS, False),
     )
-    for path, inputs, outs in cuts:
-        onnx.save(extractor.extract_model(_names(inputs), _names(outs)), str(path))
-    decoder, scores, masks = (path for path, _, _ in cuts)
-    return _untie_mask_axis(decoder), _untie_mask_axis(scores), masks
+    for path, inputs, outs, takes_masks in cuts:
+        graph = extractor.extract_model(_names(inputs), _names(outs))
+        onnx.save(_untie_mask_axis(graph) if takes_masks else graph, str(path))
+    return tuple(path for path, *_ in cuts)
 
 
-def _untie_mask_axis(path: Path) -> Path:
-    """Give the mask inputs their own leading axis M (``C.NUM_MASKS``) in the saved decoder graph.
+def _untie_mask_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give the mask inputs their own leading axis M (``C.NUM_MASKS``) in a decoder graph.
 
     torch.export cannot trace an axis that broadcasts at run time: an example size of 1 fixes it
     to 1, any other size must equal B. So the decoder is traced with M = B and the axis is
@@ -196,12 +197,9 @@ def _untie_mask_axis(path: Path) -> Path:
     (``DecoderGraph``). The traced intermediate shapes (``value_info``) name B where M may now
     stand, so they are inferred again. ``tests/export/test_wrappers.py`` checks M = 1 against M = B.
     """
-    model = onnx.load(str(path))
     untied = {C.MASK_INPUT.name, C.HAS_MASK_INPUT.name}
     for value in model.graph.input:
         if value.name in untied:
             value.type.tensor_type.shape.dim[0].dim_param = C.NUM_MASKS
     del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    onnx.save(model, str(path))
-    return path
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
